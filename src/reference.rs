@@ -1,0 +1,72 @@
+//! The CPU reference: the definition of a correct `reshape_and_cache_flash`.
+//!
+//! For token `t` with slot `s = slot_mapping[t]`: if `s` is -1 (padding) or outside the cache,
+//! nothing is written. Otherwise, with `block = s / block_size` and `offset = s % block_size`,
+//! for every head `h` and element `d`:
+//!
+//! - NHD: `cache[block][offset][h][d]`, HND: `cache[block][h][offset][d]`
+//! - cache dtype `auto`: the input element, bit for bit;
+//! - cache dtype `fp8`: `e4m3_from_f32(input / scale)`, the division in f32, with `k_scale` for
+//!   keys and `v_scale` for values.
+//!
+//! Every other byte of the caches keeps its previous value.
+
+use crate::fp8;
+use crate::problem::{CacheDtype, Problem};
+use crate::workload::{Caches, Inputs};
+
+/// Writes the keys and values of `inputs` into `caches`, token by token.
+pub fn reshape_and_cache(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
+    for token in 0..problem.num_tokens {
+        write_token(problem, inputs, &mut caches.key, &mut caches.value, 0, token);
+    }
+}
+
+/// Writes one token's keys and values (a no-op for padding or out-of-range slots).
+///
+/// `key_cache` and `value_cache` may be parts of the caches that start at element
+/// `first_element` and contain the token's slot: tokens with distinct slots in distinct cache
+/// blocks touch disjoint parts, which lets callers write blocks in parallel.
+pub fn write_token(
+    problem: &Problem,
+    inputs: &Inputs,
+    key_cache: &mut [u8],
+    value_cache: &mut [u8],
+    first_element: u64,
+    token: usize,
+) {
+    let slot = inputs.slot_mapping[token];
+    if slot < 0 || slot as u64 >= problem.num_slots() {
+        return;
+    }
+    for head in 0..problem.num_heads {
+        let source = (token * problem.num_heads + head) * problem.head_size;
+        let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
+        write_head(problem, inputs.key, inputs.k_scale, key_cache, source, target);
+        write_head(problem, inputs.value, inputs.v_scale, value_cache, source, target);
+    }
+}
+
+fn write_head(
+    problem: &Problem,
+    input: &[u8],
+    scale: f32,
+    cache: &mut [u8],
+    source: usize,
+    target: usize,
+) {
+    let d = problem.head_size;
+    match problem.cache_dtype {
+        CacheDtype::Auto => {
+            let size = problem.dtype.size();
+            cache[target * size..(target + d) * size]
+                .copy_from_slice(&input[source * size..(source + d) * size]);
+        }
+        CacheDtype::Fp8 => {
+            for i in 0..d {
+                let x = problem.dtype.read_f32(input, source + i);
+                cache[target + i] = fp8::quantize(x, scale);
+            }
+        }
+    }
+}

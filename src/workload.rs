@@ -1,0 +1,202 @@
+//! What a call reads and writes: random inputs, slot mappings, fp8 scales and cache contents,
+//! all derived from a seed so that any run can be replayed.
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use rayon::prelude::*;
+
+use crate::problem::{Dtype, Problem};
+
+/// The inputs of one call, borrowed from host memory. Keys and values are
+/// `[num_tokens, num_heads, head_size]`, contiguous, little-endian in the problem's dtype.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub slot_mapping: &'a [i64],
+    /// Divisor for keys when the cache is fp8 (ignored for `auto`).
+    pub k_scale: f32,
+    /// Divisor for values when the cache is fp8 (ignored for `auto`).
+    pub v_scale: f32,
+}
+
+/// The key cache and the value cache as raw bytes, in the problem's layout and cache dtype.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caches {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// What the caches hold before a call.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheFill<'a> {
+    /// Arbitrary non-zero data from a seed (for benchmarks; a backend may fill on the device,
+    /// and may keep its caches from an earlier call with the same seed and size).
+    Random { seed: u64 },
+    /// Exactly these bytes (for verification).
+    Copy(&'a Caches),
+}
+
+/// Elements generated per independent random stream: fixed, so that the data depends only on
+/// the seed, never on the number of threads.
+const CHUNK_ELEMENTS: usize = 1 << 16;
+
+/// Mixes a seed with a stream index (splitmix64's finaliser) so that streams are unrelated.
+fn stream_seed(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `elements` standard-normal values rounded to `dtype`, as little-endian bytes.
+pub fn random_normal(dtype: Dtype, elements: usize, seed: u64) -> Vec<u8> {
+    let size = dtype.size();
+    let mut bytes = vec![0u8; elements * size];
+    bytes
+        .par_chunks_mut(CHUNK_ELEMENTS * size)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let mut rng = SmallRng::seed_from_u64(stream_seed(seed, chunk as u64));
+            for i in 0..out.len() / size {
+                let x: f32 = rng.sample(StandardNormal);
+                dtype.write_f32(out, i, x);
+            }
+        });
+    bytes
+}
+
+/// `len` uniformly random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    fill_random(&mut bytes, seed);
+    bytes
+}
+
+/// Overwrites `bytes` with uniformly random bytes.
+pub fn fill_random(bytes: &mut [u8], seed: u64) {
+    bytes
+        .par_chunks_mut(CHUNK_ELEMENTS * 8)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let mut rng = SmallRng::seed_from_u64(stream_seed(seed, chunk as u64));
+            rng.fill(out);
+        });
+}
+
+/// A slot for each of `num_tokens` tokens: distinct slots drawn uniformly from the whole cache
+/// (as vLLM's benchmark does), with about `padding_fraction` of the tokens set to -1.
+pub fn random_slot_mapping(
+    num_slots: u64,
+    num_tokens: usize,
+    padding_fraction: f64,
+    seed: u64,
+) -> Vec<i64> {
+    let mut rng = SmallRng::seed_from_u64(stream_seed(seed, u64::MAX));
+    let mut slots: Vec<i64> = rand::seq::index::sample(&mut rng, num_slots as usize, num_tokens)
+        .into_iter()
+        .map(|slot| slot as i64)
+        .collect();
+    if padding_fraction > 0.0 {
+        for slot in &mut slots {
+            if rng.random_bool(padding_fraction) {
+                *slot = -1;
+            }
+        }
+    }
+    slots
+}
+
+/// The fp8 scale vLLM's benchmark uses: the largest element divided by 64.
+pub fn fp8_scale(dtype: Dtype, bytes: &[u8]) -> f32 {
+    let size = dtype.size();
+    let max = bytes
+        .par_chunks(CHUNK_ELEMENTS * size)
+        .map(|chunk| {
+            (0..chunk.len() / size)
+                .map(|i| dtype.read_f32(chunk, i))
+                .fold(f32::NEG_INFINITY, f32::max)
+        })
+        .reduce(|| f32::NEG_INFINITY, f32::max);
+    max / 64.0
+}
+
+/// Random keys and values for up to `max_tokens` tokens; each benchmark row uses a prefix.
+pub struct HostInputs {
+    pub dtype: Dtype,
+    pub token_elements: usize,
+    pub max_tokens: usize,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+impl HostInputs {
+    pub fn random(dtype: Dtype, token_elements: usize, max_tokens: usize, seed: u64) -> Self {
+        let elements = token_elements * max_tokens;
+        Self {
+            dtype,
+            token_elements,
+            max_tokens,
+            key: random_normal(dtype, elements, stream_seed(seed, 1)),
+            value: random_normal(dtype, elements, stream_seed(seed, 2)),
+        }
+    }
+
+    /// The inputs of `problem` (its first `num_tokens` tokens) with the given slots, and fp8
+    /// scales computed from those tokens as vLLM's benchmark does.
+    pub fn inputs<'a>(&'a self, problem: &Problem, slot_mapping: &'a [i64]) -> Inputs<'a> {
+        assert!(problem.num_tokens <= self.max_tokens && problem.dtype == self.dtype);
+        assert_eq!(problem.token_elements(), self.token_elements);
+        let len = problem.input_bytes() as usize;
+        let (key, value) = (&self.key[..len], &self.value[..len]);
+        Inputs {
+            key,
+            value,
+            slot_mapping,
+            k_scale: fp8_scale(self.dtype, key),
+            v_scale: fp8_scale(self.dtype, value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_values_are_seeded_nonzero_and_plausible() {
+        let a = random_normal(Dtype::Float, 100_000, 7);
+        assert_eq!(a, random_normal(Dtype::Float, 100_000, 7));
+        assert_ne!(a, random_normal(Dtype::Float, 100_000, 8));
+        let values: Vec<f32> = bytemuck::pod_collect_to_vec(&a);
+        let mean = values.iter().sum::<f32>() / values.len() as f32;
+        let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / values.len() as f32;
+        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(values.iter().filter(|x| **x == 0.0).count() < 5);
+    }
+
+    #[test]
+    fn slot_mappings_are_distinct_in_range_and_padded() {
+        let slots = random_slot_mapping(1000, 500, 0.2, 3);
+        let used: Vec<i64> = slots.iter().copied().filter(|s| *s >= 0).collect();
+        let mut sorted = used.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), used.len());
+        assert!(used.iter().all(|s| *s < 1000));
+        let padding = slots.len() - used.len();
+        assert!((50..150).contains(&padding), "{padding}");
+        assert!(random_slot_mapping(10, 10, 0.0, 1).iter().all(|s| *s >= 0));
+    }
+
+    #[test]
+    fn scale_is_max_over_64() {
+        let mut bytes = vec![0u8; 8];
+        Dtype::BFloat16.write_f32(&mut bytes, 0, -3.0);
+        Dtype::BFloat16.write_f32(&mut bytes, 1, 2.5);
+        Dtype::BFloat16.write_f32(&mut bytes, 2, 1.0);
+        Dtype::BFloat16.write_f32(&mut bytes, 3, -9.0);
+        assert_eq!(fp8_scale(Dtype::BFloat16, &bytes), 2.5 / 64.0);
+    }
+}
