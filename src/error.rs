@@ -25,10 +25,18 @@ pub enum Error {
     },
 
     #[error("slot_mapping[{token}] = {slot} is out of range: slots run from 0 to {last_slot} (or -1 for padding)")]
-    SlotOutOfRange { token: usize, slot: i64, last_slot: u64 },
+    SlotOutOfRange {
+        token: usize,
+        slot: i64,
+        last_slot: u64,
+    },
 
     #[error("slot_mapping targets slot {slot} twice (tokens {first} and {second}); the result would depend on write order")]
-    DuplicateSlot { slot: i64, first: usize, second: usize },
+    DuplicateSlot {
+        slot: i64,
+        first: usize,
+        second: usize,
+    },
 
     #[error("{what} needs {needed} but {available} is available on {device}{hint}")]
     DoesNotFit {

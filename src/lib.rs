@@ -22,6 +22,7 @@ pub mod reference;
 pub mod report;
 pub mod sweep;
 pub mod timing;
+pub mod verify;
 pub mod workload;
 
 pub use error::{Error, Result};

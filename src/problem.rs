@@ -342,7 +342,11 @@ mod tests {
         assert!(p.validate_slots(&[0, -1, 19, 7]).is_ok());
         assert!(matches!(
             p.validate_slots(&[0, 20, 1, 2]),
-            Err(Error::SlotOutOfRange { token: 1, slot: 20, .. })
+            Err(Error::SlotOutOfRange {
+                token: 1,
+                slot: 20,
+                ..
+            })
         ));
         assert!(matches!(
             p.validate_slots(&[0, -2, 1, 2]),
@@ -350,7 +354,11 @@ mod tests {
         ));
         assert!(matches!(
             p.validate_slots(&[3, 1, 3, -1]),
-            Err(Error::DuplicateSlot { slot: 3, first: 0, second: 2 })
+            Err(Error::DuplicateSlot {
+                slot: 3,
+                first: 0,
+                second: 2
+            })
         ));
         assert!(p.validate_slots(&[0, 1]).is_err());
     }

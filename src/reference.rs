@@ -18,7 +18,14 @@ use crate::workload::{Caches, Inputs};
 /// Writes the keys and values of `inputs` into `caches`, token by token.
 pub fn reshape_and_cache(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
     for token in 0..problem.num_tokens {
-        write_token(problem, inputs, &mut caches.key, &mut caches.value, 0, token);
+        write_token(
+            problem,
+            inputs,
+            &mut caches.key,
+            &mut caches.value,
+            0,
+            token,
+        );
     }
 }
 
@@ -42,8 +49,22 @@ pub fn write_token(
     for head in 0..problem.num_heads {
         let source = (token * problem.num_heads + head) * problem.head_size;
         let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
-        write_head(problem, inputs.key, inputs.k_scale, key_cache, source, target);
-        write_head(problem, inputs.value, inputs.v_scale, value_cache, source, target);
+        write_head(
+            problem,
+            inputs.key,
+            inputs.k_scale,
+            key_cache,
+            source,
+            target,
+        );
+        write_head(
+            problem,
+            inputs.value,
+            inputs.v_scale,
+            value_cache,
+            source,
+            target,
+        );
     }
 }
 

@@ -172,7 +172,10 @@ mod tests {
         let values: Vec<f32> = bytemuck::pod_collect_to_vec(&a);
         let mean = values.iter().sum::<f32>() / values.len() as f32;
         let var = values.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / values.len() as f32;
-        assert!(mean.abs() < 0.02 && (var - 1.0).abs() < 0.03, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "{mean} {var}"
+        );
         assert!(values.iter().filter(|x| **x == 0.0).count() < 5);
     }
 
