@@ -28,7 +28,7 @@ fn validate_wgsl(path: &Path) {
         panic!(
             "{} does not parse:\n{}",
             path.display(),
-            error.emit_to_string_with_path(&source, path)
+            error.emit_to_string_with_path(&source, &path.display().to_string())
         )
     });
     // Core WGSL only: the shaders must run on any adapter, lavapipe included.
@@ -41,7 +41,7 @@ fn validate_wgsl(path: &Path) {
         panic!(
             "{} is not valid WGSL:\n{}",
             path.display(),
-            error.emit_to_string_with_path(&source, path)
+            error.emit_to_string_with_path(&source, &path.display().to_string())
         )
     });
 }
