@@ -94,6 +94,13 @@ pub trait Backend {
     /// How `--mode` applies to this backend, for the report header.
     fn mode_note(&self, mode: Mode) -> String;
 
+    /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second), measured
+    /// with a plain 16-byte copy kernel over a buffer much larger than the caches of the chip:
+    /// the ceiling that benchmark rows are compared with. `None` where not measured.
+    fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
+        Ok(None)
+    }
+
     /// Allocates, uploads and compiles everything a call of `problem` needs. Never timed.
     /// The problem and its slots must already be validated.
     fn prepare<'a>(
