@@ -1,0 +1,671 @@
+// reshape_and_cache_flash for wgpu, NHD layout: for token t with slot s = slot_mapping[t],
+// cache[s / block_size][s % block_size][h][d] = key[t][h][d] (and likewise for values), either
+// bit for bit (cache dtype auto) or encoded as float8 e4m3 after dividing by a scale (fp8).
+//
+// Core WGSL only, so that every adapter (lavapipe included) runs it: there is no f16, bf16, fp8
+// or 64-bit integer type, so all data moves as u32 words (16-bit elements two to a word) and the
+// int64 slots arrive as (lo, hi) pairs of u32.
+//
+// A cache is larger than one storage binding may be (2 GiB on NVIDIA's Vulkan driver, 128 MiB
+// on lavapipe), so the host splits each cache into chunks of whole cache blocks, one buffer per
+// chunk. The fast entry point binds CHUNKS key chunks and CHUNKS value chunks at once and each
+// thread stores into the chunk its slot falls in; the host dispatches it once per group of
+// CHUNKS chunks (once in all for caches up to CHUNKS bindings, 24 GiB on an H100).
+//
+// Entry points:
+// - reshape_and_cache:       16 bytes of cache per thread, rows a multiple of 16 bytes, up to
+//                            CHUNKS chunks per dispatch (auto and fp8);
+// - reshape_and_cache_one:   the same for one chunk per dispatch, for adapters that allow too
+//                            few storage bindings per stage for the former;
+// - reshape_and_cache_words: one u32 word per thread, for auto caches whose rows are not a
+//                            multiple of 16 bytes (rows of an odd number of 16-bit elements
+//                            share words with their neighbours: those words are written with
+//                            atomics); one chunk per dispatch;
+// - encode_fp8:              the fp8 encoder alone, one element per thread (for the exhaustive
+//                            test against the Rust reference);
+// - fill, copy:              random cache contents, and the bandwidth probe.
+// Binding numbers differ between entry points that use different variables, so that each
+// pipeline's automatic layout holds exactly the bindings its entry point uses.
+
+// ---------------------------------------------------------------------------------------------
+// Shape constants, fixed per pipeline (so that divisions by them compile to multiplications).
+
+// Slots per cache block.
+override BLOCK_SIZE: u32 = 16u;
+// Cache blocks per chunk buffer.
+override CHUNK_BLOCKS: u32 = 1u;
+// reshape_and_cache*: 16-byte units per token row of the cache (num_heads * head_size *
+// cache element size / 16).
+override ROW_UNITS: u32 = 1u;
+// Input element type: 0 half, 1 bfloat16, 2 float.
+override IN_KIND: u32 = 0u;
+// Whether the cache is fp8 (else auto: the input's bits).
+override FP8: bool = false;
+// reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
+// row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
+override ROW_ELEMENTS: u32 = 1u;
+override ELEMENT_BYTES: u32 = 4u;
+override ROW_WORDS: u32 = 1u;
+
+const WORKGROUP: u32 = 256u;
+// Chunks bound by reshape_and_cache: 2 * CHUNKS + 3 storage bindings must fit the adapter's
+// max_storage_buffers_per_shader_stage (32 on lavapipe, 31 buffers in all on Metal).
+const CHUNKS: u32 = 12u;
+
+const KIND_HALF: u32 = 0u;
+const KIND_BF16: u32 = 1u;
+
+// A scale prepared on the host: the divisor's magnitude as significand * 2^(exponent - 23) with
+// the significand normalised to [2^23, 2^24) (subnormal scales included), its reciprocal
+// rounded to f32 (only used for a first estimate), its sign as the fp8 sign bit, and its kind (finite, zero, infinite, NaN).
+struct Scale {
+    significand: u32,
+    exponent: i32,
+    reciprocal: f32,
+    sign: u32,
+    kind: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+const SCALE_FINITE: u32 = 0u;
+const SCALE_ZERO: u32 = 1u;
+const SCALE_INFINITE: u32 = 2u;
+const SCALE_NAN: u32 = 3u;
+
+struct Params {
+    // Tokens in this dispatch's input buffers.
+    num_tokens: u32,
+    // Slots in the whole cache (the host refuses caches of 2^32 slots or more).
+    num_slots: u32,
+    // The chunk bound to k0 / v0 in this dispatch.
+    first_chunk: u32,
+    // Threads with work: num_tokens * ROW_UNITS (or * ROW_WORDS).
+    num_units: u32,
+    // The fp8 sign bit (0x80 or 0) of the host's NaN for invalid operations (0/0, inf/inf): the
+    // reference divides on the host, and x86 and ARM disagree on that sign.
+    nan_sign: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    k_scale: Scale,
+    v_scale: Scale,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// [num_tokens, num_heads, head_size] in the input dtype, 16 bytes per element.
+@group(0) @binding(1) var<storage, read> key_in: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read> value_in: array<vec4<u32>>;
+// slot_mapping as int64: (lo, hi) words.
+@group(0) @binding(3) var<storage, read> slots: array<vec2<u32>>;
+
+@group(0) @binding(4) var<storage, read_write> k0: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> k1: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read_write> k2: array<vec4<u32>>;
+@group(0) @binding(7) var<storage, read_write> k3: array<vec4<u32>>;
+@group(0) @binding(8) var<storage, read_write> k4: array<vec4<u32>>;
+@group(0) @binding(9) var<storage, read_write> k5: array<vec4<u32>>;
+@group(0) @binding(10) var<storage, read_write> k6: array<vec4<u32>>;
+@group(0) @binding(11) var<storage, read_write> k7: array<vec4<u32>>;
+@group(0) @binding(12) var<storage, read_write> k8: array<vec4<u32>>;
+@group(0) @binding(13) var<storage, read_write> k9: array<vec4<u32>>;
+@group(0) @binding(14) var<storage, read_write> k10: array<vec4<u32>>;
+@group(0) @binding(15) var<storage, read_write> k11: array<vec4<u32>>;
+@group(0) @binding(16) var<storage, read_write> v0: array<vec4<u32>>;
+@group(0) @binding(17) var<storage, read_write> v1: array<vec4<u32>>;
+@group(0) @binding(18) var<storage, read_write> v2: array<vec4<u32>>;
+@group(0) @binding(19) var<storage, read_write> v3: array<vec4<u32>>;
+@group(0) @binding(20) var<storage, read_write> v4: array<vec4<u32>>;
+@group(0) @binding(21) var<storage, read_write> v5: array<vec4<u32>>;
+@group(0) @binding(22) var<storage, read_write> v6: array<vec4<u32>>;
+@group(0) @binding(23) var<storage, read_write> v7: array<vec4<u32>>;
+@group(0) @binding(24) var<storage, read_write> v8: array<vec4<u32>>;
+@group(0) @binding(25) var<storage, read_write> v9: array<vec4<u32>>;
+@group(0) @binding(26) var<storage, read_write> v10: array<vec4<u32>>;
+@group(0) @binding(27) var<storage, read_write> v11: array<vec4<u32>>;
+
+// reshape_and_cache_words: the same inputs as words, and one chunk of each cache.
+@group(0) @binding(30) var<storage, read> key_words: array<u32>;
+@group(0) @binding(31) var<storage, read> value_words: array<u32>;
+@group(0) @binding(32) var<storage, read_write> key_cache_words: array<atomic<u32>>;
+@group(0) @binding(33) var<storage, read_write> value_cache_words: array<atomic<u32>>;
+
+// ---------------------------------------------------------------------------------------------
+// float8 e4m3, bit for bit as src/fp8.rs: e4m3_from_f32(x / scale) with the division in f32,
+// correctly rounded, then rounded to nearest even; +-448 and beyond (infinity too) saturate to
+// 0x7e / 0xfe; NaN gives 0x7f with the NaN's sign.
+//
+// WGSL only promises f32 division within 2.5 ULP (and GPUs may flush subnormals), so a plain
+// x / scale can land on the other side of an e4m3 rounding boundary than the correctly rounded
+// quotient. The encoder therefore never relies on the division being exact:
+// 1. x and the scale are split into 24-bit integer significands and exponents (exact, for
+//    subnormals too), so that Q = x / scale = (mx / ms) * 2^e with mx / ms in (1/2, 2);
+// 2. e alone settles quotients below 2^-10 (code 0) and above 512 (saturated);
+// 3. otherwise y0 = mx * (1 / ms) * 2^e, an estimate within a few ULP of Q, gives the code,
+//    unless y0 lies within 256 ULP of an e4m3 rounding boundary (a midpoint m between two
+//    neighbouring codes). Away from m, the correctly rounded quotient is on the same side of m
+//    as y0, so it has the same code;
+// 4. near m, the code follows from exact integer comparisons of Q with the two f32 rounding
+//    thresholds around m: RN(Q) > m exactly when Q > m + ulp/2, RN(Q) < m exactly when
+//    Q < m - ulp_below/2, and otherwise RN(Q) == m, a tie that goes to the even code.
+//    Q > T with T = N * 2^f is mx * 2^(e - f) > N * ms, compared as 64-bit integers.
+// Only f32 multiplications by powers of two, floor and subtraction of nearby values are used
+// on the way, all exact in the normal range the values live in.
+
+// e4m3 code of a non-negative finite f32 (its bits), as src/fp8.rs::e4m3_from_f32.
+fn e4m3_magnitude(magnitude: u32) -> u32 {
+    if magnitude >= 0x43e00000u {
+        return 0x7eu;
+    }
+    if magnitude < 0x3c800000u {
+        // Below 2^-6: multiples of 2^-9; the scaling by 2^9 is exact and round() ties to even.
+        // (A flushed f32 subnormal here is far below 2^-10 and encodes as 0 either way.)
+        return u32(round(bitcast<f32>(magnitude) * 512.0));
+    }
+    let exponent = (magnitude >> 23u) - 120u;
+    let mantissa = magnitude & 0x7fffffu;
+    var encoded = (exponent << 3u) | (mantissa >> 20u);
+    let dropped = mantissa & 0xfffffu;
+    if dropped > 0x80000u || (dropped == 0x80000u && (encoded & 1u) == 1u) {
+        encoded += 1u;
+    }
+    return encoded;
+}
+
+// 2^e as f32 for e in the normal range.
+fn pow2(e: i32) -> f32 {
+    return bitcast<f32>(u32(e + 127) << 23u);
+}
+
+// a * b as a 64-bit (lo, hi) pair, from 16-bit halves.
+fn mul_wide(a: u32, b: u32) -> vec2<u32> {
+    let a0 = a & 0xffffu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xffffu;
+    let b1 = b >> 16u;
+    let low = a0 * b0;
+    let mid0 = a1 * b0;
+    let mid1 = a0 * b1;
+    let high = a1 * b1;
+    // mid0 + mid1 can carry out of 32 bits: add them in two steps.
+    let mid = mid0 + mid1;
+    let mid_carry = select(0u, 0x10000u, mid < mid0);
+    let lo = low + (mid << 16u);
+    let lo_carry = select(0u, 1u, lo < low);
+    let hi = high + (mid >> 16u) + mid_carry + lo_carry;
+    return vec2<u32>(lo, hi);
+}
+
+// -1, 0 or 1 as a < b, a == b, a > b for 64-bit (lo, hi) pairs.
+fn compare_wide(a: vec2<u32>, b: vec2<u32>) -> i32 {
+    if a.y != b.y {
+        return select(-1, 1, a.y > b.y);
+    }
+    if a.x != b.x {
+        return select(-1, 1, a.x > b.x);
+    }
+    return 0;
+}
+
+// e4m3 code of the magnitude of Q = (mx / ms) * 2^e for e in [-10, 9].
+fn quantize_magnitude(mx: u32, scale: Scale, e: i32) -> u32 {
+    // Both factors are exact f32s; the product is within about 1.5 ULP of mx / ms.
+    let y0 = f32(mx) * scale.reciprocal * pow2(e);
+    let y0_bits = bitcast<u32>(y0);
+    if y0_bits >= 0x43e00000u {
+        return 0x7eu;
+    }
+    let code = e4m3_magnitude(y0_bits);
+
+    // The e4m3 grid spacing at y0 and the rounding boundary (midpoint) nearest to y0.
+    let y0_exponent = i32(y0_bits >> 23u) - 127;
+    let grid_exponent = select(y0_exponent - 3, -9, y0_bits < 0x3c800000u);
+    let below = floor(y0 * pow2(-grid_exponent));
+    let m = (below + 0.5) * pow2(grid_exponent);
+    if abs(y0 - m) > pow2(y0_exponent - 15) {
+        return code;
+    }
+
+    // y0 is within 256 ULP of m: decide exactly where RN(Q) lies relative to m.
+    let lower = e4m3_magnitude(bitcast<u32>(below * pow2(grid_exponent)));
+    let upper = lower + 1u;
+    let m_bits = bitcast<u32>(m);
+    let m_exponent = i32(m_bits >> 23u) - 127;
+    let m_significand = (m_bits & 0x7fffffu) | 0x800000u;
+    // Thresholds in units of 2^(m_exponent - 25): m +- half an f32 ULP. Just below a power of
+    // two the ULP is half as large.
+    let high_threshold = 4u * m_significand + 2u;
+    let low_threshold = select(4u * m_significand - 2u, 4u * m_significand - 1u, (m_bits & 0x7fffffu) == 0u);
+    // Q vs T = N * 2^(m_exponent - 25)  <=>  mx * 2^shift vs N * ms. Q is close to m, so e is
+    // m_exponent - 1, m_exponent or m_exponent + 1 and shift is 24, 25 or 26.
+    let shift = e - m_exponent + 25;
+    if shift < 1 || shift > 31 {
+        return code;
+    }
+    let s = u32(shift);
+    let scaled_x = vec2<u32>(mx << s, mx >> (32u - s));
+    if compare_wide(scaled_x, mul_wide(high_threshold, scale.significand)) > 0 {
+        return upper;
+    }
+    if compare_wide(scaled_x, mul_wide(low_threshold, scale.significand)) < 0 {
+        return lower;
+    }
+    // RN(Q) == m exactly: a tie between two codes, to the even one.
+    return select(upper, lower, (lower & 1u) == 0u);
+}
+
+// e4m3 code (in the low byte) of x / scale, x given as f32 bits.
+fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
+    let x_sign = (x >> 24u) & 0x80u;
+    let magnitude = x & 0x7fffffffu;
+    // A NaN input stays NaN with its own sign (the division propagates it).
+    if magnitude > 0x7f800000u {
+        return x_sign | 0x7fu;
+    }
+    let sign = x_sign ^ scale.sign;
+    switch scale.kind {
+        case SCALE_NAN: {
+            return scale.sign | 0x7fu;
+        }
+        case SCALE_ZERO: {
+            // 0 / 0 is an invalid operation; anything else over zero is infinite.
+            return select(sign | 0x7eu, nan_sign | 0x7fu, magnitude == 0u);
+        }
+        case SCALE_INFINITE: {
+            return select(sign, nan_sign | 0x7fu, magnitude == 0x7f800000u);
+        }
+        default: {}
+    }
+    if magnitude == 0u {
+        return sign;
+    }
+    if magnitude == 0x7f800000u {
+        return sign | 0x7eu;
+    }
+    // x = mx * 2^(ex - 23) with mx in [2^23, 2^24), subnormal inputs included.
+    var mx: u32;
+    var ex: i32;
+    if magnitude < 0x800000u {
+        let normalise = countLeadingZeros(magnitude) - 8u;
+        mx = magnitude << normalise;
+        ex = -126 - i32(normalise);
+    } else {
+        mx = (magnitude & 0x7fffffu) | 0x800000u;
+        ex = i32(magnitude >> 23u) - 127;
+    }
+    // Q = (mx / ms) * 2^e with mx / ms in (1/2, 2).
+    let e = ex - scale.exponent;
+    if e <= -11 {
+        // Q < 2^-10: rounds to 0 (2^-10 itself ties to even, 0).
+        return sign;
+    }
+    if e >= 10 {
+        // Q > 512: saturates.
+        return sign | 0x7eu;
+    }
+    return sign | quantize_magnitude(mx, scale, e);
+}
+
+// f32 bits of a half (exact: half subnormals are normal f32s; NaN payloads kept).
+fn half_to_f32_bits(h: u32) -> u32 {
+    let sign = (h & 0x8000u) << 16u;
+    let exponent = (h >> 10u) & 0x1fu;
+    let mantissa = h & 0x3ffu;
+    if exponent == 0x1fu {
+        return sign | 0x7f800000u | (mantissa << 13u);
+    }
+    if exponent == 0u {
+        if mantissa == 0u {
+            return sign;
+        }
+        // mantissa * 2^-24: shift its leading one to bit 10.
+        let normalise = countLeadingZeros(mantissa) - 21u;
+        return sign | ((113u - normalise) << 23u) | (((mantissa << normalise) & 0x3ffu) << 13u);
+    }
+    return sign | ((exponent + 112u) << 23u) | (mantissa << 13u);
+}
+
+// f32 bits of a 16-bit element (in the low half of `bits`) of the input kind.
+fn element16_to_f32_bits(bits: u32) -> u32 {
+    if IN_KIND == KIND_HALF {
+        return half_to_f32_bits(bits);
+    }
+    return bits << 16u;
+}
+
+// Four e4m3 codes packed little-endian into one word.
+fn pack4(a: u32, b: u32, c: u32, d: u32) -> u32 {
+    return a | (b << 8u) | (c << 16u) | (d << 24u);
+}
+
+// Encodes the two 16-bit elements of a word.
+fn quantize_pair(word: u32, scale: Scale) -> vec2<u32> {
+    return vec2<u32>(
+        quantize(element16_to_f32_bits(word & 0xffffu), scale, params.nan_sign),
+        quantize(element16_to_f32_bits(word >> 16u), scale, params.nan_sign),
+    );
+}
+
+// Input unit `index` (16 bytes) of the keys or the values.
+fn load_input(is_value: bool, index: u32) -> vec4<u32> {
+    if is_value {
+        return value_in[index];
+    }
+    return key_in[index];
+}
+
+// The 16 cache bytes of unit `unit` (counted over all tokens of the dispatch).
+fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
+    if !FP8 {
+        return load_input(is_value, unit);
+    }
+    var scale = params.k_scale;
+    if is_value {
+        scale = params.v_scale;
+    }
+    // 16 elements: 32 input bytes for 16-bit inputs, 64 for float.
+    var out: vec4<u32>;
+    if IN_KIND == 2u {
+        for (var j = 0u; j < 4u; j += 1u) {
+            let w = load_input(is_value, unit * 4u + j);
+            out[j] = pack4(
+                quantize(w.x, scale, params.nan_sign),
+                quantize(w.y, scale, params.nan_sign),
+                quantize(w.z, scale, params.nan_sign),
+                quantize(w.w, scale, params.nan_sign),
+            );
+        }
+    } else {
+        for (var j = 0u; j < 2u; j += 1u) {
+            let w = load_input(is_value, unit * 2u + j);
+            let a = quantize_pair(w.x, scale);
+            let b = quantize_pair(w.y, scale);
+            let c = quantize_pair(w.z, scale);
+            let d = quantize_pair(w.w, scale);
+            out[2u * j] = pack4(a.x, a.y, b.x, b.y);
+            out[2u * j + 1u] = pack4(c.x, c.y, d.x, d.y);
+        }
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slots and chunks.
+
+const NO_SLOT: u32 = 0xffffffffu;
+
+// The slot of token t, or NO_SLOT for padding (-1) and anything outside the cache (checked on
+// the host as well: this is defence in depth, and keeps stray slots from writing anywhere).
+fn slot_of(t: u32) -> u32 {
+    let s = slots[t];
+    if s.y != 0u || s.x >= params.num_slots {
+        return NO_SLOT;
+    }
+    return s.x;
+}
+
+// Where a slot's row lives: (chunk, row index within the chunk).
+fn locate(slot: u32) -> vec2<u32> {
+    let block = slot / BLOCK_SIZE;
+    let offset = slot - block * BLOCK_SIZE;
+    let chunk = block / CHUNK_BLOCKS;
+    let local_block = block - chunk * CHUNK_BLOCKS;
+    return vec2<u32>(chunk, local_block * BLOCK_SIZE + offset);
+}
+
+fn thread_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
+    // Two-dimensional grids: more than 65535 workgroups need a second dimension.
+    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP + local;
+}
+
+fn store_unit(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
+    switch chunk {
+        case 0u: { k0[index] = k; v0[index] = v; }
+        case 1u: { k1[index] = k; v1[index] = v; }
+        case 2u: { k2[index] = k; v2[index] = v; }
+        case 3u: { k3[index] = k; v3[index] = v; }
+        case 4u: { k4[index] = k; v4[index] = v; }
+        case 5u: { k5[index] = k; v5[index] = v; }
+        case 6u: { k6[index] = k; v6[index] = v; }
+        case 7u: { k7[index] = k; v7[index] = v; }
+        case 8u: { k8[index] = k; v8[index] = v; }
+        case 9u: { k9[index] = k; v9[index] = v; }
+        case 10u: { k10[index] = k; v10[index] = v; }
+        case 11u: { k11[index] = k; v11[index] = v; }
+        default: {}
+    }
+}
+
+// Thread i writes 16 bytes of each cache: unit i % ROW_UNITS of token i / ROW_UNITS.
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= params.num_units {
+        return;
+    }
+    let t = i / ROW_UNITS;
+    let slot = slot_of(t);
+    if slot == NO_SLOT {
+        return;
+    }
+    let place = locate(slot);
+    // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
+    // chunks before the group large).
+    let chunk = place.x - params.first_chunk;
+    if chunk >= CHUNKS {
+        return;
+    }
+    let index = place.y * ROW_UNITS + (i - t * ROW_UNITS);
+    store_unit(chunk, index, cache_unit(false, i), cache_unit(true, i));
+}
+
+// As reshape_and_cache, for one chunk per dispatch.
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_one(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= params.num_units {
+        return;
+    }
+    let t = i / ROW_UNITS;
+    let slot = slot_of(t);
+    if slot == NO_SLOT {
+        return;
+    }
+    let place = locate(slot);
+    if place.x != params.first_chunk {
+        return;
+    }
+    let index = place.y * ROW_UNITS + (i - t * ROW_UNITS);
+    k0[index] = cache_unit(false, i);
+    v0[index] = cache_unit(true, i);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auto caches whose rows are not a multiple of 16 bytes: one u32 word of each cache per thread.
+
+// Element `e` of a row-major input, as 16 bits in the low half (two to a word).
+fn input_half(is_value: bool, e: u32) -> u32 {
+    var word: u32;
+    if is_value {
+        word = value_words[e / 2u];
+    } else {
+        word = key_words[e / 2u];
+    }
+    return (word >> ((e & 1u) * 16u)) & 0xffffu;
+}
+
+// Writes `bits` under `mask` into a cache word. Words shared with a neighbouring slot's row are
+// updated with atomics so that two tokens writing the two halves of one word cannot lose either
+// half; clearing and then setting only our own bits leaves the other half alone whatever order
+// the four operations run in.
+fn store_word(is_value: bool, index: u32, bits: u32, mask: u32) {
+    if is_value {
+        if mask == 0xffffffffu {
+            atomicStore(&value_cache_words[index], bits);
+        } else {
+            atomicAnd(&value_cache_words[index], ~mask);
+            atomicOr(&value_cache_words[index], bits);
+        }
+    } else {
+        if mask == 0xffffffffu {
+            atomicStore(&key_cache_words[index], bits);
+        } else {
+            atomicAnd(&key_cache_words[index], ~mask);
+            atomicOr(&key_cache_words[index], bits);
+        }
+    }
+}
+
+fn write_words(is_value: bool, t: u32, row: u32, u: u32) {
+    if ELEMENT_BYTES == 4u {
+        let e = t * ROW_ELEMENTS + u;
+        var bits: u32;
+        if is_value {
+            bits = value_words[e];
+        } else {
+            bits = key_words[e];
+        }
+        store_word(is_value, row * ROW_ELEMENTS + u, bits, 0xffffffffu);
+        return;
+    }
+    // 16-bit elements: the row covers cache elements [first, first + ROW_ELEMENTS) of the
+    // chunk; word w holds elements 2w and 2w + 1.
+    let first = row * ROW_ELEMENTS;
+    let w = first / 2u + u;
+    var bits = 0u;
+    var mask = 0u;
+    for (var half = 0u; half < 2u; half += 1u) {
+        let e = 2u * w + half;
+        if e >= first && e < first + ROW_ELEMENTS {
+            bits |= input_half(is_value, t * ROW_ELEMENTS + (e - first)) << (16u * half);
+            mask |= 0xffffu << (16u * half);
+        }
+    }
+    if mask != 0u {
+        store_word(is_value, w, bits, mask);
+    }
+}
+
+// Thread i writes word i % ROW_WORDS of the span of token i / ROW_WORDS's row.
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_words(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= params.num_units {
+        return;
+    }
+    let t = i / ROW_WORDS;
+    let slot = slot_of(t);
+    if slot == NO_SLOT {
+        return;
+    }
+    let place = locate(slot);
+    if place.x != params.first_chunk {
+        return;
+    }
+    let u = i - t * ROW_WORDS;
+    write_words(false, t, place.y, u);
+    write_words(true, t, place.y, u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fp8 encoder alone: element i of `encode_in` (f32 bits, or 16 bits in the low half for
+// half and bfloat16, per IN_KIND) to `encode_out[i]`.
+
+struct EncodeParams {
+    count: u32,
+    nan_sign: u32,
+    _pad0: u32,
+    _pad1: u32,
+    scale: Scale,
+}
+
+@group(0) @binding(40) var<uniform> encode_params: EncodeParams;
+@group(0) @binding(41) var<storage, read> encode_in: array<u32>;
+@group(0) @binding(42) var<storage, read_write> encode_out: array<u32>;
+
+@compute @workgroup_size(WORKGROUP)
+fn encode_fp8(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= encode_params.count {
+        return;
+    }
+    var x = encode_in[i];
+    if IN_KIND != 2u {
+        x = element16_to_f32_bits(x & 0xffffu);
+    }
+    encode_out[i] = quantize(x, encode_params.scale, encode_params.nan_sign);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random cache contents: word i of a chunk is a hash of (seed, chunk, i), so that a fill never
+// depends on how the work is split and needs no host memory.
+
+struct FillParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    chunk: u32,
+    words: u32,
+}
+
+@group(0) @binding(50) var<uniform> fill_params: FillParams;
+@group(0) @binding(51) var<storage, read_write> fill_out: array<u32>;
+
+// An integer finaliser: xor-shifts and odd multipliers, each step a bijection of u32.
+fn mix32(x: u32) -> u32 {
+    var h = x;
+    h ^= h >> 16u;
+    h *= 0x21f0aaadu;
+    h ^= h >> 15u;
+    h *= 0x735a2d97u;
+    h ^= h >> 15u;
+    return h;
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn fill(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= fill_params.words {
+        return;
+    }
+    let stream = mix32(fill_params.seed_lo ^ mix32(fill_params.seed_hi ^ mix32(fill_params.chunk)));
+    fill_out[i] = mix32(i ^ stream) ^ mix32(i + 0x9e3779b9u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The copy-bandwidth probe: 16 bytes per thread.
+
+@group(0) @binding(60) var<storage, read> copy_src: array<vec4<u32>>;
+@group(0) @binding(61) var<storage, read_write> copy_dst: array<vec4<u32>>;
+
+@compute @workgroup_size(WORKGROUP)
+fn copy(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    if i < arrayLength(&copy_dst) {
+        copy_dst[i] = copy_src[i];
+    }
+}
