@@ -1,39 +1,1481 @@
-//! Placeholder: the CUDA backend is being written (issue 4).
-use super::*;
-pub struct WgpuBackend;
-impl WgpuBackend {
-    pub fn open(_adapter: Option<&str>, _hardware_only: bool) -> Result<Self> {
-        Err(Error::Unavailable {
-            implementation: "wgpu",
-            reason: "not written yet".into(),
+//! The wgpu backend: `shaders/reshape_and_cache_flash.wgsl` on any adapter wgpu opens (Vulkan,
+//! Metal, DX12; lavapipe for machines without a GPU). NHD layout only.
+//!
+//! Design, in short (the shader's header says more):
+//! - Caches are split into chunks of whole cache blocks, one buffer per chunk, each no larger
+//!   than the adapter's storage-binding limit (2 GiB on NVIDIA's Vulkan driver, 128 MiB on
+//!   lavapipe). A dispatch binds up to 12 key and 12 value chunks and every thread stores into
+//!   the chunk its slot falls in, so a call is one dispatch per group of 12 chunks: one for any
+//!   cache up to 24 GiB on an H100, two for the default 32 GiB bf16 caches.
+//! - Inputs larger than one binding are split by tokens the same way (one dispatch per range).
+//! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
+//!   -1 and anything outside the cache itself.
+//! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
+//!   the shader, and the exhaustive test in `tests/wgpu.rs`.
+//! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
+//!   uncaptured-error handler for the rest) and returned as one line, never a panic.
+
+use std::collections::HashMap;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use crate::error::{Bytes, Error, Result};
+use crate::problem::{CacheDtype, Dtype, Layout, Problem};
+use crate::timing::{self, Mode, Protocol, Samples};
+use crate::workload::{CacheFill, Caches, Inputs};
+
+const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
+
+/// Threads per workgroup (`WORKGROUP` in the shader).
+const WORKGROUP: u64 = 256;
+/// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
+const CHUNKS_PER_DISPATCH: usize = 12;
+/// Storage bindings `reshape_and_cache` uses: the chunks, both inputs and the slots.
+const MULTI_CHUNK_STORAGE_BINDINGS: u32 = 2 * CHUNKS_PER_DISPATCH as u32 + 3;
+/// Uploads and read-backs move at most this much per staging buffer, so that copying a
+/// 32 GiB cache never needs 32 GiB of staging memory.
+const STAGING_BYTES: u64 = 64 << 20;
+/// Timed batches per device-time measurement (one sample each).
+const DEVICE_BATCHES: usize = 10;
+/// The fewest calls in one timed batch: enough that pass boundaries do not dominate.
+const MIN_CALLS_PER_BATCH: usize = 10;
+
+/// The wgpu backend on one adapter.
+pub struct WgpuBackend {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    /// Whether TIMESTAMP_QUERY is enabled (device time from the GPU's clock).
+    timestamps: bool,
+    /// The largest buffer bound to one storage binding: the adapter's limits, or smaller when
+    /// a test asks for it.
+    max_binding: u64,
+    module: wgpu::ShaderModule,
+    pipelines: HashMap<String, wgpu::ComputePipeline>,
+    caches: Option<DeviceCaches>,
+    /// Errors no error scope caught (from the uncaptured-error handler and device loss).
+    errors: Arc<Mutex<Vec<String>>>,
+    /// The fp8 sign bit of the NaN this host's f32 division returns for 0/0 (see the shader).
+    nan_sign: u32,
+    /// Free device memory as the driver's memory budget tells it, where it does.
+    memory_budget: Option<u64>,
+}
+
+/// Both caches on the device, chunk by chunk, kept between prepares of the same shape.
+struct DeviceCaches {
+    chunk_bytes: Vec<u64>,
+    key: Vec<wgpu::Buffer>,
+    value: Vec<wgpu::Buffer>,
+    /// The seed of the random fill the caches hold, if they hold one.
+    random_fill: Option<u64>,
+}
+
+impl Drop for DeviceCaches {
+    fn drop(&mut self) {
+        // Free device memory now rather than when wgpu gets round to it: the next prepare may
+        // need it.
+        for buffer in self.key.iter().chain(&self.value) {
+            buffer.destroy();
+        }
+    }
+}
+
+/// Which entry point writes the caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// `reshape_and_cache`: 16-byte units, up to 12 chunks per dispatch.
+    Multi,
+    /// `reshape_and_cache_one`: 16-byte units, one chunk per dispatch.
+    One,
+    /// `reshape_and_cache_words`: u32 words (rows not a multiple of 16 bytes), one chunk per
+    /// dispatch.
+    Words,
+}
+
+/// How one problem maps onto buffers and dispatches on this adapter.
+#[derive(Debug, Clone, PartialEq)]
+struct Plan {
+    kernel: Kernel,
+    /// Cache blocks per chunk buffer.
+    chunk_blocks: u64,
+    /// Size of each chunk buffer (a multiple of 4; the last one may be padded).
+    chunk_bytes: Vec<u64>,
+    /// Tokens per input buffer.
+    tokens_per_range: usize,
+}
+
+impl Plan {
+    fn new(
+        problem: &Problem,
+        max_binding: u64,
+        storage_bindings: u32,
+        device: &str,
+    ) -> Result<Self> {
+        let row_elements = problem.token_elements() as u64;
+        let row_bytes = row_elements * problem.cache_element_size() as u64;
+        let block_bytes = row_bytes * problem.block_size as u64;
+        let vec4_rows = row_bytes.is_multiple_of(16);
+        // The shader indexes slots with u32 (slot -1 is 0xffffffff in the high word).
+        if problem.num_slots() >= u32::MAX as u64 {
+            return Err(Error::InvalidConfig(format!(
+                "the wgpu path indexes slots with 32 bits: a cache of {} slots is too large (at most {})",
+                problem.num_slots(),
+                u32::MAX - 1
+            )));
+        }
+        let mut chunk_blocks = (max_binding / block_bytes).min(problem.num_blocks as u64);
+        // Chunks must end on a word boundary (they do whenever rows are 16-byte multiples).
+        while chunk_blocks > 0 && !(chunk_blocks * block_bytes).is_multiple_of(4) {
+            chunk_blocks -= 1;
+        }
+        if chunk_blocks == 0 {
+            return Err(Error::DoesNotFit {
+                what: "one cache block".into(),
+                needed: Bytes(block_bytes),
+                available: Bytes(max_binding),
+                device: format!("{device} (the largest storage binding)"),
+                hint: "; use a smaller --block-size, fewer heads or a smaller head size".into(),
+            });
+        }
+        let total = problem.cache_bytes();
+        let full = chunk_blocks * block_bytes;
+        let mut chunk_bytes = Vec::new();
+        let mut offset = 0;
+        while offset < total {
+            let bytes = full.min(total - offset);
+            chunk_bytes.push(bytes.next_multiple_of(4));
+            offset += bytes;
+        }
+        let input_row = row_elements * problem.dtype.size() as u64;
+        let tokens_per_range = (max_binding / input_row).min(problem.num_tokens as u64) as usize;
+        if tokens_per_range == 0 {
+            return Err(Error::DoesNotFit {
+                what: "one token's keys".into(),
+                needed: Bytes(input_row),
+                available: Bytes(max_binding),
+                device: format!("{device} (the largest storage binding)"),
+                hint: "; use fewer heads or a smaller head size".into(),
+            });
+        }
+        let kernel = if !vec4_rows {
+            Kernel::Words
+        } else if chunk_bytes.len() > 1 && storage_bindings >= MULTI_CHUNK_STORAGE_BINDINGS {
+            Kernel::Multi
+        } else {
+            Kernel::One
+        };
+        Ok(Self {
+            kernel,
+            chunk_blocks,
+            chunk_bytes,
+            tokens_per_range,
         })
     }
 }
+
+/// A scale as the shader takes it (`Scale` in the shader).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuScale {
+    significand: u32,
+    exponent: i32,
+    reciprocal: f32,
+    sign: u32,
+    kind: u32,
+    _pad: [u32; 3],
+}
+
+const SCALE_FINITE: u32 = 0;
+const SCALE_ZERO: u32 = 1;
+const SCALE_INFINITE: u32 = 2;
+const SCALE_NAN: u32 = 3;
+
+impl GpuScale {
+    /// Splits `scale` into a normalised 24-bit significand and exponent (subnormals included),
+    /// so that the shader never divides by anything but an exact integer-valued f32.
+    fn new(scale: f32) -> Self {
+        let bits = scale.to_bits();
+        let magnitude = bits & 0x7fff_ffff;
+        let sign = (bits >> 24) & 0x80;
+        let (kind, significand, exponent) = if magnitude > 0x7f80_0000 {
+            (SCALE_NAN, 0, 0)
+        } else if magnitude == 0x7f80_0000 {
+            (SCALE_INFINITE, 0, 0)
+        } else if magnitude == 0 {
+            (SCALE_ZERO, 0, 0)
+        } else if magnitude < 0x80_0000 {
+            let normalise = magnitude.leading_zeros() - 8;
+            (
+                SCALE_FINITE,
+                magnitude << normalise,
+                -126 - normalise as i32,
+            )
+        } else {
+            (
+                SCALE_FINITE,
+                (magnitude & 0x7f_ffff) | 0x80_0000,
+                (magnitude >> 23) as i32 - 127,
+            )
+        };
+        let reciprocal = if significand == 0 {
+            0.0
+        } else {
+            1.0 / significand as f32
+        };
+        Self {
+            significand,
+            exponent,
+            reciprocal,
+            sign,
+            kind,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `Params` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuParams {
+    num_tokens: u32,
+    num_slots: u32,
+    first_chunk: u32,
+    num_units: u32,
+    nan_sign: u32,
+    _pad: [u32; 3],
+    k_scale: GpuScale,
+    v_scale: GpuScale,
+}
+
+/// `EncodeParams` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuEncodeParams {
+    count: u32,
+    nan_sign: u32,
+    _pad: [u32; 2],
+    scale: GpuScale,
+}
+
+/// `FillParams` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuFillParams {
+    seed_lo: u32,
+    seed_hi: u32,
+    chunk: u32,
+    words: u32,
+}
+
+/// The fp8 sign bit of the NaN this host's f32 division gives for 0/0 (x86 sets the sign, ARM
+/// does not): the reference divides on the host, so the shader follows the host.
+fn host_nan_sign() -> u32 {
+    let zero = std::hint::black_box(0.0f32);
+    if (zero / std::hint::black_box(zero)).is_sign_negative() {
+        0x80
+    } else {
+        0
+    }
+}
+
+/// A wgpu error as one line.
+fn one_line(error: &dyn std::fmt::Display) -> String {
+    error
+        .to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn input_kind(dtype: Dtype) -> f64 {
+    match dtype {
+        Dtype::Half => 0.0,
+        Dtype::BFloat16 => 1.0,
+        Dtype::Float => 2.0,
+    }
+}
+
+/// Preference among adapters: real GPUs first, software last.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    // OpenGL's compute support is the weakest; prefer the native APIs on the same device.
+    let api = u8::from(info.backend == wgpu::Backend::Gl);
+    (device, api)
+}
+
+fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
+    format!(
+        "{} ({}, {:?})",
+        info.name,
+        info.backend.to_str(),
+        info.device_type
+    )
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        implementation: "wgpu",
+        reason: reason.into(),
+    }
+}
+
+impl WgpuBackend {
+    /// Opens an adapter: the first whose name contains `adapter` (case-insensitive), else the
+    /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
+    /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU.
+    pub fn open(adapter: Option<&str>, hardware_only: bool) -> Result<Self> {
+        Self::open_with(adapter, hardware_only, None)
+    }
+
+    /// As [`WgpuBackend::open`], binding at most `max_binding_bytes` per storage binding when
+    /// given (rounded down to 16 bytes), so that tests can split small caches and inputs over
+    /// many buffers.
+    pub fn open_with(
+        adapter: Option<&str>,
+        hardware_only: bool,
+        max_binding_bytes: Option<u64>,
+    ) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        // WGPU_BACKEND picks APIs; by default the native ones (OpenGL lacks what this needs:
+        // large storage bindings, timestamps inside compute passes on many drivers).
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        if adapters.is_empty() {
+            return Err(unavailable(
+                "no GPU adapter found (on Linux without a GPU, install mesa-vulkan-drivers for \
+                 the lavapipe software adapter)",
+            ));
+        }
+        let found = || {
+            adapters
+                .iter()
+                .map(|a| describe_adapter(&a.get_info()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut candidates: Vec<&wgpu::Adapter> = adapters.iter().collect();
+        if let Some(name) = adapter {
+            let wanted = name.to_lowercase();
+            candidates.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
+            if candidates.is_empty() {
+                return Err(unavailable(format!(
+                    "no adapter's name contains `{name}`; adapters found: {}",
+                    found()
+                )));
+            }
+        }
+        if hardware_only {
+            candidates.retain(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
+            if candidates.is_empty() {
+                return Err(unavailable(format!(
+                    "only software adapters were found ({}); the CPU backend is faster",
+                    found()
+                )));
+            }
+        }
+        // The first of the best rank, in the order wgpu lists them.
+        let chosen = candidates
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, a)| (adapter_rank(&a.get_info()), *i))
+            .map(|(_, a)| *a)
+            .expect("candidates is not empty");
+        Self::from_adapter(chosen, max_binding_bytes)
+    }
+
+    fn from_adapter(adapter: &wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Self> {
+        let info = adapter.get_info();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        // The defaults cap a storage binding at 128 MiB whatever the adapter allows: ask for
+        // everything the adapter has.
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("paged-kv-bench"),
+            required_features: if timestamps {
+                wgpu::Features::TIMESTAMP_QUERY
+            } else {
+                wgpu::Features::empty()
+            },
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|error| {
+            unavailable(format!(
+                "cannot open a device on {}: {}",
+                describe_adapter(&info),
+                one_line(&error)
+            ))
+        })?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        {
+            // wgpu's default handler panics; record the error and return it from the next call.
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+                if let Ok(mut errors) = errors.lock() {
+                    errors.push(one_line(&error));
+                }
+            }));
+        }
+        {
+            let errors = errors.clone();
+            device.set_device_lost_callback(move |reason, message| {
+                if let Ok(mut errors) = errors.lock() {
+                    errors.push(format!("device lost ({reason:?}): {}", one_line(&message)));
+                }
+            });
+        }
+        let limits = device.limits();
+        // Vec4 arrays want 16-byte multiples; the shader's u32 indices want under 4 GiB.
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u32::MAX as u64);
+        if let Some(cap) = max_binding_bytes {
+            max_binding = max_binding.min(cap);
+        }
+        max_binding &= !15;
+        let memory_budget = if info.device_type == wgpu::DeviceType::Cpu {
+            None
+        } else {
+            memory_budget(&device)
+        };
+        let mut backend = Self {
+            module: device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("reshape_and_cache_flash.wgsl"),
+                source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+            }),
+            device,
+            queue,
+            info,
+            limits,
+            timestamps,
+            max_binding,
+            pipelines: HashMap::new(),
+            caches: None,
+            errors,
+            nan_sign: host_nan_sign(),
+            memory_budget,
+        };
+        // Shader compilation errors surface as uncaptured errors: report them now.
+        backend.check_errors()?;
+        if backend.max_binding < 16 {
+            return Err(unavailable(format!(
+                "{} allows storage bindings of only {} bytes",
+                backend.info.name, backend.max_binding
+            )));
+        }
+        // Building one pipeline up front proves the shader compiles on this driver.
+        backend.pipeline("copy", &[])?;
+        Ok(backend)
+    }
+
+    /// Whether the adapter is a software rasteriser (its "device memory" is host memory).
+    fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Returns (and clears) errors that no error scope caught.
+    fn check_errors(&self) -> Result<()> {
+        let mut errors = match self.errors.lock() {
+            Ok(errors) => errors,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let first = errors[0].clone();
+        let more = errors.len() - 1;
+        errors.clear();
+        Err(Error::Wgpu(if more > 0 {
+            format!("{first} (and {more} more error(s))")
+        } else {
+            first
+        }))
+    }
+
+    /// Runs `f` inside validation, out-of-memory and internal error scopes and turns what they
+    /// catch into an error that says what was being done.
+    fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let internal = self.device.push_error_scope(wgpu::ErrorFilter::Internal);
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let value = f();
+        // Scopes pop innermost first.
+        let validation = pollster::block_on(validation.pop());
+        let oom = pollster::block_on(oom.pop());
+        let internal = pollster::block_on(internal.pop());
+        if let Some(error) = oom {
+            return Err(Error::Wgpu(format!(
+                "out of memory on {} while {what}: {}",
+                self.info.name,
+                one_line(&error)
+            )));
+        }
+        if let Some(error) = validation.or(internal) {
+            return Err(Error::Wgpu(format!("{what}: {}", one_line(&error))));
+        }
+        self.check_errors()?;
+        Ok(value)
+    }
+
+    /// Waits for all submitted work.
+    fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|error| Error::Wgpu(format!("waiting for the GPU: {}", one_line(&error))))?;
+        self.check_errors()
+    }
+
+    /// The pipeline of `entry` specialised with `constants`, compiled once per backend.
+    fn pipeline(
+        &mut self,
+        entry: &'static str,
+        constants: &[(&'static str, f64)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = format!("{entry}{constants:?}");
+        if let Some(pipeline) = self.pipelines.get(&key) {
+            return Ok(pipeline.clone());
+        }
+        let pipeline = self.scoped(&format!("compiling `{entry}`"), || {
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    // Automatic layouts: each entry point's layout holds only what it uses.
+                    layout: None,
+                    module: &self.module,
+                    entry_point: Some(entry),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        zero_initialize_workgroup_memory: false,
+                    },
+                    cache: None,
+                })
+        })?;
+        self.pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn uniform<T: Pod>(&self, label: &str, value: &T) -> wgpu::Buffer {
+        let buffer = self.buffer(
+            label,
+            std::mem::size_of::<T>() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        self.queue
+            .write_buffer(&buffer, 0, bytemuck::bytes_of(value));
+        buffer
+    }
+
+    fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[(u32, &wgpu::Buffer)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = entries
+            .iter()
+            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: buffer.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// Workgroups for `threads` threads as a grid of at most the adapter's per-dimension limit.
+    fn grid(&self, threads: u64) -> Result<(u32, u32)> {
+        let workgroups = threads.div_ceil(WORKGROUP).max(1);
+        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let (x, y) = if workgroups <= max {
+            (workgroups, 1)
+        } else {
+            (max, workgroups.div_ceil(max))
+        };
+        if y > max {
+            return Err(Error::Wgpu(format!(
+                "{threads} threads need more than {max} x {max} workgroups"
+            )));
+        }
+        Ok((x as u32, y as u32))
+    }
+
+    /// Copies `data` into `buffer` from its start, through bounded staging memory. The
+    /// buffer's size must cover `data` rounded up to 4 bytes.
+    fn upload(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        for (index, piece) in data.chunks(STAGING_BYTES as usize).enumerate() {
+            let offset = index as u64 * STAGING_BYTES;
+            if piece.len() % 4 == 0 {
+                self.queue.write_buffer(buffer, offset, piece);
+            } else {
+                // Copies move whole words: pad the tail.
+                let mut padded = piece.to_vec();
+                padded.resize(piece.len().next_multiple_of(4), 0);
+                self.queue.write_buffer(buffer, offset, &padded);
+            }
+            // Submitting releases this piece's staging memory once the copy has run.
+            self.queue.submit([]);
+            self.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the first `len` bytes of `buffer` (whose size is a multiple of 4).
+    fn download(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        let staging_size = STAGING_BYTES.min(buffer.size());
+        let staging = self.scoped("allocating a read-back buffer", || {
+            self.buffer(
+                "read-back",
+                staging_size,
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            )
+        })?;
+        let mut offset = 0;
+        while offset < len {
+            let piece = staging_size.min(buffer.size() - offset);
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, piece);
+            self.queue.submit([encoder.finish()]);
+            let (sender, receiver) = mpsc::channel();
+            staging.map_async(wgpu::MapMode::Read, 0..piece, move |result| {
+                let _ = sender.send(result);
+            });
+            self.wait()?;
+            receiver
+                .recv()
+                .map_err(|_| Error::Wgpu("a buffer mapping was dropped".into()))?
+                .map_err(|error| Error::Wgpu(format!("mapping a buffer: {}", one_line(&error))))?;
+            {
+                let view = staging
+                    .get_mapped_range(0..piece)
+                    .map_err(|error| Error::Wgpu(format!("mapping a buffer: {error:?}")))?;
+                let keep = piece.min(len - offset) as usize;
+                out.extend_from_slice(&view[..keep]);
+            }
+            staging.unmap();
+            offset += piece;
+        }
+        staging.destroy();
+        Ok(out)
+    }
+
+    /// Makes sure both caches exist with the plan's chunks, reusing the current ones if they
+    /// match (their contents stay, and with them a random fill that need not be redone).
+    fn ensure_caches(&mut self, plan: &Plan) -> Result<()> {
+        if self
+            .caches
+            .as_ref()
+            .is_some_and(|caches| caches.chunk_bytes == plan.chunk_bytes)
+        {
+            return Ok(());
+        }
+        // Free the old caches before allocating the new ones.
+        self.caches = None;
+        let total: u64 = plan.chunk_bytes.iter().sum();
+        let what = format!(
+            "allocating two caches of {} in {} buffer(s) each",
+            Bytes(total),
+            plan.chunk_bytes.len()
+        );
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let caches = self.scoped(&what, || {
+            let make = |name: &str| -> Vec<wgpu::Buffer> {
+                plan.chunk_bytes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &size)| self.buffer(&format!("{name} cache chunk {i}"), size, usage))
+                    .collect()
+            };
+            DeviceCaches {
+                chunk_bytes: plan.chunk_bytes.clone(),
+                key: make("key"),
+                value: make("value"),
+                random_fill: None,
+            }
+        })?;
+        self.caches = Some(caches);
+        Ok(())
+    }
+
+    /// Overwrites both caches with exactly `contents`.
+    fn upload_caches(&mut self, plan: &Plan, problem: &Problem, contents: &Caches) -> Result<()> {
+        let bytes = problem.cache_bytes() as usize;
+        for (name, data) in [("key", &contents.key), ("value", &contents.value)] {
+            if data.len() != bytes {
+                return Err(Error::InvalidConfig(format!(
+                    "the {name} cache to upload has {} bytes; the problem's cache has {bytes}",
+                    data.len()
+                )));
+            }
+        }
+        let caches = self.caches.as_ref().expect("ensure_caches ran");
+        let mut offset = 0usize;
+        for (i, &size) in plan.chunk_bytes.iter().enumerate() {
+            let len = (size as usize).min(bytes - offset);
+            self.upload(&caches.key[i], &contents.key[offset..offset + len])?;
+            self.upload(&caches.value[i], &contents.value[offset..offset + len])?;
+            offset += len;
+        }
+        if let Some(caches) = self.caches.as_mut() {
+            caches.random_fill = None;
+        }
+        Ok(())
+    }
+
+    /// Fills both caches with random words from `seed` on the device, unless they already
+    /// hold that fill.
+    fn fill_caches(&mut self, seed: u64) -> Result<()> {
+        if self
+            .caches
+            .as_ref()
+            .is_some_and(|caches| caches.random_fill == Some(seed))
+        {
+            return Ok(());
+        }
+        let pipeline = self.pipeline("fill", &[])?;
+        let caches = self.caches.as_ref().expect("ensure_caches ran");
+        let mut jobs = Vec::new();
+        for (cache_seed, buffers) in [(seed, &caches.key), (seed.wrapping_add(1), &caches.value)] {
+            for (chunk, buffer) in buffers.iter().enumerate() {
+                let words = buffer.size() / 4;
+                let params = GpuFillParams {
+                    seed_lo: cache_seed as u32,
+                    seed_hi: (cache_seed >> 32) as u32,
+                    chunk: chunk as u32,
+                    words: words as u32,
+                };
+                jobs.push((params, buffer, self.grid(words)?));
+            }
+        }
+        self.scoped("filling the caches", || {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            let mut keep = Vec::new();
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&pipeline);
+                for (params, buffer, (x, y)) in &jobs {
+                    let uniform = self.uniform("fill params", params);
+                    let group = self.bind_group(&pipeline, &[(50, &uniform), (51, buffer)]);
+                    pass.set_bind_group(0, &group, &[]);
+                    pass.dispatch_workgroups(*x, *y, 1);
+                    keep.push(uniform);
+                }
+            }
+            self.queue.submit([encoder.finish()]);
+            keep
+        })?;
+        self.wait()?;
+        if let Some(caches) = self.caches.as_mut() {
+            caches.random_fill = Some(seed);
+        }
+        Ok(())
+    }
+
+    /// Builds the dispatches of one call: input buffers, parameters and bind groups.
+    fn build_call(
+        &mut self,
+        problem: &Problem,
+        plan: &Plan,
+        inputs: &Inputs,
+    ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
+        let row_elements = problem.token_elements() as u64;
+        let constants: Vec<(&'static str, f64)> = match plan.kernel {
+            Kernel::Multi | Kernel::One => vec![
+                ("BLOCK_SIZE", problem.block_size as f64),
+                ("CHUNK_BLOCKS", plan.chunk_blocks as f64),
+                (
+                    "ROW_UNITS",
+                    (row_elements * problem.cache_element_size() as u64 / 16) as f64,
+                ),
+                ("IN_KIND", input_kind(problem.dtype)),
+                (
+                    "FP8",
+                    if problem.cache_dtype == CacheDtype::Fp8 {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                ),
+            ],
+            Kernel::Words => vec![
+                ("BLOCK_SIZE", problem.block_size as f64),
+                ("CHUNK_BLOCKS", plan.chunk_blocks as f64),
+                ("ROW_ELEMENTS", row_elements as f64),
+                ("ELEMENT_BYTES", problem.dtype.size() as f64),
+                ("ROW_WORDS", row_words(problem) as f64),
+            ],
+        };
+        let entry = match plan.kernel {
+            Kernel::Multi => "reshape_and_cache",
+            Kernel::One => "reshape_and_cache_one",
+            Kernel::Words => "reshape_and_cache_words",
+        };
+        let pipeline = self.pipeline(entry, &constants)?;
+        let units_per_token = match plan.kernel {
+            Kernel::Multi | Kernel::One => row_elements * problem.cache_element_size() as u64 / 16,
+            Kernel::Words => row_words(problem),
+        };
+        let caches = self.caches.as_ref().expect("ensure_caches ran");
+        let input_row = (row_elements * problem.dtype.size() as u64) as usize;
+        let mut buffers = Vec::new();
+        let mut dispatches = Vec::new();
+        let chunks = plan.chunk_bytes.len();
+        let groups: Vec<usize> = match plan.kernel {
+            Kernel::Multi => (0..chunks).step_by(CHUNKS_PER_DISPATCH).collect(),
+            Kernel::One | Kernel::Words => (0..chunks).collect(),
+        };
+        let what = format!(
+            "uploading inputs for {} tokens ({} each for keys and values)",
+            problem.num_tokens,
+            Bytes(problem.input_bytes())
+        );
+        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let mut first_token = 0;
+        while first_token < problem.num_tokens {
+            let tokens = plan.tokens_per_range.min(problem.num_tokens - first_token);
+            let bytes = first_token * input_row..(first_token + tokens) * input_row;
+            let padded = (tokens * input_row).next_multiple_of(16) as u64;
+            let (key, value, slots) = self.scoped(&what, || {
+                (
+                    self.buffer("key input", padded, storage),
+                    self.buffer("value input", padded, storage),
+                    self.buffer("slot mapping", 8 * tokens as u64, storage),
+                )
+            })?;
+            self.upload(&key, &inputs.key[bytes.clone()])?;
+            self.upload(&value, &inputs.value[bytes])?;
+            // Little-endian int64, as the shader reads (lo, hi) pairs.
+            let slot_bytes: Vec<u8> = inputs.slot_mapping[first_token..first_token + tokens]
+                .iter()
+                .flat_map(|slot| slot.to_le_bytes())
+                .collect();
+            self.upload(&slots, &slot_bytes)?;
+            let num_units = tokens as u64 * units_per_token;
+            let grid = self.grid(num_units)?;
+            for &first_chunk in &groups {
+                let params = GpuParams {
+                    num_tokens: tokens as u32,
+                    num_slots: problem.num_slots() as u32,
+                    first_chunk: first_chunk as u32,
+                    num_units: num_units as u32,
+                    nan_sign: self.nan_sign,
+                    _pad: [0; 3],
+                    k_scale: GpuScale::new(inputs.k_scale),
+                    v_scale: GpuScale::new(inputs.v_scale),
+                };
+                let bind_group = self.scoped("binding the caches", || {
+                    let uniform = self.uniform("params", &params);
+                    let group = match plan.kernel {
+                        Kernel::Multi => {
+                            let mut entries: Vec<(u32, &wgpu::Buffer)> =
+                                vec![(0, &uniform), (1, &key), (2, &value), (3, &slots)];
+                            // Chunks past the end of the cache are bound to small distinct
+                            // buffers no thread writes (writable bindings must not alias).
+                            let mut spares = Vec::new();
+                            for slot in 0..CHUNKS_PER_DISPATCH {
+                                if first_chunk + slot >= chunks {
+                                    spares.push(self.buffer(
+                                        "unused chunk",
+                                        16,
+                                        wgpu::BufferUsages::STORAGE,
+                                    ));
+                                    spares.push(self.buffer(
+                                        "unused chunk",
+                                        16,
+                                        wgpu::BufferUsages::STORAGE,
+                                    ));
+                                }
+                            }
+                            let mut spare = spares.iter();
+                            for slot in 0..CHUNKS_PER_DISPATCH {
+                                let chunk = first_chunk + slot;
+                                let (k, v) = if chunk < chunks {
+                                    (&caches.key[chunk], &caches.value[chunk])
+                                } else {
+                                    (
+                                        spare.next().expect("two spares per missing chunk"),
+                                        spare.next().expect("two spares per missing chunk"),
+                                    )
+                                };
+                                entries.push((4 + slot as u32, k));
+                                entries.push((4 + (CHUNKS_PER_DISPATCH + slot) as u32, v));
+                            }
+                            let group = self.bind_group(&pipeline, &entries);
+                            (group, spares)
+                        }
+                        Kernel::One => (
+                            self.bind_group(
+                                &pipeline,
+                                &[
+                                    (0, &uniform),
+                                    (1, &key),
+                                    (2, &value),
+                                    (3, &slots),
+                                    (4, &caches.key[first_chunk]),
+                                    (16, &caches.value[first_chunk]),
+                                ],
+                            ),
+                            Vec::new(),
+                        ),
+                        Kernel::Words => (
+                            self.bind_group(
+                                &pipeline,
+                                &[
+                                    (0, &uniform),
+                                    (3, &slots),
+                                    (30, &key),
+                                    (31, &value),
+                                    (32, &caches.key[first_chunk]),
+                                    (33, &caches.value[first_chunk]),
+                                ],
+                            ),
+                            Vec::new(),
+                        ),
+                    };
+                    (group, uniform)
+                })?;
+                let ((group, spares), uniform) = bind_group;
+                buffers.push(uniform);
+                buffers.extend(spares);
+                dispatches.push(Dispatch {
+                    pipeline: pipeline.clone(),
+                    bind_group: group,
+                    grid,
+                });
+            }
+            buffers.extend([key, value, slots]);
+            first_token += tokens;
+        }
+        Ok((dispatches, buffers))
+    }
+
+    /// Runs the shader's fp8 encoder alone on `elements` (f32 bits for `Dtype::Float`, else the
+    /// 16-bit pattern in the low half of each word) divided by `scale`: one e4m3 code per
+    /// element. This is how the tests prove the encoder bit-exact over every 16-bit input.
+    pub fn encode_fp8(&mut self, dtype: Dtype, elements: &[u32], scale: f32) -> Result<Vec<u8>> {
+        if elements.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.pipeline("encode_fp8", &[("IN_KIND", input_kind(dtype))])?;
+        let bytes = 4 * elements.len() as u64;
+        if bytes > self.max_binding {
+            return Err(Error::InvalidConfig(format!(
+                "encode at most {} elements at a time",
+                self.max_binding / 4
+            )));
+        }
+        let params = GpuEncodeParams {
+            count: elements.len() as u32,
+            nan_sign: self.nan_sign,
+            _pad: [0; 2],
+            scale: GpuScale::new(scale),
+        };
+        let grid = self.grid(elements.len() as u64)?;
+        let (input, output) = self.scoped("allocating the encoder test buffers", || {
+            (
+                self.buffer(
+                    "encode input",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                ),
+                self.buffer(
+                    "encode output",
+                    bytes,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+                ),
+            )
+        })?;
+        self.upload(&input, bytemuck::cast_slice(elements))?;
+        self.scoped("running the fp8 encoder", || {
+            let uniform = self.uniform("encode params", &params);
+            let group = self.bind_group(&pipeline, &[(40, &uniform), (41, &input), (42, &output)]);
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(grid.0, grid.1, 1);
+            }
+            self.queue.submit([encoder.finish()]);
+        })?;
+        self.wait()?;
+        let words = self.download(&output, bytes)?;
+        input.destroy();
+        output.destroy();
+        Ok(words
+            .chunks_exact(4)
+            .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]) as u8)
+            .collect())
+    }
+
+    /// Times `passes` compute passes of `calls` calls each (after one untimed pass) and
+    /// returns each pass's time per call in microseconds: from timestamp queries at the pass
+    /// boundaries where the adapter has them, else from the host clock around each submission.
+    fn time_passes(
+        &self,
+        passes: usize,
+        calls: usize,
+        record: &dyn Fn(&mut wgpu::ComputePass),
+    ) -> Result<Vec<f64>> {
+        let encode_pass = |timestamps: Option<(&wgpu::QuerySet, u32)>| {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: timestamps.map(|(query_set, index)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set,
+                            beginning_of_pass_write_index: Some(index),
+                            end_of_pass_write_index: Some(index + 1),
+                        }
+                    }),
+                });
+                for _ in 0..calls {
+                    record(&mut pass);
+                }
+            }
+            encoder
+        };
+        // Warm-up: caches, clocks and lazy initialisation.
+        self.queue.submit([encode_pass(None).finish()]);
+        self.wait()?;
+
+        if !self.timestamps {
+            let mut samples = Vec::with_capacity(passes);
+            for _ in 0..passes {
+                let buffer = encode_pass(None).finish();
+                let start = Instant::now();
+                self.queue.submit([buffer]);
+                self.wait()?;
+                samples.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+            }
+            return Ok(samples);
+        }
+
+        let count = 2 * passes as u32;
+        let (query_set, resolve) = self.scoped("allocating timestamp queries", || {
+            (
+                self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                }),
+                self.buffer(
+                    "timestamps",
+                    8 * count as u64,
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                ),
+            )
+        })?;
+        for pass in 0..passes {
+            // One submission per pass keeps command buffers small for long batches.
+            let mut encoder = encode_pass(Some((&query_set, 2 * pass as u32)));
+            if pass + 1 == passes {
+                encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
+            }
+            self.queue.submit([encoder.finish()]);
+        }
+        self.wait()?;
+        let raw = self.download(&resolve, 8 * count as u64)?;
+        resolve.destroy();
+        let ticks: Vec<u64> = raw
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect();
+        let period_ns = self.queue.get_timestamp_period() as f64;
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|pair| pair[1].saturating_sub(pair[0]) as f64 * period_ns / 1e3 / calls as f64)
+            .collect())
+    }
+}
+
+/// u32 words a token row's span touches in the word kernel: rows of an odd number of 16-bit
+/// elements start on either half of a word and touch (n + 1) / 2 words.
+fn row_words(problem: &Problem) -> u64 {
+    let elements = problem.token_elements() as u64;
+    match problem.dtype.size() {
+        2 => elements.div_ceil(2),
+        _ => elements,
+    }
+}
+
+/// Free memory of a Vulkan device's largest device-local heap (`VK_EXT_memory_budget`): the
+/// budget the driver gives this process minus what it already uses. `None` elsewhere.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "windows",
+    target_os = "android",
+    target_os = "freebsd"
+))]
+fn memory_budget(device: &wgpu::Device) -> Option<u64> {
+    use ash::vk;
+    // SAFETY: only reads properties through the handles wgpu owns, which outlive this call.
+    unsafe {
+        let hal = device.as_hal::<wgpu::hal::api::Vulkan>()?;
+        if !hal
+            .enabled_device_extensions()
+            .contains(&ash::ext::memory_budget::NAME)
+        {
+            return None;
+        }
+        let instance = hal.shared_instance().raw_instance();
+        let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
+        let mut properties = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
+        instance.get_physical_device_memory_properties2(hal.raw_physical_device(), &mut properties);
+        let heaps = properties.memory_properties.memory_heap_count as usize;
+        let memory_heaps = properties.memory_properties.memory_heaps;
+        (0..heaps.min(vk::MAX_MEMORY_HEAPS))
+            .filter(|&i| {
+                memory_heaps[i]
+                    .flags
+                    .contains(vk::MemoryHeapFlags::DEVICE_LOCAL)
+            })
+            .map(|i| budget.heap_budget[i].saturating_sub(budget.heap_usage[i]))
+            .max()
+    }
+}
+
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "windows",
+    target_os = "android",
+    target_os = "freebsd"
+)))]
+fn memory_budget(_device: &wgpu::Device) -> Option<u64> {
+    None
+}
+
 impl Backend for WgpuBackend {
     fn implementation(&self) -> Implementation {
         Implementation::Wgpu
     }
+
     fn device(&self) -> DeviceInfo {
-        unreachable!()
+        let driver = if self.info.driver.is_empty() {
+            self.info.driver_info.clone()
+        } else {
+            format!("{} {}", self.info.driver, self.info.driver_info)
+        };
+        DeviceInfo {
+            name: self.info.name.clone(),
+            details: format!(
+                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}",
+                self.info.backend.to_str(),
+                self.info.device_type,
+                driver.trim(),
+                Bytes(self.max_binding),
+                if self.timestamps {
+                    "timestamp queries"
+                } else {
+                    "the host clock (no timestamp queries)"
+                }
+            ),
+        }
     }
-    fn supports(&self, _: Layout) -> bool {
-        unreachable!()
+
+    fn supports(&self, layout: Layout) -> bool {
+        layout == Layout::Nhd
     }
-    fn footprint(&self, _: u64, _: u64, _: usize) -> Footprint {
-        unreachable!()
+
+    fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
+        // Both caches and inputs, the slots, and a staging buffer for uploads.
+        let bytes = 2 * cache_bytes + 2 * input_bytes + 8 * num_tokens as u64;
+        if self.is_software() {
+            Footprint {
+                host: bytes + STAGING_BYTES,
+                device: 0,
+            }
+        } else {
+            Footprint {
+                host: STAGING_BYTES,
+                device: bytes,
+            }
+        }
     }
+
     fn device_memory(&self) -> Option<u64> {
-        unreachable!()
+        // wgpu has no portable way to ask; Vulkan's memory budget is read once at open.
+        self.memory_budget
     }
-    fn mode_note(&self, _: Mode) -> String {
-        unreachable!()
+
+    fn mode_note(&self, mode: Mode) -> String {
+        format!(
+            "--mode {} does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
+             command buffers are single-use), so every call records and submits one command \
+             buffer (one compute pass, one dispatch per group of up to {CHUNKS_PER_DISPATCH} \
+             cache chunks); device time: batches of back-to-back calls in one pass each, {}",
+            mode.name(),
+            if self.timestamps {
+                "timed by timestamp queries at the pass boundaries"
+            } else {
+                "timed by the host clock (this adapter has no timestamp queries)"
+            }
+        )
     }
+
+    fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
+        // Much larger than any GPU's last-level cache; a software adapter copies with the CPU,
+        // so keep it short there.
+        let (size, reps) = if self.is_software() {
+            (self.max_binding.min(64 << 20), 3)
+        } else {
+            (self.max_binding.min(1 << 30), 20)
+        };
+        let pipeline = self.pipeline("copy", &[])?;
+        let grid = self.grid(size / 16)?;
+        let usage = wgpu::BufferUsages::STORAGE;
+        let (src, dst, group) = self.scoped("allocating the copy-bandwidth buffers", || {
+            let src = self.buffer("copy source", size, usage);
+            let dst = self.buffer("copy destination", size, usage);
+            let group = self.bind_group(&pipeline, &[(60, &src), (61, &dst)]);
+            (src, dst, group)
+        })?;
+        let samples = self.time_passes(1, reps, &|pass| {
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(grid.0, grid.1, 1);
+        });
+        src.destroy();
+        dst.destroy();
+        let per_copy_us = samples?[0];
+        if per_copy_us > 0.0 {
+            Ok(Some(2.0 * size as f64 / (per_copy_us * 1e-6) / 1e9))
+        } else {
+            Ok(None)
+        }
+    }
+
     fn prepare<'a>(
         &'a mut self,
-        _: &Problem,
-        _: Inputs<'a>,
-        _: CacheFill<'_>,
+        problem: &Problem,
+        inputs: Inputs<'a>,
+        fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
-        unreachable!()
+        problem.validate()?;
+        problem.validate_slots(inputs.slot_mapping)?;
+        if problem.layout != Layout::Nhd {
+            return Err(Error::InvalidConfig(
+                "the wgpu path implements the NHD layout only".into(),
+            ));
+        }
+        let input_bytes = problem.input_bytes() as usize;
+        if inputs.key.len() != input_bytes || inputs.value.len() != input_bytes {
+            return Err(Error::InvalidConfig(format!(
+                "inputs of {} and {} bytes for a problem that needs {input_bytes} each",
+                inputs.key.len(),
+                inputs.value.len()
+            )));
+        }
+        self.check_errors()?;
+        let plan = Plan::new(
+            problem,
+            self.max_binding,
+            self.limits.max_storage_buffers_per_shader_stage,
+            &self.info.name,
+        )?;
+        self.ensure_caches(&plan)?;
+        match fill {
+            CacheFill::Copy(contents) => self.upload_caches(&plan, problem, contents)?,
+            CacheFill::Random { seed } => self.fill_caches(seed)?,
+        }
+        let (dispatches, buffers) = self.build_call(problem, &plan, &inputs)?;
+        Ok(Box::new(WgpuCall {
+            backend: self,
+            problem: *problem,
+            dispatches,
+            buffers,
+        }))
+    }
+}
+
+/// One dispatch of a call.
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+struct WgpuCall<'a> {
+    backend: &'a WgpuBackend,
+    problem: Problem,
+    dispatches: Vec<Dispatch>,
+    /// Inputs, slots and parameters, freed when the call is dropped.
+    buffers: Vec<wgpu::Buffer>,
+}
+
+impl Drop for WgpuCall<'_> {
+    fn drop(&mut self) {
+        for buffer in &self.buffers {
+            buffer.destroy();
+        }
+    }
+}
+
+impl WgpuCall<'_> {
+    fn record(&self, pass: &mut wgpu::ComputePass) {
+        for dispatch in &self.dispatches {
+            pass.set_pipeline(&dispatch.pipeline);
+            pass.set_bind_group(0, &dispatch.bind_group, &[]);
+            pass.dispatch_workgroups(dispatch.grid.0, dispatch.grid.1, 1);
+        }
+    }
+
+    /// One call: record, submit, wait. Errors land in the uncaptured-error list, which the
+    /// wait checks: no error scopes here, so that the latency loop times only the call.
+    fn call(&self) -> Result<()> {
+        let backend = self.backend;
+        let mut encoder = backend
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            self.record(&mut pass);
+        }
+        backend.queue.submit([encoder.finish()]);
+        backend.wait()
+    }
+}
+
+impl Prepared for WgpuCall<'_> {
+    fn run(&mut self) -> Result<()> {
+        self.call()
+    }
+
+    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
+        let latency_us = timing::wall_clock_latency_us(protocol, || self.call())?;
+        let calls = (protocol.iters / DEVICE_BATCHES).max(MIN_CALLS_PER_BATCH);
+        let device_us = self
+            .backend
+            .time_passes(DEVICE_BATCHES, calls, &|pass| self.record(pass))?;
+        Ok(Samples {
+            latency_us,
+            device_us,
+        })
+    }
+
+    fn read_back(&mut self) -> Result<Caches> {
+        let backend = self.backend;
+        let caches = backend
+            .caches
+            .as_ref()
+            .expect("prepare allocated the caches");
+        let total = self.problem.cache_bytes();
+        let mut key = Vec::with_capacity(total as usize);
+        let mut value = Vec::with_capacity(total as usize);
+        let mut offset = 0;
+        for (i, &size) in caches.chunk_bytes.iter().enumerate() {
+            let len = size.min(total - offset);
+            key.extend(backend.download(&caches.key[i], len)?);
+            value.extend(backend.download(&caches.value[i], len)?);
+            offset += len;
+        }
+        Ok(Caches { key, value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(dtype: Dtype, cache_dtype: CacheDtype, heads: usize, head_size: usize) -> Problem {
+        Problem {
+            num_tokens: 100,
+            num_heads: heads,
+            head_size,
+            block_size: 16,
+            num_blocks: 1000,
+            dtype,
+            cache_dtype,
+            layout: Layout::Nhd,
+        }
+    }
+
+    #[test]
+    fn plans_split_caches_on_block_boundaries() {
+        // 16 slots x 2 heads x 128 x 2 bytes = 8 KiB blocks; 20 KiB bindings hold 2 blocks.
+        let p = problem(Dtype::Half, CacheDtype::Auto, 2, 128);
+        let plan = Plan::new(&p, 20 << 10, 32, "test").unwrap();
+        assert_eq!(plan.chunk_blocks, 2);
+        assert_eq!(plan.chunk_bytes.len(), 500);
+        assert!(plan.chunk_bytes.iter().all(|&b| b == 16 << 10));
+        assert_eq!(plan.kernel, Kernel::Multi);
+        // 512 bytes of keys per token: 40 tokens per 20 KiB binding.
+        assert_eq!(plan.tokens_per_range, 40);
+        // Too few bindings for 12 chunks at once: one chunk per dispatch.
+        assert_eq!(
+            Plan::new(&p, 20 << 10, 16, "test").unwrap().kernel,
+            Kernel::One
+        );
+        // One chunk: the single-chunk kernel.
+        let whole = Plan::new(&p, 1 << 30, 32, "test").unwrap();
+        assert_eq!((whole.kernel, whole.chunk_bytes.len()), (Kernel::One, 1));
+        assert_eq!(whole.chunk_bytes[0], p.cache_bytes());
+        // A block larger than a binding cannot be split.
+        assert!(matches!(
+            Plan::new(&p, 4 << 10, 32, "test"),
+            Err(Error::DoesNotFit { .. })
+        ));
+    }
+
+    #[test]
+    fn odd_rows_use_words_and_word_aligned_chunks() {
+        // 3 heads x 5 x 2 bytes = 30-byte rows: block of 1 slot = 30 bytes; chunks must be
+        // whole words, so an even number of blocks.
+        let p = Problem {
+            block_size: 1,
+            ..problem(Dtype::BFloat16, CacheDtype::Auto, 3, 5)
+        };
+        let plan = Plan::new(&p, 100, 32, "test").unwrap();
+        assert_eq!(plan.kernel, Kernel::Words);
+        assert_eq!(plan.chunk_blocks, 2);
+        assert!(plan.chunk_bytes.iter().all(|&b| b % 4 == 0));
+        assert_eq!(row_words(&p), 8);
+    }
+
+    #[test]
+    fn scales_split_exactly() {
+        let s = GpuScale::new(0.07);
+        let rebuilt = s.significand as f64 * 2f64.powi(s.exponent - 23);
+        assert_eq!(rebuilt as f32, 0.07);
+        assert_eq!((s.kind, s.sign), (SCALE_FINITE, 0));
+        let tiny = GpuScale::new(f32::from_bits(3));
+        assert_eq!((tiny.significand, tiny.exponent), (0xc0_0000, -148));
+        assert_eq!(GpuScale::new(-2.0).sign, 0x80);
+        assert_eq!(GpuScale::new(0.0).kind, SCALE_ZERO);
+        assert_eq!(GpuScale::new(f32::INFINITY).kind, SCALE_INFINITE);
+        assert_eq!(GpuScale::new(f32::NAN).kind, SCALE_NAN);
     }
 }
