@@ -46,6 +46,9 @@ override FP8: bool = false;
 override ROW_ELEMENTS: u32 = 1u;
 override ELEMENT_BYTES: u32 = 4u;
 override ROW_WORDS: u32 = 1u;
+// Test only: moves the fp8 quotient estimate by this many f32 ULP, to show that the encoder
+// stays exact when the estimate is off (as a GPU's division may be). Always 0 in the kernels.
+override ESTIMATE_SKEW: i32 = 0;
 
 const WORKGROUP: u32 = 256u;
 // Chunks bound by reshape_and_cache: 2 * CHUNKS + 3 storage bindings must fit the adapter's
@@ -211,7 +214,8 @@ fn compare_wide(a: vec2<u32>, b: vec2<u32>) -> i32 {
 // e4m3 code of the magnitude of Q = (mx / ms) * 2^e for e in [-10, 9].
 fn quantize_magnitude(mx: u32, scale: Scale, e: i32) -> u32 {
     // Both factors are exact f32s; the product is within about 1.5 ULP of mx / ms.
-    let y0 = f32(mx) * scale.reciprocal * pow2(e);
+    let estimate = f32(mx) * scale.reciprocal * pow2(e);
+    let y0 = bitcast<f32>(u32(i32(bitcast<u32>(estimate)) + ESTIMATE_SKEW));
     let y0_bits = bitcast<u32>(y0);
     if y0_bits >= 0x43e00000u {
         return 0x7eu;

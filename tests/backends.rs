@@ -95,3 +95,11 @@ backend_suite!(
     cpu,
     Box::new(paged_kv_bench::backend::cpu::CpuBackend::new())
 );
+#[cfg(feature = "wgpu")]
+backend_suite!(
+    wgpu,
+    Box::new(
+        paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false)
+            .expect("a wgpu adapter (install mesa-vulkan-drivers)")
+    )
+);

@@ -980,11 +980,27 @@ impl WgpuBackend {
     /// Runs the shader's fp8 encoder alone on `elements` (f32 bits for `Dtype::Float`, else the
     /// 16-bit pattern in the low half of each word) divided by `scale`: one e4m3 code per
     /// element. This is how the tests prove the encoder bit-exact over every 16-bit input.
-    pub fn encode_fp8(&mut self, dtype: Dtype, elements: &[u32], scale: f32) -> Result<Vec<u8>> {
+    ///
+    /// `estimate_skew_ulps` is 0 in normal use; tests set it to move the encoder's first
+    /// estimate of the quotient by that many f32 ULP, as a GPU whose division is that far off
+    /// would, to show the result stays exact (up to 255 ULP) regardless.
+    pub fn encode_fp8(
+        &mut self,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Vec<u8>> {
         if elements.is_empty() {
             return Ok(Vec::new());
         }
-        let pipeline = self.pipeline("encode_fp8", &[("IN_KIND", input_kind(dtype))])?;
+        let pipeline = self.pipeline(
+            "encode_fp8",
+            &[
+                ("IN_KIND", input_kind(dtype)),
+                ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
+            ],
+        )?;
         let bytes = 4 * elements.len() as u64;
         if bytes > self.max_binding {
             return Err(Error::InvalidConfig(format!(

@@ -1,0 +1,445 @@
+//! Tests of the wgpu backend that the shared suite in `tests/backends.rs` does not cover: the
+//! shader's fp8 encoder against the Rust reference over every 16-bit input, caches and inputs
+//! split over many buffers, rows that are not a multiple of 16 bytes, random fills, timing and
+//! adapter errors. They run the shaders for real on whatever adapter wgpu finds (lavapipe
+//! without a GPU: `apt-get install mesa-vulkan-drivers`).
+#![cfg(feature = "wgpu")]
+
+use paged_kv_bench::backend::wgpu::WgpuBackend;
+use paged_kv_bench::backend::Backend;
+use paged_kv_bench::error::Error;
+use paged_kv_bench::fp8;
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::reference;
+use paged_kv_bench::timing::{Mode, Protocol};
+use paged_kv_bench::verify::{self, Case, Coverage};
+use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
+
+fn open() -> WgpuBackend {
+    WgpuBackend::open(None, false).expect("a wgpu adapter (install mesa-vulkan-drivers)")
+}
+
+/// Scales the encoder must get right: 1, the benchmark's typical max/64 of normal data,
+/// awkward fractions, tiny and huge (both far from 1 in exponent, one subnormal), negative,
+/// and the degenerate ones.
+const SCALES: [f32; 14] = [
+    1.0,
+    0.0703125 * 1.01,
+    0.07,
+    1.0 / 3.0,
+    3.7,
+    1.0e-30,
+    f32::from_bits(0x0000_4321),
+    7.1e25,
+    3.0e38,
+    -0.37,
+    0.0,
+    f32::INFINITY,
+    f32::NAN,
+    -f32::NAN,
+];
+
+/// The inputs (as descriptions) whose shader encoding differs from `fp8::quantize`.
+fn encoder_mismatches(
+    backend: &mut WgpuBackend,
+    dtype: Dtype,
+    elements: &[u32],
+    scale: f32,
+    skew: i32,
+) -> Vec<String> {
+    let got = backend
+        .encode_fp8(dtype, elements, scale, skew)
+        .expect("encode");
+    assert_eq!(got.len(), elements.len());
+    let mut bad = Vec::new();
+    for (&bits, &code) in elements.iter().zip(&got) {
+        let x = match dtype {
+            Dtype::Half => half::f16::from_bits(bits as u16).to_f32(),
+            Dtype::BFloat16 => half::bf16::from_bits(bits as u16).to_f32(),
+            Dtype::Float => f32::from_bits(bits),
+        };
+        let expected = fp8::quantize(x, scale);
+        if code != expected {
+            bad.push(format!(
+                "{bits:#x} ({x:e}) / {scale:e}: expected {expected:#04x}, got {code:#04x}"
+            ));
+        }
+    }
+    bad
+}
+
+fn check_encoder(backend: &mut WgpuBackend, dtype: Dtype, elements: &[u32], scale: f32, skew: i32) {
+    let bad = encoder_mismatches(backend, dtype, elements, scale, skew);
+    assert!(
+        bad.is_empty(),
+        "{} with the estimate skewed by {skew} ULP: {} of {} inputs differ, e.g.\n{}",
+        dtype.name(),
+        bad.len(),
+        elements.len(),
+        bad[..bad.len().min(20)].join("\n")
+    );
+}
+
+/// Skews of the encoder's quotient estimate to test with: none (this adapter's own division),
+/// and estimates off by up to 255 ULP either way, which stand for a GPU whose division is far
+/// worse than WGSL's 2.5 ULP (lavapipe's division is correctly rounded, so without skews the
+/// exact correction would hardly be exercised here).
+const SKEWS: [i32; 5] = [0, 1, -2, 255, -255];
+
+/// Every half and every bfloat16 bit pattern, at every scale and skew: the shader's bytes equal
+/// `fp8::quantize` (which divides in f32 with correct rounding, then rounds to e4m3).
+#[test]
+fn fp8_encoder_matches_reference_on_every_16_bit_input() {
+    let mut backend = open();
+    let all: Vec<u32> = (0..=u16::MAX as u32).collect();
+    for dtype in [Dtype::Half, Dtype::BFloat16] {
+        for scale in SCALES {
+            for skew in SKEWS {
+                check_encoder(&mut backend, dtype, &all, scale, skew);
+            }
+        }
+    }
+}
+
+/// The exhaustive test can tell a wrong encoder from a right one: with the estimate off by more
+/// than the encoder's 256-ULP window of exact checks, inputs whose quotient lies on (or next
+/// to) a rounding boundary come out wrong, and the comparison sees it.
+#[test]
+fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
+    let mut backend = open();
+    let all: Vec<u32> = (0..=u16::MAX as u32).collect();
+    for skew in [300, -300] {
+        let bad = encoder_mismatches(&mut backend, Dtype::Half, &all, 1.0, skew);
+        assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
+    }
+}
+
+/// For each scale, the f32 inputs whose quotient lies closest to each e4m3 rounding boundary
+/// (the products boundary * scale and their neighbours a few ULP away), plus a sweep of
+/// exponents, subnormals and specials: where a division that is not correctly rounded would
+/// go wrong.
+#[test]
+fn fp8_encoder_matches_reference_near_every_rounding_boundary_for_float() {
+    let mut backend = open();
+    let mut midpoints = Vec::new();
+    for code in 0u8..0x7e {
+        let (low, high) = (fp8::e4m3_to_f32(code), fp8::e4m3_to_f32(code + 1));
+        midpoints.push((low + high) / 2.0);
+    }
+    for scale in SCALES {
+        let mut elements: Vec<u32> = Vec::new();
+        for &m in &midpoints {
+            for sign in [0u32, 0x8000_0000] {
+                let center = (m * scale.abs()).to_bits() as i64;
+                for delta in -40i64..=40 {
+                    let bits = center + delta;
+                    if (0..0x7f80_0000).contains(&bits) {
+                        elements.push(bits as u32 | sign);
+                    }
+                }
+            }
+        }
+        // Every exponent with a spread of mantissas, subnormals, zeros, infinities, NaNs.
+        for exponent in 0u32..=255 {
+            for mantissa in [0, 1, 0x40_0000, 0x7f_ffff, 0x12_3457, 0x6d_b6db] {
+                for sign in [0u32, 0x8000_0000] {
+                    elements.push(sign | (exponent << 23) | mantissa);
+                }
+            }
+        }
+        for skew in SKEWS {
+            check_encoder(&mut backend, Dtype::Float, &elements, scale, skew);
+        }
+    }
+}
+
+/// A million random f32 bit patterns per scale, and a million values in the range real keys
+/// take (normal samples), quantised with the benchmark's scale.
+#[test]
+fn fp8_encoder_matches_reference_on_random_floats() {
+    let mut backend = open();
+    let random: Vec<u32> = bytemuck::pod_collect_to_vec(&workload::random_bytes(4 << 20, 5));
+    for scale in [1.0, 0.07, 1.0 / 3.0, 3.7e-20] {
+        check_encoder(&mut backend, Dtype::Float, &random, scale, 0);
+        check_encoder(&mut backend, Dtype::Float, &random, scale, -200);
+    }
+    let normal = workload::random_normal(Dtype::Float, 1 << 20, 6);
+    let scale = workload::fp8_scale(Dtype::Float, &normal);
+    check_encoder(
+        &mut backend,
+        Dtype::Float,
+        &bytemuck::pod_collect_to_vec(&normal),
+        scale,
+        0,
+    );
+}
+
+fn check(backend: &mut WgpuBackend, cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        match verify::check(backend, case) {
+            Ok(None) => {}
+            Ok(Some(mismatch)) => failures.push(format!("{}: {mismatch}", case.problem.describe())),
+            Err(error) => failures.push(format!("{}: error: {error}", case.problem.describe())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Caches split over many buffers (more than one dispatch group of 12 chunks) and inputs
+/// split over several token ranges, forced by a small binding limit.
+#[test]
+fn caches_and_inputs_split_over_many_buffers_match_reference() {
+    // 256 KiB holds at least one block of every quick case (at most 32 x 5 x 128 x 4 bytes).
+    let mut backend = WgpuBackend::open_with(None, false, Some(256 << 10)).expect("adapter");
+    let cases: Vec<Case> = verify::matrix(Coverage::Quick, 21)
+        .into_iter()
+        .filter(|case| case.problem.layout == Layout::Nhd)
+        .collect();
+    check(&mut backend, &cases);
+}
+
+/// The smallest possible chunks: one cache block per buffer, so that a cache of 40 blocks
+/// needs 4 dispatch groups, and many tokens per call need several input ranges.
+#[test]
+fn one_block_per_buffer_matches_reference() {
+    let problem = Problem {
+        num_tokens: 300,
+        num_heads: 2,
+        head_size: 64,
+        block_size: 16,
+        num_blocks: 40,
+        dtype: Dtype::BFloat16,
+        cache_dtype: CacheDtype::Auto,
+        layout: Layout::Nhd,
+    };
+    // A block is 16 x 2 x 64 x 2 = 4 KiB (fp8: 2 KiB).
+    let mut backend = WgpuBackend::open_with(None, false, Some(4 << 10)).expect("adapter");
+    let mut cases = Vec::new();
+    for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
+        for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
+            if dtype == Dtype::Float && cache_dtype == CacheDtype::Auto {
+                // 8 KiB blocks do not fit 4 KiB bindings (checked below).
+                continue;
+            }
+            cases.push(Case {
+                problem: Problem {
+                    dtype,
+                    cache_dtype,
+                    ..problem
+                },
+                padding_fraction: 0.1,
+                special_values: true,
+                seed: 3,
+            });
+        }
+    }
+    check(&mut backend, &cases);
+
+    let too_big = Problem {
+        dtype: Dtype::Float,
+        ..problem
+    };
+    let data = verify::CaseData::new(&Case {
+        problem: too_big,
+        padding_fraction: 0.0,
+        special_values: false,
+        seed: 1,
+    })
+    .unwrap();
+    let error = backend
+        .prepare(&too_big, data.inputs(), CacheFill::Copy(&data.initial))
+        .err()
+        .expect("a block larger than a binding is refused");
+    assert!(matches!(error, Error::DoesNotFit { .. }), "{error}");
+}
+
+/// Rows that are not a multiple of 16 bytes take the word kernel; rows of an odd number of
+/// 16-bit elements share words with their neighbours (block size 1 and 3 put neighbouring
+/// slots' rows in one word), and chunks of an odd number of such blocks must still split on
+/// words.
+#[test]
+fn rows_not_a_multiple_of_16_bytes_match_reference() {
+    let mut cases = Vec::new();
+    let mut seed = 100;
+    for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
+        for (num_heads, head_size) in [(1, 1), (3, 5), (1, 6), (2, 7), (5, 12)] {
+            for block_size in [1, 3, 16] {
+                for num_tokens in [1, 2, 97] {
+                    seed += 1;
+                    cases.push(Case {
+                        problem: Problem {
+                            num_tokens,
+                            num_heads,
+                            head_size,
+                            block_size,
+                            num_blocks: (2 * num_tokens).div_ceil(block_size) + 1,
+                            dtype,
+                            cache_dtype: CacheDtype::Auto,
+                            layout: Layout::Nhd,
+                        },
+                        padding_fraction: 0.1,
+                        special_values: seed % 2 == 0,
+                        seed,
+                    });
+                }
+            }
+        }
+    }
+    check(&mut open(), &cases);
+    // The same with chunks of a few hundred bytes: many buffers, dispatched one by one.
+    check(
+        &mut WgpuBackend::open_with(None, false, Some(512)).expect("adapter"),
+        &cases,
+    );
+}
+
+/// A random fill happens on the device, is reused when seed and size match (and redone when
+/// either changes), and a call on it writes exactly what the reference writes.
+#[test]
+fn random_fill_is_seeded_reused_and_written_correctly() {
+    let problem = Problem {
+        num_tokens: 50,
+        num_heads: 4,
+        head_size: 64,
+        block_size: 16,
+        num_blocks: 30,
+        dtype: Dtype::Half,
+        cache_dtype: CacheDtype::Fp8,
+        layout: Layout::Nhd,
+    };
+    let mut backend = WgpuBackend::open_with(None, false, Some(16 << 10)).expect("adapter");
+    let key = workload::random_normal(problem.dtype, 50 * 256, 1);
+    let value = workload::random_normal(problem.dtype, 50 * 256, 2);
+    let slot_mapping = workload::random_slot_mapping(problem.num_slots(), 50, 0.1, 3);
+    let inputs = Inputs {
+        key: &key,
+        value: &value,
+        slot_mapping: &slot_mapping,
+        k_scale: workload::fp8_scale(problem.dtype, &key),
+        v_scale: workload::fp8_scale(problem.dtype, &value),
+    };
+    let fill = |backend: &mut WgpuBackend, seed: u64, run: bool| -> Caches {
+        let mut call = backend
+            .prepare(&problem, inputs, CacheFill::Random { seed })
+            .expect("prepare");
+        if run {
+            call.run().expect("run");
+        }
+        call.read_back().expect("read back")
+    };
+    let initial = fill(&mut backend, 7, false);
+    assert_ne!(initial.key, initial.value);
+    assert!(initial.key.iter().filter(|b| **b == 0).count() < initial.key.len() / 64);
+    let mut expected = initial.clone();
+    reference::reshape_and_cache(&problem, &inputs, &mut expected);
+    // Same seed and size: the fill is kept, so the call lands on the same contents.
+    let written = fill(&mut backend, 7, true);
+    assert!(
+        written == expected,
+        "a call on a random fill differs from the reference"
+    );
+    // Another seed refills; going back to seed 7 refills the same bytes.
+    let other = fill(&mut backend, 8, false);
+    assert_ne!(other.key, initial.key);
+    assert_eq!(fill(&mut backend, 7, false), initial);
+}
+
+/// Timing returns a latency and one device-time sample per batch (values are not checked:
+/// tests never assert timings), and the copy-bandwidth probe runs.
+#[test]
+fn timing_and_bandwidth_run() {
+    let mut backend = open();
+    let case = default_case(64);
+    let data = verify::CaseData::new(&case).unwrap();
+    {
+        let mut call = backend
+            .prepare(&case.problem, data.inputs(), CacheFill::Random { seed: 1 })
+            .expect("prepare");
+        let samples = call.time(&Protocol::new(Mode::NoGraph, 20)).expect("time");
+        assert!(samples.latency_us.is_finite() && samples.latency_us > 0.0);
+        assert_eq!(samples.device_us.len(), 10);
+        assert!(samples.device_us.iter().all(|t| t.is_finite() && *t >= 0.0));
+    }
+    let bandwidth = backend.copy_bandwidth_gbps().expect("copy bandwidth");
+    assert!(bandwidth.is_some_and(|gbps| gbps.is_finite() && gbps > 0.0));
+    assert!(backend
+        .mode_note(Mode::Cudagraph)
+        .contains("does not apply"));
+    assert!(!backend.supports(Layout::Hnd) && backend.supports(Layout::Nhd));
+    let info = backend.device();
+    assert!(!info.name.is_empty() && !info.details.is_empty());
+}
+
+fn default_case(num_tokens: usize) -> Case {
+    Case {
+        problem: Problem {
+            num_tokens,
+            num_heads: 8,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: 64,
+            dtype: Dtype::BFloat16,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Nhd,
+        },
+        padding_fraction: 0.0,
+        special_values: false,
+        seed: 11,
+    }
+}
+
+/// Bad requests are errors, never panics: an adapter name nothing matches, the HND layout,
+/// inputs of the wrong size, caches of the wrong size.
+#[test]
+fn bad_requests_are_errors() {
+    match WgpuBackend::open(Some("no adapter is called this"), false) {
+        Err(Error::Unavailable {
+            implementation,
+            reason,
+        }) => {
+            assert_eq!(implementation, "wgpu");
+            assert!(reason.contains("no adapter"), "{reason}");
+            assert!(!reason.contains('\n'));
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("an adapter matched a name no adapter has"),
+    }
+    // Hardware only: succeeds on a machine with a GPU, is a one-line refusal on lavapipe alone.
+    if let Err(error) = WgpuBackend::open(None, true) {
+        assert!(matches!(error, Error::Unavailable { .. }), "{error}");
+    }
+
+    let mut backend = open();
+    let case = default_case(10);
+    let data = verify::CaseData::new(&case).unwrap();
+    let hnd = Problem {
+        layout: Layout::Hnd,
+        ..case.problem
+    };
+    assert!(backend
+        .prepare(&hnd, data.inputs(), CacheFill::Random { seed: 1 })
+        .is_err());
+    let short = Inputs {
+        key: &data.key[..16],
+        ..data.inputs()
+    };
+    assert!(backend
+        .prepare(&case.problem, short, CacheFill::Random { seed: 1 })
+        .is_err());
+    let wrong = Caches {
+        key: vec![0; 8],
+        value: vec![0; 8],
+    };
+    assert!(backend
+        .prepare(&case.problem, data.inputs(), CacheFill::Copy(&wrong))
+        .is_err());
+    // The backend still works afterwards.
+    assert_eq!(verify::check(&mut backend, &case).unwrap(), None);
+}
