@@ -293,11 +293,24 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
         }
     }
     check(&mut open(), &cases);
-    // The same with chunks of a few hundred bytes: many buffers, dispatched one by one.
-    check(
-        &mut WgpuBackend::open_with(None, false, Some(512)).expect("adapter"),
-        &cases,
-    );
+    // The same with bindings of a few blocks: many buffers, dispatched one by one, inputs in
+    // several token ranges.
+    for limit in [64u64, 512, 4096] {
+        let split: Vec<Case> = cases
+            .iter()
+            .filter(|case| {
+                let p = &case.problem;
+                let block = p.cache_bytes() / p.num_blocks as u64;
+                block <= limit && block * 2 > limit / 4 && p.cache_bytes() > limit
+            })
+            .copied()
+            .collect();
+        assert!(!split.is_empty());
+        check(
+            &mut WgpuBackend::open_with(None, false, Some(limit)).expect("adapter"),
+            &split,
+        );
+    }
 }
 
 /// A random fill happens on the device, is reused when seed and size match (and redone when
