@@ -61,8 +61,6 @@ pub struct WgpuBackend {
     errors: Arc<Mutex<Vec<String>>>,
     /// The fp8 sign bit of the NaN this host's f32 division returns for 0/0 (see the shader).
     nan_sign: u32,
-    /// Free device memory as the driver's memory budget tells it, where it does.
-    memory_budget: Option<u64>,
 }
 
 /// Both caches on the device, chunk by chunk, kept between prepares of the same shape.
@@ -329,6 +327,54 @@ fn unavailable(reason: impl Into<String>) -> Error {
     }
 }
 
+/// Index of the adapter to open among `adapters`: the first whose name contains `name`
+/// (case-insensitive) if given, of the best kind (see [`adapter_rank`]), software ones refused
+/// with `hardware_only`.
+fn choose_adapter(
+    adapters: &[wgpu::AdapterInfo],
+    name: Option<&str>,
+    hardware_only: bool,
+) -> Result<usize> {
+    if adapters.is_empty() {
+        return Err(unavailable(
+            "no GPU adapter found (on Linux without a GPU, install mesa-vulkan-drivers for \
+             the lavapipe software adapter)",
+        ));
+    }
+    let found = || {
+        adapters
+            .iter()
+            .map(describe_adapter)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut candidates: Vec<usize> = (0..adapters.len()).collect();
+    if let Some(name) = name {
+        let wanted = name.to_lowercase();
+        candidates.retain(|&i| adapters[i].name.to_lowercase().contains(&wanted));
+        if candidates.is_empty() {
+            return Err(unavailable(format!(
+                "no adapter's name contains `{name}`; adapters found: {}",
+                found()
+            )));
+        }
+    }
+    if hardware_only {
+        candidates.retain(|&i| adapters[i].device_type != wgpu::DeviceType::Cpu);
+        if candidates.is_empty() {
+            return Err(unavailable(format!(
+                "only software adapters were found ({}); the CPU backend is faster",
+                found()
+            )));
+        }
+    }
+    // The first of the best rank, in the order wgpu lists them.
+    candidates
+        .into_iter()
+        .min_by_key(|&i| (adapter_rank(&adapters[i]), i))
+        .ok_or_else(|| unavailable("no adapter left to choose"))
+}
+
 impl WgpuBackend {
     /// Opens an adapter: the first whose name contains `adapter` (case-insensitive), else the
     /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
@@ -351,47 +397,9 @@ impl WgpuBackend {
         // large storage bindings, timestamps inside compute passes on many drivers).
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
-        if adapters.is_empty() {
-            return Err(unavailable(
-                "no GPU adapter found (on Linux without a GPU, install mesa-vulkan-drivers for \
-                 the lavapipe software adapter)",
-            ));
-        }
-        let found = || {
-            adapters
-                .iter()
-                .map(|a| describe_adapter(&a.get_info()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut candidates: Vec<&wgpu::Adapter> = adapters.iter().collect();
-        if let Some(name) = adapter {
-            let wanted = name.to_lowercase();
-            candidates.retain(|a| a.get_info().name.to_lowercase().contains(&wanted));
-            if candidates.is_empty() {
-                return Err(unavailable(format!(
-                    "no adapter's name contains `{name}`; adapters found: {}",
-                    found()
-                )));
-            }
-        }
-        if hardware_only {
-            candidates.retain(|a| a.get_info().device_type != wgpu::DeviceType::Cpu);
-            if candidates.is_empty() {
-                return Err(unavailable(format!(
-                    "only software adapters were found ({}); the CPU backend is faster",
-                    found()
-                )));
-            }
-        }
-        // The first of the best rank, in the order wgpu lists them.
-        let chosen = candidates
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, a)| (adapter_rank(&a.get_info()), *i))
-            .map(|(_, a)| *a)
-            .expect("candidates is not empty");
-        Self::from_adapter(chosen, max_binding_bytes)
+        let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+        let chosen = choose_adapter(&infos, adapter, hardware_only)?;
+        Self::from_adapter(&adapters[chosen], max_binding_bytes)
     }
 
     fn from_adapter(adapter: &wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Self> {
@@ -444,11 +452,6 @@ impl WgpuBackend {
             max_binding = max_binding.min(cap);
         }
         max_binding &= !15;
-        let memory_budget = if info.device_type == wgpu::DeviceType::Cpu {
-            None
-        } else {
-            memory_budget(&device)
-        };
         let mut backend = Self {
             module: device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("reshape_and_cache_flash.wgsl"),
@@ -464,7 +467,6 @@ impl WgpuBackend {
             caches: None,
             errors,
             nan_sign: host_nan_sign(),
-            memory_budget,
         };
         // Shader compilation errors surface as uncaptured errors: report them now.
         backend.check_errors()?;
@@ -1167,10 +1169,27 @@ fn memory_budget(device: &wgpu::Device) -> Option<u64> {
         {
             return None;
         }
-        let instance = hal.shared_instance().raw_instance();
+        let shared = hal.shared_instance();
         let mut budget = vk::PhysicalDeviceMemoryBudgetPropertiesEXT::default();
         let mut properties = vk::PhysicalDeviceMemoryProperties2::default().push_next(&mut budget);
-        instance.get_physical_device_memory_properties2(hal.raw_physical_device(), &mut properties);
+        // Vulkan 1.1 has the query in core; before that it needs the KHR extension (ash
+        // would panic calling a core function the instance does not have).
+        if shared.instance_api_version() >= vk::API_VERSION_1_1 {
+            shared
+                .raw_instance()
+                .get_physical_device_memory_properties2(hal.raw_physical_device(), &mut properties);
+        } else if shared
+            .extensions()
+            .contains(&ash::khr::get_physical_device_properties2::NAME)
+        {
+            ash::khr::get_physical_device_properties2::Instance::new(
+                shared.entry(),
+                shared.raw_instance(),
+            )
+            .get_physical_device_memory_properties2(hal.raw_physical_device(), &mut properties);
+        } else {
+            return None;
+        }
         let heaps = properties.memory_properties.memory_heap_count as usize;
         let memory_heaps = properties.memory_properties.memory_heaps;
         (0..heaps.min(vk::MAX_MEMORY_HEAPS))
@@ -1243,8 +1262,13 @@ impl Backend for WgpuBackend {
     }
 
     fn device_memory(&self) -> Option<u64> {
-        // wgpu has no portable way to ask; Vulkan's memory budget is read once at open.
-        self.memory_budget
+        // wgpu has no portable way to ask; Vulkan drivers tell a budget (see memory_budget),
+        // other APIs give None and allocation failures are reported as out-of-memory errors.
+        if self.is_software() {
+            None
+        } else {
+            memory_budget(&self.device)
+        }
     }
 
     fn mode_note(&self, mode: Mode) -> String {
@@ -1479,6 +1503,54 @@ mod tests {
         assert_eq!(plan.chunk_blocks, 2);
         assert!(plan.chunk_bytes.iter().all(|&b| b % 4 == 0));
         assert_eq!(row_words(&p), 8);
+    }
+
+    #[test]
+    fn adapter_choice() {
+        let info = |name: &str, device_type, backend| wgpu::AdapterInfo {
+            name: name.into(),
+            ..wgpu::AdapterInfo::new(device_type, backend)
+        };
+        let lavapipe = info("llvmpipe", wgpu::DeviceType::Cpu, wgpu::Backend::Vulkan);
+        let h100_gl = info(
+            "NVIDIA H100",
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::Backend::Gl,
+        );
+        let h100 = info(
+            "NVIDIA H100",
+            wgpu::DeviceType::DiscreteGpu,
+            wgpu::Backend::Vulkan,
+        );
+        let igpu = info(
+            "Intel UHD",
+            wgpu::DeviceType::IntegratedGpu,
+            wgpu::Backend::Vulkan,
+        );
+        let all = [lavapipe.clone(), igpu, h100_gl, h100];
+        assert_eq!(choose_adapter(&all, None, false).unwrap(), 3);
+        assert_eq!(choose_adapter(&all, Some("intel"), true).unwrap(), 1);
+        assert_eq!(choose_adapter(&all, Some("LLVM"), false).unwrap(), 0);
+        let only_software = [lavapipe];
+        assert_eq!(choose_adapter(&only_software, None, false).unwrap(), 0);
+        for error in [
+            choose_adapter(&[], None, false).unwrap_err(),
+            choose_adapter(&only_software, None, true).unwrap_err(),
+            choose_adapter(&all, Some("radeon"), false).unwrap_err(),
+        ] {
+            assert!(matches!(
+                error,
+                Error::Unavailable {
+                    implementation: "wgpu",
+                    ..
+                }
+            ));
+            assert!(!error.to_string().contains('\n'), "{error}");
+        }
+        assert!(choose_adapter(&[], None, false)
+            .unwrap_err()
+            .to_string()
+            .contains("mesa-vulkan-drivers"));
     }
 
     #[test]
