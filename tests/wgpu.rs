@@ -5,7 +5,7 @@
 //! without a GPU: `apt-get install mesa-vulkan-drivers`).
 #![cfg(feature = "wgpu")]
 
-use paged_kv_bench::backend::wgpu::WgpuBackend;
+use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
@@ -17,6 +17,19 @@ use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
 fn open() -> WgpuBackend {
     WgpuBackend::open(None, false).expect("a wgpu adapter (install mesa-vulkan-drivers)")
+}
+
+/// A backend that binds at most `max_binding_bytes` per buffer.
+fn open_limited(max_binding_bytes: u64) -> WgpuBackend {
+    WgpuBackend::open_with(
+        None,
+        false,
+        LimitOverrides {
+            max_binding_bytes: Some(max_binding_bytes),
+            ..Default::default()
+        },
+    )
+    .expect("a wgpu adapter")
 }
 
 /// Scales the encoder must get right: 1, the benchmark's typical max/64 of normal data,
@@ -197,7 +210,7 @@ fn check(backend: &mut WgpuBackend, cases: &[Case]) {
 #[test]
 fn caches_and_inputs_split_over_many_buffers_match_reference() {
     // 256 KiB holds at least one block of every quick case (at most 32 x 5 x 128 x 4 bytes).
-    let mut backend = WgpuBackend::open_with(None, false, Some(256 << 10)).expect("adapter");
+    let mut backend = open_limited(256 << 10);
     let cases: Vec<Case> = verify::matrix(Coverage::Quick, 21)
         .into_iter()
         .filter(|case| case.problem.layout == Layout::Nhd)
@@ -220,7 +233,7 @@ fn one_block_per_buffer_matches_reference() {
         layout: Layout::Nhd,
     };
     // A block is 16 x 2 x 64 x 2 = 4 KiB (fp8: 2 KiB).
-    let mut backend = WgpuBackend::open_with(None, false, Some(4 << 10)).expect("adapter");
+    let mut backend = open_limited(4 << 10);
     let mut cases = Vec::new();
     for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
         for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
@@ -258,6 +271,47 @@ fn one_block_per_buffer_matches_reference() {
         .err()
         .expect("a block larger than a binding is refused");
     assert!(matches!(error, Error::DoesNotFit { .. }), "{error}");
+}
+
+/// Two-dimensional grids (more than 65535 workgroups on real adapters), forced by allowing 64
+/// workgroups per dimension: every kernel, the fill and the encoder.
+#[test]
+fn two_dimensional_grids_match_reference() {
+    let mut backend = WgpuBackend::open_with(
+        None,
+        false,
+        LimitOverrides {
+            max_workgroups_per_dimension: Some(64),
+            max_binding_bytes: Some(128 << 10),
+        },
+    )
+    .expect("adapter");
+    let mut cases: Vec<Case> = verify::matrix(Coverage::Quick, 33)
+        .into_iter()
+        .filter(|case| case.problem.layout == Layout::Nhd && case.problem.num_tokens >= 17)
+        .collect();
+    // The word kernel.
+    cases.push(Case {
+        problem: Problem {
+            num_tokens: 700,
+            num_heads: 3,
+            head_size: 5,
+            block_size: 3,
+            num_blocks: 500,
+            dtype: Dtype::Half,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Nhd,
+        },
+        padding_fraction: 0.1,
+        special_values: false,
+        seed: 4,
+    });
+    check(&mut backend, &cases);
+    // 128 KiB bindings hold 32768 elements: two halves.
+    let all: Vec<u32> = (0..=u16::MAX as u32).collect();
+    for half in all.chunks(32768) {
+        check_encoder(&mut backend, Dtype::BFloat16, half, 0.07, 0);
+    }
 }
 
 /// Rows that are not a multiple of 16 bytes take the word kernel; rows of an odd number of
@@ -306,10 +360,7 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
             .copied()
             .collect();
         assert!(!split.is_empty());
-        check(
-            &mut WgpuBackend::open_with(None, false, Some(limit)).expect("adapter"),
-            &split,
-        );
+        check(&mut open_limited(limit), &split);
     }
 }
 
@@ -327,7 +378,7 @@ fn random_fill_is_seeded_reused_and_written_correctly() {
         cache_dtype: CacheDtype::Fp8,
         layout: Layout::Nhd,
     };
-    let mut backend = WgpuBackend::open_with(None, false, Some(16 << 10)).expect("adapter");
+    let mut backend = open_limited(16 << 10);
     let key = workload::random_normal(problem.dtype, 50 * 256, 1);
     let value = workload::random_normal(problem.dtype, 50 * 256, 2);
     let slot_mapping = workload::random_slot_mapping(problem.num_slots(), 50, 0.1, 3);

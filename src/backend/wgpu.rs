@@ -43,6 +43,17 @@ const DEVICE_BATCHES: usize = 10;
 /// The fewest calls in one timed batch: enough that pass boundaries do not dominate.
 const MIN_CALLS_PER_BATCH: usize = 10;
 
+/// Limits below the adapter's own, for tests: small bindings split small caches and inputs
+/// over many buffers (as 32 GiB caches are on a GPU), and few workgroups per grid dimension
+/// make every dispatch two-dimensional (as those of more than 65535 workgroups are).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitOverrides {
+    /// Bytes per storage binding (rounded down to 16).
+    pub max_binding_bytes: Option<u64>,
+    /// Workgroups per dispatch dimension.
+    pub max_workgroups_per_dimension: Option<u32>,
+}
+
 /// The wgpu backend on one adapter.
 pub struct WgpuBackend {
     device: wgpu::Device,
@@ -54,6 +65,8 @@ pub struct WgpuBackend {
     /// The largest buffer bound to one storage binding: the adapter's limits, or smaller when
     /// a test asks for it.
     max_binding: u64,
+    /// Workgroups per grid dimension: the adapter's limit, or fewer when a test asks for it.
+    max_workgroups: u32,
     module: wgpu::ShaderModule,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
     caches: Option<DeviceCaches>,
@@ -149,7 +162,9 @@ impl Plan {
             offset += bytes;
         }
         let input_row = row_elements * problem.dtype.size() as u64;
-        let tokens_per_range = (max_binding / input_row).min(problem.num_tokens as u64) as usize;
+        // A range's slots (8 bytes a token) must fit a binding too.
+        let tokens_per_range =
+            (max_binding / input_row.max(8)).min(problem.num_tokens as u64) as usize;
         if tokens_per_range == 0 {
             return Err(Error::DoesNotFit {
                 what: "one token's keys".into(),
@@ -380,16 +395,14 @@ impl WgpuBackend {
     /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
     /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU.
     pub fn open(adapter: Option<&str>, hardware_only: bool) -> Result<Self> {
-        Self::open_with(adapter, hardware_only, None)
+        Self::open_with(adapter, hardware_only, LimitOverrides::default())
     }
 
-    /// As [`WgpuBackend::open`], binding at most `max_binding_bytes` per storage binding when
-    /// given (rounded down to 16 bytes), so that tests can split small caches and inputs over
-    /// many buffers.
+    /// As [`WgpuBackend::open`], with limits below the adapter's (for tests).
     pub fn open_with(
         adapter: Option<&str>,
         hardware_only: bool,
-        max_binding_bytes: Option<u64>,
+        overrides: LimitOverrides,
     ) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -399,10 +412,10 @@ impl WgpuBackend {
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
         let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
         let chosen = choose_adapter(&infos, adapter, hardware_only)?;
-        Self::from_adapter(&adapters[chosen], max_binding_bytes)
+        Self::from_adapter(&adapters[chosen], overrides)
     }
 
-    fn from_adapter(adapter: &wgpu::Adapter, max_binding_bytes: Option<u64>) -> Result<Self> {
+    fn from_adapter(adapter: &wgpu::Adapter, overrides: LimitOverrides) -> Result<Self> {
         let info = adapter.get_info();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         // The defaults cap a storage binding at 128 MiB whatever the adapter allows: ask for
@@ -448,10 +461,15 @@ impl WgpuBackend {
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
             .min(u32::MAX as u64);
-        if let Some(cap) = max_binding_bytes {
+        if let Some(cap) = overrides.max_binding_bytes {
             max_binding = max_binding.min(cap);
         }
         max_binding &= !15;
+        let max_workgroups = overrides
+            .max_workgroups_per_dimension
+            .unwrap_or(u32::MAX)
+            .min(limits.max_compute_workgroups_per_dimension)
+            .max(1);
         let mut backend = Self {
             module: device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("reshape_and_cache_flash.wgsl"),
@@ -463,6 +481,7 @@ impl WgpuBackend {
             limits,
             timestamps,
             max_binding,
+            max_workgroups,
             pipelines: HashMap::new(),
             caches: None,
             errors,
@@ -609,7 +628,7 @@ impl WgpuBackend {
     /// Workgroups for `threads` threads as a grid of at most the adapter's per-dimension limit.
     fn grid(&self, threads: u64) -> Result<(u32, u32)> {
         let workgroups = threads.div_ceil(WORKGROUP).max(1);
-        let max = self.limits.max_compute_workgroups_per_dimension as u64;
+        let max = self.max_workgroups as u64;
         let (x, y) = if workgroups <= max {
             (workgroups, 1)
         } else {
