@@ -1,0 +1,109 @@
+//! Command-line flags: those of vLLM's `benchmark_reshape_and_cache_flash.py`, with its choices
+//! and defaults, plus the sweep's token counts and layouts and the backend choice.
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::Parser;
+
+use paged_kv_bench::backend::{BackendOptions, Implementation};
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
+use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
+use paged_kv_bench::timing::{Mode, Protocol};
+
+/// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.
+///
+/// Sweeps num_tokens for each layout and prints vLLM's table: the wall-clock latency measured
+/// the way vLLM's script does, and the device time from the backend's own clock.
+#[derive(Debug, Parser)]
+#[command(name = "paged-kv-bench", version, about, long_about = None)]
+pub struct Cli {
+    /// Number of attention heads.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub num_heads: u32,
+
+    /// Elements per head.
+    #[arg(long, default_value_t = 128, value_parser = PossibleValuesParser::new(
+        ["64", "80", "96", "112", "120", "128", "192", "256"]
+    ).map(|s| s.parse::<u32>().expect("the choices are numbers")))]
+    pub head_size: u32,
+
+    /// Token slots per cache block.
+    #[arg(long, default_value_t = 16, value_parser = PossibleValuesParser::new(["16", "32"])
+        .map(|s| s.parse::<u32>().expect("the choices are numbers")))]
+    pub block_size: u32,
+
+    /// Cache blocks [default: 65536, reduced to the largest power of two that fits].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub num_blocks: Option<u64>,
+
+    /// Input dtype of keys and values.
+    #[arg(long, value_enum, default_value_t = Dtype::BFloat16)]
+    pub dtype: Dtype,
+
+    /// Cache dtype: the input's own ("auto") or float8 e4m3 with per-tensor scales.
+    #[arg(long, value_enum, default_value_t = CacheDtype::Auto)]
+    pub kv_cache_dtype: CacheDtype,
+
+    /// Timed calls per row for the latency column (after 3 warm-up calls).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+
+    /// Which implementation(s) to run.
+    #[arg(long, value_enum, default_value_t = Implementation::Auto)]
+    pub implementation: Implementation,
+
+    /// How GPU calls are issued: replay of a captured CUDA graph, or plain launches.
+    #[arg(long, value_enum, default_value_t = Mode::Cudagraph)]
+    pub mode: Mode,
+
+    /// Token counts to sweep, comma-separated [default: 2,4,...,65536].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
+    pub num_tokens: Vec<u64>,
+
+    /// Cache layouts to sweep, in order, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Layout::Nhd, Layout::Hnd], ignore_case = true)]
+    pub layouts: Vec<Layout>,
+
+    /// Seed of the random inputs, slot mappings and cache contents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// wgpu: use the first adapter whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
+}
+
+impl Cli {
+    pub fn backend_options(&self) -> BackendOptions {
+        BackendOptions {
+            adapter: self.adapter.clone(),
+        }
+    }
+
+    pub fn sweep_config(&self) -> SweepConfig {
+        let num_tokens = if self.num_tokens.is_empty() {
+            sweep::default_token_counts()
+        } else {
+            self.num_tokens.iter().map(|&n| to_usize(n)).collect()
+        };
+        SweepConfig {
+            num_heads: self.num_heads as usize,
+            head_size: self.head_size as usize,
+            block_size: self.block_size as usize,
+            num_blocks: match self.num_blocks {
+                Some(n) => NumBlocks::Explicit(to_usize(n)),
+                None => NumBlocks::Default(sweep::DEFAULT_NUM_BLOCKS),
+            },
+            dtype: self.dtype,
+            cache_dtype: self.kv_cache_dtype,
+            layouts: self.layouts.clone(),
+            num_tokens,
+            protocol: Protocol::new(self.mode, self.iters as usize),
+            seed: self.seed,
+        }
+    }
+}
+
+/// Sizes beyond the address space saturate; validation then refuses them by name.
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
