@@ -87,13 +87,28 @@ impl Constraint {
     }
 }
 
+/// Environment variable that caps the host memory a sweep may plan for, in bytes (to leave
+/// memory to other work, and for tests).
+pub const HOST_MEMORY_LIMIT_VAR: &str = "PAGED_KV_BENCH_HOST_MEMORY_LIMIT";
+
 /// Bytes the host may use: most of what the OS reports available, keeping a margin for the
-/// process itself and the rest of the system. `None` where the OS does not say.
+/// process itself and the rest of the system, and at most `$PAGED_KV_BENCH_HOST_MEMORY_LIMIT`.
+/// `None` where neither says.
 pub fn host_memory_available() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|line| line.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024 / 10 * 9)
+    let limit = std::env::var(HOST_MEMORY_LIMIT_VAR)
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|line| line.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024 / 10 * 9)
+        });
+    match (available, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    }
 }
 
 /// Validates the whole sweep and fits the cache into every backend's memory and the host's.
@@ -162,7 +177,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         .expect("the host is always a constraint");
     let what = |num_blocks: usize| {
         format!(
-            "two caches of {num_blocks} blocks ({} each) and inputs for {max_tokens} tokens",
+            "two caches of {num_blocks} blocks ({} each) and inputs for {max_tokens} tokens together",
             Bytes(cache_per_block * num_blocks as u64)
         )
     };
