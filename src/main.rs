@@ -103,7 +103,11 @@ fn run(cli: &cli::Cli) -> anyhow::Result<()> {
         "Benchmark results for implementation {implementation} (measuring with {}):",
         config.protocol.mode.name()
     )?;
-    write!(stdout, "{}", report::results_table(&names, &rows).render_text())?;
+    write!(
+        stdout,
+        "{}",
+        report::results_table(&names, &rows).render_text()
+    )?;
     Ok(())
 }
 
@@ -111,7 +115,10 @@ fn run(cli: &cli::Cli) -> anyhow::Result<()> {
 /// `--help` and `--version` print as usual.
 fn clap_error(error: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
         let _ = error.print();
         return ExitCode::SUCCESS;
     }
@@ -120,7 +127,9 @@ fn clap_error(error: clap::Error) -> ExitCode {
         .lines()
         .map(str::trim)
         .filter(|line| {
-            !line.is_empty() && !line.starts_with("For more information") && !line.starts_with("Usage:")
+            !line.is_empty()
+                && !line.starts_with("For more information")
+                && !line.starts_with("Usage:")
         })
         .collect::<Vec<_>>()
         .join(" ");

@@ -131,8 +131,16 @@ mod tests {
         let table = Table {
             headers: vec!["num_tokens".into(), "layout".into(), "latency (us)".into()],
             rows: vec![
-                vec![Cell::Integer(2), Cell::Text("NHD".into()), Cell::Number(12.3456)],
-                vec![Cell::Integer(65536), Cell::Text("HND".into()), Cell::Number(f64::NAN)],
+                vec![
+                    Cell::Integer(2),
+                    Cell::Text("NHD".into()),
+                    Cell::Number(12.3456),
+                ],
+                vec![
+                    Cell::Integer(65536),
+                    Cell::Text("HND".into()),
+                    Cell::Number(f64::NAN),
+                ],
             ],
         };
         let expected = "\

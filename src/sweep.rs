@@ -101,7 +101,9 @@ pub fn host_memory_available() -> Option<u64> {
     let available = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
-            let line = info.lines().find(|line| line.starts_with("MemAvailable:"))?;
+            let line = info
+                .lines()
+                .find(|line| line.starts_with("MemAvailable:"))?;
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib * 1024 / 10 * 9)
         });
@@ -115,10 +117,14 @@ pub fn host_memory_available() -> Option<u64> {
 /// Nothing is allocated; every refusal happens here, before the first row runs.
 pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan> {
     if config.num_tokens.is_empty() {
-        return Err(Error::InvalidConfig("--num-tokens needs at least one value".into()));
+        return Err(Error::InvalidConfig(
+            "--num-tokens needs at least one value".into(),
+        ));
     }
     if config.layouts.is_empty() {
-        return Err(Error::InvalidConfig("--layouts needs at least one value".into()));
+        return Err(Error::InvalidConfig(
+            "--layouts needs at least one value".into(),
+        ));
     }
     if config.protocol.iters == 0 {
         return Err(Error::InvalidConfig("--iters must be at least 1".into()));
@@ -133,7 +139,8 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         for &num_tokens in &config.num_tokens {
             let problem = config.problem(num_tokens, layout, requested);
             match problem.validate() {
-                Err(Error::TooManyTokens { .. }) if matches!(config.num_blocks, NumBlocks::Default(_)) => {}
+                Err(Error::TooManyTokens { .. })
+                    if matches!(config.num_blocks, NumBlocks::Default(_)) => {}
                 other => other?,
             }
         }

@@ -26,17 +26,36 @@ fn stderr(output: &Output) -> String {
 fn assert_refused(args: &[&str], needle: &str) {
     let output = run(args);
     let err = stderr(&output);
-    assert!(!output.status.success(), "{args:?} succeeded:\n{}", stdout(&output));
-    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line:\n{err}");
+    assert!(
+        !output.status.success(),
+        "{args:?} succeeded:\n{}",
+        stdout(&output)
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line:\n{err}"
+    );
     assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-    assert!(!err.contains("panicked") && !err.contains("internal error"), "{args:?}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{args:?}: {err}"
+    );
 }
 
 #[test]
 fn cpu_sweep_prints_title_and_table() {
     let output = run(&[
-        "--implementation", "cpu", "--num-blocks", "64", "--iters", "2", "--num-tokens", "2,16,64",
-        "--num-heads", "8",
+        "--implementation",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--iters",
+        "2",
+        "--num-tokens",
+        "2,16,64",
+        "--num-heads",
+        "8",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
@@ -58,7 +77,14 @@ fn cpu_sweep_prints_title_and_table() {
     let order: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
     assert_eq!(
         order,
-        [("2", "NHD"), ("16", "NHD"), ("64", "NHD"), ("2", "HND"), ("16", "HND"), ("64", "HND")]
+        [
+            ("2", "NHD"),
+            ("16", "NHD"),
+            ("64", "NHD"),
+            ("2", "HND"),
+            ("16", "HND"),
+            ("64", "HND")
+        ]
     );
     for row in &rows {
         let latency: f64 = row[2].parse().expect("a number");
@@ -71,8 +97,18 @@ fn default_num_blocks_shrinks_to_fit_with_a_note() {
     // The default 65536 blocks of 8 heads x 64 x bf16 are 2 x 1 GiB: over a 300 MB budget.
     let output = run_with_env(
         &[
-            "--implementation", "cpu", "--iters", "1", "--num-tokens", "2", "--layouts", "NHD",
-            "--num-heads", "8", "--head-size", "64",
+            "--implementation",
+            "cpu",
+            "--iters",
+            "1",
+            "--num-tokens",
+            "2",
+            "--layouts",
+            "NHD",
+            "--num-heads",
+            "8",
+            "--head-size",
+            "64",
         ],
         &[("PAGED_KV_BENCH_HOST_MEMORY_LIMIT", "300000000")],
     );
@@ -114,15 +150,36 @@ fn bad_flags_are_one_line_errors() {
 #[test]
 fn impossible_problems_are_one_line_errors() {
     assert_refused(
-        &["--implementation", "cpu", "--kv-cache-dtype", "fp8", "--head-size", "120"],
+        &[
+            "--implementation",
+            "cpu",
+            "--kv-cache-dtype",
+            "fp8",
+            "--head-size",
+            "120",
+        ],
         "multiple of 16",
     );
     assert_refused(
-        &["--implementation", "cpu", "--num-blocks", "16", "--num-tokens", "300"],
+        &[
+            "--implementation",
+            "cpu",
+            "--num-blocks",
+            "16",
+            "--num-tokens",
+            "300",
+        ],
         "the largest token count that fits is 256",
     );
     assert_refused(
-        &["--implementation", "cpu", "--num-blocks", "4000000000", "--num-tokens", "2"],
+        &[
+            "--implementation",
+            "cpu",
+            "--num-blocks",
+            "4000000000",
+            "--num-tokens",
+            "2",
+        ],
         "the largest --num-blocks that fits is",
     );
 }
@@ -133,7 +190,14 @@ fn missing_cuda_is_a_one_line_error() {
         return; // This machine has an NVIDIA GPU: nothing to refuse.
     }
     assert_refused(
-        &["--implementation", "cuda", "--num-blocks", "16", "--num-tokens", "2"],
+        &[
+            "--implementation",
+            "cuda",
+            "--num-blocks",
+            "16",
+            "--num-tokens",
+            "2",
+        ],
         "cuda",
     );
 }

@@ -219,7 +219,11 @@ fn fp8_encoder_matches_float8_on_f32_samples() {
     let mut bits: u32 = 0;
     loop {
         let x = f32::from_bits(bits);
-        assert_eq!(fp8::e4m3_from_f32(x), oracle(x, 1.0), "f32 {bits:#010x} ({x})");
+        assert_eq!(
+            fp8::e4m3_from_f32(x),
+            oracle(x, 1.0),
+            "f32 {bits:#010x} ({x})"
+        );
         match bits.checked_add(61) {
             Some(next) => bits = next,
             None => break,
