@@ -2,7 +2,7 @@
 //! and defaults, plus the sweep's token counts and layouts and the backend choice.
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use paged_kv_bench::backend::{BackendOptions, Implementation};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
@@ -11,11 +11,53 @@ use paged_kv_bench::timing::{Mode, Protocol};
 
 /// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.
 ///
-/// Sweeps num_tokens for each layout and prints vLLM's table: the wall-clock latency measured
-/// the way vLLM's script does, and the device time from the backend's own clock.
+/// Without a subcommand: sweeps num_tokens for each layout and prints vLLM's table, the
+/// wall-clock latency measured the way vLLM's script does and the device time from the
+/// backend's own clock.
 #[derive(Debug, Parser)]
-#[command(name = "paged-kv-bench", version, about, long_about = None)]
+#[command(
+    name = "paged-kv-bench",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub bench: BenchArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every available implementation against the CPU reference, byte for byte.
+    Verify(VerifyArgs),
+}
+
+/// Flags of the `verify` subcommand.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Which implementation(s) to check ("auto" and "all" check every available one).
+    #[arg(long, value_enum, default_value_t = Implementation::All)]
+    pub implementation: Implementation,
+
+    /// A subset of the matrix that finishes in seconds.
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Seed of the random inputs [default: random, printed so the run can be replayed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// wgpu: use the first adapter whose name contains this text (case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    pub adapter: Option<String>,
+}
+
+/// Flags of the benchmark (vLLM's, plus the sweep and backend choices).
+#[derive(Debug, Args)]
+pub struct BenchArgs {
     /// Number of attention heads.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub num_heads: u32,
@@ -72,7 +114,7 @@ pub struct Cli {
     pub adapter: Option<String>,
 }
 
-impl Cli {
+impl BenchArgs {
     pub fn backend_options(&self) -> BackendOptions {
         BackendOptions {
             adapter: self.adapter.clone(),
