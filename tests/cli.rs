@@ -56,6 +56,8 @@ fn cpu_sweep_prints_title_and_table() {
         "2,16,64",
         "--num-heads",
         "8",
+        "--max-time",
+        "0.2",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
@@ -109,6 +111,8 @@ fn default_num_blocks_shrinks_to_fit_with_a_note() {
             "8",
             "--head-size",
             "64",
+            "--max-time",
+            "0.2",
         ],
         &[("PAGED_KV_BENCH_HOST_MEMORY_LIMIT", "300000000")],
     );

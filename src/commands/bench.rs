@@ -1,63 +1,31 @@
-//! The benchmark command: plan the sweep, print what runs where, run it, print the table.
+//! The benchmark command: plan the sweep, say what runs where, run it, then print and save the
+//! report in the chosen formats.
 
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use paged_kv_bench::backend::{self, Implementation};
-use paged_kv_bench::report;
+use paged_kv_bench::plot;
+use paged_kv_bench::report::{ImplementationInfo, Report, RunConfig};
 use paged_kv_bench::sweep;
 
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, Format};
 
-pub fn run(cli: &BenchArgs) -> anyhow::Result<()> {
-    let config = cli.sweep_config();
-    let (mut backends, skipped) = backend::select(cli.implementation, &cli.backend_options())?;
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let config = args.sweep_config();
+    // Everything that can be refused is refused before the first measurement.
+    let baseline = args.compare.as_deref().map(Report::load).transpose()?;
+    for path in [&args.output, &args.plot].into_iter().flatten() {
+        check_writable(path)?;
+    }
+    let (mut backends, skipped) = backend::select(args.implementation, &args.backend_options())?;
     let plan = sweep::plan(&config, &backends)?;
 
-    let mut header = vec![format!(
-        "paged-kv-bench {}: num_heads={} head_size={} block_size={} num_blocks={} dtype={} kv_cache_dtype={} iters={} seed={}",
-        env!("CARGO_PKG_VERSION"),
-        config.num_heads,
-        config.head_size,
-        config.block_size,
-        plan.num_blocks,
-        config.dtype.name(),
-        config.cache_dtype.name(),
-        config.protocol.iters,
-        config.seed
-    )];
-    for backend in &backends {
-        let device = backend.device();
-        header.push(format!(
-            "{}: {} ({}); {}",
-            backend.implementation().name(),
-            device.name,
-            device.details,
-            backend.mode_note(config.protocol.mode)
-        ));
-    }
-    for (implementation, reason) in &skipped {
-        header.push(format!("{} skipped: {reason}", implementation.name()));
-    }
-    header.push(
-        "latency (us): wall clock of call + synchronize, mean over --iters (vLLM's method); \
-         device (us): median per-call time on the backend's own clock"
-            .into(),
-    );
-    if let Some(note) = &plan.note {
-        header.push(note.clone());
-    }
-    let mut stdout = std::io::stdout().lock();
-    for line in &header {
-        writeln!(stdout, "{line}").context("cannot write to stdout")?;
-    }
-    stdout.flush().ok();
-
-    let steps = config.layouts.len() * config.num_tokens.len() * backends.len();
     let progress = if std::io::stderr().is_terminal() {
-        ProgressBar::new(steps as u64)
+        ProgressBar::new((config.layouts.len() * config.num_tokens.len() * backends.len()) as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -65,6 +33,67 @@ pub fn run(cli: &BenchArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
             .expect("a valid progress template"),
     );
+
+    let mut implementations = Vec::new();
+    for backend in backends.iter_mut() {
+        let name = backend.implementation().name();
+        progress.set_message(format!("{name}: measuring the copy bandwidth"));
+        let copy_bandwidth_gbps = backend
+            .copy_bandwidth_gbps()
+            .with_context(|| format!("{name}: measuring the copy bandwidth"))?;
+        let device = backend.device();
+        implementations.push(ImplementationInfo {
+            name: name.into(),
+            device: device.name,
+            details: device.details,
+            mode_note: backend.mode_note(config.protocol.mode),
+            copy_bandwidth_gbps,
+        });
+    }
+    let mut notes: Vec<String> = skipped
+        .iter()
+        .map(|(implementation, reason)| format!("{} skipped: {reason}", implementation.name()))
+        .collect();
+    notes.extend(plan.note.clone());
+
+    let protocol = &config.protocol;
+    let mut report = Report {
+        tool: env!("CARGO_PKG_NAME").into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        timestamp_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        command: std::env::args().collect(),
+        config: RunConfig {
+            num_heads: config.num_heads,
+            head_size: config.head_size,
+            block_size: config.block_size,
+            num_blocks: plan.num_blocks,
+            dtype: config.dtype.name().into(),
+            kv_cache_dtype: config.cache_dtype.name().into(),
+            mode: protocol.mode.name().into(),
+            iters: protocol.iters,
+            warmup_iters: protocol.warmup_iters,
+            cold: protocol.cold,
+            seed: config.seed,
+            min_time_s: protocol.sampling.min_time.as_secs_f64(),
+            max_time_s: protocol.sampling.max_time.as_secs_f64(),
+            max_noise_percent: protocol.sampling.max_noise_percent,
+            min_samples: protocol.sampling.min_samples,
+        },
+        implementations,
+        notes,
+        rows: Vec::new(),
+    };
+
+    // The plain table shows its header at once, so the user sees what runs where while it runs.
+    let table_on_stdout = args.format == Format::Table || args.output.is_some();
+    let mut stdout = std::io::stdout().lock();
+    if table_on_stdout {
+        writeln!(stdout, "{}", report.header_lines().join("\n")).context("writing to stdout")?;
+        stdout.flush().ok();
+    }
+
     let rows = sweep::run(&config, &plan, &mut backends, |problem, name| {
         progress.set_message(format!(
             "{name} {} num_tokens={}",
@@ -74,21 +103,72 @@ pub fn run(cli: &BenchArgs) -> anyhow::Result<()> {
         progress.inc(1);
     })?;
     progress.finish_and_clear();
+    report.rows = Report::rows_from_sweep(&report.implementations, &rows);
+    if let Some(baseline) = &baseline {
+        if report.compare_with(baseline) == 0 {
+            report
+                .notes
+                .push("--compare: no row of the baseline matches this run".into());
+        }
+    }
 
-    let names: Vec<&str> = backends.iter().map(|b| b.implementation().name()).collect();
-    let implementation = match cli.implementation {
+    let names: Vec<&str> = report
+        .implementations
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect();
+    let implementation = match args.implementation {
         Implementation::Auto => format!("{} (auto)", names.join(", ")),
         other => other.name().to_string(),
     };
-    writeln!(
-        stdout,
-        "Benchmark results for implementation {implementation} (measuring with {}):",
-        config.protocol.mode.name()
-    )?;
-    write!(
-        stdout,
-        "{}",
-        report::results_table(&names, &rows).render_text()
-    )?;
+    let formatted = match args.format {
+        Format::Table => report.to_text(&implementation),
+        Format::Markdown => report.to_markdown(&implementation),
+        Format::Csv => report.to_csv(),
+        Format::Json => report.to_json(),
+    };
+    if table_on_stdout {
+        write!(
+            stdout,
+            "{}\n{}",
+            report.title(&implementation),
+            report.table().render_text()
+        )
+        .context("writing to stdout")?;
+    } else {
+        write!(stdout, "{formatted}").context("writing to stdout")?;
+    }
+    if let Some(path) = &args.output {
+        write_atomically(path, &formatted)?;
+    }
+    if let Some(path) = &args.plot {
+        write_atomically(path, &plot::render_svg(&report)?)?;
+    }
     Ok(())
+}
+
+/// Fails early, with the reason, when `path` cannot be created.
+fn check_writable(path: &Path) -> Result<()> {
+    let probe = temporary_path(path);
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes a sibling temporary file, then renames it over `path`, so that a failure never
+/// leaves a half-written file behind.
+fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+    let temporary = temporary_path(path);
+    let result =
+        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
 }
