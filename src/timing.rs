@@ -5,9 +5,11 @@
 //!   `iters` calls after a few warm-up calls. Comparable with vLLM's published tables; includes
 //!   launch and synchronisation overhead.
 //! - device time: each backend's own clock (CUDA events, wgpu timestamp queries, or the host
-//!   clock for the CPU), one sample per timed batch, reported as a median with its spread.
+//!   clock for the CPU). Each sample is the per-call time of one batch of back-to-back calls;
+//!   samples are taken until their noise is small or the row's time budget is spent
+//!   ([`sample_until_stable`]), and reported as a median with its spread ([`Stats`]).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 
@@ -31,14 +33,48 @@ impl Mode {
     }
 }
 
+/// When to stop taking device-time samples for one row (nvbench's rule): after at least
+/// `min_samples` samples and `min_time`, once the noise is at most `max_noise_percent`;
+/// in any case once `max_time` has passed or `max_samples` were taken.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    pub min_samples: usize,
+    pub max_samples: usize,
+    pub min_time: Duration,
+    pub max_time: Duration,
+    /// Relative standard deviation of the samples, in percent.
+    pub max_noise_percent: f64,
+    /// How long one batch of back-to-back calls should take, so that per-batch timing overhead
+    /// (event records, timestamp resolution, host clock reads) stays negligible.
+    pub batch_time: Duration,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            min_samples: 10,
+            max_samples: 10_000,
+            min_time: Duration::from_millis(100),
+            max_time: Duration::from_secs(5),
+            max_noise_percent: 1.0,
+            batch_time: Duration::from_micros(500),
+        }
+    }
+}
+
 /// How to time one benchmark row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Protocol {
     pub mode: Mode,
     /// Untimed calls before the latency loop (vLLM uses 3).
     pub warmup_iters: usize,
     /// Calls in the latency loop (vLLM's `--iters`).
     pub iters: usize,
+    /// Device time with cold caches: the device's last-level cache is flushed before each timed
+    /// call, and each sample is a single call. Otherwise calls repeat back to back on the same
+    /// data, as vLLM's script does ("warm").
+    pub cold: bool,
+    pub sampling: Sampling,
 }
 
 impl Protocol {
@@ -47,7 +83,19 @@ impl Protocol {
             mode,
             warmup_iters: 3,
             iters,
+            cold: false,
+            sampling: Sampling::default(),
         }
+    }
+
+    /// Calls per device-time batch, given an estimate of one call's time: enough for the batch
+    /// to last `sampling.batch_time`, at least 1 (always 1 when cold), at most 1000.
+    pub fn calls_per_batch(&self, estimate: Duration) -> usize {
+        if self.cold {
+            return 1;
+        }
+        let estimate = estimate.as_secs_f64().max(1e-7);
+        ((self.sampling.batch_time.as_secs_f64() / estimate).ceil() as usize).clamp(1, 1000)
     }
 }
 
@@ -67,14 +115,17 @@ impl Samples {
 }
 
 /// Summary statistics of a set of per-call times.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
-    pub count: usize,
+    pub samples: usize,
     pub min: f64,
     pub p10: f64,
     pub median: f64,
     pub p90: f64,
     pub max: f64,
+    pub mean: f64,
+    /// Relative standard deviation, in percent.
+    pub noise_percent: f64,
 }
 
 impl Stats {
@@ -91,19 +142,50 @@ impl Stats {
             let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
             sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
         };
+        let n = sorted.len() as f64;
+        let mean = sorted.iter().sum::<f64>() / n;
+        let variance = if sorted.len() > 1 {
+            sorted.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
         Self {
-            count: sorted.len(),
+            samples: sorted.len(),
             min: quantile(0.0),
             p10: quantile(0.1),
             median: quantile(0.5),
             p90: quantile(0.9),
             max: quantile(1.0),
+            mean,
+            noise_percent: if sorted.is_empty() {
+                f64::NAN
+            } else {
+                variance.sqrt() / mean * 100.0
+            },
         }
     }
+}
 
-    /// The spread between p10 and p90 relative to the median, in percent.
-    pub fn noise_percent(&self) -> f64 {
-        (self.p90 - self.p10) / self.median * 100.0
+/// Takes device-time samples until `sampling` says stop. `sample` returns the per-call time in
+/// microseconds of one batch.
+pub fn sample_until_stable(
+    sampling: &Sampling,
+    mut sample: impl FnMut() -> Result<f64>,
+) -> Result<Vec<f64>> {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        samples.push(sample()?);
+        let elapsed = start.elapsed();
+        if samples.len() >= sampling.max_samples || elapsed >= sampling.max_time {
+            return Ok(samples);
+        }
+        if samples.len() >= sampling.min_samples
+            && elapsed >= sampling.min_time
+            && Stats::from_samples(&samples).noise_percent <= sampling.max_noise_percent
+        {
+            return Ok(samples);
+        }
     }
 }
 
@@ -123,20 +205,25 @@ pub fn wall_clock_latency_us(
     Ok(start.elapsed().as_secs_f64() * 1e6 / protocol.iters as f64)
 }
 
-/// Timing for backends whose device clock is the host clock (the CPU): warm-up calls, then
-/// `iters` calls each timed on its own. The latency is their mean (vLLM's figure), and each call
-/// is one device-time sample.
-pub fn host_timed(protocol: &Protocol, mut call: impl FnMut() -> Result<()>) -> Result<Samples> {
-    for _ in 0..protocol.warmup_iters {
-        call()?;
-    }
-    let mut device_us = Vec::with_capacity(protocol.iters);
-    for _ in 0..protocol.iters {
+/// Timing for backends whose device clock is the host clock (the CPU): vLLM's latency, then
+/// device-time samples of batches of calls (each cold call preceded by `flush`).
+pub fn host_timed(
+    protocol: &Protocol,
+    mut call: impl FnMut() -> Result<()>,
+    mut flush: impl FnMut(),
+) -> Result<Samples> {
+    let latency_us = wall_clock_latency_us(protocol, &mut call)?;
+    let calls = protocol.calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6));
+    let device_us = sample_until_stable(&protocol.sampling, || {
+        if protocol.cold {
+            flush();
+        }
         let start = Instant::now();
-        call()?;
-        device_us.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    let latency_us = device_us.iter().sum::<f64>() / device_us.len().max(1) as f64;
+        for _ in 0..calls {
+            call()?;
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6 / calls as f64)
+    })?;
     Ok(Samples {
         latency_us,
         device_us,
@@ -150,10 +237,48 @@ mod tests {
     #[test]
     fn stats_of_known_samples() {
         let s = Stats::from_samples(&[5.0, 1.0, 3.0, 2.0, 4.0]);
-        assert_eq!((s.count, s.min, s.median, s.max), (5, 1.0, 3.0, 5.0));
+        assert_eq!(
+            (s.samples, s.min, s.median, s.max, s.mean),
+            (5, 1.0, 3.0, 5.0, 3.0)
+        );
         assert!((s.p10 - 1.4).abs() < 1e-12 && (s.p90 - 4.6).abs() < 1e-12);
-        assert!((s.noise_percent() - 3.2 / 3.0 * 100.0).abs() < 1e-9);
+        // Sample standard deviation sqrt(2.5) over the mean 3.
+        assert!((s.noise_percent - 2.5f64.sqrt() / 3.0 * 100.0).abs() < 1e-9);
         assert!(Stats::from_samples(&[]).median.is_nan());
+        assert_eq!(Stats::from_samples(&[7.0]).noise_percent, 0.0);
+    }
+
+    #[test]
+    fn sampling_stops_when_quiet_or_out_of_time() {
+        let quick = Sampling {
+            min_time: Duration::ZERO,
+            ..Sampling::default()
+        };
+        // Identical samples: no noise, so exactly min_samples are taken.
+        let samples = sample_until_stable(&quick, || Ok(1.0)).unwrap();
+        assert_eq!(samples.len(), quick.min_samples);
+        // Alternating samples are noisy (about 58%): sampling runs to max_samples.
+        let capped = Sampling {
+            max_samples: 50,
+            ..quick
+        };
+        let mut flip = false;
+        let samples = sample_until_stable(&capped, || {
+            flip = !flip;
+            Ok(if flip { 1.0 } else { 3.0 })
+        })
+        .unwrap();
+        assert_eq!(samples.len(), 50);
+    }
+
+    #[test]
+    fn batches_fill_the_batch_time() {
+        let mut protocol = Protocol::new(Mode::Cudagraph, 10);
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5)), 100);
+        assert_eq!(protocol.calls_per_batch(Duration::from_millis(3)), 1);
+        assert_eq!(protocol.calls_per_batch(Duration::ZERO), 1000);
+        protocol.cold = true;
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5)), 1);
     }
 
     #[test]
@@ -162,7 +287,7 @@ mod tests {
         let protocol = Protocol::new(Mode::NoGraph, 7);
         let latency = wall_clock_latency_us(&protocol, || {
             calls += 1;
-            std::thread::sleep(std::time::Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(200));
             Ok(())
         })
         .unwrap();

@@ -278,7 +278,7 @@ pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
         for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
             for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
                 for &head_size in head_sizes {
-                    if cache_dtype == CacheDtype::Fp8 && head_size % 16 != 0 {
+                    if cache_dtype == CacheDtype::Fp8 && !head_size.is_multiple_of(16) {
                         continue;
                     }
                     for block_size in BLOCK_SIZES {

@@ -11,11 +11,20 @@ use crate::reference;
 use crate::timing::{self, Mode, Protocol, Samples};
 use crate::workload::{fill_random, CacheFill, Caches, Inputs};
 
+/// Bytes written to evict the CPU's caches before a cold call: larger than any last-level
+/// cache of current server CPUs.
+const FLUSH_BYTES: usize = 512 << 20;
+
+/// Bytes of each buffer in the copy-bandwidth measurement.
+const COPY_BYTES: usize = 512 << 20;
+
 /// Caches live in host memory and are kept between calls of the same size.
 pub struct CpuBackend {
     caches: Caches,
     /// The seed of the random fill the caches hold, if they hold one unchanged in size.
     random_fill: Option<u64>,
+    /// Written before each cold call to evict the caches (allocated on first use).
+    flush_buffer: Vec<u8>,
 }
 
 impl CpuBackend {
@@ -26,6 +35,7 @@ impl CpuBackend {
                 value: Vec::new(),
             },
             random_fill: None,
+            flush_buffer: Vec::new(),
         }
     }
 }
@@ -68,6 +78,26 @@ impl Backend for CpuBackend {
         "--mode does not apply: plain calls, timed with the host clock".into()
     }
 
+    fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
+        let source = vec![1u8; COPY_BYTES];
+        let mut target = vec![0u8; COPY_BYTES];
+        let chunk = 4 << 20;
+        let mut seconds: Vec<f64> = (0..6)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                target
+                    .par_chunks_mut(chunk)
+                    .zip(source.par_chunks(chunk))
+                    .for_each(|(to, from)| to.copy_from_slice(from));
+                start.elapsed().as_secs_f64()
+            })
+            .skip(1) // The first pass also faults the target's pages in.
+            .collect();
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds[seconds.len() / 2];
+        Ok(Some(2.0 * COPY_BYTES as f64 / median / 1e9))
+    }
+
     fn prepare<'a>(
         &'a mut self,
         problem: &Problem,
@@ -99,6 +129,7 @@ impl Backend for CpuBackend {
             problem: *problem,
             inputs,
             caches: &mut self.caches,
+            flush_buffer: &mut self.flush_buffer,
         }))
     }
 }
@@ -107,69 +138,80 @@ struct CpuCall<'a> {
     problem: Problem,
     inputs: Inputs<'a>,
     caches: &'a mut Caches,
+    flush_buffer: &'a mut Vec<u8>,
 }
 
-impl CpuCall<'_> {
-    /// One call: tokens sorted by slot, grouped by cache block; each touched block is a
-    /// disjoint part of both caches, so blocks are written in parallel.
-    fn call(&mut self) {
-        let problem = &self.problem;
-        let block_size = problem.block_size as u64;
-        let mut order: Vec<(u64, usize)> = self
-            .inputs
-            .slot_mapping
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| **slot >= 0 && (**slot as u64) < problem.num_slots())
-            .map(|(token, slot)| (*slot as u64, token))
-            .collect();
-        order.sort_unstable();
+/// One call: tokens sorted by slot, grouped by cache block; each touched block is a disjoint
+/// part of both caches, so blocks are written in parallel.
+fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
+    let block_size = problem.block_size as u64;
+    let mut order: Vec<(u64, usize)> = inputs
+        .slot_mapping
+        .iter()
+        .enumerate()
+        .filter(|(_, slot)| **slot >= 0 && (**slot as u64) < problem.num_slots())
+        .map(|(token, slot)| (*slot as u64, token))
+        .collect();
+    order.sort_unstable();
 
-        let block_elements = problem.strides().block;
-        let block_bytes = block_elements as usize * problem.cache_element_size();
-        let mut key_rest = &mut self.caches.key[..];
-        let mut value_rest = &mut self.caches.value[..];
-        let mut next_block = 0;
-        let mut work = Vec::new();
-        for group in order.chunk_by(|a, b| a.0 / block_size == b.0 / block_size) {
-            let block = group[0].0 / block_size;
-            let skip = (block - next_block) as usize * block_bytes;
-            let (key_block, rest) = std::mem::take(&mut key_rest)[skip..].split_at_mut(block_bytes);
-            key_rest = rest;
-            let (value_block, rest) =
-                std::mem::take(&mut value_rest)[skip..].split_at_mut(block_bytes);
-            value_rest = rest;
-            next_block = block + 1;
-            work.push((block * block_elements, key_block, value_block, group));
-        }
-        let inputs = &self.inputs;
-        work.into_par_iter()
-            .for_each(|(first_element, key_block, value_block, group)| {
-                for &(_, token) in group {
-                    reference::write_token(
-                        problem,
-                        inputs,
-                        key_block,
-                        value_block,
-                        first_element,
-                        token,
-                    );
-                }
-            });
+    let block_elements = problem.strides().block;
+    let block_bytes = block_elements as usize * problem.cache_element_size();
+    let mut key_rest = &mut caches.key[..];
+    let mut value_rest = &mut caches.value[..];
+    let mut next_block = 0;
+    let mut work = Vec::new();
+    for group in order.chunk_by(|a, b| a.0 / block_size == b.0 / block_size) {
+        let block = group[0].0 / block_size;
+        let skip = (block - next_block) as usize * block_bytes;
+        let (key_block, rest) = std::mem::take(&mut key_rest)[skip..].split_at_mut(block_bytes);
+        key_rest = rest;
+        let (value_block, rest) = std::mem::take(&mut value_rest)[skip..].split_at_mut(block_bytes);
+        value_rest = rest;
+        next_block = block + 1;
+        work.push((block * block_elements, key_block, value_block, group));
     }
+    work.into_par_iter()
+        .for_each(|(first_element, key_block, value_block, group)| {
+            for &(_, token) in group {
+                reference::write_token(
+                    problem,
+                    inputs,
+                    key_block,
+                    value_block,
+                    first_element,
+                    token,
+                );
+            }
+        });
 }
 
 impl Prepared for CpuCall<'_> {
     fn run(&mut self) -> Result<()> {
-        self.call();
+        write_all(&self.problem, &self.inputs, self.caches);
         Ok(())
     }
 
     fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        timing::host_timed(protocol, || {
-            self.call();
-            Ok(())
-        })
+        if protocol.cold && self.flush_buffer.is_empty() {
+            self.flush_buffer.resize(FLUSH_BYTES, 0);
+        }
+        let (problem, inputs) = (&self.problem, &self.inputs);
+        let caches = &mut *self.caches;
+        let flush_buffer = &mut *self.flush_buffer;
+        let mut pass = 0u8;
+        timing::host_timed(
+            protocol,
+            || {
+                write_all(problem, inputs, caches);
+                Ok(())
+            },
+            || {
+                pass = pass.wrapping_add(1);
+                flush_buffer
+                    .par_chunks_mut(1 << 20)
+                    .for_each(|c| c.fill(pass));
+            },
+        )
     }
 
     fn read_back(&mut self) -> Result<Caches> {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The project's test command (README.md; CI runs it through .ci/run). Installs what the tests
+# need on a fresh Debian/Ubuntu machine (software Vulkan, so the WGSL shaders really run), then
+# checks formatting and lints, and runs every test that needs no NVIDIA GPU.
+# CUDA tests are #[ignore]d here; run them on a GPU machine with: cargo test --release -- --ignored
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "installing mesa-vulkan-drivers (lavapipe, software Vulkan) for the wgpu tests"
+        sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+    else
+        echo "warning: no apt-get; install a Vulkan driver (e.g. Mesa's lavapipe) for the wgpu tests" >&2
+    fi
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -- -D warnings
+cargo test --release

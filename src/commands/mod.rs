@@ -1,0 +1,4 @@
+//! The subcommands' glue: flags in, library calls, text out.
+
+pub mod bench;
+pub mod verify;

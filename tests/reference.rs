@@ -1,0 +1,232 @@
+//! The CPU reference on hand-computed cases, and the fp8 encoder checked exhaustively against
+//! the `float8` crate.
+
+use float8::F8E4M3;
+use paged_kv_bench::fp8;
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::reference::reshape_and_cache;
+use paged_kv_bench::workload::{Caches, Inputs};
+
+const POISON: f32 = 99.0;
+
+fn floats(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn to_floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// 2 blocks of 2 slots, 2 heads of 2 float elements; token 0 -> slot 3, token 1 is padding,
+/// token 2 -> slot 0.
+fn tiny(layout: Layout) -> (Problem, Caches) {
+    let problem = Problem {
+        num_tokens: 3,
+        num_heads: 2,
+        head_size: 2,
+        block_size: 2,
+        num_blocks: 2,
+        dtype: Dtype::Float,
+        cache_dtype: CacheDtype::Auto,
+        layout,
+    };
+    let key: Vec<f32> = (1..=12).map(|v| v as f32).collect();
+    let value: Vec<f32> = key.iter().map(|v| -v).collect();
+    let mut caches = Caches {
+        key: floats(&[POISON; 16]),
+        value: floats(&[POISON; 16]),
+    };
+    let (key, value) = (floats(&key), floats(&value));
+    let inputs = Inputs {
+        key: &key,
+        value: &value,
+        slot_mapping: &[3, -1, 0],
+        k_scale: 1.0,
+        v_scale: 1.0,
+    };
+    reshape_and_cache(&problem, &inputs, &mut caches);
+    (problem, caches)
+}
+
+#[test]
+fn nhd_hand_computed() {
+    let (_, caches) = tiny(Layout::Nhd);
+    // [block][offset][head][d]: slot 0 = elements 0..4 (token 2), slot 3 = 12..16 (token 0).
+    let p = POISON;
+    #[rustfmt::skip]
+    let expected_key = [9.0, 10.0, 11.0, 12.0, p, p, p, p, p, p, p, p, 1.0, 2.0, 3.0, 4.0];
+    assert_eq!(to_floats(&caches.key), expected_key);
+    let expected_value: Vec<f32> = expected_key
+        .iter()
+        .map(|v| if *v == p { p } else { -v })
+        .collect();
+    assert_eq!(to_floats(&caches.value), expected_value);
+}
+
+#[test]
+fn hnd_hand_computed() {
+    let (_, caches) = tiny(Layout::Hnd);
+    // [block][head][offset][d]: slot 0 -> head 0 at 0..2, head 1 at 4..6;
+    // slot 3 (block 1, offset 1) -> head 0 at 8+2..8+4, head 1 at 8+6..8+8.
+    let p = POISON;
+    #[rustfmt::skip]
+    let expected_key = [9.0, 10.0, p, p, 11.0, 12.0, p, p, p, p, 1.0, 2.0, p, p, 3.0, 4.0];
+    assert_eq!(to_floats(&caches.key), expected_key);
+}
+
+#[test]
+fn padding_and_out_of_range_slots_write_nothing() {
+    let problem = Problem {
+        num_tokens: 2,
+        ..tiny(Layout::Nhd).0
+    };
+    let key = floats(&[1.0; 8]);
+    let mut caches = Caches {
+        key: floats(&[POISON; 16]),
+        value: floats(&[POISON; 16]),
+    };
+    let before = caches.clone();
+    let inputs = Inputs {
+        key: &key,
+        value: &key,
+        slot_mapping: &[-1, 4],
+        k_scale: 1.0,
+        v_scale: 1.0,
+    };
+    reshape_and_cache(&problem, &inputs, &mut caches);
+    assert_eq!(caches, before);
+}
+
+#[test]
+fn half_and_bf16_are_copied_bit_for_bit() {
+    for dtype in [Dtype::Half, Dtype::BFloat16] {
+        let problem = Problem {
+            num_tokens: 1,
+            num_heads: 1,
+            head_size: 4,
+            block_size: 1,
+            num_blocks: 2,
+            dtype,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Nhd,
+        };
+        // Includes a NaN with payload and a negative zero: a copy must keep them exactly.
+        let key: Vec<u8> = [0x7e01u16, 0x8000, 0x3c00, 0x0001]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut caches = Caches {
+            key: vec![0xaa; 16],
+            value: vec![0xaa; 16],
+        };
+        let inputs = Inputs {
+            key: &key,
+            value: &key,
+            slot_mapping: &[1],
+            k_scale: 1.0,
+            v_scale: 1.0,
+        };
+        reshape_and_cache(&problem, &inputs, &mut caches);
+        assert_eq!(&caches.key[8..], &key[..]);
+        assert_eq!(&caches.key[..8], &[0xaa; 8]);
+    }
+}
+
+#[test]
+fn fp8_cache_divides_by_the_scale_then_rounds() {
+    let problem = Problem {
+        num_tokens: 1,
+        num_heads: 1,
+        head_size: 16,
+        block_size: 1,
+        num_blocks: 1,
+        dtype: Dtype::Float,
+        cache_dtype: CacheDtype::Fp8,
+        layout: Layout::Hnd,
+    };
+    #[rustfmt::skip]
+    let key = [
+        1.0, -1.0, 0.53125, 0.59375, 300.0, 1.0e9, f32::INFINITY, f32::NAN,
+        -f32::NAN, 0.0, -0.0, 0.0009765625, 0.000_488_281_25, 0.001_464_843_8, -224.0, 0.25,
+    ];
+    // With k_scale 0.5: 2, -2, 1.0625 (tie -> 1.0), 1.1875 (tie -> 1.25), 600 -> 448,
+    // huge -> 448, inf -> 448, NaN, -NaN, 0, -0, 2^-9 (smallest subnormal), 2^-10 (tie -> 0),
+    // 3 * 2^-10 (tie -> 2 * 2^-9), -448, 0.5.
+    let expected = [
+        0x40, 0xc0, 0x38, 0x3a, 0x7e, 0x7e, 0x7e, 0x7f, 0xff, 0x00, 0x80, 0x01, 0x00, 0x02, 0xfe,
+        0x30,
+    ];
+    let value: Vec<f32> = key.iter().map(|v| v * 2.0).collect();
+    let (key, value) = (floats(&key), floats(&value));
+    let mut caches = Caches {
+        key: vec![0x55; 16],
+        value: vec![0x55; 16],
+    };
+    let inputs = Inputs {
+        key: &key,
+        value: &value,
+        slot_mapping: &[0],
+        k_scale: 0.5,
+        v_scale: 1.0,
+    };
+    reshape_and_cache(&problem, &inputs, &mut caches);
+    assert_eq!(caches.key, expected);
+    // Values are twice the keys with twice the scale: the same codes.
+    assert_eq!(caches.value, expected);
+}
+
+/// The float8 crate's conversion (a port of CUDA's software path) is the independent oracle.
+fn oracle(x: f32, scale: f32) -> u8 {
+    F8E4M3::from_f32(x / scale).to_bits()
+}
+
+const SCALES: [f32; 6] = [1.0, 0.0703125, 1.0 / 3.0, 3.7, 1.0e-3, 600.0];
+
+#[test]
+fn fp8_encoder_matches_float8_on_every_f16() {
+    for scale in SCALES {
+        for bits in 0..=u16::MAX {
+            let x = half::f16::from_bits(bits).to_f32();
+            assert_eq!(
+                fp8::quantize(x, scale),
+                oracle(x, scale),
+                "f16 {bits:#06x} ({x}) / {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fp8_encoder_matches_float8_on_every_bf16() {
+    for scale in SCALES {
+        for bits in 0..=u16::MAX {
+            let x = half::bf16::from_bits(bits).to_f32();
+            assert_eq!(
+                fp8::quantize(x, scale),
+                oracle(x, scale),
+                "bf16 {bits:#06x} ({x}) / {scale}"
+            );
+        }
+    }
+}
+
+#[test]
+fn fp8_encoder_matches_float8_on_f32_samples() {
+    // Every 61st f32 bit pattern: all exponents, many mantissas, both signs, NaNs and infinities.
+    let mut bits: u32 = 0;
+    loop {
+        let x = f32::from_bits(bits);
+        assert_eq!(
+            fp8::e4m3_from_f32(x),
+            oracle(x, 1.0),
+            "f32 {bits:#010x} ({x})"
+        );
+        match bits.checked_add(61) {
+            Some(next) => bits = next,
+            None => break,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Output formats, comparisons and plots, through the binary as a user runs it.
+
+use std::process::{Command, Output};
+
+use paged_kv_bench::report::Report;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paged-kv-bench"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// A quick CPU sweep: 2 layouts x 3 token counts.
+const QUICK: [&str; 14] = [
+    "--implementation",
+    "cpu",
+    "--num-blocks",
+    "64",
+    "--num-heads",
+    "8",
+    "--iters",
+    "3",
+    "--num-tokens",
+    "2,16,256",
+    "--min-time",
+    "0.01",
+    "--max-time",
+    "0.2",
+];
+
+fn quick(extra: &[&str]) -> Output {
+    let args: Vec<&str> = QUICK.iter().chain(extra).copied().collect();
+    let output = run(&args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("paged-kv-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn json_report_round_trips_and_carries_everything() {
+    let output = quick(&["--format", "json", "--seed", "5"]);
+    let report: Report = serde_json::from_slice(&output.stdout).expect("stdout is a JSON report");
+    assert_eq!(report.tool, "paged-kv-bench");
+    assert_eq!(report.config.num_heads, 8);
+    assert_eq!(report.config.seed, 5);
+    assert_eq!(report.config.dtype, "bfloat16");
+    assert_eq!(report.implementations.len(), 1);
+    let cpu = &report.implementations[0];
+    assert_eq!(cpu.name, "cpu");
+    assert!(cpu.copy_bandwidth_gbps.is_some_and(|b| b > 0.0));
+    assert_eq!(report.rows.len(), 6);
+    for row in &report.rows {
+        let result = &row.results[0];
+        let stats = result.device_us.expect("device statistics");
+        assert!(stats.samples >= 1 && stats.min <= stats.median && stats.median <= stats.max);
+        assert!(result.bandwidth_gbps.unwrap() > 0.0 && result.percent_of_copy.unwrap() > 0.0);
+        // 2 x T x 8 x 128 x (2 read + 2 written) + 8 x T bytes.
+        assert_eq!(
+            row.bytes_moved,
+            row.num_tokens as u64 * (2 * 8 * 128 * 4 + 8)
+        );
+    }
+    // Serializing what was parsed gives the same report back.
+    let again: Report = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(again, report);
+}
+
+#[test]
+fn csv_and_markdown_formats() {
+    let csv = String::from_utf8(quick(&["--format", "csv"]).stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("num_tokens,layout,implementation,bytes_moved,latency_us"));
+    assert_eq!(lines.len(), 7, "{csv}");
+    let columns = lines[0].split(',').count();
+    assert!(lines.iter().all(|l| l.split(',').count() == columns));
+    assert!(lines[1].starts_with("2,NHD,cpu,"));
+
+    let markdown = String::from_utf8(quick(&["--format", "markdown"]).stdout).unwrap();
+    assert!(
+        markdown.contains("| num_tokens | layout | latency (us) |"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("Benchmark results for implementation cpu"));
+}
+
+#[test]
+fn output_file_gets_the_format_and_stdout_the_table() {
+    let dir = temp_dir("output");
+    let path = dir.join("run.json");
+    let output = quick(&["--format", "json", "--output", path.to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("Benchmark results for implementation cpu"));
+    let report = Report::load(&path).expect("the file is a report");
+    assert_eq!(report.rows.len(), 6);
+    // No temporary file is left beside it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[test]
+fn compare_against_itself_is_one_within_noise() {
+    let dir = temp_dir("compare");
+    let path = dir.join("baseline.json");
+    quick(&["--format", "json", "--output", path.to_str().unwrap()]);
+    let baseline = Report::load(&path).unwrap();
+    // A report compared with itself: every row exactly 1.00x, within noise.
+    let mut same = baseline.clone();
+    assert_eq!(same.compare_with(&baseline), 6);
+    for row in &same.rows {
+        let comparison = row.results[0].baseline.unwrap();
+        assert_eq!(comparison.speedup, 1.0);
+        assert!(comparison.within_noise);
+    }
+    assert!(same.table().render_text().contains("1.00x ~"));
+    // A second run compared with the first: a speed-up on every row.
+    let output = quick(&["--compare", path.to_str().unwrap()]);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("num_tokens"))
+        .collect();
+    assert!(table[0].ends_with("vs baseline"), "{stdout}");
+    for line in &table[2..] {
+        let speedup = line.split_whitespace().nth(7).unwrap();
+        assert!(speedup.ends_with('x'), "{line}");
+        assert!(speedup.trim_end_matches('x').parse::<f64>().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn plot_has_a_series_per_implementation_and_layout() {
+    let dir = temp_dir("plot");
+    let path = dir.join("sweep.svg");
+    quick(&["--plot", path.to_str().unwrap()]);
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(svg.starts_with("<svg"), "not an SVG document");
+    for label in [
+        "cpu NHD",
+        "cpu HND",
+        "cpu copy bandwidth",
+        "num_tokens",
+        "GB/s",
+    ] {
+        assert!(svg.contains(label), "the plot lacks {label:?}");
+    }
+    // Two charts, each with a line of 3 points per series: 2 series x 2 charts.
+    assert!(svg.matches("<polyline").count() >= 4);
+}
+
+#[test]
+fn unreadable_or_malformed_baselines_and_unwritable_outputs_are_refused() {
+    let dir = temp_dir("refusals");
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, "{\"tool\": 3}").unwrap();
+    let missing = dir.join("missing.json");
+    let unwritable = dir.join("no-such-dir").join("out.json");
+    for (args, needle) in [
+        (
+            vec!["--compare", malformed.to_str().unwrap()],
+            "not a paged-kv-bench JSON report",
+        ),
+        (vec!["--compare", missing.to_str().unwrap()], "cannot read"),
+        (
+            vec!["--output", unwritable.to_str().unwrap()],
+            "cannot write",
+        ),
+        (vec!["--plot", unwritable.to_str().unwrap()], "cannot write"),
+        (vec!["--max-noise", "0"], "--max-noise"),
+        (vec!["--min-time", "-1"], "--min-time"),
+        (vec!["--format", "xml"], "--format"),
+    ] {
+        let all: Vec<&str> = QUICK.iter().copied().chain(args.iter().copied()).collect();
+        let output = run(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} measured before refusing"
+        );
+    }
+    assert!(!unwritable.parent().unwrap().exists());
+}
