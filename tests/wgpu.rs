@@ -5,13 +5,15 @@
 //! without a GPU: `apt-get install mesa-vulkan-drivers`).
 #![cfg(feature = "wgpu")]
 
+use std::time::Duration;
+
 use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 use paged_kv_bench::reference;
-use paged_kv_bench::timing::{Mode, Protocol};
+use paged_kv_bench::timing::{Mode, Protocol, Sampling};
 use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
@@ -415,7 +417,7 @@ fn random_fill_is_seeded_reused_and_written_correctly() {
     assert_eq!(fill(&mut backend, 7, false), initial);
 }
 
-/// Timing returns a latency and one device-time sample per batch (values are not checked:
+/// Timing returns a latency and device-time samples, warm and cold (values are not checked:
 /// tests never assert timings), and the copy-bandwidth probe runs.
 #[test]
 fn timing_and_bandwidth_run() {
@@ -426,10 +428,25 @@ fn timing_and_bandwidth_run() {
         let mut call = backend
             .prepare(&case.problem, data.inputs(), CacheFill::Random { seed: 1 })
             .expect("prepare");
-        let samples = call.time(&Protocol::new(Mode::NoGraph, 20)).expect("time");
-        assert!(samples.latency_us.is_finite() && samples.latency_us > 0.0);
-        assert_eq!(samples.device_us.len(), 10);
-        assert!(samples.device_us.iter().all(|t| t.is_finite() && *t >= 0.0));
+        for cold in [false, true] {
+            let protocol = Protocol {
+                cold,
+                sampling: Sampling {
+                    min_samples: 3,
+                    max_samples: 4,
+                    min_time: Duration::ZERO,
+                    max_time: Duration::from_secs(2),
+                    ..Sampling::default()
+                },
+                ..Protocol::new(Mode::NoGraph, 5)
+            };
+            let samples = call.time(&protocol).expect("time");
+            assert!(samples.latency_us.is_finite() && samples.latency_us > 0.0);
+            assert!((1..=4).contains(&samples.device_us.len()));
+            assert!(samples.device_us.iter().all(|t| t.is_finite() && *t >= 0.0));
+        }
+        // Timing leaves the call usable.
+        call.run().expect("run after timing");
     }
     let bandwidth = backend.copy_bandwidth_gbps().expect("copy bandwidth");
     assert!(bandwidth.is_some_and(|gbps| gbps.is_finite() && gbps > 0.0));

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
 
@@ -38,10 +38,10 @@ const MULTI_CHUNK_STORAGE_BINDINGS: u32 = 2 * CHUNKS_PER_DISPATCH as u32 + 3;
 /// Uploads and read-backs move at most this much per staging buffer, so that copying a
 /// 32 GiB cache never needs 32 GiB of staging memory.
 const STAGING_BYTES: u64 = 64 << 20;
-/// Timed batches per device-time measurement (one sample each).
-const DEVICE_BATCHES: usize = 10;
-/// The fewest calls in one timed batch: enough that pass boundaries do not dominate.
-const MIN_CALLS_PER_BATCH: usize = 10;
+/// Bytes overwritten before each cold call to evict the device's caches: several times the
+/// last-level cache of current GPUs (50 MiB on an H100); software adapters are capped lower by
+/// their bindings.
+const FLUSH_BYTES: u64 = 256 << 20;
 
 /// Limits below the adapter's own, for tests: small bindings split small caches and inputs
 /// over many buffers (as 32 GiB caches are on a GPU), and few workgroups per grid dimension
@@ -74,6 +74,34 @@ pub struct WgpuBackend {
     errors: Arc<Mutex<Vec<String>>>,
     /// The fp8 sign bit of the NaN this host's f32 division returns for 0/0 (see the shader).
     nan_sign: u32,
+    /// Timestamp queries for timed passes, where the adapter has them.
+    timer: Option<Timer>,
+    /// The cold-timing cache flush, allocated on first use.
+    flush: Option<Flush>,
+}
+
+/// Two timestamps (the start and end of a pass) and where they are read back.
+struct Timer {
+    query_set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+/// A dispatch that overwrites a buffer larger than the device's caches.
+struct Flush {
+    /// The buffer written and the dispatch's parameters, kept alive with the bind group.
+    buffers: [wgpu::Buffer; 2],
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: (u32, u32),
+}
+
+impl Drop for Flush {
+    fn drop(&mut self) {
+        for buffer in &self.buffers {
+            buffer.destroy();
+        }
+    }
 }
 
 /// Both caches on the device, chunk by chunk, kept between prepares of the same shape.
@@ -486,7 +514,29 @@ impl WgpuBackend {
             caches: None,
             errors,
             nan_sign: host_nan_sign(),
+            timer: None,
+            flush: None,
         };
+        if timestamps {
+            let timer = backend.scoped("allocating timestamp queries", || Timer {
+                query_set: backend.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("pass timestamps"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2,
+                }),
+                resolve: backend.buffer(
+                    "timestamps",
+                    16,
+                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                ),
+                readback: backend.buffer(
+                    "timestamp read-back",
+                    16,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+            })?;
+            backend.timer = Some(timer);
+        }
         // Shader compilation errors surface as uncaptured errors: report them now.
         backend.check_errors()?;
         if backend.max_binding < 16 {
@@ -1075,87 +1125,113 @@ impl WgpuBackend {
             .collect())
     }
 
-    /// Times `passes` compute passes of `calls` calls each (after one untimed pass) and
-    /// returns each pass's time per call in microseconds: from timestamp queries at the pass
-    /// boundaries where the adapter has them, else from the host clock around each submission.
-    fn time_passes(
-        &self,
-        passes: usize,
-        calls: usize,
-        record: &dyn Fn(&mut wgpu::ComputePass),
-    ) -> Result<Vec<f64>> {
-        let encode_pass = |timestamps: Option<(&wgpu::QuerySet, u32)>| {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: None,
-                    timestamp_writes: timestamps.map(|(query_set, index)| {
-                        wgpu::ComputePassTimestampWrites {
-                            query_set,
-                            beginning_of_pass_write_index: Some(index),
-                            end_of_pass_write_index: Some(index + 1),
-                        }
-                    }),
-                });
-                for _ in 0..calls {
-                    record(&mut pass);
-                }
-            }
-            encoder
-        };
-        // Warm-up: caches, clocks and lazy initialisation.
-        self.queue.submit([encode_pass(None).finish()]);
-        self.wait()?;
-
-        if !self.timestamps {
-            let mut samples = Vec::with_capacity(passes);
-            for _ in 0..passes {
-                let buffer = encode_pass(None).finish();
-                let start = Instant::now();
-                self.queue.submit([buffer]);
-                self.wait()?;
-                samples.push(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
-            }
-            return Ok(samples);
-        }
-
-        let count = 2 * passes as u32;
-        let (query_set, resolve) = self.scoped("allocating timestamp queries", || {
-            (
-                self.device.create_query_set(&wgpu::QuerySetDescriptor {
-                    label: Some("timestamps"),
-                    ty: wgpu::QueryType::Timestamp,
-                    count,
+    /// Records `calls` calls (by `record`) in one compute pass, runs it, and returns the time
+    /// per call in microseconds: from timestamp queries at the pass boundaries where the
+    /// adapter has them (the GPU's own clock, free of submission overhead), else from the
+    /// host clock around the submission and its wait.
+    fn time_pass(&self, calls: usize, record: &dyn Fn(&mut wgpu::ComputePass)) -> Result<f64> {
+        let calls = calls.max(1);
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("timed calls"),
+                timestamp_writes: self.timer.as_ref().map(|timer| {
+                    wgpu::ComputePassTimestampWrites {
+                        query_set: &timer.query_set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    }
                 }),
-                self.buffer(
-                    "timestamps",
-                    8 * count as u64,
-                    wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                ),
-            )
-        })?;
-        for pass in 0..passes {
-            // One submission per pass keeps command buffers small for long batches.
-            let mut encoder = encode_pass(Some((&query_set, 2 * pass as u32)));
-            if pass + 1 == passes {
-                encoder.resolve_query_set(&query_set, 0..count, &resolve, 0);
+            });
+            for _ in 0..calls {
+                record(&mut pass);
             }
-            self.queue.submit([encoder.finish()]);
         }
+        let Some(timer) = &self.timer else {
+            let commands = encoder.finish();
+            let start = Instant::now();
+            self.queue.submit([commands]);
+            self.wait()?;
+            return Ok(start.elapsed().as_secs_f64() * 1e6 / calls as f64);
+        };
+        encoder.resolve_query_set(&timer.query_set, 0..2, &timer.resolve, 0);
+        encoder.copy_buffer_to_buffer(&timer.resolve, 0, &timer.readback, 0, 16);
+        self.queue.submit([encoder.finish()]);
+        let (sender, receiver) = mpsc::channel();
+        timer
+            .readback
+            .map_async(wgpu::MapMode::Read, .., move |result| {
+                let _ = sender.send(result);
+            });
         self.wait()?;
-        let raw = self.download(&resolve, 8 * count as u64)?;
-        resolve.destroy();
-        let ticks: Vec<u64> = raw
-            .chunks_exact(8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect();
-        let period_ns = self.queue.get_timestamp_period() as f64;
-        Ok(ticks
-            .chunks_exact(2)
-            .map(|pair| pair[1].saturating_sub(pair[0]) as f64 * period_ns / 1e3 / calls as f64)
-            .collect())
+        receiver
+            .recv()
+            .map_err(|_| Error::Wgpu("a buffer mapping was dropped".into()))?
+            .map_err(|error| Error::Wgpu(format!("reading timestamps: {}", one_line(&error))))?;
+        let ticks: Vec<u64> = {
+            let view = timer
+                .readback
+                .get_mapped_range(..)
+                .map_err(|error| Error::Wgpu(format!("reading timestamps: {error:?}")))?;
+            view.chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect()
+        };
+        timer.readback.unmap();
+        let nanoseconds =
+            ticks[1].saturating_sub(ticks[0]) as f64 * self.queue.get_timestamp_period() as f64;
+        Ok(nanoseconds / 1e3 / calls as f64)
+    }
+
+    /// Allocates the buffer that cold timing overwrites to evict the device's caches.
+    fn ensure_flush(&mut self) -> Result<()> {
+        if self.flush.is_some() {
+            return Ok(());
+        }
+        let bytes = self.max_binding.min(FLUSH_BYTES);
+        let pipeline = self.pipeline("fill", &[])?;
+        let grid = self.grid(bytes / 4)?;
+        let params = GpuFillParams {
+            seed_lo: 0x5eed,
+            seed_hi: 0,
+            chunk: 0,
+            words: (bytes / 4) as u32,
+        };
+        let flush = self.scoped("allocating the cache-flush buffer", || {
+            let buffer = self.buffer("cache flush", bytes, wgpu::BufferUsages::STORAGE);
+            let uniform = self.uniform("flush params", &params);
+            let bind_group = self.bind_group(&pipeline, &[(50, &uniform), (51, &buffer)]);
+            Flush {
+                buffers: [buffer, uniform],
+                pipeline,
+                bind_group,
+                grid,
+            }
+        })?;
+        self.flush = Some(flush);
+        Ok(())
+    }
+
+    /// Overwrites the flush buffer and waits, so that the next call starts with caches that
+    /// hold none of its data.
+    fn flush_caches(&self) -> Result<()> {
+        let Some(flush) = &self.flush else {
+            return Ok(());
+        };
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+            pass.set_pipeline(&flush.pipeline);
+            pass.set_bind_group(0, &flush.bind_group, &[]);
+            pass.dispatch_workgroups(flush.grid.0, flush.grid.1, 1);
+        }
+        self.queue.submit([encoder.finish()]);
+        // Waiting on the host keeps the flush out of the next pass's timestamps.
+        self.wait()
     }
 }
 
@@ -1295,7 +1371,8 @@ impl Backend for WgpuBackend {
             "--mode {} does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
              command buffers are single-use), so every call records and submits one command \
              buffer (one compute pass, one dispatch per group of up to {CHUNKS_PER_DISPATCH} \
-             cache chunks); device time: batches of back-to-back calls in one pass each, {}",
+             cache chunks); device time: back-to-back calls in one compute pass per sample \
+             (one call after a cache flush when cold), {}",
             mode.name(),
             if self.timestamps {
                 "timed by timestamp queries at the pass boundaries"
@@ -1309,9 +1386,9 @@ impl Backend for WgpuBackend {
         // Much larger than any GPU's last-level cache; a software adapter copies with the CPU,
         // so keep it short there.
         let (size, reps) = if self.is_software() {
-            (self.max_binding.min(64 << 20), 3)
+            (self.max_binding.min(64 << 20), 2)
         } else {
-            (self.max_binding.min(1 << 30), 20)
+            (self.max_binding.min(1 << 30), 10)
         };
         let pipeline = self.pipeline("copy", &[])?;
         let grid = self.grid(size / 16)?;
@@ -1322,19 +1399,19 @@ impl Backend for WgpuBackend {
             let group = self.bind_group(&pipeline, &[(60, &src), (61, &dst)]);
             (src, dst, group)
         })?;
-        let samples = self.time_passes(1, reps, &|pass| {
+        let record = |pass: &mut wgpu::ComputePass| {
             pass.set_pipeline(&pipeline);
             pass.set_bind_group(0, &group, &[]);
             pass.dispatch_workgroups(grid.0, grid.1, 1);
-        });
+        };
+        // One warm-up pass (it also zero-fills the new buffers), then the median of five.
+        let samples: Result<Vec<f64>> = (0..6).map(|_| self.time_pass(reps, &record)).collect();
         src.destroy();
         dst.destroy();
-        let per_copy_us = samples?[0];
-        if per_copy_us > 0.0 {
-            Ok(Some(2.0 * size as f64 / (per_copy_us * 1e-6) / 1e9))
-        } else {
-            Ok(None)
-        }
+        let mut per_copy_us: Vec<f64> = samples?.into_iter().skip(1).collect();
+        per_copy_us.sort_by(f64::total_cmp);
+        let median = per_copy_us[per_copy_us.len() / 2];
+        Ok((median > 0.0).then(|| 2.0 * size as f64 / (median * 1e-6) / 1e9))
     }
 
     fn prepare<'a>(
@@ -1388,7 +1465,7 @@ struct Dispatch {
 }
 
 struct WgpuCall<'a> {
-    backend: &'a WgpuBackend,
+    backend: &'a mut WgpuBackend,
     problem: Problem,
     dispatches: Vec<Dispatch>,
     /// Inputs, slots and parameters, freed when the call is dropped.
@@ -1415,7 +1492,7 @@ impl WgpuCall<'_> {
     /// One call: record, submit, wait. Errors land in the uncaptured-error list, which the
     /// wait checks: no error scopes here, so that the latency loop times only the call.
     fn call(&self) -> Result<()> {
-        let backend = self.backend;
+        let backend = &*self.backend;
         let mut encoder = backend
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -1435,10 +1512,27 @@ impl Prepared for WgpuCall<'_> {
 
     fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
         let latency_us = timing::wall_clock_latency_us(protocol, || self.call())?;
-        let calls = (protocol.iters / DEVICE_BATCHES).max(MIN_CALLS_PER_BATCH);
-        let device_us = self
-            .backend
-            .time_passes(DEVICE_BATCHES, calls, &|pass| self.record(pass))?;
+        if protocol.cold {
+            self.backend.ensure_flush()?;
+        }
+        let this = &*self;
+        let backend = &*this.backend;
+        let record = |pass: &mut wgpu::ComputePass| this.record(pass);
+        let device_us = if protocol.cold {
+            // One call per sample, each after evicting the caches.
+            timing::sample_until_stable(&protocol.sampling, || {
+                backend.flush_caches()?;
+                backend.time_pass(1, &record)
+            })?
+        } else {
+            // Size batches from the device time of a first batch (which also warms up): the
+            // latency includes submission and synchronisation that back-to-back calls do not
+            // pay, and would make batches too short for fast calls.
+            let estimate = Duration::from_secs_f64(latency_us * 1e-6);
+            let first = backend.time_pass(protocol.calls_per_batch(estimate), &record)?;
+            let calls = protocol.calls_per_batch(Duration::from_secs_f64(first.max(0.0) * 1e-6));
+            timing::sample_until_stable(&protocol.sampling, || backend.time_pass(calls, &record))?
+        };
         Ok(Samples {
             latency_us,
             device_us,
@@ -1446,7 +1540,7 @@ impl Prepared for WgpuCall<'_> {
     }
 
     fn read_back(&mut self) -> Result<Caches> {
-        let backend = self.backend;
+        let backend = &*self.backend;
         let caches = backend
             .caches
             .as_ref()
