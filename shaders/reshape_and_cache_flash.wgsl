@@ -8,22 +8,26 @@
 //
 // A cache is larger than one storage binding may be (2 GiB on NVIDIA's Vulkan driver, 128 MiB
 // on lavapipe), so the host splits each cache into chunks of whole cache blocks, one buffer per
-// chunk. The fast entry point binds CHUNKS key chunks and CHUNKS value chunks at once and each
-// thread stores into the chunk its slot falls in; the host dispatches it once per group of
-// CHUNKS chunks (once in all for caches up to CHUNKS bindings, 24 GiB on an H100).
+// chunk. The fast entry points bind many key chunks and as many value chunks at once and each
+// thread stores into the chunk its slot falls in; the host dispatches them once per group of
+// chunks: once in all for caches up to 32 bindings (64 GiB on an H100) where the adapter allows
+// 67 storage bindings per stage, else per group of 12.
 //
 // Entry points:
-// - reshape_and_cache:       16 bytes of cache per thread, rows a multiple of 16 bytes, up to
-//                            CHUNKS chunks per dispatch (auto and fp8);
-// - reshape_and_cache_one:   the same for one chunk per dispatch, for adapters that allow too
-//                            few storage bindings per stage for the former;
+// - reshape_and_cache_wide:  16 bytes of cache per thread, rows a multiple of 16 bytes, up to
+//                            WIDE_CHUNKS chunks per dispatch (auto and fp8);
+// - reshape_and_cache:       the same with up to CHUNKS chunks (32 storage bindings: lavapipe,
+//                            Metal);
+// - reshape_and_cache_one:   the same for one chunk per dispatch (one-chunk caches, and
+//                            adapters that allow fewer than 27 storage bindings per stage);
 // - reshape_and_cache_words: one u32 word per thread, for auto caches whose rows are not a
 //                            multiple of 16 bytes (rows of an odd number of 16-bit elements
 //                            share words with their neighbours: those words are written with
 //                            atomics); one chunk per dispatch;
 // - encode_fp8:              the fp8 encoder alone, one element per thread (for the exhaustive
 //                            test against the Rust reference);
-// - fill, copy:              random cache contents, and the bandwidth probe.
+// - fill, copy:              random cache contents (and the cold-timing cache flush), and the
+//                            bandwidth probe.
 // Binding numbers differ between entry points that use different variables, so that each
 // pipeline's automatic layout holds exactly the bindings its entry point uses.
 
@@ -54,6 +58,9 @@ const WORKGROUP: u32 = 256u;
 // Chunks bound by reshape_and_cache: 2 * CHUNKS + 3 storage bindings must fit the adapter's
 // max_storage_buffers_per_shader_stage (32 on lavapipe, 31 buffers in all on Metal).
 const CHUNKS: u32 = 12u;
+// Chunks bound by reshape_and_cache_wide (67 storage bindings: NVIDIA, AMD and Intel Vulkan
+// drivers and DX12 allow far more).
+const WIDE_CHUNKS: u32 = 32u;
 
 const KIND_HALF: u32 = 0u;
 const KIND_BF16: u32 = 1u;
@@ -103,6 +110,7 @@ struct Params {
 // slot_mapping as int64: (lo, hi) words.
 @group(0) @binding(3) var<storage, read> slots: array<vec2<u32>>;
 
+// Cache chunks: key chunk j at binding 4 + j, value chunk j at binding 36 + j.
 @group(0) @binding(4) var<storage, read_write> k0: array<vec4<u32>>;
 @group(0) @binding(5) var<storage, read_write> k1: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read_write> k2: array<vec4<u32>>;
@@ -115,24 +123,64 @@ struct Params {
 @group(0) @binding(13) var<storage, read_write> k9: array<vec4<u32>>;
 @group(0) @binding(14) var<storage, read_write> k10: array<vec4<u32>>;
 @group(0) @binding(15) var<storage, read_write> k11: array<vec4<u32>>;
-@group(0) @binding(16) var<storage, read_write> v0: array<vec4<u32>>;
-@group(0) @binding(17) var<storage, read_write> v1: array<vec4<u32>>;
-@group(0) @binding(18) var<storage, read_write> v2: array<vec4<u32>>;
-@group(0) @binding(19) var<storage, read_write> v3: array<vec4<u32>>;
-@group(0) @binding(20) var<storage, read_write> v4: array<vec4<u32>>;
-@group(0) @binding(21) var<storage, read_write> v5: array<vec4<u32>>;
-@group(0) @binding(22) var<storage, read_write> v6: array<vec4<u32>>;
-@group(0) @binding(23) var<storage, read_write> v7: array<vec4<u32>>;
-@group(0) @binding(24) var<storage, read_write> v8: array<vec4<u32>>;
-@group(0) @binding(25) var<storage, read_write> v9: array<vec4<u32>>;
-@group(0) @binding(26) var<storage, read_write> v10: array<vec4<u32>>;
-@group(0) @binding(27) var<storage, read_write> v11: array<vec4<u32>>;
+@group(0) @binding(16) var<storage, read_write> k12: array<vec4<u32>>;
+@group(0) @binding(17) var<storage, read_write> k13: array<vec4<u32>>;
+@group(0) @binding(18) var<storage, read_write> k14: array<vec4<u32>>;
+@group(0) @binding(19) var<storage, read_write> k15: array<vec4<u32>>;
+@group(0) @binding(20) var<storage, read_write> k16: array<vec4<u32>>;
+@group(0) @binding(21) var<storage, read_write> k17: array<vec4<u32>>;
+@group(0) @binding(22) var<storage, read_write> k18: array<vec4<u32>>;
+@group(0) @binding(23) var<storage, read_write> k19: array<vec4<u32>>;
+@group(0) @binding(24) var<storage, read_write> k20: array<vec4<u32>>;
+@group(0) @binding(25) var<storage, read_write> k21: array<vec4<u32>>;
+@group(0) @binding(26) var<storage, read_write> k22: array<vec4<u32>>;
+@group(0) @binding(27) var<storage, read_write> k23: array<vec4<u32>>;
+@group(0) @binding(28) var<storage, read_write> k24: array<vec4<u32>>;
+@group(0) @binding(29) var<storage, read_write> k25: array<vec4<u32>>;
+@group(0) @binding(30) var<storage, read_write> k26: array<vec4<u32>>;
+@group(0) @binding(31) var<storage, read_write> k27: array<vec4<u32>>;
+@group(0) @binding(32) var<storage, read_write> k28: array<vec4<u32>>;
+@group(0) @binding(33) var<storage, read_write> k29: array<vec4<u32>>;
+@group(0) @binding(34) var<storage, read_write> k30: array<vec4<u32>>;
+@group(0) @binding(35) var<storage, read_write> k31: array<vec4<u32>>;
+@group(0) @binding(36) var<storage, read_write> v0: array<vec4<u32>>;
+@group(0) @binding(37) var<storage, read_write> v1: array<vec4<u32>>;
+@group(0) @binding(38) var<storage, read_write> v2: array<vec4<u32>>;
+@group(0) @binding(39) var<storage, read_write> v3: array<vec4<u32>>;
+@group(0) @binding(40) var<storage, read_write> v4: array<vec4<u32>>;
+@group(0) @binding(41) var<storage, read_write> v5: array<vec4<u32>>;
+@group(0) @binding(42) var<storage, read_write> v6: array<vec4<u32>>;
+@group(0) @binding(43) var<storage, read_write> v7: array<vec4<u32>>;
+@group(0) @binding(44) var<storage, read_write> v8: array<vec4<u32>>;
+@group(0) @binding(45) var<storage, read_write> v9: array<vec4<u32>>;
+@group(0) @binding(46) var<storage, read_write> v10: array<vec4<u32>>;
+@group(0) @binding(47) var<storage, read_write> v11: array<vec4<u32>>;
+@group(0) @binding(48) var<storage, read_write> v12: array<vec4<u32>>;
+@group(0) @binding(49) var<storage, read_write> v13: array<vec4<u32>>;
+@group(0) @binding(50) var<storage, read_write> v14: array<vec4<u32>>;
+@group(0) @binding(51) var<storage, read_write> v15: array<vec4<u32>>;
+@group(0) @binding(52) var<storage, read_write> v16: array<vec4<u32>>;
+@group(0) @binding(53) var<storage, read_write> v17: array<vec4<u32>>;
+@group(0) @binding(54) var<storage, read_write> v18: array<vec4<u32>>;
+@group(0) @binding(55) var<storage, read_write> v19: array<vec4<u32>>;
+@group(0) @binding(56) var<storage, read_write> v20: array<vec4<u32>>;
+@group(0) @binding(57) var<storage, read_write> v21: array<vec4<u32>>;
+@group(0) @binding(58) var<storage, read_write> v22: array<vec4<u32>>;
+@group(0) @binding(59) var<storage, read_write> v23: array<vec4<u32>>;
+@group(0) @binding(60) var<storage, read_write> v24: array<vec4<u32>>;
+@group(0) @binding(61) var<storage, read_write> v25: array<vec4<u32>>;
+@group(0) @binding(62) var<storage, read_write> v26: array<vec4<u32>>;
+@group(0) @binding(63) var<storage, read_write> v27: array<vec4<u32>>;
+@group(0) @binding(64) var<storage, read_write> v28: array<vec4<u32>>;
+@group(0) @binding(65) var<storage, read_write> v29: array<vec4<u32>>;
+@group(0) @binding(66) var<storage, read_write> v30: array<vec4<u32>>;
+@group(0) @binding(67) var<storage, read_write> v31: array<vec4<u32>>;
 
 // reshape_and_cache_words: the same inputs as words, and one chunk of each cache.
-@group(0) @binding(30) var<storage, read> key_words: array<u32>;
-@group(0) @binding(31) var<storage, read> value_words: array<u32>;
-@group(0) @binding(32) var<storage, read_write> key_cache_words: array<atomic<u32>>;
-@group(0) @binding(33) var<storage, read_write> value_cache_words: array<atomic<u32>>;
+@group(0) @binding(100) var<storage, read> key_words: array<u32>;
+@group(0) @binding(101) var<storage, read> value_words: array<u32>;
+@group(0) @binding(102) var<storage, read_write> key_cache_words: array<atomic<u32>>;
+@group(0) @binding(103) var<storage, read_write> value_cache_words: array<atomic<u32>>;
 
 // ---------------------------------------------------------------------------------------------
 // float8 e4m3, bit for bit as src/fp8.rs: e4m3_from_f32(x / scale) with the division in f32,
@@ -423,6 +471,7 @@ fn thread_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP + local;
 }
 
+// Stores one unit of each cache into chunk `chunk` of the dispatch's group.
 fn store_unit(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
     switch chunk {
         case 0u: { k0[index] = k; v0[index] = v; }
@@ -441,7 +490,67 @@ fn store_unit(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
     }
 }
 
-// Thread i writes 16 bytes of each cache: unit i % ROW_UNITS of token i / ROW_UNITS.
+// The same over WIDE_CHUNKS chunks.
+fn store_unit_wide(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
+    switch chunk {
+        case 0u: { k0[index] = k; v0[index] = v; }
+        case 1u: { k1[index] = k; v1[index] = v; }
+        case 2u: { k2[index] = k; v2[index] = v; }
+        case 3u: { k3[index] = k; v3[index] = v; }
+        case 4u: { k4[index] = k; v4[index] = v; }
+        case 5u: { k5[index] = k; v5[index] = v; }
+        case 6u: { k6[index] = k; v6[index] = v; }
+        case 7u: { k7[index] = k; v7[index] = v; }
+        case 8u: { k8[index] = k; v8[index] = v; }
+        case 9u: { k9[index] = k; v9[index] = v; }
+        case 10u: { k10[index] = k; v10[index] = v; }
+        case 11u: { k11[index] = k; v11[index] = v; }
+        case 12u: { k12[index] = k; v12[index] = v; }
+        case 13u: { k13[index] = k; v13[index] = v; }
+        case 14u: { k14[index] = k; v14[index] = v; }
+        case 15u: { k15[index] = k; v15[index] = v; }
+        case 16u: { k16[index] = k; v16[index] = v; }
+        case 17u: { k17[index] = k; v17[index] = v; }
+        case 18u: { k18[index] = k; v18[index] = v; }
+        case 19u: { k19[index] = k; v19[index] = v; }
+        case 20u: { k20[index] = k; v20[index] = v; }
+        case 21u: { k21[index] = k; v21[index] = v; }
+        case 22u: { k22[index] = k; v22[index] = v; }
+        case 23u: { k23[index] = k; v23[index] = v; }
+        case 24u: { k24[index] = k; v24[index] = v; }
+        case 25u: { k25[index] = k; v25[index] = v; }
+        case 26u: { k26[index] = k; v26[index] = v; }
+        case 27u: { k27[index] = k; v27[index] = v; }
+        case 28u: { k28[index] = k; v28[index] = v; }
+        case 29u: { k29[index] = k; v29[index] = v; }
+        case 30u: { k30[index] = k; v30[index] = v; }
+        case 31u: { k31[index] = k; v31[index] = v; }
+        default: {}
+    }
+}
+
+// Where thread i's unit goes: (chunk within this dispatch's group, unit index within the
+// chunk), or NO_SLOT in x when the thread has nothing to write here. Thread i writes 16 bytes of
+// each cache: unit i % ROW_UNITS of token i / ROW_UNITS.
+fn unit_target(i: u32, group_chunks: u32) -> vec2<u32> {
+    if i >= params.num_units {
+        return vec2<u32>(NO_SLOT, 0u);
+    }
+    let t = i / ROW_UNITS;
+    let slot = slot_of(t);
+    if slot == NO_SLOT {
+        return vec2<u32>(NO_SLOT, 0u);
+    }
+    let place = locate(slot);
+    // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
+    // chunks before the group large).
+    let chunk = place.x - params.first_chunk;
+    if chunk >= group_chunks {
+        return vec2<u32>(NO_SLOT, 0u);
+    }
+    return vec2<u32>(chunk, place.y * ROW_UNITS + (i - t * ROW_UNITS));
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn reshape_and_cache(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -449,23 +558,25 @@ fn reshape_and_cache(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = thread_index(workgroup, workgroups, local);
-    if i >= params.num_units {
-        return;
+    let place = unit_target(i, CHUNKS);
+    if place.x != NO_SLOT {
+        store_unit(place.x, place.y, cache_unit(false, i), cache_unit(true, i));
     }
-    let t = i / ROW_UNITS;
-    let slot = slot_of(t);
-    if slot == NO_SLOT {
-        return;
+}
+
+// As reshape_and_cache, binding WIDE_CHUNKS chunks of each cache (for adapters that allow
+// 2 * WIDE_CHUNKS + 3 storage bindings per stage: a whole 32 GiB cache in one dispatch).
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_wide(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let i = thread_index(workgroup, workgroups, local);
+    let place = unit_target(i, WIDE_CHUNKS);
+    if place.x != NO_SLOT {
+        store_unit_wide(place.x, place.y, cache_unit(false, i), cache_unit(true, i));
     }
-    let place = locate(slot);
-    // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
-    // chunks before the group large).
-    let chunk = place.x - params.first_chunk;
-    if chunk >= CHUNKS {
-        return;
-    }
-    let index = place.y * ROW_UNITS + (i - t * ROW_UNITS);
-    store_unit(chunk, index, cache_unit(false, i), cache_unit(true, i));
 }
 
 // As reshape_and_cache, for one chunk per dispatch.
@@ -476,21 +587,11 @@ fn reshape_and_cache_one(
     @builtin(local_invocation_index) local: u32,
 ) {
     let i = thread_index(workgroup, workgroups, local);
-    if i >= params.num_units {
-        return;
+    let place = unit_target(i, 1u);
+    if place.x != NO_SLOT {
+        k0[place.y] = cache_unit(false, i);
+        v0[place.y] = cache_unit(true, i);
     }
-    let t = i / ROW_UNITS;
-    let slot = slot_of(t);
-    if slot == NO_SLOT {
-        return;
-    }
-    let place = locate(slot);
-    if place.x != params.first_chunk {
-        return;
-    }
-    let index = place.y * ROW_UNITS + (i - t * ROW_UNITS);
-    k0[index] = cache_unit(false, i);
-    v0[index] = cache_unit(true, i);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,9 +697,9 @@ struct EncodeParams {
     scale: Scale,
 }
 
-@group(0) @binding(40) var<uniform> encode_params: EncodeParams;
-@group(0) @binding(41) var<storage, read> encode_in: array<u32>;
-@group(0) @binding(42) var<storage, read_write> encode_out: array<u32>;
+@group(0) @binding(110) var<uniform> encode_params: EncodeParams;
+@group(0) @binding(111) var<storage, read> encode_in: array<u32>;
+@group(0) @binding(112) var<storage, read_write> encode_out: array<u32>;
 
 @compute @workgroup_size(WORKGROUP)
 fn encode_fp8(
@@ -628,8 +729,8 @@ struct FillParams {
     words: u32,
 }
 
-@group(0) @binding(50) var<uniform> fill_params: FillParams;
-@group(0) @binding(51) var<storage, read_write> fill_out: array<u32>;
+@group(0) @binding(120) var<uniform> fill_params: FillParams;
+@group(0) @binding(121) var<storage, read_write> fill_out: array<u32>;
 
 // An integer finaliser: xor-shifts and odd multipliers, each step a bijection of u32.
 fn mix32(x: u32) -> u32 {
@@ -659,8 +760,8 @@ fn fill(
 // ---------------------------------------------------------------------------------------------
 // The copy-bandwidth probe: 16 bytes per thread.
 
-@group(0) @binding(60) var<storage, read> copy_src: array<vec4<u32>>;
-@group(0) @binding(61) var<storage, read_write> copy_dst: array<vec4<u32>>;
+@group(0) @binding(130) var<storage, read> copy_src: array<vec4<u32>>;
+@group(0) @binding(131) var<storage, read_write> copy_dst: array<vec4<u32>>;
 
 @compute @workgroup_size(WORKGROUP)
 fn copy(

@@ -33,8 +33,17 @@ const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 const WORKGROUP: u64 = 256;
 /// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
 const CHUNKS_PER_DISPATCH: usize = 12;
-/// Storage bindings `reshape_and_cache` uses: the chunks, both inputs and the slots.
-const MULTI_CHUNK_STORAGE_BINDINGS: u32 = 2 * CHUNKS_PER_DISPATCH as u32 + 3;
+/// Chunks of each cache that `reshape_and_cache_wide` binds (`WIDE_CHUNKS` in the shader).
+const WIDE_CHUNKS_PER_DISPATCH: usize = 32;
+/// Binding of key chunk j is `KEY_CHUNK_BINDING + j`, of value chunk j `VALUE_CHUNK_BINDING + j`.
+const KEY_CHUNK_BINDING: u32 = 4;
+const VALUE_CHUNK_BINDING: u32 = 36;
+
+/// Storage bindings an entry point that binds `chunks` chunks of each cache uses: the chunks,
+/// both inputs and the slots.
+const fn storage_bindings(chunks: usize) -> u32 {
+    2 * chunks as u32 + 3
+}
 /// Uploads and read-backs move at most this much per staging buffer, so that copying a
 /// 32 GiB cache never needs 32 GiB of staging memory.
 const STAGING_BYTES: u64 = 64 << 20;
@@ -126,6 +135,8 @@ impl Drop for DeviceCaches {
 /// Which entry point writes the caches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
+    /// `reshape_and_cache_wide`: 16-byte units, up to 32 chunks per dispatch.
+    Wide,
     /// `reshape_and_cache`: 16-byte units, up to 12 chunks per dispatch.
     Multi,
     /// `reshape_and_cache_one`: 16-byte units, one chunk per dispatch.
@@ -151,7 +162,7 @@ impl Plan {
     fn new(
         problem: &Problem,
         max_binding: u64,
-        storage_bindings: u32,
+        max_storage_bindings: u32,
         device: &str,
     ) -> Result<Self> {
         let row_elements = problem.token_elements() as u64;
@@ -204,7 +215,13 @@ impl Plan {
         }
         let kernel = if !vec4_rows {
             Kernel::Words
-        } else if chunk_bytes.len() > 1 && storage_bindings >= MULTI_CHUNK_STORAGE_BINDINGS {
+        } else if chunk_bytes.len() == 1 {
+            Kernel::One
+        } else if chunk_bytes.len() > CHUNKS_PER_DISPATCH
+            && max_storage_bindings >= storage_bindings(WIDE_CHUNKS_PER_DISPATCH)
+        {
+            Kernel::Wide
+        } else if max_storage_bindings >= storage_bindings(CHUNKS_PER_DISPATCH) {
             Kernel::Multi
         } else {
             Kernel::One
@@ -854,7 +871,7 @@ impl WgpuBackend {
                 pass.set_pipeline(&pipeline);
                 for (params, buffer, (x, y)) in &jobs {
                     let uniform = self.uniform("fill params", params);
-                    let group = self.bind_group(&pipeline, &[(50, &uniform), (51, buffer)]);
+                    let group = self.bind_group(&pipeline, &[(120, &uniform), (121, buffer)]);
                     pass.set_bind_group(0, &group, &[]);
                     pass.dispatch_workgroups(*x, *y, 1);
                     keep.push(uniform);
@@ -879,7 +896,7 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
         let constants: Vec<(&'static str, f64)> = match plan.kernel {
-            Kernel::Multi | Kernel::One => vec![
+            Kernel::Wide | Kernel::Multi | Kernel::One => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
                 ("CHUNK_BLOCKS", plan.chunk_blocks as f64),
                 (
@@ -905,13 +922,16 @@ impl WgpuBackend {
             ],
         };
         let entry = match plan.kernel {
+            Kernel::Wide => "reshape_and_cache_wide",
             Kernel::Multi => "reshape_and_cache",
             Kernel::One => "reshape_and_cache_one",
             Kernel::Words => "reshape_and_cache_words",
         };
         let pipeline = self.pipeline(entry, &constants)?;
         let units_per_token = match plan.kernel {
-            Kernel::Multi | Kernel::One => row_elements * problem.cache_element_size() as u64 / 16,
+            Kernel::Wide | Kernel::Multi | Kernel::One => {
+                row_elements * problem.cache_element_size() as u64 / 16
+            }
             Kernel::Words => row_words(problem),
         };
         let caches = self.caches.as_ref().expect("ensure_caches ran");
@@ -919,10 +939,13 @@ impl WgpuBackend {
         let mut buffers = Vec::new();
         let mut dispatches = Vec::new();
         let chunks = plan.chunk_bytes.len();
-        let groups: Vec<usize> = match plan.kernel {
-            Kernel::Multi => (0..chunks).step_by(CHUNKS_PER_DISPATCH).collect(),
-            Kernel::One | Kernel::Words => (0..chunks).collect(),
+        // Chunks bound per dispatch.
+        let group_size = match plan.kernel {
+            Kernel::Wide => WIDE_CHUNKS_PER_DISPATCH,
+            Kernel::Multi => CHUNKS_PER_DISPATCH,
+            Kernel::One | Kernel::Words => 1,
         };
+        let groups: Vec<usize> = (0..chunks).step_by(group_size).collect();
         let what = format!(
             "uploading inputs for {} tokens ({} each for keys and values)",
             problem.num_tokens,
@@ -965,13 +988,13 @@ impl WgpuBackend {
                 let bind_group = self.scoped("binding the caches", || {
                     let uniform = self.uniform("params", &params);
                     let group = match plan.kernel {
-                        Kernel::Multi => {
+                        Kernel::Wide | Kernel::Multi => {
                             let mut entries: Vec<(u32, &wgpu::Buffer)> =
                                 vec![(0, &uniform), (1, &key), (2, &value), (3, &slots)];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
                             let mut spares = Vec::new();
-                            for slot in 0..CHUNKS_PER_DISPATCH {
+                            for slot in 0..group_size {
                                 if first_chunk + slot >= chunks {
                                     spares.push(self.buffer(
                                         "unused chunk",
@@ -986,7 +1009,7 @@ impl WgpuBackend {
                                 }
                             }
                             let mut spare = spares.iter();
-                            for slot in 0..CHUNKS_PER_DISPATCH {
+                            for slot in 0..group_size {
                                 let chunk = first_chunk + slot;
                                 let (k, v) = if chunk < chunks {
                                     (&caches.key[chunk], &caches.value[chunk])
@@ -996,8 +1019,8 @@ impl WgpuBackend {
                                         spare.next().expect("two spares per missing chunk"),
                                     )
                                 };
-                                entries.push((4 + slot as u32, k));
-                                entries.push((4 + (CHUNKS_PER_DISPATCH + slot) as u32, v));
+                                entries.push((KEY_CHUNK_BINDING + slot as u32, k));
+                                entries.push((VALUE_CHUNK_BINDING + slot as u32, v));
                             }
                             let group = self.bind_group(&pipeline, &entries);
                             (group, spares)
@@ -1010,8 +1033,8 @@ impl WgpuBackend {
                                     (1, &key),
                                     (2, &value),
                                     (3, &slots),
-                                    (4, &caches.key[first_chunk]),
-                                    (16, &caches.value[first_chunk]),
+                                    (KEY_CHUNK_BINDING, &caches.key[first_chunk]),
+                                    (VALUE_CHUNK_BINDING, &caches.value[first_chunk]),
                                 ],
                             ),
                             Vec::new(),
@@ -1022,10 +1045,10 @@ impl WgpuBackend {
                                 &[
                                     (0, &uniform),
                                     (3, &slots),
-                                    (30, &key),
-                                    (31, &value),
-                                    (32, &caches.key[first_chunk]),
-                                    (33, &caches.value[first_chunk]),
+                                    (100, &key),
+                                    (101, &value),
+                                    (102, &caches.key[first_chunk]),
+                                    (103, &caches.value[first_chunk]),
                                 ],
                             ),
                             Vec::new(),
@@ -1103,7 +1126,8 @@ impl WgpuBackend {
         self.upload(&input, bytemuck::cast_slice(elements))?;
         self.scoped("running the fp8 encoder", || {
             let uniform = self.uniform("encode params", &params);
-            let group = self.bind_group(&pipeline, &[(40, &uniform), (41, &input), (42, &output)]);
+            let group =
+                self.bind_group(&pipeline, &[(110, &uniform), (111, &input), (112, &output)]);
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
@@ -1202,7 +1226,7 @@ impl WgpuBackend {
         let flush = self.scoped("allocating the cache-flush buffer", || {
             let buffer = self.buffer("cache flush", bytes, wgpu::BufferUsages::STORAGE);
             let uniform = self.uniform("flush params", &params);
-            let bind_group = self.bind_group(&pipeline, &[(50, &uniform), (51, &buffer)]);
+            let bind_group = self.bind_group(&pipeline, &[(120, &uniform), (121, &buffer)]);
             Flush {
                 buffers: [buffer, uniform],
                 pipeline,
@@ -1370,8 +1394,9 @@ impl Backend for WgpuBackend {
         format!(
             "--mode {} does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
              command buffers are single-use), so every call records and submits one command \
-             buffer (one compute pass, one dispatch per group of up to {CHUNKS_PER_DISPATCH} \
-             cache chunks); device time: back-to-back calls in one compute pass per sample \
+             buffer (one compute pass, one dispatch per group of up to \
+             {WIDE_CHUNKS_PER_DISPATCH} cache chunks, {CHUNKS_PER_DISPATCH} on adapters with few \
+             storage bindings); device time: back-to-back calls in one compute pass per sample \
              (one call after a cache flush when cold), {}",
             mode.name(),
             if self.timestamps {
@@ -1396,7 +1421,7 @@ impl Backend for WgpuBackend {
         let (src, dst, group) = self.scoped("allocating the copy-bandwidth buffers", || {
             let src = self.buffer("copy source", size, usage);
             let dst = self.buffer("copy destination", size, usage);
-            let group = self.bind_group(&pipeline, &[(60, &src), (61, &dst)]);
+            let group = self.bind_group(&pipeline, &[(130, &src), (131, &dst)]);
             (src, dst, group)
         })?;
         let record = |pass: &mut wgpu::ComputePass| {
@@ -1587,11 +1612,18 @@ mod tests {
         assert_eq!(plan.kernel, Kernel::Multi);
         // 512 bytes of keys per token: 40 tokens per 20 KiB binding.
         assert_eq!(plan.tokens_per_range, 40);
-        // Too few bindings for 12 chunks at once: one chunk per dispatch.
-        assert_eq!(
-            Plan::new(&p, 20 << 10, 16, "test").unwrap().kernel,
-            Kernel::One
-        );
+        // Kernels by the adapter's storage bindings per stage and the number of chunks.
+        let kernel = |bindings, binding_bytes| {
+            Plan::new(&p, binding_bytes, bindings, "test")
+                .unwrap()
+                .kernel
+        };
+        assert_eq!(kernel(67, 20 << 10), Kernel::Wide);
+        assert_eq!(kernel(66, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(27, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(26, 20 << 10), Kernel::One);
+        // 12 chunks or fewer: the narrow kernel binds them all.
+        assert_eq!(kernel(1000, 1 << 20), Kernel::Multi);
         // One chunk: the single-chunk kernel.
         let whole = Plan::new(&p, 1 << 30, 32, "test").unwrap();
         assert_eq!((whole.kernel, whole.chunk_bytes.len()), (Kernel::One, 1));
@@ -1601,6 +1633,61 @@ mod tests {
             Plan::new(&p, 4 << 10, 32, "test"),
             Err(Error::DoesNotFit { .. })
         ));
+    }
+
+    /// The wide entry point cannot run on lavapipe (32 storage bindings per stage), so check
+    /// its text: chunk j of each cache is declared at the binding the host binds it to, and
+    /// both store switches send chunk j to variable j.
+    #[test]
+    fn shader_chunk_bindings_match_the_host() {
+        let declarations: Vec<&str> = SHADER.lines().filter(|l| l.starts_with("@group")).collect();
+        for j in 0..WIDE_CHUNKS_PER_DISPATCH as u32 {
+            for (cache, base) in [("k", KEY_CHUNK_BINDING), ("v", VALUE_CHUNK_BINDING)] {
+                let line = format!(
+                    "@group(0) @binding({}) var<storage, read_write> {cache}{j}: array<vec4<u32>>;",
+                    base + j
+                );
+                assert_eq!(
+                    declarations.iter().filter(|l| **l == line).count(),
+                    1,
+                    "{line}"
+                );
+            }
+        }
+        let store = |name: &str| -> Vec<String> {
+            let body = SHADER
+                .split(&format!("fn {name}("))
+                .nth(1)
+                .expect("store function");
+            let body = &body[..body.find("default:").expect("default case")];
+            body.lines()
+                .filter(|l| l.trim_start().starts_with("case"))
+                .map(|l| l.trim().to_string())
+                .collect()
+        };
+        for (name, chunks) in [
+            ("store_unit", CHUNKS_PER_DISPATCH),
+            ("store_unit_wide", WIDE_CHUNKS_PER_DISPATCH),
+        ] {
+            let expected: Vec<String> = (0..chunks)
+                .map(|j| format!("case {j}u: {{ k{j}[index] = k; v{j}[index] = v; }}"))
+                .collect();
+            assert_eq!(store(name), expected, "{name}");
+        }
+        assert!(SHADER.contains(&format!("const CHUNKS: u32 = {CHUNKS_PER_DISPATCH}u;")));
+        assert!(SHADER.contains(&format!(
+            "const WIDE_CHUNKS: u32 = {WIDE_CHUNKS_PER_DISPATCH}u;"
+        )));
+        assert!(SHADER.contains(&format!("const WORKGROUP: u32 = {WORKGROUP}u;")));
+        // No binding number is declared twice.
+        let mut bindings: Vec<&str> = declarations
+            .iter()
+            .map(|l| l.split(')').nth(1).expect("binding"))
+            .collect();
+        let all = bindings.len();
+        bindings.sort();
+        bindings.dedup();
+        assert_eq!(bindings.len(), all);
     }
 
     #[test]
