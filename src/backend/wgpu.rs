@@ -202,9 +202,8 @@ impl Plan {
         }
         let input_row = row_elements * problem.dtype.size() as u64;
         // A range's slots (8 bytes a token) must fit a binding too.
-        let tokens_per_range =
-            (max_binding / input_row.max(8)).min(problem.num_tokens as u64) as usize;
-        if tokens_per_range == 0 {
+        let max_tokens = (max_binding / input_row.max(8)).min(problem.num_tokens as u64) as usize;
+        if max_tokens == 0 {
             return Err(Error::DoesNotFit {
                 what: "one token's keys".into(),
                 needed: Bytes(input_row),
@@ -213,6 +212,10 @@ impl Plan {
                 hint: "; use fewer heads or a smaller head size".into(),
             });
         }
+        // Equal ranges: 65536 bf16 tokens of 128 x 128 are 4 bytes over a 2 GiB binding, and
+        // two halves run better than one range and a range of one token.
+        let ranges = problem.num_tokens.div_ceil(max_tokens);
+        let tokens_per_range = problem.num_tokens.div_ceil(ranges);
         let kernel = if !vec4_rows {
             Kernel::Words
         } else if chunk_bytes.len() == 1 {
@@ -1610,8 +1613,9 @@ mod tests {
         assert_eq!(plan.chunk_bytes.len(), 500);
         assert!(plan.chunk_bytes.iter().all(|&b| b == 16 << 10));
         assert_eq!(plan.kernel, Kernel::Multi);
-        // 512 bytes of keys per token: 40 tokens per 20 KiB binding.
-        assert_eq!(plan.tokens_per_range, 40);
+        // 512 bytes of keys per token: 40 tokens per 20 KiB binding, so 100 tokens take three
+        // ranges of 34.
+        assert_eq!(plan.tokens_per_range, 34);
         // Kernels by the adapter's storage bindings per stage and the number of chunks.
         let kernel = |bindings, binding_bytes| {
             Plan::new(&p, binding_bytes, bindings, "test")
