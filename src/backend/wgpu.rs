@@ -1368,8 +1368,12 @@ impl Backend for WgpuBackend {
     }
 
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
-        // Both caches and inputs, the slots, and a staging buffer for uploads.
-        let bytes = 2 * cache_bytes + 2 * input_bytes + 8 * num_tokens as u64;
+        // Both caches and inputs, the slots, and the cold-timing flush buffer; uploads stage
+        // through host memory.
+        let bytes = 2 * cache_bytes
+            + 2 * input_bytes
+            + 8 * num_tokens as u64
+            + FLUSH_BYTES.min(self.max_binding);
         if self.is_software() {
             Footprint {
                 host: bytes + STAGING_BYTES,
