@@ -4,10 +4,15 @@
 //! Design, in short (the shader's header says more):
 //! - Caches are split into chunks of whole cache blocks, one buffer per chunk, each no larger
 //!   than the adapter's storage-binding limit (2 GiB on NVIDIA's Vulkan driver, 128 MiB on
-//!   lavapipe). A dispatch binds up to 12 key and 12 value chunks and every thread stores into
-//!   the chunk its slot falls in, so a call is one dispatch per group of 12 chunks: one for any
-//!   cache up to 24 GiB on an H100, two for the default 32 GiB bf16 caches.
-//! - Inputs larger than one binding are split by tokens the same way (one dispatch per range).
+//!   lavapipe). A dispatch binds up to 32 key and 32 value chunks (12 on adapters that allow
+//!   fewer than 67 storage bindings per stage: lavapipe, Metal) and every thread stores into
+//!   the chunk its slot falls in, so a call is one dispatch per group of chunks: one for the
+//!   default 32 GiB bf16 caches (17 chunks) on an H100.
+//! - Rows (num_heads x head_size) that are a multiple of 16 bytes (every benchmark shape) move
+//!   16 bytes per thread; other rows take a u32-word kernel (with atomics where two slots'
+//!   rows share a word), one chunk per dispatch.
+//! - Inputs larger than one binding are split by tokens into equal ranges (one dispatch per
+//!   range and chunk group).
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
 //! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
@@ -1711,6 +1716,40 @@ mod tests {
         assert_eq!(plan.chunk_blocks, 2);
         assert!(plan.chunk_bytes.iter().all(|&b| b % 4 == 0));
         assert_eq!(row_words(&p), 8);
+    }
+
+    /// wgpu errors become one-line errors, never panics (wgpu's default handler panics):
+    /// caught by an error scope, or by the uncaptured-error handler and reported by the next
+    /// wait.
+    #[test]
+    fn wgpu_errors_are_returned_not_panics() {
+        let backend = WgpuBackend::open(None, false).expect("a wgpu adapter");
+        let too_big = backend.limits.max_buffer_size + 4;
+        let error = backend
+            .scoped("allocating an impossible buffer", || {
+                backend.buffer("too big", too_big, wgpu::BufferUsages::STORAGE)
+            })
+            .expect_err("a buffer over max_buffer_size is refused");
+        assert!(matches!(error, Error::Wgpu(_)), "{error}");
+        assert!(error
+            .to_string()
+            .contains("allocating an impossible buffer"));
+        assert!(!error.to_string().contains('\n'), "{error}");
+
+        // A copy past the end of a buffer, submitted outside any scope.
+        let small = backend.buffer("small", 16, wgpu::BufferUsages::COPY_SRC);
+        let other = backend.buffer("other", 16, wgpu::BufferUsages::COPY_DST);
+        let mut encoder = backend
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        encoder.copy_buffer_to_buffer(&small, 0, &other, 0, 64);
+        backend.queue.submit([encoder.finish()]);
+        let error = backend.wait().expect_err("the invalid copy is reported");
+        assert!(matches!(error, Error::Wgpu(_)), "{error}");
+        assert!(!error.to_string().contains('\n'), "{error}");
+        // Reported once; the device still works.
+        backend.queue.submit([]);
+        backend.wait().expect("a clean wait afterwards");
     }
 
     #[test]
