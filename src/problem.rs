@@ -136,7 +136,7 @@ impl Problem {
                 return Err(Error::InvalidConfig(format!("{name} must be at least 1")));
             }
         }
-        if self.cache_dtype == CacheDtype::Fp8 && self.head_size % 16 != 0 {
+        if self.cache_dtype == CacheDtype::Fp8 && !self.head_size.is_multiple_of(16) {
             return Err(Error::Fp8HeadSize {
                 head_size: self.head_size,
             });
