@@ -15,13 +15,16 @@
 // the auto cache dtype (8 half/bfloat16 or 4 float elements), 16 input elements (one 16-byte fp8
 // store) for fp8, or a single element in the scalar fallback. Each head row has
 // `items_per_head` items, each token `items_per_token` = 2 * num_heads * items_per_head (keys
-// first, then values). A thread block covers `tokens_per_block` tokens (several when a token
-// has fewer items than the block has threads, so small heads keep every lane busy); the grid's
-// y dimension splits the items of large tokens over several blocks. Consecutive threads take
-// consecutive items: their loads are contiguous, and so are their stores, in NHD (a whole
-// token row) and in HND (a whole head row, head_size elements), with every lane busy in both.
-// Each thread first issues the loads of all its items (up to RCF_MAX_ITEMS), then the stores,
-// so that several 16-byte loads per thread are in flight.
+// first, then values). Tokens are taken `tokens_per_block` at a time (several when a token has
+// fewer items than a block has threads, so small heads keep every lane busy), and the items of
+// such a token group are cut into `segments` of blockDim.x * items_per_thread items, one block
+// each. The grid is one-dimensional and segment-major: consecutive blocks take consecutive
+// segments of the same tokens, so that the whole grid reads the inputs front to back and writes
+// each token's rows in one go. Consecutive threads take consecutive items: their loads are
+// contiguous, and so are their stores, in NHD (a whole token row) and in HND (a whole head
+// row, head_size elements), with every lane busy in both. Each thread first issues the loads
+// of all its items (up to RCF_MAX_ITEMS), then the stores, so that several 16-byte loads per
+// thread are in flight.
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -33,7 +36,7 @@ typedef unsigned long long u64;
 // tuning). Loads: 0 plain, 1 non-coherent (read-only path), 2 non-coherent without L1
 // allocation, 3 streaming (evict first). Stores: 0 plain, 1 streaming.
 #ifndef RCF_LOAD
-#define RCF_LOAD 2
+#define RCF_LOAD 0
 #endif
 #ifndef RCF_STORE
 #define RCF_STORE 0
@@ -72,9 +75,11 @@ struct Params {
     i64 cache_block_stride;
     i64 cache_slot_stride;
     i64 cache_head_stride;
+    i64 token_groups;  // ceil(num_tokens / tokens_per_block)
     FastDiv items_per_token;
     FastDiv items_per_head;
     FastDiv block_size;
+    FastDiv segments;  // blocks per token group
     u32 items_per_kv;  // num_heads * items_per_head
     u32 tokens_per_block;
     u32 items_per_thread;
@@ -199,8 +204,58 @@ __device__ __forceinline__ u32 fix_nan_signs(u32 packed, u32 signs) {
     return (packed & ~nan) | (signs & nan);
 }
 
-// x / scale rounded correctly (IEEE), as the reference divides; never a reciprocal multiply.
-__device__ __forceinline__ float scaled(float x, float scale) { return __fdiv_rn(x, scale); }
+// The fp8 divisor of one tensor, with what the fast conversion needs.
+struct Fp8Scale {
+    float scale;
+    float inverse;  // RN(1 / scale)
+    // The fast conversion's error bound holds for a positive, normal scale whose reciprocal is
+    // normal too; any other scale (zero, negative, huge, tiny, NaN) takes the division.
+    bool fast;
+};
+
+__device__ __forceinline__ Fp8Scale make_scale(float scale) {
+    Fp8Scale s;
+    s.scale = scale;
+    s.inverse = __frcp_rn(scale);
+    s.fast = scale >= 0x1p-125f && scale <= 0x1p125f;
+    return s;
+}
+
+__device__ __forceinline__ float magnitude(float x) { return __uint_as_float(__float_as_uint(x) & 0x7fffffffu); }
+
+// Inputs to e4m3 bytes exactly as the reference computes them: e4m3(RN(x / scale)), NaN as
+// 0x7f with the input's sign.
+//
+// The IEEE division costs about fifteen instructions and a branch per element, three times the
+// budget of a bandwidth-bound kernel, so the common case avoids it, exactly:
+// q = RN(x * RN(1/scale)) is within 2^-22 * |q| of RN(x / scale) (two roundings of relative
+// error 2^-24 each, plus the division's own rounding), for a normal scale and a quotient in the
+// normal range. The interval [lo, hi] = |q| * [1 - 2^-21, 1 + 2^-21], rounded outwards, therefore
+// holds |RN(x / scale)|. The e4m3 conversion is monotonic, so when lo and hi convert to the same
+// byte, so does RN(x / scale): that byte is the answer. Otherwise (q within 2^-21 of a rounding
+// boundary of e4m3, about one element in 30000 on random data, and every exact tie) the
+// elements are divided for real. Quotients below the normal range convert to zero either way,
+// infinities saturate either way, and NaN gives 0x7f either way; the sign is the input's,
+// ORed in afterwards (for a positive scale, the sign of every quotient).
+
+// The magnitudes of four inputs, rounded down (`lo`) and up (`hi`) as above, as e4m3 bytes.
+__device__ __forceinline__ void bracket4(const float* x, const Fp8Scale& s, u32& lo, u32& hi) {
+    const float down = 1.0f - 0x1p-21f, up = 1.0f + 0x1p-21f;
+    float q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = magnitude(__fmul_rn(x[i], s.inverse));
+    lo = e4m3x4(__fmul_rd(q[0], down), __fmul_rd(q[1], down), __fmul_rd(q[2], down),
+                __fmul_rd(q[3], down));
+    hi = e4m3x4(__fmul_ru(q[0], up), __fmul_ru(q[1], up), __fmul_ru(q[2], up),
+                __fmul_ru(q[3], up));
+}
+
+// The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
+__device__ __forceinline__ u32 divide4(const float* x, u32 signs, const Fp8Scale& s) {
+    const u32 exact = e4m3x4(__fdiv_rn(x[0], s.scale), __fdiv_rn(x[1], s.scale),
+                             __fdiv_rn(x[2], s.scale), __fdiv_rn(x[3], s.scale));
+    return fix_nan_signs(exact, signs);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Items: how one unit of work is loaded from the input and stored to the cache. `elem` offsets
@@ -214,7 +269,8 @@ struct AutoVector {
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return load16(base + elem * In::SIZE);
     }
-    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v, float) {
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale&) {
         store16(base + elem * In::SIZE, v);
     }
 };
@@ -227,7 +283,8 @@ struct AutoScalar {
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return ((const Loaded*)base)[elem];
     }
-    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v, float) {
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale&) {
         ((Loaded*)base)[elem] = v;
     }
 };
@@ -270,15 +327,25 @@ struct Fp8Vector {
         const u32 hi = __byte_perm(word(v, 4 * g + 2), word(v, 4 * g + 3), 0x0073);
         return __byte_perm(lo, hi, 0x5410) & 0x80808080u;
     }
-    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v, float scale) {
-        u32 out[4];
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale& scale) {
+        float x[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) x[e] = In::to_float(bits(v, e));
+        u32 lo[4], hi[4], out[4];
+        bool agree = scale.fast;
 #pragma unroll
         for (int g = 0; g < 4; ++g) {
-            const float a = scaled(In::to_float(bits(v, 4 * g)), scale);
-            const float b = scaled(In::to_float(bits(v, 4 * g + 1)), scale);
-            const float c = scaled(In::to_float(bits(v, 4 * g + 2)), scale);
-            const float d = scaled(In::to_float(bits(v, 4 * g + 3)), scale);
-            out[g] = fix_nan_signs(e4m3x4(a, b, c, d), signs(v, g));
+            bracket4(x + 4 * g, scale, lo[g], hi[g]);
+            agree = agree && lo[g] == hi[g];
+        }
+        // One branch per 16 elements, taken the slow way about once in 2000 items.
+        if (agree) {
+#pragma unroll
+            for (int g = 0; g < 4; ++g) out[g] = lo[g] | signs(v, g);
+        } else {
+#pragma unroll
+            for (int g = 0; g < 4; ++g) out[g] = divide4(x + 4 * g, signs(v, g), scale);
         }
         store16(base + elem, make_uint4(out[0], out[1], out[2], out[3]));
     }
@@ -292,8 +359,10 @@ struct Fp8Scalar {
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return ((const Loaded*)base)[elem];
     }
-    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v, float scale) {
-        const u32 b = e4m3x1(scaled(In::to_float(v), scale));
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale& scale) {
+        // Rarely used: the plain IEEE division.
+        const u32 b = e4m3x1(__fdiv_rn(In::to_float(v), scale.scale));
         const u32 sign = ((u32)v >> (8 * In::SIZE - 8)) & 0x80u;
         ((u8*)base)[elem] = (u8)fix_nan_signs(b, sign);
     }
@@ -310,18 +379,31 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     const Params& p) {
     // The scales live in device memory (so that a captured graph picks up new values); only
     // fp8 reads them.
-    const float k_scale = SCALED ? *k_scale_ptr : 1.0f;
-    const float v_scale = SCALED ? *v_scale_ptr : 1.0f;
+    const Fp8Scale k_scale = make_scale(SCALED ? *k_scale_ptr : 1.0f);
+    const Fp8Scale v_scale = make_scale(SCALED ? *v_scale_ptr : 1.0f);
     const u32 per_token = p.items_per_token.divisor;
     const u32 per_head = p.items_per_head.divisor;
-    // Items this block's tokens hold, and items one pass of the block moves. Both fit in 31
-    // bits (the host checks), so the index arithmetic below stays in 32 bits.
+    const u32 segments = p.segments.divisor;
+    // Items one token group holds, and items one block moves. Both fit in 31 bits (the host
+    // checks), so the index arithmetic below stays in 32 bits.
     const u32 span = p.tokens_per_block * per_token;
     const u32 per_pass = blockDim.x * p.items_per_thread;
-    const i64 first_token = (i64)blockIdx.x * p.tokens_per_block;
+    const u64 blocks = (u64)p.token_groups * segments;
 
-    // More segments than the grid's y dimension allows are walked in a loop.
-    for (u32 start = blockIdx.y * per_pass; start < span; start += gridDim.y * per_pass) {
+    // Grids larger than the launch allows are walked in a loop.
+    for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
+        u64 group;
+        u32 segment;
+        if (b <= 0xffffffffull) {
+            const u32 g = fast_div((u32)b, p.segments);
+            group = g;
+            segment = (u32)b - g * segments;
+        } else {
+            group = b / segments;
+            segment = (u32)(b - group * segments);
+        }
+        const i64 first_token = (i64)group * p.tokens_per_block;
+        const u32 start = segment * per_pass;
         // Three phases, so that nothing waits for memory before every load is in flight:
         // locate the items (arithmetic only), issue all loads (slots and inputs), then compute
         // the targets from the slots and store.
@@ -361,17 +443,22 @@ __device__ __forceinline__ void reshape_and_cache_flash(
             if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
             i64 block, offset;
             if (slot[k] <= 0xffffffffll) {
-                const u32 b = fast_div((u32)slot[k], p.block_size);
-                block = b;
-                offset = (u32)slot[k] - b * p.block_size.divisor;
+                const u32 quotient = fast_div((u32)slot[k], p.block_size);
+                block = quotient;
+                offset = (u32)slot[k] - quotient * p.block_size.divisor;
             } else {
                 block = slot[k] / p.block_size.divisor;
                 offset = slot[k] - block * p.block_size.divisor;
             }
             const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
                                (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
-            Item::store(is_value[k] ? value_cache : key_cache, target, data[k],
-                        is_value[k] ? v_scale : k_scale);
+            // Select the scale field by field: picking one of two structs by reference would
+            // put both in local memory.
+            Fp8Scale scale;
+            scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
+            scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
+            scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
+            Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
         }
     }
 }
@@ -402,23 +489,27 @@ RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, tru
 RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true)
 
 // ---------------------------------------------------------------------------------------------
-// The copy ceiling: 16 bytes per thread per step, grid-stride, four independent loads in flight
-// before the stores. `n` counts 16-byte words.
+// The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous
+// words (four loads in flight per thread before the stores), consecutive blocks taking
+// consecutive parts: the access pattern of the reshape kernels, on plain contiguous buffers.
+// `n` counts 16-byte words.
 extern "C" __global__ void __launch_bounds__(1024) copy16(const uint4* __restrict__ src,
                                                           uint4* __restrict__ dst, u64 n) {
-    const u64 stride = (u64)gridDim.x * blockDim.x;
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    for (; i + 3 * stride < n; i += 4 * stride) {
-        const uint4 a = load16(src + i);
-        const uint4 b = load16(src + i + stride);
-        const uint4 c = load16(src + i + 2 * stride);
-        const uint4 d = load16(src + i + 3 * stride);
-        store16(dst + i, a);
-        store16(dst + i + stride, b);
-        store16(dst + i + 2 * stride, c);
-        store16(dst + i + 3 * stride, d);
+    const u64 per_block = (u64)blockDim.x * 4;
+    for (u64 base = (u64)blockIdx.x * per_block + threadIdx.x; base < n;
+         base += (u64)gridDim.x * per_block) {
+        uint4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) v[k] = load16(src + i);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) store16(dst + i, v[k]);
+        }
     }
-    for (; i < n; i += stride) store16(dst + i, load16(src + i));
 }
 
 // Pseudo-random cache contents, generated on the device: 16-byte word i is a hash of (seed, i)

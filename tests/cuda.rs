@@ -83,6 +83,98 @@ fn graph_and_plain_launches_leave_the_reference_result() {
     }
 }
 
+/// Every half and bfloat16 bit pattern (and 65536 random float bit patterns), through the fp8
+/// path with scales that make the fast conversion decide, fall back at ties, or stay out of it
+/// (tiny, huge and negative scales), on both the 16-byte and the scalar kernels.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_conversion_is_exact_for_every_input_pattern() {
+    let mut backend = open();
+    let scales = [
+        1.0f32,
+        0.05,
+        2.5 / 64.0,
+        3.0,
+        1.0 / 3.0,
+        448.0 / 65504.0,
+        0.001,
+        f32::from_bits(0x3d4c_cccd) * 7.0,
+        1.0e-30,
+        f32::from_bits(0x0000_1234),
+        3.0e38,
+        -0.5,
+    ];
+    let mut failures = Vec::new();
+    for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
+        let elements = 65536usize;
+        let size = dtype.size();
+        let problem = Problem {
+            num_tokens: elements / 128,
+            num_heads: 1,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: elements / 128 / 16 + 3,
+            dtype,
+            cache_dtype: CacheDtype::Fp8,
+            layout: Layout::Nhd,
+        };
+        let (key, value) = if size == 2 {
+            let key: Vec<u8> = (0..elements as u32)
+                .flat_map(|i| (i as u16).to_le_bytes())
+                .collect();
+            let value: Vec<u8> = (0..elements as u32)
+                .flat_map(|i| ((i as u16) ^ 0x8001).to_le_bytes())
+                .collect();
+            (key, value)
+        } else {
+            (
+                workload::random_bytes(elements * 4, 21),
+                workload::random_bytes(elements * 4, 22),
+            )
+        };
+        let slot_mapping: Vec<i64> = (0..problem.num_tokens as i64).rev().collect();
+        for &k_scale in &scales {
+            let initial = paged_kv_bench::workload::Caches {
+                key: workload::random_bytes(problem.cache_bytes() as usize, 1),
+                value: workload::random_bytes(problem.cache_bytes() as usize, 2),
+            };
+            let mut data = CaseData {
+                key: key.clone(),
+                value: value.clone(),
+                slot_mapping: slot_mapping.clone(),
+                k_scale,
+                v_scale: k_scale * 1.5,
+                expected: initial.clone(),
+                initial,
+            };
+            let mut expected = data.initial.clone();
+            paged_kv_bench::reference::reshape_and_cache(&problem, &data.inputs(), &mut expected);
+            data.expected = expected;
+            for scalar in [false, true] {
+                backend.force_launch(Some(LaunchOverride {
+                    threads: 0,
+                    items_per_thread: 0,
+                    scalar,
+                }));
+                let got = {
+                    let mut call = backend
+                        .prepare(&problem, data.inputs(), CacheFill::Copy(&data.initial))
+                        .unwrap();
+                    call.run().unwrap();
+                    call.read_back().unwrap()
+                };
+                if let Some(m) = verify::compare(&problem, &data, &got) {
+                    failures.push(format!(
+                        "{} scale {k_scale:e} scalar {scalar}: {m}",
+                        dtype.name()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
@@ -354,26 +446,30 @@ fn cuda_tuning() {
     for defines in variants {
         let mut backend = CudaBackend::open_with_defines(&defines).unwrap();
         println!("== defines {defines:?}");
-        for (threads, blocks) in [
-            (256, 0),
-            (512, 0),
-            (128, 0),
-            (256, 132 * 4),
-            (1024, 132 * 2),
-        ] {
-            let gbps = backend.measure_copy(2 << 30, threads, blocks, 5).unwrap();
-            println!("copy 2 GiB threads {threads} blocks {blocks}: {gbps:.0} GB/s");
+        for bytes in [2u64 << 30, 4 << 30] {
+            for (threads, blocks) in [(128, 0), (256, 0), (512, 0), (1024, 0), (256, 132 * 8)] {
+                let gbps = backend.measure_copy(bytes, threads, blocks, 5).unwrap();
+                println!(
+                    "copy {} GiB threads {threads} blocks {blocks}: {gbps:.0} GB/s",
+                    bytes >> 30
+                );
+            }
         }
-        let copy = backend.measure_copy(2 << 30, 256, 0, 5).unwrap();
+        let copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
+        println!("copy ceiling {copy:.0} GB/s");
         println!("{HEADER} shape");
         for (layout, cache_dtype, tokens) in [
             (Layout::Nhd, CacheDtype::Auto, 2),
+            (Layout::Nhd, CacheDtype::Auto, 16),
             (Layout::Nhd, CacheDtype::Auto, 64),
             (Layout::Hnd, CacheDtype::Auto, 64),
+            (Layout::Nhd, CacheDtype::Auto, 256),
             (Layout::Nhd, CacheDtype::Auto, 1024),
             (Layout::Nhd, CacheDtype::Auto, 8192),
             (Layout::Hnd, CacheDtype::Auto, 8192),
+            (Layout::Nhd, CacheDtype::Fp8, 2),
             (Layout::Nhd, CacheDtype::Fp8, 64),
+            (Layout::Nhd, CacheDtype::Fp8, 1024),
             (Layout::Nhd, CacheDtype::Fp8, 8192),
             (Layout::Hnd, CacheDtype::Fp8, 8192),
         ] {
@@ -383,13 +479,11 @@ fn cuda_tuning() {
             let p = default_problem(layout, cache_dtype, tokens);
             for (threads, items) in [
                 (0, 0),
-                (64, 1),
                 (128, 1),
-                (256, 1),
                 (128, 2),
                 (256, 2),
+                (128, 4),
                 (256, 4),
-                (512, 2),
                 (512, 4),
             ] {
                 backend.force_launch(Some(LaunchOverride {

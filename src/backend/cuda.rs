@@ -402,7 +402,8 @@ impl CudaBackend {
     }
 
     /// One measurement of the copy ceiling on two buffers of `bytes`, with `blocks` blocks of
-    /// `threads` (0 = one full wave): the median GB/s (read + written) of `runs` timed copies.
+    /// `threads` (0 = one block per `4 * threads` words, the default): the median GB/s (read +
+    /// written) of `runs` timed copies.
     #[doc(hidden)]
     pub fn measure_copy(
         &mut self,
@@ -420,7 +421,8 @@ impl CudaBackend {
         let config = LaunchConfig {
             grid_dim: (
                 if blocks == 0 {
-                    self.grid_for(words, threads)
+                    // One block per 4 * threads words, as the reshape kernels are laid out.
+                    words.div_ceil(4 * threads as u64).min(i32::MAX as u64) as u32
                 } else {
                     blocks
                 },

@@ -54,9 +54,11 @@ pub struct Params {
     pub cache_block_stride: i64,
     pub cache_slot_stride: i64,
     pub cache_head_stride: i64,
+    pub token_groups: i64,
     pub items_per_token: FastDiv,
     pub items_per_head: FastDiv,
     pub block_size: FastDiv,
+    pub segments: FastDiv,
     pub items_per_kv: u32,
     pub tokens_per_block: u32,
     pub items_per_thread: u32,
@@ -199,11 +201,9 @@ pub fn plan(
     }
     let per_pass = (threads * items_per_thread) as u64;
     let segments = (tokens_per_block * items_per_token).div_ceil(per_pass);
-    let grid = (
-        (problem.num_tokens as u64).div_ceil(tokens_per_block) as u32,
-        segments.min(65535) as u32,
-        1,
-    );
+    let token_groups = (problem.num_tokens as u64).div_ceil(tokens_per_block);
+    // One-dimensional, segment-major; the kernel loops over any blocks beyond 2^31 - 1.
+    let grid = ((token_groups * segments).min(i32::MAX as u64) as u32, 1, 1);
     let s = problem.strides();
     let params = Params {
         num_tokens: problem.num_tokens as i64,
@@ -215,9 +215,11 @@ pub fn plan(
         cache_block_stride: s.block as i64,
         cache_slot_stride: s.slot as i64,
         cache_head_stride: s.head as i64,
+        token_groups: token_groups as i64,
         items_per_token: FastDiv::new(items_per_token as u32),
         items_per_head: FastDiv::new(items_per_head as u32),
         block_size: FastDiv::new(problem.block_size as u32),
+        segments: FastDiv::new(segments as u32),
         items_per_kv: items_per_kv as u32,
         tokens_per_block: tokens_per_block as u32,
         items_per_thread,
@@ -231,20 +233,18 @@ pub fn plan(
     })
 }
 
-/// Threads per block and items per thread for `total` items.
+/// Threads per block and items per thread for `total` items (measured on an H100).
 ///
 /// Large calls are bandwidth-bound: 4 items per thread keep four independent 16-byte loads in
 /// flight per thread, and 256-thread blocks fill an SM eight times over. Small calls are
-/// latency-bound: one item per thread and smaller blocks spread the work over as many SMs as
-/// possible, so that the call costs one round trip to memory.
+/// latency-bound: fewer items per thread and smaller blocks spread the work over as many SMs
+/// as possible, so that the call costs about one round trip to memory.
 fn default_shape(total: u64, limits: DeviceLimits) -> (u32, u32) {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     if total >= 4 * resident {
         (256, 4)
-    } else if total >= 2 * resident {
-        (256, 2)
-    } else if total >= resident / 2 {
-        (256, 1)
+    } else if total >= resident / 4 {
+        (128, 2)
     } else {
         (128, 1)
     }
@@ -329,43 +329,47 @@ mod tests {
         let p = &launch.params;
         let per_token = p.items_per_token.divisor;
         let per_head = p.items_per_head.divisor;
+        let segments = p.segments.divisor;
         let span = p.tokens_per_block * per_token;
         let per_pass = launch.threads * p.items_per_thread;
+        let blocks = p.token_groups as u64 * segments as u64;
         let mut visits = vec![0u32; p.num_tokens as usize * per_token as usize];
-        for bx in 0..launch.grid.0 {
-            for by in 0..launch.grid.1 {
-                let mut start = by * per_pass;
-                while start < span {
-                    for tid in 0..launch.threads {
-                        for k in 0..p.items_per_thread {
-                            let local = start + k * launch.threads + tid;
-                            if local >= span {
-                                continue;
-                            }
-                            let t = if p.tokens_per_block == 1 {
-                                0
-                            } else {
-                                p.items_per_token.div(local)
-                            };
-                            let token = bx as u64 * p.tokens_per_block as u64 + t as u64;
-                            if token >= p.num_tokens as u64 {
-                                continue;
-                            }
-                            let mut j = local - t * per_token;
-                            let v = j >= p.items_per_kv;
-                            if v {
-                                j -= p.items_per_kv;
-                            }
-                            let head = p.items_per_head.div(j);
-                            let chunk = j - head * per_head;
-                            let index = token as usize * per_token as usize
-                                + v as usize * p.items_per_kv as usize
-                                + (head * per_head + chunk) as usize;
-                            visits[index] += 1;
+        for block_index in 0..launch.grid.0 as u64 {
+            let mut b = block_index;
+            while b < blocks {
+                let group = p.segments.div(b as u32) as u64;
+                let segment = b as u32 - group as u32 * segments;
+                let first_token = group * p.tokens_per_block as u64;
+                let start = segment * per_pass;
+                for tid in 0..launch.threads {
+                    for k in 0..p.items_per_thread {
+                        let local = start + k * launch.threads + tid;
+                        if local >= span {
+                            continue;
                         }
+                        let t = if p.tokens_per_block == 1 {
+                            0
+                        } else {
+                            p.items_per_token.div(local)
+                        };
+                        let token = first_token + t as u64;
+                        if token >= p.num_tokens as u64 {
+                            continue;
+                        }
+                        let mut j = local - t * per_token;
+                        let v = j >= p.items_per_kv;
+                        if v {
+                            j -= p.items_per_kv;
+                        }
+                        let head = p.items_per_head.div(j);
+                        let chunk = j - head * per_head;
+                        let index = token as usize * per_token as usize
+                            + v as usize * p.items_per_kv as usize
+                            + (head * per_head + chunk) as usize;
+                        visits[index] += 1;
                     }
-                    start += launch.grid.1 * per_pass;
                 }
+                b += launch.grid.0 as u64;
             }
         }
         visits
@@ -462,11 +466,11 @@ mod tests {
         assert!(launch.vector);
         assert_eq!(launch.params.items_per_head.divisor, 16);
         assert_eq!(launch.params.items_per_token.divisor, 4096);
-        assert_eq!(launch.grid.0, 65536);
+        assert_eq!(launch.grid.0, 65536 * launch.params.segments.divisor);
         // More than 65535 tokens: tokens go on the x dimension, which allows 2^31 - 1.
         let small = Problem { num_tokens: 2, ..p };
         let launch = plan(&small, &InputStrides::contiguous(&small), H100, None).unwrap();
-        assert!(launch.grid.0 * launch.grid.1 >= 32, "{launch:?}");
+        assert!(launch.grid.0 >= 32, "{launch:?}");
     }
 
     #[test]
