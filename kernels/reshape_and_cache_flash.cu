@@ -216,12 +216,12 @@ struct Fp8Scale {
 __device__ __forceinline__ Fp8Scale make_scale(float scale) {
     Fp8Scale s;
     s.scale = scale;
-    s.inverse = __frcp_rn(scale);
+    // rcp.rn is the IEEE reciprocal (what __frcp_rn compiles to). Volatile, so that the compiler
+    // does not hoist it (and the wait for the scale it implies) above the loads of the items.
+    asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));
     s.fast = scale >= 0x1p-125f && scale <= 0x1p125f;
     return s;
 }
-
-__device__ __forceinline__ float magnitude(float x) { return __uint_as_float(__float_as_uint(x) & 0x7fffffffu); }
 
 // Inputs to e4m3 bytes exactly as the reference computes them: e4m3(RN(x / scale)), NaN as
 // 0x7f with the input's sign.
@@ -243,18 +243,31 @@ __device__ __forceinline__ void bracket4(const float* x, const Fp8Scale& s, u32&
     const float down = 1.0f - 0x1p-21f, up = 1.0f + 0x1p-21f;
     float q[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = magnitude(__fmul_rn(x[i], s.inverse));
+    for (int i = 0; i < 4; ++i) q[i] = fabsf(__fmul_rn(x[i], s.inverse));
     lo = e4m3x4(__fmul_rd(q[0], down), __fmul_rd(q[1], down), __fmul_rd(q[2], down),
                 __fmul_rd(q[3], down));
     hi = e4m3x4(__fmul_ru(q[0], up), __fmul_ru(q[1], up), __fmul_ru(q[2], up),
                 __fmul_ru(q[3], up));
 }
 
+// The sign bit (at bit 7) of a NaN quotient in the reference, which divides on an x86 host: a
+// NaN input keeps its own sign; otherwise the quotient is the scale's NaN, or for an invalid
+// division (0 / 0, inf / inf) x86's "default NaN", which is negative. Only scales that are
+// zero, infinite or NaN get here with a non-NaN input.
+__device__ __forceinline__ u32 nan_sign(float x, u32 input_sign, float scale) {
+    if (x != x) return input_sign;
+    if (scale != scale) return (__float_as_uint(scale) >> 24) & 0x80u;
+    return 0x80u;
+}
+
 // The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
 __device__ __forceinline__ u32 divide4(const float* x, u32 signs, const Fp8Scale& s) {
     const u32 exact = e4m3x4(__fdiv_rn(x[0], s.scale), __fdiv_rn(x[1], s.scale),
                              __fdiv_rn(x[2], s.scale), __fdiv_rn(x[3], s.scale));
-    return fix_nan_signs(exact, signs);
+    u32 nan_signs = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) nan_signs |= nan_sign(x[i], (signs >> (8 * i)) & 0x80u, s.scale) << (8 * i);
+    return fix_nan_signs(exact, nan_signs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,9 +375,10 @@ struct Fp8Scalar {
     static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
                                                  const Fp8Scale& scale) {
         // Rarely used: the plain IEEE division.
-        const u32 b = e4m3x1(__fdiv_rn(In::to_float(v), scale.scale));
+        const float x = In::to_float(v);
+        const u32 b = e4m3x1(__fdiv_rn(x, scale.scale));
         const u32 sign = ((u32)v >> (8 * In::SIZE - 8)) & 0x80u;
-        ((u8*)base)[elem] = (u8)fix_nan_signs(b, sign);
+        ((u8*)base)[elem] = (u8)fix_nan_signs(b, nan_sign(x, sign, scale.scale));
     }
 };
 
@@ -379,8 +393,8 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     const Params& p) {
     // The scales live in device memory (so that a captured graph picks up new values); only
     // fp8 reads them.
-    const Fp8Scale k_scale = make_scale(SCALED ? *k_scale_ptr : 1.0f);
-    const Fp8Scale v_scale = make_scale(SCALED ? *v_scale_ptr : 1.0f);
+    const float k_divisor = SCALED ? *k_scale_ptr : 1.0f;
+    const float v_divisor = SCALED ? *v_scale_ptr : 1.0f;
     const u32 per_token = p.items_per_token.divisor;
     const u32 per_head = p.items_per_head.divisor;
     const u32 segments = p.segments.divisor;
@@ -438,6 +452,10 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                      (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
                                      (i64)chunk[k] * Item::ELEMS);
         }
+        // The reciprocals of the scales are computed only now, so that waiting for the scales
+        // does not hold back the loads above.
+        const Fp8Scale k_scale = make_scale(k_divisor);
+        const Fp8Scale v_scale = make_scale(v_divisor);
 #pragma unroll
         for (int k = 0; k < RCF_MAX_ITEMS; ++k) {
             if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
@@ -465,8 +483,11 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 
 // At most 512 threads per block: leaves the compiler 128 registers per thread for the loads
 // in flight (fp8 from float holds 4 x 64 bytes of input per thread).
-#define RCF_KERNEL(NAME, ITEM, SCALED)                                                          \
-    extern "C" __global__ void __launch_bounds__(512) NAME(                                    \
+#ifndef RCF_FP8_BOUNDS
+#define RCF_FP8_BOUNDS 512
+#endif
+#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS)                                                  \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME(                                    \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
@@ -475,18 +496,18 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                               k_scale, v_scale, p);                             \
     }
 
-RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false)
-RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true)
+RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512)
 
 // ---------------------------------------------------------------------------------------------
 // The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous

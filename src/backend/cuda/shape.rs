@@ -187,7 +187,7 @@ pub fn plan(
             o.threads.clamp(32, MAX_THREADS) / 32 * 32,
             o.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD),
         ),
-        None => default_shape(total, limits),
+        None => default_shape(total, problem.cache_dtype, limits),
     };
     let per_pass = (threads * items_per_thread) as u64;
     let tokens_per_block = if items_per_token >= per_pass {
@@ -236,17 +236,18 @@ pub fn plan(
 /// Threads per block and items per thread for `total` items (measured on an H100).
 ///
 /// Large calls are bandwidth-bound: 4 items per thread keep four independent 16-byte loads in
-/// flight per thread, and 256-thread blocks fill an SM eight times over. Small calls are
+/// flight per thread. The fp8 kernels hold about 90 registers per thread, so they take
+/// 128-thread blocks, which pack more warps into an SM than 256-thread ones. Small calls are
 /// latency-bound: fewer items per thread and smaller blocks spread the work over as many SMs
 /// as possible, so that the call costs about one round trip to memory.
-fn default_shape(total: u64, limits: DeviceLimits) -> (u32, u32) {
+fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> (u32, u32) {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
-    if total >= 4 * resident {
-        (256, 4)
-    } else if total >= resident / 4 {
-        (128, 2)
-    } else {
-        (128, 1)
+    match cache_dtype {
+        CacheDtype::Auto if total >= 4 * resident => (256, 4),
+        CacheDtype::Fp8 if total >= resident => (128, 4),
+        CacheDtype::Auto if total >= resident / 4 => (128, 2),
+        CacheDtype::Fp8 if total >= resident / 4 => (256, 2),
+        _ => (128, 1),
     }
 }
 
