@@ -261,12 +261,16 @@ __device__ __forceinline__ u32 nan_sign(float x, u32 input_sign, float scale) {
 }
 
 // The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
-__device__ __forceinline__ u32 divide4(const float* x, u32 signs, const Fp8Scale& s) {
-    const u32 exact = e4m3x4(__fdiv_rn(x[0], s.scale), __fdiv_rn(x[1], s.scale),
-                             __fdiv_rn(x[2], s.scale), __fdiv_rn(x[3], s.scale));
-    u32 nan_signs = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) nan_signs |= nan_sign(x[i], (signs >> (8 * i)) & 0x80u, s.scale) << (8 * i);
+// Not inlined: it is rarely called, and one shared copy keeps the kernels small, which matters
+// for small calls, where fetching the kernel's instructions is a good part of the time.
+__device__ __noinline__ u32 divide4(float x0, float x1, float x2, float x3, u32 signs,
+                                    float scale) {
+    const u32 exact = e4m3x4(__fdiv_rn(x0, scale), __fdiv_rn(x1, scale), __fdiv_rn(x2, scale),
+                             __fdiv_rn(x3, scale));
+    const u32 nan_signs = nan_sign(x0, signs & 0x80u, scale) |
+                          (nan_sign(x1, (signs >> 8) & 0x80u, scale) << 8) |
+                          (nan_sign(x2, (signs >> 16) & 0x80u, scale) << 16) |
+                          (nan_sign(x3, (signs >> 24) & 0x80u, scale) << 24);
     return fix_nan_signs(exact, nan_signs);
 }
 
@@ -358,7 +362,10 @@ struct Fp8Vector {
             for (int g = 0; g < 4; ++g) out[g] = lo[g] | signs(v, g);
         } else {
 #pragma unroll
-            for (int g = 0; g < 4; ++g) out[g] = divide4(x + 4 * g, signs(v, g), scale);
+            for (int g = 0; g < 4; ++g) {
+                out[g] = divide4(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], signs(v, g),
+                                 scale.scale);
+            }
         }
         store16(base + elem, make_uint4(out[0], out[1], out[2], out[3]));
     }

@@ -472,6 +472,19 @@ fn cuda_tuning() {
         let again = backend.copy_bandwidth_gbps().unwrap().unwrap();
         println!("copy ceiling again {again:.0} GB/s");
         println!("{HEADER} shape");
+        // The floor: one token of one 64-element head, so the call is all launch and latency.
+        for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
+            let tiny = Problem {
+                num_heads: 1,
+                head_size: 64,
+                ..default_problem(Layout::Nhd, cache_dtype, 1)
+            };
+            backend.force_launch(None);
+            println!(
+                "{} tiny (1 head of 64)",
+                bench.row(&mut backend, &tiny, Mode::Cudagraph, copy)
+            );
+        }
         for (layout, cache_dtype, tokens) in [
             (Layout::Nhd, CacheDtype::Auto, 2),
             (Layout::Nhd, CacheDtype::Auto, 16),

@@ -513,7 +513,14 @@ impl Backend for CudaBackend {
         if bytes < 256 << 20 {
             return Ok(None);
         }
-        self.measure_copy(bytes, COPY_THREADS, 0, 5).map(Some)
+        // The best of three allocations: the same copy now and then runs several percent
+        // slower on one pair of buffers (seen right after other large buffers were freed), and
+        // the ceiling is what the memory can do.
+        let mut best: f64 = 0.0;
+        for _ in 0..3 {
+            best = best.max(self.measure_copy(bytes, COPY_THREADS, 0, 5)?);
+        }
+        Ok(Some(best))
     }
 
     fn prepare<'a>(
