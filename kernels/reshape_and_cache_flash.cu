@@ -23,7 +23,7 @@
 // each token's rows in one go. Consecutive threads take consecutive items: their loads are
 // contiguous, and so are their stores, in NHD (a whole token row) and in HND (a whole head
 // row, head_size elements), with every lane busy in both. Each thread first issues the loads
-// of all its items (up to RCF_MAX_ITEMS), then the stores, so that several 16-byte loads per
+// of all its items (up to MAX_ITEMS), then the stores, so that several 16-byte loads per
 // thread are in flight.
 
 typedef unsigned char u8;
@@ -41,9 +41,15 @@ typedef unsigned long long u64;
 #ifndef RCF_STORE
 #define RCF_STORE 0
 #endif
-// The most items one thread moves per pass (the host passes the actual count, at most this).
-#ifndef RCF_MAX_ITEMS
-#define RCF_MAX_ITEMS 4
+// Whether the exact division (the rare path of the fp8 conversion) is a called function (1)
+// or inlined at each use (0).
+#ifndef RCF_DIVIDE_NOINLINE
+#define RCF_DIVIDE_NOINLINE 1
+#endif
+#if RCF_DIVIDE_NOINLINE
+#define RCF_DIVIDE_INLINING __noinline__
+#else
+#define RCF_DIVIDE_INLINING __forceinline__
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -263,7 +269,7 @@ __device__ __forceinline__ u32 nan_sign(float x, u32 input_sign, float scale) {
 // The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
 // Not inlined: it is rarely called, and one shared copy keeps the kernels small, which matters
 // for small calls, where fetching the kernel's instructions is a good part of the time.
-__device__ __noinline__ u32 divide4(float x0, float x1, float x2, float x3, u32 signs,
+__device__ RCF_DIVIDE_INLINING u32 divide4(float x0, float x1, float x2, float x3, u32 signs,
                                     float scale) {
     const u32 exact = e4m3x4(__fdiv_rn(x0, scale), __fdiv_rn(x1, scale), __fdiv_rn(x2, scale),
                              __fdiv_rn(x3, scale));
@@ -392,7 +398,9 @@ struct Fp8Scalar {
 // ---------------------------------------------------------------------------------------------
 // The kernel body, shared by every input dtype x cache dtype x vector width.
 
-template <class Item, bool SCALED>
+// MAX_ITEMS: the most items one thread moves per pass (the host passes the actual count, at
+// most this). Small calls use the MAX_ITEMS = 1 instances: less code to fetch, fewer registers.
+template <class Item, bool SCALED, int MAX_ITEMS>
 __device__ __forceinline__ void reshape_and_cache_flash(
     const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
@@ -428,13 +436,13 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         // Three phases, so that nothing waits for memory before every load is in flight:
         // locate the items (arithmetic only), issue all loads (slots and inputs), then compute
         // the targets from the slots and store.
-        bool valid[RCF_MAX_ITEMS];
-        bool is_value[RCF_MAX_ITEMS];
-        i64 token[RCF_MAX_ITEMS];
-        u32 head[RCF_MAX_ITEMS];
-        u32 chunk[RCF_MAX_ITEMS];
+        bool valid[MAX_ITEMS];
+        bool is_value[MAX_ITEMS];
+        i64 token[MAX_ITEMS];
+        u32 head[MAX_ITEMS];
+        u32 chunk[MAX_ITEMS];
 #pragma unroll
-        for (int k = 0; k < RCF_MAX_ITEMS; ++k) {
+        for (int k = 0; k < MAX_ITEMS; ++k) {
             const u32 local = start + k * blockDim.x + threadIdx.x;
             const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
             token[k] = first_token + t;
@@ -445,10 +453,10 @@ __device__ __forceinline__ void reshape_and_cache_flash(
             head[k] = fast_div(j, p.items_per_head);
             chunk[k] = j - head[k] * per_head;
         }
-        i64 slot[RCF_MAX_ITEMS];
-        typename Item::Loaded data[RCF_MAX_ITEMS];
+        i64 slot[MAX_ITEMS];
+        typename Item::Loaded data[MAX_ITEMS];
 #pragma unroll
-        for (int k = 0; k < RCF_MAX_ITEMS; ++k) {
+        for (int k = 0; k < MAX_ITEMS; ++k) {
             if (!valid[k]) continue;
             const bool v = is_value[k];
             slot[k] = slot_mapping[token[k]];
@@ -464,7 +472,7 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         const Fp8Scale k_scale = make_scale(k_divisor);
         const Fp8Scale v_scale = make_scale(v_divisor);
 #pragma unroll
-        for (int k = 0; k < RCF_MAX_ITEMS; ++k) {
+        for (int k = 0; k < MAX_ITEMS; ++k) {
             if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
             i64 block, offset;
             if (slot[k] <= 0xffffffffll) {
@@ -493,28 +501,35 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #ifndef RCF_FP8_BOUNDS
 #define RCF_FP8_BOUNDS 512
 #endif
-#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS)                                                  \
+#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS, MAX_ITEMS)                                       \
     extern "C" __global__ void __launch_bounds__(BOUNDS) NAME(                                    \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
         const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED>(key, value, key_cache, value_cache, slot_mapping, \
-                                              k_scale, v_scale, p);                             \
+        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS>(key, value, key_cache, value_cache,   \
+                                                         slot_mapping, k_scale, v_scale, p);   \
     }
 
-RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512)
+// Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar].
+RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512, 4)
 
 // ---------------------------------------------------------------------------------------------
 // The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous

@@ -95,21 +95,53 @@ struct Kernels {
 const DTYPES: [Dtype; 3] = [Dtype::Half, Dtype::BFloat16, Dtype::Float];
 const CACHE_DTYPES: [CacheDtype; 2] = [CacheDtype::Auto, CacheDtype::Fp8];
 
-fn kernel_index(dtype: Dtype, cache_dtype: CacheDtype, vector: bool) -> usize {
+/// The instances of the kernel template for one dtype pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// 16-byte items, up to 4 per thread.
+    Vector,
+    /// 16-byte items, one per thread: small calls (less code to fetch, fewer registers).
+    VectorSingle,
+    /// One element per item (any head size or alignment).
+    Scalar,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Vector, Variant::VectorSingle, Variant::Scalar];
+
+impl Variant {
+    fn of(launch: &Launch) -> Self {
+        match (launch.vector, launch.params.items_per_thread) {
+            (false, _) => Variant::Scalar,
+            (true, 1) => Variant::VectorSingle,
+            (true, _) => Variant::Vector,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Vector => "",
+            Variant::VectorSingle => "_x1",
+            Variant::Scalar => "_scalar",
+        }
+    }
+}
+
+fn kernel_index(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> usize {
     let d = DTYPES.iter().position(|&d| d == dtype).unwrap_or(0);
     let c = CACHE_DTYPES
         .iter()
         .position(|&c| c == cache_dtype)
         .unwrap_or(0);
-    (usize::from(!vector) * CACHE_DTYPES.len() + c) * DTYPES.len() + d
+    let v = VARIANTS.iter().position(|&v| v == variant).unwrap_or(0);
+    (v * CACHE_DTYPES.len() + c) * DTYPES.len() + d
 }
 
-fn kernel_name(dtype: Dtype, cache_dtype: CacheDtype, vector: bool) -> String {
+fn kernel_name(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> String {
     format!(
         "reshape_and_cache_flash_{}_{}{}",
         dtype.name(),
         cache_dtype.name(),
-        if vector { "" } else { "_scalar" }
+        variant.suffix()
     )
 }
 
@@ -211,11 +243,11 @@ impl CudaBackend {
                 .map_err(|e| unavailable(format!("kernel {name} missing: {}", describe(e))))
         };
         let mut reshape = Vec::new();
-        for vector in [true, false] {
+        for variant in VARIANTS {
             for cache_dtype in CACHE_DTYPES {
                 for dtype in DTYPES {
-                    debug_assert_eq!(kernel_index(dtype, cache_dtype, vector), reshape.len());
-                    reshape.push(load(&kernel_name(dtype, cache_dtype, vector))?);
+                    debug_assert_eq!(kernel_index(dtype, cache_dtype, variant), reshape.len());
+                    reshape.push(load(&kernel_name(dtype, cache_dtype, variant))?);
                 }
             }
         }
@@ -569,7 +601,7 @@ impl Backend for CudaBackend {
             backend: this,
             problem: *problem,
             function: &this.kernels.reshape
-                [kernel_index(problem.dtype, problem.cache_dtype, launch.vector)],
+                [kernel_index(problem.dtype, problem.cache_dtype, Variant::of(&launch))],
             launch,
             args,
         }))
@@ -762,13 +794,13 @@ mod tests {
 
     #[test]
     fn kernel_table_is_dense() {
-        let mut seen = [false; 12];
-        for vector in [true, false] {
+        let mut seen = [false; 18];
+        for variant in VARIANTS {
             for cache_dtype in CACHE_DTYPES {
                 for dtype in DTYPES {
-                    seen[kernel_index(dtype, cache_dtype, vector)] = true;
+                    seen[kernel_index(dtype, cache_dtype, variant)] = true;
                     assert!(compile::SOURCE
-                        .contains(&format!("({}, ", kernel_name(dtype, cache_dtype, vector))));
+                        .contains(&format!("({}, ", kernel_name(dtype, cache_dtype, variant))));
                 }
             }
         }
