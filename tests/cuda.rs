@@ -407,7 +407,12 @@ const HEADER: &str = "tokens  lay cache       mode   lat_us  device_us  noise   
 #[test]
 #[ignore = "prints a timing table; needs an NVIDIA GPU"]
 fn cuda_timings() {
+    let start = std::time::Instant::now();
     let mut backend = open();
+    println!(
+        "open (context + NVRTC compile + module load): {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
     let copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
     println!(
         "device: {} ({})",
