@@ -395,7 +395,7 @@ impl Bench {
             mode.name(),
             samples.latency_us,
             s.median,
-            s.noise_percent(),
+            s.noise_percent,
             gbps,
             gbps / copy * 100.0
         )

@@ -34,12 +34,10 @@ use shape::{DeviceLimits, InputStrides, Launch};
 /// Calls one graph holds when device time is measured in cudagraph mode: replaying a graph of
 /// many calls keeps the GPU busy however slowly the CPU submits (nvbench's batch idea).
 const GRAPH_BATCH_CALLS: usize = 20;
-/// Device-time samples per row, each one timed batch of back-to-back calls.
-const DEVICE_BATCHES: usize = 10;
-/// A batch lasts at least this long, so that event resolution and launch gaps vanish.
-const MIN_BATCH_US: f64 = 1000.0;
-/// ... and holds at least this many calls.
+/// A batch holds at least this many calls (its length comes from `Sampling::batch_time`).
 const MIN_BATCH_CALLS: usize = 20;
+/// Bytes written before each cold call to evict the L2 cache (50 MB on an H100).
+const FLUSH_BYTES: usize = 256 << 20;
 /// Bytes of each of the two buffers the copy ceiling is measured on (far beyond any L2).
 const COPY_BUFFER_BYTES: u64 = 2 << 30;
 /// Threads per block of the fill kernel.
@@ -174,6 +172,8 @@ pub struct CudaBackend {
     caches: Option<DeviceCaches>,
     inputs: Option<DeviceInputs>,
     forced_launch: Option<LaunchOverride>,
+    /// Written before each cold call (allocated on first use).
+    flush_buffer: std::cell::OnceCell<CudaSlice<u8>>,
 }
 
 impl CudaBackend {
@@ -194,7 +194,12 @@ impl CudaBackend {
         }
         // cudarc resolves driver symbols lazily and panics on one a very old driver lacks:
         // keep that from escaping as a panic.
-        std::panic::catch_unwind(|| Self::open_inner(defines)).unwrap_or_else(|panic| {
+        // The process's panic hook would print the caught panic: silence it meanwhile.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| Self::open_inner(defines));
+        std::panic::set_hook(hook);
+        opened.unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<String>()
                 .map(String::as_str)
@@ -283,6 +288,7 @@ impl CudaBackend {
             caches: None,
             inputs: None,
             forced_launch: None,
+            flush_buffer: std::cell::OnceCell::new(),
         })
     }
 
@@ -507,7 +513,11 @@ impl Backend for CudaBackend {
         // holds what the caller already has.
         Footprint {
             host: 0,
-            device: 2 * cache_bytes + 2 * input_bytes + 8 * num_tokens as u64 + 8,
+            device: 2 * cache_bytes
+                + 2 * input_bytes
+                + 8 * num_tokens as u64
+                + 8
+                + FLUSH_BYTES as u64,
         }
     }
 
@@ -521,17 +531,18 @@ impl Backend for CudaBackend {
                 "cudagraph: latency = mean host wall time of (replay a CUDA graph holding one \
                  call, then synchronize the stream), vLLM's method; device time = CUDA events \
                  around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls, per \
-                 call ({DEVICE_BATCHES} batches of at least {MIN_BATCH_CALLS} calls and \
-                 {} ms), so the CPU's launch rate does not count",
-                MIN_BATCH_US / 1000.0
+                 call (batches of at least {MIN_BATCH_CALLS} calls), so the CPU's launch rate \
+                 does not count; cold: one replay of the one-call graph after a \
+                 {} MiB write that evicts L2",
+                FLUSH_BYTES >> 20
             ),
             Mode::NoGraph => format!(
                 "no_graph: latency = mean host wall time of (launch the kernel, then synchronize \
                  the stream), vLLM's method; device time = CUDA events around back-to-back \
-                 launches, per call ({DEVICE_BATCHES} batches of at least {MIN_BATCH_CALLS} \
-                 calls and {} ms; gaps between launches count when the CPU is slower than the \
-                 kernel)",
-                MIN_BATCH_US / 1000.0
+                 launches, per call (batches of at least {MIN_BATCH_CALLS} calls; gaps between \
+                 launches count when the CPU is slower than the kernel); cold: one launch after \
+                 a {} MiB write that evicts L2",
+                FLUSH_BYTES >> 20
             ),
         }
     }
@@ -686,10 +697,13 @@ impl CudaCall<'_> {
         Ok(graph)
     }
 
-    /// Per-call device time of `DEVICE_BATCHES` batches: `unit` enqueues `calls_per_unit`
-    /// calls; each batch repeats it enough to last `MIN_BATCH_US` and hold `MIN_BATCH_CALLS`.
-    fn device_batches(
+    /// Per-call device time of batches, sampled until `protocol.sampling` says stop: `unit`
+    /// enqueues `calls_per_unit` calls; each batch repeats it enough to last
+    /// `sampling.batch_time` and hold `MIN_BATCH_CALLS`. Cold: each sample is one unit after a
+    /// write that evicts L2 (not timed).
+    fn device_samples(
         &self,
+        protocol: &Protocol,
         calls_per_unit: usize,
         unit: impl Fn() -> Result<()>,
     ) -> Result<Vec<f64>> {
@@ -705,14 +719,42 @@ impl CudaCall<'_> {
             let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
             Ok(ms * 1000.0 / (units * calls_per_unit) as f64)
         };
+        if protocol.cold {
+            let flush = self.flush_buffer()?;
+            return timing::sample_until_stable(&protocol.sampling, || {
+                // SAFETY: `flush` is a live device buffer of FLUSH_BYTES owned by the backend.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        flush.device_ptr(stream).0,
+                        0x5a,
+                        FLUSH_BYTES,
+                        stream.cu_stream(),
+                    )
+                }
+                .during("flushing L2")?;
+                timed(1)
+            });
+        }
         // Warm up, then size the batches from a probe.
         let min_units = MIN_BATCH_CALLS.div_ceil(calls_per_unit);
         timed(1)?;
         let per_call = timed(min_units)?;
-        let wanted = (MIN_BATCH_US / (per_call.max(1e-3) * calls_per_unit as f64)).ceil() as usize;
+        let batch_us = protocol.sampling.batch_time.as_secs_f64() * 1e6;
+        let wanted = (batch_us / (per_call.max(1e-3) * calls_per_unit as f64)).ceil() as usize;
         // Never more than ~100k calls in one batch, however fast a call looks.
         let units = wanted.clamp(min_units, (100_000 / calls_per_unit).max(min_units));
-        (0..DEVICE_BATCHES).map(|_| timed(units)).collect()
+        timing::sample_until_stable(&protocol.sampling, || timed(units))
+    }
+
+    /// The buffer written before each cold call.
+    fn flush_buffer(&self) -> Result<&CudaSlice<u8>> {
+        if self.backend.flush_buffer.get().is_none() {
+            let buffer = self
+                .backend
+                .alloc::<u8>(FLUSH_BYTES, "the L2 flush buffer")?;
+            let _ = self.backend.flush_buffer.set(buffer);
+        }
+        Ok(self.backend.flush_buffer.get().expect("set above"))
     }
 }
 
@@ -729,7 +771,7 @@ impl Prepared for CudaCall<'_> {
                     self.enqueue()?;
                     self.synchronize()
                 })?;
-                let device_us = self.device_batches(1, || self.enqueue())?;
+                let device_us = self.device_samples(protocol, 1, || self.enqueue())?;
                 Ok(Samples {
                     latency_us,
                     device_us,
@@ -741,11 +783,17 @@ impl Prepared for CudaCall<'_> {
                     single.launch().during("replaying a CUDA graph")?;
                     self.synchronize()
                 })?;
-                drop(single);
-                let batch = self.capture(GRAPH_BATCH_CALLS)?;
-                let device_us = self.device_batches(GRAPH_BATCH_CALLS, || {
-                    batch.launch().during("replaying a CUDA graph")
-                })?;
+                let device_us = if protocol.cold {
+                    self.device_samples(protocol, 1, || {
+                        single.launch().during("replaying a CUDA graph")
+                    })?
+                } else {
+                    drop(single);
+                    let batch = self.capture(GRAPH_BATCH_CALLS)?;
+                    self.device_samples(protocol, GRAPH_BATCH_CALLS, || {
+                        batch.launch().during("replaying a CUDA graph")
+                    })?
+                };
                 self.synchronize()?;
                 Ok(Samples {
                     latency_us,
