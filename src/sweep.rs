@@ -163,12 +163,25 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         host.per_block += one.host - none.host;
         host.fixed += none.host;
         if let Some(available) = backend.device_memory() {
-            constraints.push(Constraint {
-                device: backend.device().name,
-                available,
-                per_block: one.device - none.device,
-                fixed: none.device,
-            });
+            let device = backend.device().name;
+            let (per_block, fixed) = (one.device - none.device, none.device);
+            // Two backends on one GPU (CUDA and wgpu on the same card) share its memory.
+            match constraints
+                .iter_mut()
+                .find(|c: &&mut Constraint| c.device == device)
+            {
+                Some(shared) => {
+                    shared.available = shared.available.min(available);
+                    shared.per_block += per_block;
+                    shared.fixed += fixed;
+                }
+                None => constraints.push(Constraint {
+                    device,
+                    available,
+                    per_block,
+                    fixed,
+                }),
+            }
         }
     }
     constraints.push(host);

@@ -95,6 +95,10 @@ backend_suite!(
     cpu,
     Box::new(paged_kv_bench::backend::cpu::CpuBackend::new())
 );
+
+#[cfg(feature = "cuda")]
+backend_suite!(cuda, Box::new(paged_kv_bench::backend::cuda::CudaBackend::open().expect("CUDA")), #[ignore = "needs an NVIDIA GPU"]);
+
 #[cfg(feature = "wgpu")]
 backend_suite!(
     wgpu,

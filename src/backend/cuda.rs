@@ -1,39 +1,857 @@
-//! Placeholder: the CUDA backend is being written (issue 3).
-use super::*;
-pub struct CudaBackend;
-impl CudaBackend {
-    pub fn open() -> Result<Self> {
-        Err(Error::Unavailable {
-            implementation: "cuda",
-            reason: "not written yet".into(),
-        })
+//! The CUDA backend: our own kernels (`kernels/reshape_and_cache_flash.cu`), compiled at run
+//! time by NVRTC for the device's architecture and launched through cudarc's driver API.
+//!
+//! - One context, one non-default stream: every copy, launch and graph capture goes to it.
+//!   cudarc's per-buffer event tracking is switched off before any buffer exists, because
+//!   capturing a graph on a stream fails when cudarc records its events into it.
+//! - Caches stay allocated between `prepare` calls of the same size and are filled on the
+//!   device; inputs are uploaded into buffers that are reused while they are large enough.
+//! - Nothing here panics when CUDA is missing: `open` checks that libcuda and libnvrtc load
+//!   before cudarc touches them (cudarc panics otherwise) and turns every failure into a
+//!   one-line error.
+
+use std::sync::Arc;
+
+use cudarc::driver::result::DriverError;
+use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PushKernelArg,
+};
+
+use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use crate::error::{Bytes, Error, Result};
+use crate::problem::{CacheDtype, Dtype, Layout, Problem};
+use crate::timing::{self, Mode, Protocol, Samples};
+use crate::workload::{CacheFill, Caches, Inputs};
+
+mod compile;
+mod shape;
+
+pub use shape::LaunchOverride;
+use shape::{DeviceLimits, InputStrides, Launch};
+
+/// Calls one graph holds when device time is measured in cudagraph mode: replaying a graph of
+/// many calls keeps the GPU busy however slowly the CPU submits (nvbench's batch idea).
+const GRAPH_BATCH_CALLS: usize = 20;
+/// A batch holds at least this many calls (its length comes from `Sampling::batch_time`).
+const MIN_BATCH_CALLS: usize = 20;
+/// Bytes written before each cold call to evict the L2 cache (50 MB on an H100).
+const FLUSH_BYTES: usize = 256 << 20;
+/// Bytes of each of the two buffers the copy ceiling is measured on (far beyond any L2).
+const COPY_BUFFER_BYTES: u64 = 2 << 30;
+/// Threads per block of the fill kernel.
+const STREAM_THREADS: u32 = 256;
+/// Threads per block of the copy kernel (the fastest on an H100, by a fraction of a percent).
+const COPY_THREADS: u32 = 1024;
+
+/// Whether the NVIDIA driver library can be loaded here (cudarc panics on first use otherwise).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+fn unavailable(reason: impl Into<String>) -> Error {
+    Error::Unavailable {
+        implementation: "cuda",
+        reason: reason.into(),
     }
 }
+
+/// A driver error as one line: `CUDA_ERROR_OUT_OF_MEMORY (out of memory)`.
+fn describe(error: DriverError) -> String {
+    let name = error
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", error.0));
+    match error.error_string() {
+        Ok(text) => format!("{name} ({})", text.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// Adds what was being done to a driver error.
+trait Context<T> {
+    fn during(self, what: &str) -> Result<T>;
+}
+
+impl<T> Context<T> for std::result::Result<T, DriverError> {
+    fn during(self, what: &str) -> Result<T> {
+        self.map_err(|error| Error::Cuda(format!("{what}: {}", describe(error))))
+    }
+}
+
+/// The kernels of the compiled module.
+struct Kernels {
+    _module: Arc<CudaModule>,
+    /// Indexed by [`kernel_index`].
+    reshape: Vec<CudaFunction>,
+    copy: CudaFunction,
+    fill: CudaFunction,
+}
+
+const DTYPES: [Dtype; 3] = [Dtype::Half, Dtype::BFloat16, Dtype::Float];
+const CACHE_DTYPES: [CacheDtype; 2] = [CacheDtype::Auto, CacheDtype::Fp8];
+
+/// The instances of the kernel template for one dtype pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    /// 16-byte items, up to 4 per thread.
+    Vector,
+    /// 16-byte items, one per thread: small calls (less code to fetch, fewer registers).
+    VectorSingle,
+    /// One element per item (any head size or alignment).
+    Scalar,
+}
+
+const VARIANTS: [Variant; 3] = [Variant::Vector, Variant::VectorSingle, Variant::Scalar];
+
+impl Variant {
+    fn of(launch: &Launch) -> Self {
+        match (launch.vector, launch.params.items_per_thread) {
+            (false, _) => Variant::Scalar,
+            (true, 1) => Variant::VectorSingle,
+            (true, _) => Variant::Vector,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Variant::Vector => "",
+            Variant::VectorSingle => "_x1",
+            Variant::Scalar => "_scalar",
+        }
+    }
+}
+
+fn kernel_index(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> usize {
+    let d = DTYPES.iter().position(|&d| d == dtype).unwrap_or(0);
+    let c = CACHE_DTYPES
+        .iter()
+        .position(|&c| c == cache_dtype)
+        .unwrap_or(0);
+    let v = VARIANTS.iter().position(|&v| v == variant).unwrap_or(0);
+    (v * CACHE_DTYPES.len() + c) * DTYPES.len() + d
+}
+
+fn kernel_name(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> String {
+    format!(
+        "reshape_and_cache_flash_{}_{}{}",
+        dtype.name(),
+        cache_dtype.name(),
+        variant.suffix()
+    )
+}
+
+/// Both caches on the device, kept between calls of the same size.
+struct DeviceCaches {
+    key: CudaSlice<u8>,
+    value: CudaSlice<u8>,
+    /// Bytes of each cache (the buffers are rounded up to whole 16-byte words for the fill).
+    bytes: u64,
+    /// The seed of the random fill they hold, if they hold one.
+    random_seed: Option<u64>,
+}
+
+/// Input buffers, reused while large enough.
+struct DeviceInputs {
+    key: CudaSlice<u8>,
+    value: CudaSlice<u8>,
+    slots: CudaSlice<i64>,
+    /// `[k_scale, v_scale]`.
+    scales: CudaSlice<f32>,
+}
+
+/// An NVIDIA GPU driven through CUDA.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Kernels,
+    info: DeviceInfo,
+    limits: DeviceLimits,
+    caches: Option<DeviceCaches>,
+    inputs: Option<DeviceInputs>,
+    forced_launch: Option<LaunchOverride>,
+    /// Written before each cold call (allocated on first use).
+    flush_buffer: std::cell::OnceCell<CudaSlice<u8>>,
+}
+
+impl CudaBackend {
+    /// Opens device 0 and compiles the kernels. Fails with a one-line
+    /// [`Error::Unavailable`] where there is no driver, no GPU or no NVRTC; never panics.
+    pub fn open() -> Result<Self> {
+        Self::open_with_defines(&[])
+    }
+
+    /// [`CudaBackend::open`] with extra `-D` macros for the kernel source (tuning:
+    /// `RCF_LOAD`, `RCF_STORE`).
+    #[doc(hidden)]
+    pub fn open_with_defines(defines: &[String]) -> Result<Self> {
+        if !driver_present() {
+            return Err(unavailable(
+                "the NVIDIA driver library (libcuda.so) is not installed or not on the library path",
+            ));
+        }
+        // cudarc resolves driver symbols lazily and panics on one a very old driver lacks:
+        // keep that from escaping as a panic.
+        // The process's panic hook would print the caught panic: silence it meanwhile.
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| Self::open_inner(defines));
+        std::panic::set_hook(hook);
+        opened.unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown failure");
+            Err(unavailable(format!(
+                "the CUDA driver failed: {}",
+                message.lines().next().unwrap_or("")
+            )))
+        })
+    }
+
+    fn open_inner(defines: &[String]) -> Result<Self> {
+        cudarc::driver::result::init()
+            .map_err(|e| unavailable(format!("the CUDA driver did not start: {}", describe(e))))?;
+        let count = CudaContext::device_count()
+            .map_err(|e| unavailable(format!("cannot count CUDA devices: {}", describe(e))))?;
+        if count < 1 {
+            return Err(unavailable("no CUDA device found"));
+        }
+        let ctx = CudaContext::new(0)
+            .map_err(|e| unavailable(format!("cannot open CUDA device 0: {}", describe(e))))?;
+        // SAFETY: every buffer of this backend is used on its one stream only, so cudarc's
+        // cross-stream events are not needed; with them, graph capture fails (see module docs).
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().during("creating a stream")?;
+        let (major, minor) = ctx.compute_capability().during("reading the device")?;
+        let attribute = |a: CUdevice_attribute| ctx.attribute(a).during("reading the device");
+        let limits = DeviceLimits {
+            sm_count: attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
+                as u32,
+            max_threads_per_sm: attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+            )? as u32,
+        };
+        let name = ctx.name().during("reading the device name")?;
+        let total = ctx.total_mem().during("reading the device memory")?;
+
+        let image = compile::compile(major, minor, defines)?;
+        let module = ctx.load_module(image.into_ptx()).map_err(|e| {
+            unavailable(format!("cannot load the compiled kernels: {}", describe(e)))
+        })?;
+        let load = |name: &str| {
+            module
+                .load_function(name)
+                .map_err(|e| unavailable(format!("kernel {name} missing: {}", describe(e))))
+        };
+        let mut reshape = Vec::new();
+        for variant in VARIANTS {
+            for cache_dtype in CACHE_DTYPES {
+                for dtype in DTYPES {
+                    debug_assert_eq!(kernel_index(dtype, cache_dtype, variant), reshape.len());
+                    reshape.push(load(&kernel_name(dtype, cache_dtype, variant))?);
+                }
+            }
+        }
+        let kernels = Kernels {
+            copy: load("copy16")?,
+            fill: load("fill_random")?,
+            reshape,
+            _module: module,
+        };
+
+        let mut driver = 0;
+        // SAFETY: one out-parameter.
+        unsafe { sys::cuDriverGetVersion(&mut driver) };
+        let nvrtc = compile::nvrtc_version()
+            .map(|(major, minor)| format!("{major}.{minor}"))
+            .unwrap_or_else(|| "?".into());
+        let info = DeviceInfo {
+            name,
+            details: format!(
+                "compute capability {major}.{minor}, {} SMs, {}, CUDA driver {}.{}, NVRTC {nvrtc}",
+                limits.sm_count,
+                Bytes(total as u64),
+                driver / 1000,
+                driver % 1000 / 10
+            ),
+        };
+        Ok(Self {
+            ctx,
+            stream,
+            kernels,
+            info,
+            limits,
+            caches: None,
+            inputs: None,
+            forced_launch: None,
+            flush_buffer: std::cell::OnceCell::new(),
+        })
+    }
+
+    /// Forces threads per block and items per thread for later calls (tuning); `None` restores
+    /// the built-in choice.
+    #[doc(hidden)]
+    pub fn force_launch(&mut self, forced: Option<LaunchOverride>) {
+        self.forced_launch = forced;
+    }
+
+    fn free_memory(&self) -> Result<u64> {
+        self.ctx.bind_to_thread().during("binding the context")?;
+        let (free, _) = cudarc::driver::result::mem_get_info().during("reading free memory")?;
+        Ok(free as u64)
+    }
+
+    /// Allocates `len` elements, turning out-of-memory into [`Error::DoesNotFit`].
+    fn alloc<T: cudarc::driver::DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        let bytes = (len * std::mem::size_of::<T>()) as u64;
+        // SAFETY: every byte is written (upload, fill or kernel) before it is read back.
+        match unsafe { self.stream.alloc::<T>(len.max(1)) } {
+            Ok(slice) => Ok(slice),
+            Err(error) if error.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                Err(Error::DoesNotFit {
+                    what: what.to_string(),
+                    needed: Bytes(bytes),
+                    available: Bytes(self.free_memory().unwrap_or(0)),
+                    device: self.info.name.clone(),
+                    hint: String::new(),
+                })
+            }
+            Err(error) => Err(error).during(&format!("allocating {what}")),
+        }
+    }
+
+    fn grid_for(&self, words: u64, threads: u32) -> u32 {
+        // One full wave of resident blocks; the kernels walk the rest in a grid-stride loop.
+        let wave = self.limits.sm_count as u64 * (self.limits.max_threads_per_sm / threads) as u64;
+        words.div_ceil(threads as u64).clamp(1, wave.max(1)) as u32
+    }
+
+    /// Fills `buffer` (a whole number of 16-byte words) with the device's pseudo-random data.
+    fn fill_random(&self, buffer: &mut CudaSlice<u8>, seed: u64) -> Result<()> {
+        let words = (buffer.len() / 16) as u64;
+        let config = LaunchConfig {
+            grid_dim: (self.grid_for(words, STREAM_THREADS), 1, 1),
+            block_dim: (STREAM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.kernels.fill);
+        launch.arg(buffer).arg(&words).arg(&seed);
+        // SAFETY: the kernel writes `words` 16-byte words of `buffer`, which holds them.
+        unsafe { launch.launch(config) }.during("filling the caches")?;
+        Ok(())
+    }
+
+    /// Makes the caches hold `fill` at `bytes` each.
+    fn set_caches(&mut self, bytes: u64, fill: CacheFill<'_>) -> Result<()> {
+        if let CacheFill::Copy(caches) = fill {
+            if caches.key.len() as u64 != bytes || caches.value.len() as u64 != bytes {
+                return Err(Error::InvalidConfig(format!(
+                    "initial caches hold {} and {} bytes, the problem needs {bytes}",
+                    caches.key.len(),
+                    caches.value.len()
+                )));
+            }
+        }
+        if self.caches.as_ref().is_some_and(|c| c.bytes != bytes) {
+            // Free before allocating: two generations of 32 GiB caches do not fit.
+            self.caches = None;
+            self.stream.synchronize().during("freeing the caches")?;
+        }
+        if self.caches.is_none() {
+            let words = bytes.div_ceil(16) as usize * 16;
+            let key = self.alloc::<u8>(words, "the key cache")?;
+            let value = self.alloc::<u8>(words, "the value cache")?;
+            self.caches = Some(DeviceCaches {
+                key,
+                value,
+                bytes,
+                random_seed: None,
+            });
+        }
+        let mut caches = self.caches.take().expect("allocated above");
+        let result = match fill {
+            CacheFill::Random { seed } if caches.random_seed == Some(seed) => Ok(()),
+            CacheFill::Random { seed } => {
+                caches.random_seed = None;
+                self.fill_random(&mut caches.key, seed)
+                    .and_then(|_| self.fill_random(&mut caches.value, seed.wrapping_add(1)))
+                    .map(|_| caches.random_seed = Some(seed))
+            }
+            CacheFill::Copy(host) => {
+                caches.random_seed = None;
+                let len = bytes as usize;
+                self.stream
+                    .memcpy_htod(&host.key[..], &mut caches.key.slice_mut(..len))
+                    .and_then(|_| {
+                        self.stream
+                            .memcpy_htod(&host.value[..], &mut caches.value.slice_mut(..len))
+                    })
+                    .during("uploading the caches")
+            }
+        };
+        self.caches = Some(caches);
+        result
+    }
+
+    /// Uploads the inputs, reusing the buffers when they are large enough.
+    fn set_inputs(&mut self, inputs: &Inputs<'_>) -> Result<()> {
+        let fits = self.inputs.as_ref().is_some_and(|d| {
+            d.key.len() >= inputs.key.len()
+                && d.value.len() >= inputs.value.len()
+                && d.slots.len() >= inputs.slot_mapping.len()
+        });
+        if !fits {
+            self.inputs = None;
+            self.stream.synchronize().during("freeing the inputs")?;
+            self.inputs = Some(DeviceInputs {
+                key: self.alloc(inputs.key.len(), "the keys")?,
+                value: self.alloc(inputs.value.len(), "the values")?,
+                slots: self.alloc(inputs.slot_mapping.len(), "the slot mapping")?,
+                scales: self.alloc(2, "the scales")?,
+            });
+        }
+        let device = self.inputs.as_mut().expect("allocated above");
+        let stream = &self.stream;
+        stream
+            .memcpy_htod(inputs.key, &mut device.key.slice_mut(..inputs.key.len()))
+            .and_then(|_| {
+                stream.memcpy_htod(
+                    inputs.value,
+                    &mut device.value.slice_mut(..inputs.value.len()),
+                )
+            })
+            .and_then(|_| {
+                stream.memcpy_htod(
+                    inputs.slot_mapping,
+                    &mut device.slots.slice_mut(..inputs.slot_mapping.len()),
+                )
+            })
+            .and_then(|_| stream.memcpy_htod(&[inputs.k_scale, inputs.v_scale], &mut device.scales))
+            .during("uploading the inputs")
+    }
+
+    fn timing_event(&self) -> Result<CudaEvent> {
+        // cudarc's default event has timing disabled.
+        self.ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .during("creating an event")
+    }
+
+    /// One measurement of the copy ceiling on two buffers of `bytes`, with `blocks` blocks of
+    /// `threads` (0 = one block per `4 * threads` words, the default): the median GB/s (read +
+    /// written) of `runs` timed copies.
+    #[doc(hidden)]
+    pub fn measure_copy(
+        &mut self,
+        bytes: u64,
+        threads: u32,
+        blocks: u32,
+        runs: usize,
+    ) -> Result<f64> {
+        let words = bytes / 16;
+        let src = self.alloc::<u8>((words * 16) as usize, "the copy source")?;
+        let mut dst = self.alloc::<u8>((words * 16) as usize, "the copy destination")?;
+        let mut src = src;
+        self.fill_random(&mut src, 7)?;
+        let threads = threads.clamp(32, 1024);
+        let config = LaunchConfig {
+            grid_dim: (
+                if blocks == 0 {
+                    // One block per 4 * threads words, as the reshape kernels are laid out.
+                    words.div_ceil(4 * threads as u64).min(i32::MAX as u64) as u32
+                } else {
+                    blocks
+                },
+                1,
+                1,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let copy = |dst: &mut CudaSlice<u8>| -> Result<()> {
+            let mut launch = self.stream.launch_builder(&self.kernels.copy);
+            launch.arg(&src).arg(dst).arg(&words);
+            // SAFETY: both buffers hold `words` 16-byte words.
+            unsafe { launch.launch(config) }.during("copying")?;
+            Ok(())
+        };
+        let (start, end) = (self.timing_event()?, self.timing_event()?);
+        copy(&mut dst)?;
+        copy(&mut dst)?;
+        let mut rates = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            start.record(&self.stream).during("recording an event")?;
+            copy(&mut dst)?;
+            end.record(&self.stream).during("recording an event")?;
+            let ms = start.elapsed_ms(&end).during("timing the copy")? as f64;
+            rates.push(2.0 * (words * 16) as f64 / (ms * 1e-3) / 1e9);
+        }
+        rates.sort_by(f64::total_cmp);
+        Ok(rates[rates.len() / 2])
+    }
+}
+
 impl Backend for CudaBackend {
     fn implementation(&self) -> Implementation {
         Implementation::Cuda
     }
+
     fn device(&self) -> DeviceInfo {
-        unreachable!()
+        self.info.clone()
     }
-    fn supports(&self, _: Layout) -> bool {
-        unreachable!()
+
+    fn supports(&self, _layout: Layout) -> bool {
+        true
     }
-    fn footprint(&self, _: u64, _: u64, _: usize) -> Footprint {
-        unreachable!()
+
+    fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
+        // Caches, keys, values, slots and the two scales all live on the device; the host only
+        // holds what the caller already has.
+        Footprint {
+            host: 0,
+            device: 2 * cache_bytes
+                + 2 * input_bytes
+                + 8 * num_tokens as u64
+                + 8
+                + FLUSH_BYTES as u64,
+        }
     }
+
     fn device_memory(&self) -> Option<u64> {
-        unreachable!()
+        self.free_memory().ok()
     }
-    fn mode_note(&self, _: Mode) -> String {
-        unreachable!()
+
+    fn mode_note(&self, mode: Mode) -> String {
+        match mode {
+            Mode::Cudagraph => format!(
+                "cudagraph: latency = mean host wall time of (replay a CUDA graph holding one \
+                 call, then synchronize the stream), vLLM's method; device time = CUDA events \
+                 around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls, per \
+                 call (batches of at least {MIN_BATCH_CALLS} calls), so the CPU's launch rate \
+                 does not count; cold: one replay of the one-call graph after a \
+                 {} MiB write that evicts L2",
+                FLUSH_BYTES >> 20
+            ),
+            Mode::NoGraph => format!(
+                "no_graph: latency = mean host wall time of (launch the kernel, then synchronize \
+                 the stream), vLLM's method; device time = CUDA events around back-to-back \
+                 launches, per call (batches of at least {MIN_BATCH_CALLS} calls; gaps between \
+                 launches count when the CPU is slower than the kernel); cold: one launch after \
+                 a {} MiB write that evicts L2",
+                FLUSH_BYTES >> 20
+            ),
+        }
     }
+
+    fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
+        // Two buffers of 2 GiB where memory allows; less next to large caches, but never so
+        // little that the L2 cache (50 MB on an H100) would hold them.
+        let free = self.free_memory()?;
+        let bytes =
+            COPY_BUFFER_BYTES.min(free.saturating_sub(512 << 20) / 2) / (16 << 20) * (16 << 20);
+        if bytes < 256 << 20 {
+            return Ok(None);
+        }
+        // The best of three allocations: the same copy now and then runs several percent
+        // slower on one pair of buffers (seen right after other large buffers were freed), and
+        // the ceiling is what the memory can do.
+        let mut best: f64 = 0.0;
+        for _ in 0..3 {
+            best = best.max(self.measure_copy(bytes, COPY_THREADS, 0, 5)?);
+        }
+        Ok(Some(best))
+    }
+
     fn prepare<'a>(
         &'a mut self,
-        _: &Problem,
-        _: Inputs<'a>,
-        _: CacheFill<'_>,
+        problem: &Problem,
+        inputs: Inputs<'a>,
+        fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
-        unreachable!()
+        problem.validate()?;
+        problem.validate_slots(inputs.slot_mapping)?;
+        let input_bytes = problem.input_bytes() as usize;
+        if inputs.key.len() != input_bytes || inputs.value.len() != input_bytes {
+            return Err(Error::InvalidConfig(format!(
+                "keys and values hold {} and {} bytes, the problem needs {input_bytes}",
+                inputs.key.len(),
+                inputs.value.len()
+            )));
+        }
+        let launch = shape::plan(
+            problem,
+            &InputStrides::contiguous(problem),
+            self.limits,
+            self.forced_launch,
+        )?;
+        self.set_caches(problem.cache_bytes(), fill)?;
+        self.set_inputs(&inputs)?;
+        self.stream.synchronize().during("preparing the call")?;
+
+        let this: &'a CudaBackend = self;
+        let caches = this.caches.as_ref().expect("set above");
+        let device = this.inputs.as_ref().expect("set above");
+        let stream = &this.stream;
+        let pointer = |slice: &CudaSlice<u8>| slice.device_ptr(stream).0;
+        let scales = device.scales.device_ptr(stream).0;
+        let args = Args {
+            key: pointer(&device.key),
+            value: pointer(&device.value),
+            key_cache: pointer(&caches.key),
+            value_cache: pointer(&caches.value),
+            slots: device.slots.device_ptr(stream).0,
+            k_scale: scales,
+            v_scale: scales + 4,
+            params: launch.params,
+        };
+        Ok(Box::new(CudaCall {
+            backend: this,
+            problem: *problem,
+            function: &this.kernels.reshape
+                [kernel_index(problem.dtype, problem.cache_dtype, Variant::of(&launch))],
+            launch,
+            args,
+        }))
+    }
+}
+
+/// The kernel's arguments, in its parameter order.
+struct Args {
+    key: u64,
+    value: u64,
+    key_cache: u64,
+    value_cache: u64,
+    slots: u64,
+    k_scale: u64,
+    v_scale: u64,
+    params: shape::Params,
+}
+
+struct CudaCall<'a> {
+    backend: &'a CudaBackend,
+    problem: Problem,
+    function: &'a CudaFunction,
+    launch: Launch,
+    args: Args,
+}
+
+impl CudaCall<'_> {
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.backend.stream
+    }
+
+    /// Enqueues one call.
+    fn enqueue(&self) -> Result<()> {
+        let config = LaunchConfig {
+            grid_dim: self.launch.grid,
+            block_dim: (self.launch.threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let a = &self.args;
+        let mut launch = self.stream().launch_builder(self.function);
+        launch
+            .arg(&a.key)
+            .arg(&a.value)
+            .arg(&a.key_cache)
+            .arg(&a.value_cache)
+            .arg(&a.slots)
+            .arg(&a.k_scale)
+            .arg(&a.v_scale)
+            .arg(&a.params);
+        // SAFETY: the pointers are live buffers of the sizes `params` describes (set up in
+        // `prepare`, owned by the backend this call borrows).
+        unsafe { launch.launch(config) }.during("launching reshape_and_cache_flash")?;
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream()
+            .synchronize()
+            .during("running reshape_and_cache_flash")
+    }
+
+    /// A graph holding `calls` back-to-back calls, uploaded and ready to replay.
+    fn capture(&self, calls: usize) -> Result<CudaGraph> {
+        let stream = self.stream();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .during("starting a graph capture")?;
+        let mut enqueued = Ok(());
+        for _ in 0..calls {
+            enqueued = self.enqueue();
+            if enqueued.is_err() {
+                break;
+            }
+        }
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .during("capturing a CUDA graph");
+        enqueued?;
+        let graph = graph?.ok_or_else(|| Error::Cuda("the captured CUDA graph is empty".into()))?;
+        graph.upload().during("uploading a CUDA graph")?;
+        Ok(graph)
+    }
+
+    /// Per-call device time of batches, sampled until `protocol.sampling` says stop: `unit`
+    /// enqueues `calls_per_unit` calls; each batch repeats it enough to last
+    /// `sampling.batch_time` and hold `MIN_BATCH_CALLS`. Cold: each sample is one unit after a
+    /// write that evicts L2 (not timed).
+    fn device_samples(
+        &self,
+        protocol: &Protocol,
+        calls_per_unit: usize,
+        unit: impl Fn() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        let start = self.backend.timing_event()?;
+        let end = self.backend.timing_event()?;
+        let stream = self.stream();
+        let timed = |units: usize| -> Result<f64> {
+            start.record(stream).during("recording an event")?;
+            for _ in 0..units {
+                unit()?;
+            }
+            end.record(stream).during("recording an event")?;
+            let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
+            Ok(ms * 1000.0 / (units * calls_per_unit) as f64)
+        };
+        if protocol.cold {
+            let flush = self.flush_buffer()?;
+            return timing::sample_until_stable(&protocol.sampling, || {
+                // SAFETY: `flush` is a live device buffer of FLUSH_BYTES owned by the backend.
+                unsafe {
+                    cudarc::driver::result::memset_d8_async(
+                        flush.device_ptr(stream).0,
+                        0x5a,
+                        FLUSH_BYTES,
+                        stream.cu_stream(),
+                    )
+                }
+                .during("flushing L2")?;
+                timed(1)
+            });
+        }
+        // Warm up, then size the batches from a probe.
+        let min_units = MIN_BATCH_CALLS.div_ceil(calls_per_unit);
+        timed(1)?;
+        let per_call = timed(min_units)?;
+        let batch_us = protocol.sampling.batch_time.as_secs_f64() * 1e6;
+        let wanted = (batch_us / (per_call.max(1e-3) * calls_per_unit as f64)).ceil() as usize;
+        // Never more than ~100k calls in one batch, however fast a call looks.
+        let units = wanted.clamp(min_units, (100_000 / calls_per_unit).max(min_units));
+        timing::sample_until_stable(&protocol.sampling, || timed(units))
+    }
+
+    /// The buffer written before each cold call.
+    fn flush_buffer(&self) -> Result<&CudaSlice<u8>> {
+        if self.backend.flush_buffer.get().is_none() {
+            let buffer = self
+                .backend
+                .alloc::<u8>(FLUSH_BYTES, "the L2 flush buffer")?;
+            let _ = self.backend.flush_buffer.set(buffer);
+        }
+        Ok(self.backend.flush_buffer.get().expect("set above"))
+    }
+}
+
+impl Prepared for CudaCall<'_> {
+    fn run(&mut self) -> Result<()> {
+        self.enqueue()?;
+        self.synchronize()
+    }
+
+    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
+        match protocol.mode {
+            Mode::NoGraph => {
+                let latency_us = timing::wall_clock_latency_us(protocol, || {
+                    self.enqueue()?;
+                    self.synchronize()
+                })?;
+                let device_us = self.device_samples(protocol, 1, || self.enqueue())?;
+                Ok(Samples {
+                    latency_us,
+                    device_us,
+                })
+            }
+            Mode::Cudagraph => {
+                let single = self.capture(1)?;
+                let latency_us = timing::wall_clock_latency_us(protocol, || {
+                    single.launch().during("replaying a CUDA graph")?;
+                    self.synchronize()
+                })?;
+                let device_us = if protocol.cold {
+                    self.device_samples(protocol, 1, || {
+                        single.launch().during("replaying a CUDA graph")
+                    })?
+                } else {
+                    drop(single);
+                    let batch = self.capture(GRAPH_BATCH_CALLS)?;
+                    self.device_samples(protocol, GRAPH_BATCH_CALLS, || {
+                        batch.launch().during("replaying a CUDA graph")
+                    })?
+                };
+                self.synchronize()?;
+                Ok(Samples {
+                    latency_us,
+                    device_us,
+                })
+            }
+        }
+    }
+
+    fn read_back(&mut self) -> Result<Caches> {
+        let caches = self.backend.caches.as_ref().expect("set in prepare");
+        let len = self.problem.cache_bytes() as usize;
+        let stream = self.stream();
+        let key = stream
+            .clone_dtoh(&caches.key.slice(..len))
+            .during("reading the key cache")?;
+        let value = stream
+            .clone_dtoh(&caches.value.slice(..len))
+            .during("reading the value cache")?;
+        self.synchronize()?;
+        Ok(Caches { key, value })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine without NVIDIA's driver, opening must fail with a one-line error, not panic.
+    #[test]
+    fn open_without_driver_is_a_clean_error() {
+        if driver_present() {
+            eprintln!("libcuda is present here: nothing to check");
+            return;
+        }
+        match CudaBackend::open() {
+            Ok(_) => panic!("opened CUDA without a driver"),
+            Err(error) => {
+                assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");
+                let text = error.to_string();
+                assert!(text.starts_with("cuda is unavailable: "), "{text}");
+                assert!(!text.contains('\n'), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn kernel_table_is_dense() {
+        let mut seen = [false; 18];
+        for variant in VARIANTS {
+            for cache_dtype in CACHE_DTYPES {
+                for dtype in DTYPES {
+                    seen[kernel_index(dtype, cache_dtype, variant)] = true;
+                    assert!(compile::SOURCE
+                        .contains(&format!("({}, ", kernel_name(dtype, cache_dtype, variant))));
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 }

@@ -1,0 +1,573 @@
+// reshape_and_cache_flash for CUDA: writes new keys and values into a paged KV cache.
+//
+// Compiled at run time by NVRTC for the device's own architecture (src/backend/cuda.rs). It
+// includes no header on purpose: the kernels only move bits, convert half/bfloat16 to float and
+// float to e4m3 (all done below with PTX), so a machine with the driver and libnvrtc but without
+// the CUDA headers can still compile it.
+//
+// Semantics (src/reference.rs is the definition): for token t with slot s = slot_mapping[t],
+// nothing is written when s is -1 or outside [0, num_slots); otherwise, with block = s /
+// block_size and offset = s % block_size, every element d of every head h goes to
+// cache[block * block_stride + offset * slot_stride + h * head_stride + d]. The three strides
+// select the layout (NHD or HND), so one kernel serves both.
+//
+// Work decomposition. An "item" is the unit one thread moves at a time: 16 bytes of input for
+// the auto cache dtype (8 half/bfloat16 or 4 float elements), 16 input elements (one 16-byte fp8
+// store) for fp8, or a single element in the scalar fallback. Each head row has
+// `items_per_head` items, each token `items_per_token` = 2 * num_heads * items_per_head (keys
+// first, then values). Tokens are taken `tokens_per_block` at a time (several when a token has
+// fewer items than a block has threads, so small heads keep every lane busy), and the items of
+// such a token group are cut into `segments` of blockDim.x * items_per_thread items, one block
+// each. The grid is one-dimensional and segment-major: consecutive blocks take consecutive
+// segments of the same tokens, so that the whole grid reads the inputs front to back and writes
+// each token's rows in one go. Consecutive threads take consecutive items: their loads are
+// contiguous, and so are their stores, in NHD (a whole token row) and in HND (a whole head
+// row, head_size elements), with every lane busy in both. Each thread first issues the loads
+// of all its items (up to MAX_ITEMS), then the stores, so that several 16-byte loads per
+// thread are in flight.
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef long long i64;
+typedef unsigned long long u64;
+
+// Cache behaviour of the 16-byte loads and stores (the backend can override these with -D for
+// tuning). Loads: 0 plain, 1 non-coherent (read-only path), 2 non-coherent without L1
+// allocation, 3 streaming (evict first). Stores: 0 plain, 1 streaming. Plain loads and stores
+// were the fastest on an H100 (by about 1% over the others, for large calls).
+#ifndef RCF_LOAD
+#define RCF_LOAD 0
+#endif
+#ifndef RCF_STORE
+#define RCF_STORE 0
+#endif
+// Whether the exact division (the rare path of the fp8 conversion) is a called function (1)
+// or inlined at each use (0). Inlined was faster on an H100, although the kernels get larger.
+#ifndef RCF_DIVIDE_NOINLINE
+#define RCF_DIVIDE_NOINLINE 0
+#endif
+#if RCF_DIVIDE_NOINLINE
+#define RCF_DIVIDE_INLINING __noinline__
+#else
+#define RCF_DIVIDE_INLINING __forceinline__
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Division by a run-time constant without the slow integer divide: q = (umulhi(n, m) + n) >> s
+// with m and s computed on the host (Granlund and Montgomery's round-up method). Exact for every
+// 32-bit n; the sum is taken in 64 bits so that it cannot overflow.
+struct FastDiv {
+    u32 divisor;
+    u32 multiplier;
+    u32 shift;
+    u32 unused;
+};
+
+__device__ __forceinline__ u32 fast_div(u32 n, const FastDiv& d) {
+    return (u32)(((u64)__umulhi(n, d.multiplier) + n) >> d.shift);
+}
+
+// Everything about one call except the pointers. Mirrored by `Params` in src/backend/cuda.rs:
+// the field order and types must stay the same.
+struct Params {
+    i64 num_tokens;
+    i64 num_slots;
+    // Input strides in elements: keys and values may be slices of a larger (fused) tensor.
+    i64 key_token_stride;
+    i64 key_head_stride;
+    i64 value_token_stride;
+    i64 value_head_stride;
+    // Cache strides in elements (the layout).
+    i64 cache_block_stride;
+    i64 cache_slot_stride;
+    i64 cache_head_stride;
+    i64 token_groups;  // ceil(num_tokens / tokens_per_block)
+    FastDiv items_per_token;
+    FastDiv items_per_head;
+    FastDiv block_size;
+    FastDiv segments;  // blocks per token group
+    u32 items_per_kv;  // num_heads * items_per_head
+    u32 tokens_per_block;
+    u32 items_per_thread;
+    u32 unused;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Memory access.
+
+__device__ __forceinline__ uint4 load16(const void* p) {
+    uint4 v;
+#if RCF_LOAD == 1
+    asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+#elif RCF_LOAD == 2
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+#elif RCF_LOAD == 3
+    asm("ld.global.cs.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+#else
+    v = *(const uint4*)p;
+#endif
+    return v;
+}
+
+__device__ __forceinline__ void store16(void* p, const uint4& v) {
+#if RCF_STORE == 1
+    asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+#else
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};"
+                 :: "l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w));
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input element types: their size and exact conversion to float.
+
+struct Half {
+    enum { SIZE = 2 };
+    typedef u16 Bits;
+    static __device__ __forceinline__ float to_float(u32 bits) {
+        float f;
+        asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((u16)bits));
+        return f;
+    }
+};
+
+struct BFloat16 {
+    enum { SIZE = 2 };
+    typedef u16 Bits;
+    // bfloat16 is the top half of a float: widening is a shift, exact for every value.
+    static __device__ __forceinline__ float to_float(u32 bits) { return __uint_as_float(bits << 16); }
+};
+
+struct Float {
+    enum { SIZE = 4 };
+    typedef u32 Bits;
+    static __device__ __forceinline__ float to_float(u32 bits) { return __uint_as_float(bits); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// float -> e4m3: round to nearest even, finite and infinite values saturate to +-448, NaN gives
+// 0x7f. The sign of NaN is fixed up by the callers (see fix_nan_signs).
+
+#if __CUDA_ARCH__ < 890
+// Architectures without the hardware conversion: the same rules as src/fp8.rs, in integers.
+__device__ __forceinline__ u32 e4m3_soft(float x) {
+    const u32 bits = __float_as_uint(x);
+    const u32 sign = (bits >> 24) & 0x80u;
+    const u32 magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return sign | 0x7fu;
+    if (magnitude >= 0x43e00000u) return sign | 0x7eu;  // 448 and above, infinity too
+    if (magnitude < 0x3c800000u) {
+        // Subnormal result: a multiple of 2^-9. Scaling by 2^9 is exact, so rounding the scaled
+        // value to an integer (ties to even) is the e4m3 rounding.
+        return sign | (u32)__float2uint_rn(__uint_as_float(magnitude) * 512.0f);
+    }
+    const u32 mantissa = magnitude & 0x7fffffu;
+    u32 encoded = (((magnitude >> 23) - 120u) << 3) | (mantissa >> 20);
+    const u32 dropped = mantissa & 0xfffffu;
+    if (dropped > 0x80000u || (dropped == 0x80000u && (encoded & 1u))) encoded += 1u;
+    return sign | encoded;
+}
+#endif
+
+// Four floats to four e4m3 bytes, element 0 in the lowest byte.
+__device__ __forceinline__ u32 e4m3x4(float a, float b, float c, float d) {
+#if __CUDA_ARCH__ >= 890
+    u32 out;
+    // cvt ... e4m3x2 puts its first source in the upper byte of the 16-bit result.
+    asm("{\n\t.reg .b16 lo, hi;\n\t"
+        "cvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n\t"
+        "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n\t"
+        "mov.b32 %0, {lo, hi};\n\t}"
+        : "=r"(out) : "f"(a), "f"(b), "f"(c), "f"(d));
+    return out;
+#else
+    return e4m3_soft(a) | (e4m3_soft(b) << 8) | (e4m3_soft(c) << 16) | (e4m3_soft(d) << 24);
+#endif
+}
+
+__device__ __forceinline__ u32 e4m3x1(float a) {
+#if __CUDA_ARCH__ >= 890
+    u16 pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %2, %1;" : "=h"(pair) : "f"(a), "f"(0.0f));
+    return pair & 0xffu;
+#else
+    return e4m3_soft(a);
+#endif
+}
+
+// NaN must come out as 0x7f with the input's sign bit (0xff for a negative NaN). The hardware
+// conversion gives 0x7f whatever the sign, and the IEEE division may already have replaced the
+// NaN by the canonical (positive) one, so the sign is taken from the input's own bits. `packed`
+// holds four e4m3 bytes, `signs` the four inputs' sign bits at bit 7 of the matching bytes.
+// A byte is NaN exactly when its low seven bits are all ones (no finite or saturated result
+// is): adding 1 to each 7-bit field then carries into bit 7, and never into the next byte.
+__device__ __forceinline__ u32 fix_nan_signs(u32 packed, u32 signs) {
+    const u32 nan = ((packed & 0x7f7f7f7fu) + 0x01010101u) & 0x80808080u;
+    return (packed & ~nan) | (signs & nan);
+}
+
+// The fp8 divisor of one tensor, with what the fast conversion needs.
+struct Fp8Scale {
+    float scale;
+    float inverse;  // RN(1 / scale)
+    // The fast conversion's error bound holds for a positive, normal scale whose reciprocal is
+    // normal too; any other scale (zero, negative, huge, tiny, NaN) takes the division.
+    bool fast;
+};
+
+__device__ __forceinline__ Fp8Scale make_scale(float scale) {
+    Fp8Scale s;
+    s.scale = scale;
+    // rcp.rn is the IEEE reciprocal (what __frcp_rn compiles to). Volatile, so that the compiler
+    // does not hoist it (and the wait for the scale it implies) above the loads of the items.
+    asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));
+    s.fast = scale >= 0x1p-125f && scale <= 0x1p125f;
+    return s;
+}
+
+// Inputs to e4m3 bytes exactly as the reference computes them: e4m3(RN(x / scale)), NaN as
+// 0x7f with the input's sign.
+//
+// The IEEE division costs about fifteen instructions and a branch per element, three times the
+// budget of a bandwidth-bound kernel, so the common case avoids it, exactly:
+// q = RN(x * RN(1/scale)) is within 2^-22 * |q| of RN(x / scale) (two roundings of relative
+// error 2^-24 each, plus the division's own rounding), for a normal scale and a quotient in the
+// normal range. The interval [lo, hi] = |q| * [1 - 2^-21, 1 + 2^-21], rounded outwards, therefore
+// holds |RN(x / scale)|. The e4m3 conversion is monotonic, so when lo and hi convert to the same
+// byte, so does RN(x / scale): that byte is the answer. Otherwise (q within 2^-21 of a rounding
+// boundary of e4m3, about one element in 30000 on random data, and every exact tie) the
+// elements are divided for real. Quotients below the normal range convert to zero either way,
+// infinities saturate either way, and NaN gives 0x7f either way; the sign is the input's,
+// ORed in afterwards (for a positive scale, the sign of every quotient).
+
+// The magnitudes of four inputs, rounded down (`lo`) and up (`hi`) as above, as e4m3 bytes.
+__device__ __forceinline__ void bracket4(const float* x, const Fp8Scale& s, u32& lo, u32& hi) {
+    const float down = 1.0f - 0x1p-21f, up = 1.0f + 0x1p-21f;
+    float q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) q[i] = fabsf(__fmul_rn(x[i], s.inverse));
+    lo = e4m3x4(__fmul_rd(q[0], down), __fmul_rd(q[1], down), __fmul_rd(q[2], down),
+                __fmul_rd(q[3], down));
+    hi = e4m3x4(__fmul_ru(q[0], up), __fmul_ru(q[1], up), __fmul_ru(q[2], up),
+                __fmul_ru(q[3], up));
+}
+
+// The sign bit (at bit 7) of a NaN quotient in the reference, which divides on an x86 host: a
+// NaN input keeps its own sign; otherwise the quotient is the scale's NaN, or for an invalid
+// division (0 / 0, inf / inf) x86's "default NaN", which is negative. Only scales that are
+// zero, infinite or NaN get here with a non-NaN input.
+__device__ __forceinline__ u32 nan_sign(float x, u32 input_sign, float scale) {
+    if (x != x) return input_sign;
+    if (scale != scale) return (__float_as_uint(scale) >> 24) & 0x80u;
+    return 0x80u;
+}
+
+// The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
+__device__ RCF_DIVIDE_INLINING u32 divide4(float x0, float x1, float x2, float x3, u32 signs,
+                                    float scale) {
+    const u32 exact = e4m3x4(__fdiv_rn(x0, scale), __fdiv_rn(x1, scale), __fdiv_rn(x2, scale),
+                             __fdiv_rn(x3, scale));
+    const u32 nan_signs = nan_sign(x0, signs & 0x80u, scale) |
+                          (nan_sign(x1, (signs >> 8) & 0x80u, scale) << 8) |
+                          (nan_sign(x2, (signs >> 16) & 0x80u, scale) << 16) |
+                          (nan_sign(x3, (signs >> 24) & 0x80u, scale) << 24);
+    return fix_nan_signs(exact, nan_signs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Items: how one unit of work is loaded from the input and stored to the cache. `elem` offsets
+// count elements of the input (load) or of the cache (store).
+
+// auto cache dtype, 16 bytes per item: the cache element is the input element, bit for bit.
+template <class In>
+struct AutoVector {
+    enum { ELEMS = 16 / In::SIZE };
+    typedef uint4 Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return load16(base + elem * In::SIZE);
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale&) {
+        store16(base + elem * In::SIZE, v);
+    }
+};
+
+// auto cache dtype, one element per item (any head size, any alignment).
+template <class In>
+struct AutoScalar {
+    enum { ELEMS = 1 };
+    typedef typename In::Bits Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return ((const Loaded*)base)[elem];
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale&) {
+        ((Loaded*)base)[elem] = v;
+    }
+};
+
+// fp8 cache dtype, 16 elements per item: In::SIZE 16-byte loads (32 or 64 bytes of input), one
+// 16-byte store.
+template <class In>
+struct Fp8Vector {
+    enum { ELEMS = 16 };
+    struct Loaded {
+        uint4 part[In::SIZE];
+    };
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        Loaded v;
+        const char* p = base + elem * In::SIZE;
+#pragma unroll
+        for (int i = 0; i < In::SIZE; ++i) v.part[i] = load16(p + 16 * i);
+        return v;
+    }
+    // The 32-bit word of the input that holds element e, and element e's bits.
+    static __device__ __forceinline__ u32 word(const Loaded& v, int w) {
+        const uint4& q = v.part[w / 4];
+        const int r = w % 4;
+        return r == 0 ? q.x : r == 1 ? q.y : r == 2 ? q.z : q.w;
+    }
+    static __device__ __forceinline__ u32 bits(const Loaded& v, int e) {
+        if (In::SIZE == 2) {
+            const u32 w = word(v, e / 2);
+            return (e & 1) ? (w >> 16) : (w & 0xffffu);
+        }
+        return word(v, e);
+    }
+    // Sign bits of elements 4g..4g+3 at bit 7 of bytes 0..3.
+    static __device__ __forceinline__ u32 signs(const Loaded& v, int g) {
+        if (In::SIZE == 2) {
+            // The sign is bit 15 of each 16-bit element: the high byte of each half-word.
+            return __byte_perm(word(v, 2 * g), word(v, 2 * g + 1), 0x7531) & 0x80808080u;
+        }
+        const u32 lo = __byte_perm(word(v, 4 * g), word(v, 4 * g + 1), 0x0073);
+        const u32 hi = __byte_perm(word(v, 4 * g + 2), word(v, 4 * g + 3), 0x0073);
+        return __byte_perm(lo, hi, 0x5410) & 0x80808080u;
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale& scale) {
+        float x[16];
+#pragma unroll
+        for (int e = 0; e < 16; ++e) x[e] = In::to_float(bits(v, e));
+        u32 lo[4], hi[4], out[4];
+        bool agree = scale.fast;
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            bracket4(x + 4 * g, scale, lo[g], hi[g]);
+            agree = agree && lo[g] == hi[g];
+        }
+        // One branch per 16 elements, taken the slow way about once in 2000 items.
+        if (agree) {
+#pragma unroll
+            for (int g = 0; g < 4; ++g) out[g] = lo[g] | signs(v, g);
+        } else {
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+                out[g] = divide4(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], signs(v, g),
+                                 scale.scale);
+            }
+        }
+        store16(base + elem, make_uint4(out[0], out[1], out[2], out[3]));
+    }
+};
+
+// fp8 cache dtype, one element per item.
+template <class In>
+struct Fp8Scalar {
+    enum { ELEMS = 1 };
+    typedef typename In::Bits Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return ((const Loaded*)base)[elem];
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v,
+                                                 const Fp8Scale& scale) {
+        // Rarely used: the plain IEEE division.
+        const float x = In::to_float(v);
+        const u32 b = e4m3x1(__fdiv_rn(x, scale.scale));
+        const u32 sign = ((u32)v >> (8 * In::SIZE - 8)) & 0x80u;
+        ((u8*)base)[elem] = (u8)fix_nan_signs(b, nan_sign(x, sign, scale.scale));
+    }
+};
+
+// ---------------------------------------------------------------------------------------------
+// The kernel body, shared by every input dtype x cache dtype x vector width.
+
+// MAX_ITEMS: the most items one thread moves per pass (the host passes the actual count, at
+// most this). Small calls use the MAX_ITEMS = 1 instances: less code to fetch, fewer registers.
+template <class Item, bool SCALED, int MAX_ITEMS>
+__device__ __forceinline__ void reshape_and_cache_flash(
+    const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
+    char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
+    const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
+    const Params& p) {
+    // The scales live in device memory (so that a captured graph picks up new values); only
+    // fp8 reads them.
+    const float k_divisor = SCALED ? *k_scale_ptr : 1.0f;
+    const float v_divisor = SCALED ? *v_scale_ptr : 1.0f;
+    const u32 per_token = p.items_per_token.divisor;
+    const u32 per_head = p.items_per_head.divisor;
+    const u32 segments = p.segments.divisor;
+    // Items one token group holds, and items one block moves. Both fit in 31 bits (the host
+    // checks), so the index arithmetic below stays in 32 bits.
+    const u32 span = p.tokens_per_block * per_token;
+    const u32 per_pass = blockDim.x * p.items_per_thread;
+    const u64 blocks = (u64)p.token_groups * segments;
+
+    // Grids larger than the launch allows are walked in a loop.
+    for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
+        u64 group;
+        u32 segment;
+        if (b <= 0xffffffffull) {
+            const u32 g = fast_div((u32)b, p.segments);
+            group = g;
+            segment = (u32)b - g * segments;
+        } else {
+            group = b / segments;
+            segment = (u32)(b - group * segments);
+        }
+        const i64 first_token = (i64)group * p.tokens_per_block;
+        const u32 start = segment * per_pass;
+        // Three phases, so that nothing waits for memory before every load is in flight:
+        // locate the items (arithmetic only), issue all loads (slots and inputs), then compute
+        // the targets from the slots and store.
+        bool valid[MAX_ITEMS];
+        bool is_value[MAX_ITEMS];
+        i64 token[MAX_ITEMS];
+        u32 head[MAX_ITEMS];
+        u32 chunk[MAX_ITEMS];
+#pragma unroll
+        for (int k = 0; k < MAX_ITEMS; ++k) {
+            const u32 local = start + k * blockDim.x + threadIdx.x;
+            const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
+            token[k] = first_token + t;
+            valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
+            u32 j = local - t * per_token;
+            is_value[k] = j >= p.items_per_kv;
+            if (is_value[k]) j -= p.items_per_kv;
+            head[k] = fast_div(j, p.items_per_head);
+            chunk[k] = j - head[k] * per_head;
+        }
+        i64 slot[MAX_ITEMS];
+        typename Item::Loaded data[MAX_ITEMS];
+#pragma unroll
+        for (int k = 0; k < MAX_ITEMS; ++k) {
+            if (!valid[k]) continue;
+            const bool v = is_value[k];
+            slot[k] = slot_mapping[token[k]];
+            // Padding tokens are read too: their inputs are valid memory, and not waiting for
+            // the slot before loading saves a round trip to memory on small calls.
+            data[k] = Item::load(v ? value : key,
+                                 token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+                                     (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+                                     (i64)chunk[k] * Item::ELEMS);
+        }
+        // The reciprocals of the scales are computed only now, so that waiting for the scales
+        // does not hold back the loads above.
+        const Fp8Scale k_scale = make_scale(k_divisor);
+        const Fp8Scale v_scale = make_scale(v_divisor);
+#pragma unroll
+        for (int k = 0; k < MAX_ITEMS; ++k) {
+            if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
+            i64 block, offset;
+            if (slot[k] <= 0xffffffffll) {
+                const u32 quotient = fast_div((u32)slot[k], p.block_size);
+                block = quotient;
+                offset = (u32)slot[k] - quotient * p.block_size.divisor;
+            } else {
+                block = slot[k] / p.block_size.divisor;
+                offset = slot[k] - block * p.block_size.divisor;
+            }
+            const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
+                               (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
+            // Select the scale field by field: picking one of two structs by reference would
+            // put both in local memory.
+            Fp8Scale scale;
+            scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
+            scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
+            scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
+            Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
+        }
+    }
+}
+
+// At most 512 threads per block: leaves the compiler 128 registers per thread for the loads
+// in flight (fp8 from float holds 4 x 64 bytes of input per thread).
+#ifndef RCF_FP8_BOUNDS
+#define RCF_FP8_BOUNDS 512
+#endif
+#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS, MAX_ITEMS)                                       \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME(                                    \
+        const char* __restrict__ key, const char* __restrict__ value,                          \
+        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
+        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
+        const float* __restrict__ v_scale, Params p) {                                         \
+        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS>(key, value, key_cache, value_cache,   \
+                                                         slot_mapping, k_scale, v_scale, p);   \
+    }
+
+// Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar].
+RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, 512, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512, 4)
+
+// ---------------------------------------------------------------------------------------------
+// The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous
+// words (four loads in flight per thread before the stores), consecutive blocks taking
+// consecutive parts: the access pattern of the reshape kernels, on plain contiguous buffers.
+// `n` counts 16-byte words.
+extern "C" __global__ void __launch_bounds__(1024) copy16(const uint4* __restrict__ src,
+                                                          uint4* __restrict__ dst, u64 n) {
+    const u64 per_block = (u64)blockDim.x * 4;
+    for (u64 base = (u64)blockIdx.x * per_block + threadIdx.x; base < n;
+         base += (u64)gridDim.x * per_block) {
+        uint4 v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) v[k] = load16(src + i);
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) store16(dst + i, v[k]);
+        }
+    }
+}
+
+// Pseudo-random cache contents, generated on the device: 16-byte word i is a hash of (seed, i)
+// (splitmix64's finaliser), so the fill depends only on the seed, never on the launch shape.
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+extern "C" __global__ void __launch_bounds__(1024) fill_random(uint4* __restrict__ dst, u64 n,
+                                                               u64 seed) {
+    const u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const u64 a = mix64(seed ^ ((2 * i + 1) * 0x9e3779b97f4a7c15ull));
+        const u64 b = mix64(seed ^ ((2 * i + 2) * 0x9e3779b97f4a7c15ull));
+        store16(dst + i, make_uint4((u32)a, (u32)(a >> 32), (u32)b, (u32)(b >> 32)));
+    }
+}

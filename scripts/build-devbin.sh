@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the release binary and test executables here (the GPU machine has no Rust) and copies
+# them into .devbin/ (git-ignored) under stable names, to be carried to the GPU machine along
+# with .gl/ (the Vulkan loader: ../shared/tools/fetch-vulkan-loader.sh). See scripts/gpu-session.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .devbin
+cargo build --release
+cp target/release/paged-kv-bench .devbin/
+cargo test --release --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = m["target"]["name"]
+        name = "lib-tests" if name == "paged_kv_bench" and m["target"]["kind"] == ["lib"] else name
+        if m["target"]["kind"] == ["bin"]:
+            continue
+        shutil.copy(m["executable"], ".devbin/" + name)
+        print(".devbin/" + name)
+'
+ls -la .devbin

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (carry .devbin and .gl; see scripts/build-devbin.sh): the checks and
+# measurements the issues ask for, by stage, logs under $OUT. Usage: gpu-session.sh STAGE...
+#   env       GPU, driver, clocks
+#   tests     every ignored (GPU) test: CUDA and the shared suite on CUDA and Vulkan
+#   verify    paged-kv-bench verify (full) over every implementation
+#   sanitize  compute-sanitizer memcheck and racecheck over a quick CUDA verify run
+#   bench     the benchmark tables for BENCHMARKS.md (JSON, tables, plots)
+set -u
+cd "$(dirname "$0")/.."
+B=.devbin
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export XDG_RUNTIME_DIR=/tmp
+if [ -d .gl ] && ! ldconfig -p | grep -q libvulkan.so.1; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+
+step() { # name timeout command...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*" | tee -a "$OUT/summary.txt"
+    local start=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    echo "   rc=$rc in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+    tail -n 3 "$OUT/$name.txt" | sed 's/^/   | /' | tee -a "$OUT/summary.txt"
+}
+
+for stage in "$@"; do
+    case $stage in
+    env)
+        step env 30 bash -c 'date -u; nvidia-smi; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv'
+        ;;
+    tests)
+        step lib-tests 60 $B/lib-tests
+        step cuda-tests 240 $B/cuda --ignored --test-threads 1 --skip cuda_timings --skip cuda_tuning
+        step backends-cuda 240 $B/backends --ignored --test-threads 1 cuda::
+        step backends-wgpu 300 $B/backends --test-threads 1 wgpu::
+        [ -x $B/wgpu ] && step wgpu-tests 300 $B/wgpu --test-threads 1 --include-ignored
+        ;;
+    verify)
+        step verify 400 $B/paged-kv-bench verify --implementation all --seed 1
+        ;;
+    sanitize)
+        step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 3 $B/paged-kv-bench verify --implementation cuda --quick --seed 2
+        step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 3 $B/paged-kv-bench verify --implementation cuda --quick --seed 3
+        ;;
+    bench)
+        step bench-cuda-default 400 $B/paged-kv-bench --implementation cuda --format json --output "$OUT/cuda-default.json" --plot "$OUT/cuda-default.svg"
+        step bench-wgpu-default 400 $B/paged-kv-bench --implementation wgpu --layouts NHD --format json --output "$OUT/wgpu-default.json"
+        ;;
+    bench-more)
+        step bench-all-cases 500 $B/paged-kv-bench --implementation all --num-tokens 2,64,512,1024,4096,8192,65536 --num-blocks 16384 --format json --output "$OUT/all-auto.json" --plot "$OUT/all-auto.svg"
+        step bench-fp8 300 $B/paged-kv-bench --implementation all --kv-cache-dtype fp8 --num-tokens 2,64,1024,8192,65536 --num-blocks 16384 --format json --output "$OUT/all-fp8.json"
+        step bench-cold 300 $B/paged-kv-bench --implementation cuda --cold --num-tokens 2,64,256,512,1024,2048,4096,8192 --format json --output "$OUT/cuda-cold.json"
+        ;;
+    *)
+        echo "unknown stage $stage" >&2
+        ;;
+    esac
+done
+echo "== done" | tee -a "$OUT/summary.txt"

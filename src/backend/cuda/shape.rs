@@ -1,0 +1,488 @@
+//! How a call is cut into thread blocks: the kernel's parameter block and the launch shape.
+//! Pure arithmetic, so it is tested here without a GPU, down to simulating the kernel's index
+//! mapping (every item of every token is visited exactly once).
+
+use crate::error::{Error, Result};
+use crate::problem::{CacheDtype, Problem};
+
+/// Division by a run-time constant, as the kernel does it: `(umulhi(n, m) + n) >> s` (the
+/// round-up method of Granlund and Montgomery), exact for every 32-bit `n`. Mirrors `FastDiv`
+/// in the kernel source.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FastDiv {
+    pub divisor: u32,
+    pub multiplier: u32,
+    pub shift: u32,
+    pub unused: u32,
+}
+
+impl FastDiv {
+    /// `divisor` must be at least 1 (every caller passes a validated, non-zero size).
+    pub fn new(divisor: u32) -> Self {
+        let d = divisor.max(1);
+        // shift = ceil(log2(d)), multiplier = floor(2^32 * (2^shift - d) / d) + 1 < 2^32.
+        let shift = 32 - (d - 1).leading_zeros();
+        let multiplier = ((1u128 << 32) * ((1u128 << shift) - d as u128) / d as u128 + 1) as u32;
+        Self {
+            divisor: d,
+            multiplier,
+            shift,
+            unused: 0,
+        }
+    }
+
+    /// The kernel's quotient, computed the kernel's way.
+    #[cfg(test)]
+    pub fn div(&self, n: u32) -> u32 {
+        let high = ((n as u64 * self.multiplier as u64) >> 32) as u32;
+        ((high as u64 + n as u64) >> self.shift) as u32
+    }
+}
+
+/// The kernel's by-value parameter block. Mirrors `Params` in the kernel source: same field
+/// order, same types (8-byte fields first, so neither side has padding).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Params {
+    pub num_tokens: i64,
+    pub num_slots: i64,
+    pub key_token_stride: i64,
+    pub key_head_stride: i64,
+    pub value_token_stride: i64,
+    pub value_head_stride: i64,
+    pub cache_block_stride: i64,
+    pub cache_slot_stride: i64,
+    pub cache_head_stride: i64,
+    pub token_groups: i64,
+    pub items_per_token: FastDiv,
+    pub items_per_head: FastDiv,
+    pub block_size: FastDiv,
+    pub segments: FastDiv,
+    pub items_per_kv: u32,
+    pub tokens_per_block: u32,
+    pub items_per_thread: u32,
+    pub unused: u32,
+}
+
+// SAFETY: plain old data with the C layout the kernel declares.
+unsafe impl cudarc::driver::DeviceRepr for Params {}
+
+/// The largest item count per thread the kernel is compiled for (`RCF_MAX_ITEMS`).
+pub const MAX_ITEMS_PER_THREAD: u32 = 4;
+/// The kernel's `__launch_bounds__`.
+pub const MAX_THREADS: u32 = 512;
+
+/// Limits of the device that the launch shape depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub sm_count: u32,
+    pub max_threads_per_sm: u32,
+}
+
+/// Threads per block and items per thread, when forced (for tuning), and whether to take the
+/// one-element-per-item kernels even where 16-byte accesses would do (for testing them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LaunchOverride {
+    /// 0 keeps the built-in choice (of both threads and items per thread).
+    pub threads: u32,
+    pub items_per_thread: u32,
+    pub scalar: bool,
+}
+
+/// Everything one launch needs besides the pointers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// Whether the 16-byte kernels apply (else the one-element-per-item fallback).
+    pub vector: bool,
+    pub threads: u32,
+    pub grid: (u32, u32, u32),
+    pub params: Params,
+}
+
+/// Input strides in elements, so that keys and values can be slices of a fused tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputStrides {
+    pub key_token: u64,
+    pub key_head: u64,
+    pub value_token: u64,
+    pub value_head: u64,
+}
+
+impl InputStrides {
+    /// Contiguous `[num_tokens, num_heads, head_size]` keys and values.
+    pub fn contiguous(problem: &Problem) -> Self {
+        let token = problem.token_elements() as u64;
+        let head = problem.head_size as u64;
+        Self {
+            key_token: token,
+            key_head: head,
+            value_token: token,
+            value_head: head,
+        }
+    }
+}
+
+/// Items (16 bytes of input, 16 fp8 elements, or one element) are kept below 2^30 per token so
+/// that the kernel's per-block index arithmetic fits in 32 bits.
+const MAX_ITEMS_PER_TOKEN: u64 = 1 << 30;
+
+/// Whether 16-byte accesses are aligned for every item: head rows a whole number of vectors and
+/// every stride a multiple of 16 bytes. (Device allocations themselves are 256-byte aligned.)
+pub fn vector_path_applies(problem: &Problem, inputs: &InputStrides) -> bool {
+    let in_size = problem.dtype.size() as u64;
+    let cache_size = problem.cache_element_size() as u64;
+    let elements_per_item = match problem.cache_dtype {
+        CacheDtype::Auto => 16 / in_size,
+        CacheDtype::Fp8 => 16,
+    };
+    let s = problem.strides();
+    (problem.head_size as u64).is_multiple_of(elements_per_item)
+        && [
+            inputs.key_token,
+            inputs.key_head,
+            inputs.value_token,
+            inputs.value_head,
+        ]
+        .iter()
+        .all(|stride| (stride * in_size).is_multiple_of(16))
+        && [s.block, s.slot, s.head]
+            .iter()
+            .all(|stride| (stride * cache_size).is_multiple_of(16))
+}
+
+/// Plans the launch of `problem` on a device with `limits`.
+pub fn plan(
+    problem: &Problem,
+    inputs: &InputStrides,
+    limits: DeviceLimits,
+    forced: Option<LaunchOverride>,
+) -> Result<Launch> {
+    let vector = vector_path_applies(problem, inputs) && !forced.is_some_and(|o| o.scalar);
+    let elements_per_item = match (vector, problem.cache_dtype) {
+        (false, _) => 1,
+        (true, CacheDtype::Auto) => 16 / problem.dtype.size(),
+        (true, CacheDtype::Fp8) => 16,
+    };
+    let items_per_head = (problem.head_size / elements_per_item) as u64;
+    let items_per_kv = problem.num_heads as u64 * items_per_head;
+    let items_per_token = 2 * items_per_kv;
+    if items_per_token > MAX_ITEMS_PER_TOKEN {
+        return Err(Error::InvalidConfig(format!(
+            "num_heads * head_size = {} is too large for the CUDA kernel (at most {} elements per token)",
+            problem.token_elements(),
+            MAX_ITEMS_PER_TOKEN / 2 * elements_per_item as u64
+        )));
+    }
+    if problem.num_tokens > i32::MAX as usize || problem.block_size > u32::MAX as usize {
+        return Err(Error::InvalidConfig(format!(
+            "num_tokens (at most {}) or block_size (at most {}) too large for the CUDA kernel",
+            i32::MAX,
+            u32::MAX
+        )));
+    }
+    let total = problem.num_tokens as u64 * items_per_token;
+    let (threads, mut items_per_thread) = match forced.filter(|o| o.threads > 0) {
+        Some(o) => (
+            o.threads.clamp(32, MAX_THREADS) / 32 * 32,
+            o.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD),
+        ),
+        None => default_shape(total, problem.cache_dtype, limits),
+    };
+    let per_pass = (threads * items_per_thread) as u64;
+    let tokens_per_block = if items_per_token >= per_pass {
+        1
+    } else {
+        (per_pass / items_per_token).min(problem.num_tokens as u64)
+    };
+    if tokens_per_block == 1 && items_per_token <= per_pass {
+        // One token per block and fewer items than slots: give each thread only what it needs.
+        items_per_thread = items_per_token.div_ceil(threads as u64) as u32;
+    }
+    let per_pass = (threads * items_per_thread) as u64;
+    let segments = (tokens_per_block * items_per_token).div_ceil(per_pass);
+    let token_groups = (problem.num_tokens as u64).div_ceil(tokens_per_block);
+    // One-dimensional, segment-major; the kernel loops over any blocks beyond 2^31 - 1.
+    let grid = ((token_groups * segments).min(i32::MAX as u64) as u32, 1, 1);
+    let s = problem.strides();
+    let params = Params {
+        num_tokens: problem.num_tokens as i64,
+        num_slots: problem.num_slots() as i64,
+        key_token_stride: inputs.key_token as i64,
+        key_head_stride: inputs.key_head as i64,
+        value_token_stride: inputs.value_token as i64,
+        value_head_stride: inputs.value_head as i64,
+        cache_block_stride: s.block as i64,
+        cache_slot_stride: s.slot as i64,
+        cache_head_stride: s.head as i64,
+        token_groups: token_groups as i64,
+        items_per_token: FastDiv::new(items_per_token as u32),
+        items_per_head: FastDiv::new(items_per_head as u32),
+        block_size: FastDiv::new(problem.block_size as u32),
+        segments: FastDiv::new(segments as u32),
+        items_per_kv: items_per_kv as u32,
+        tokens_per_block: tokens_per_block as u32,
+        items_per_thread,
+        unused: 0,
+    };
+    Ok(Launch {
+        vector,
+        threads,
+        grid,
+        params,
+    })
+}
+
+/// Threads per block and items per thread for `total` items (measured on an H100).
+///
+/// auto: large calls are bandwidth-bound, and 4 items per thread keep four independent 16-byte
+/// loads in flight per thread. Small calls are latency-bound: fewer items per thread and
+/// smaller blocks spread the work over as many SMs as possible, so that the call costs about
+/// one round trip to memory.
+/// fp8: the conversion needs many warps to hide its arithmetic more than it needs loads in
+/// flight per thread: one item per thread (the 53-register instance) in 128-thread blocks was
+/// the fastest at every size, from 1 to 65536 tokens.
+fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> (u32, u32) {
+    let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
+    match cache_dtype {
+        CacheDtype::Fp8 => (128, 1),
+        CacheDtype::Auto if total >= 4 * resident => (256, 4),
+        CacheDtype::Auto if total >= resident / 4 => (128, 2),
+        CacheDtype::Auto => (128, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::{Dtype, Layout};
+
+    #[test]
+    fn fast_division_is_exact() {
+        let mut divisors: Vec<u32> = (1..=300).collect();
+        divisors.extend([
+            641,
+            1000,
+            4096,
+            65535,
+            65537,
+            1 << 20,
+            (1 << 30) + 1,
+            u32::MAX / 3,
+            (1 << 31) - 1,
+            1 << 31,
+            (1 << 31) + 1,
+            u32::MAX - 1,
+            u32::MAX,
+        ]);
+        let mut numerators: Vec<u32> = (0..2000).collect();
+        numerators.extend([u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1, 123_456_789]);
+        let mut x = 0x9e37_79b9u32;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            numerators.push(x);
+        }
+        for &d in &divisors {
+            let f = FastDiv::new(d);
+            for &n in &numerators {
+                assert_eq!(f.div(n), n / d, "{n} / {d}");
+            }
+            // Just below and at multiples, where rounding errors would show.
+            for q in [1u64, 2, 3, 1000, (u32::MAX / d) as u64] {
+                for n in [q * d as u64 - 1, q * d as u64] {
+                    if n <= u32::MAX as u64 {
+                        assert_eq!(f.div(n as u32), n as u32 / d, "{n} / {d}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn problem(
+        layout: Layout,
+        dtype: Dtype,
+        cache_dtype: CacheDtype,
+        heads: usize,
+        head_size: usize,
+        tokens: usize,
+    ) -> Problem {
+        Problem {
+            num_tokens: tokens,
+            num_heads: heads,
+            head_size,
+            block_size: 16,
+            num_blocks: tokens.div_ceil(16) + 1,
+            dtype,
+            cache_dtype,
+            layout,
+        }
+    }
+
+    const H100: DeviceLimits = DeviceLimits {
+        sm_count: 132,
+        max_threads_per_sm: 2048,
+    };
+
+    /// Walks the grid exactly as the kernel does and counts the visits of every
+    /// (token, key/value, head, item) position.
+    fn simulate(launch: &Launch) -> Vec<u32> {
+        let p = &launch.params;
+        let per_token = p.items_per_token.divisor;
+        let per_head = p.items_per_head.divisor;
+        let segments = p.segments.divisor;
+        let span = p.tokens_per_block * per_token;
+        let per_pass = launch.threads * p.items_per_thread;
+        let blocks = p.token_groups as u64 * segments as u64;
+        let mut visits = vec![0u32; p.num_tokens as usize * per_token as usize];
+        for block_index in 0..launch.grid.0 as u64 {
+            let mut b = block_index;
+            while b < blocks {
+                let group = p.segments.div(b as u32) as u64;
+                let segment = b as u32 - group as u32 * segments;
+                let first_token = group * p.tokens_per_block as u64;
+                let start = segment * per_pass;
+                for tid in 0..launch.threads {
+                    for k in 0..p.items_per_thread {
+                        let local = start + k * launch.threads + tid;
+                        if local >= span {
+                            continue;
+                        }
+                        let t = if p.tokens_per_block == 1 {
+                            0
+                        } else {
+                            p.items_per_token.div(local)
+                        };
+                        let token = first_token + t as u64;
+                        if token >= p.num_tokens as u64 {
+                            continue;
+                        }
+                        let mut j = local - t * per_token;
+                        let v = j >= p.items_per_kv;
+                        if v {
+                            j -= p.items_per_kv;
+                        }
+                        let head = p.items_per_head.div(j);
+                        let chunk = j - head * per_head;
+                        let index = token as usize * per_token as usize
+                            + v as usize * p.items_per_kv as usize
+                            + (head * per_head + chunk) as usize;
+                        visits[index] += 1;
+                    }
+                }
+                b += launch.grid.0 as u64;
+            }
+        }
+        visits
+    }
+
+    #[test]
+    fn every_item_is_visited_once() {
+        let mut cases = Vec::new();
+        for layout in [Layout::Nhd, Layout::Hnd] {
+            for (dtype, cache_dtype) in [
+                (Dtype::BFloat16, CacheDtype::Auto),
+                (Dtype::Float, CacheDtype::Auto),
+                (Dtype::Half, CacheDtype::Fp8),
+                (Dtype::Float, CacheDtype::Fp8),
+            ] {
+                for (heads, head_size) in [(1, 16), (2, 64), (5, 80), (3, 120), (8, 128), (32, 256)]
+                {
+                    for tokens in [1, 3, 17, 100, 1000] {
+                        cases.push(problem(
+                            layout,
+                            dtype,
+                            cache_dtype,
+                            heads,
+                            head_size,
+                            tokens,
+                        ));
+                    }
+                }
+            }
+        }
+        // Odd head sizes take the scalar path.
+        cases.push(problem(
+            Layout::Nhd,
+            Dtype::Half,
+            CacheDtype::Auto,
+            3,
+            7,
+            50,
+        ));
+        let overrides = [
+            None,
+            Some(LaunchOverride {
+                threads: 64,
+                items_per_thread: 3,
+                scalar: false,
+            }),
+            Some(LaunchOverride {
+                threads: 512,
+                items_per_thread: 4,
+                scalar: false,
+            }),
+            Some(LaunchOverride {
+                threads: 0,
+                items_per_thread: 0,
+                scalar: true,
+            }),
+        ];
+        for case in &cases {
+            for forced in overrides {
+                let launch = plan(case, &InputStrides::contiguous(case), H100, forced).unwrap();
+                let visits = simulate(&launch);
+                assert!(
+                    visits.iter().all(|&v| v == 1),
+                    "{} with {forced:?}: {launch:?}",
+                    case.describe()
+                );
+            }
+        }
+        assert!(
+            !plan(
+                &cases[cases.len() - 1],
+                &InputStrides::contiguous(&cases[0]),
+                H100,
+                None
+            )
+            .unwrap()
+            .vector
+        );
+    }
+
+    #[test]
+    fn default_shape_uses_vectors_and_fills_the_gpu() {
+        let p = Problem {
+            num_tokens: 65536,
+            num_heads: 128,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: 65536,
+            dtype: Dtype::BFloat16,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Hnd,
+        };
+        let launch = plan(&p, &InputStrides::contiguous(&p), H100, None).unwrap();
+        assert!(launch.vector);
+        assert_eq!(launch.params.items_per_head.divisor, 16);
+        assert_eq!(launch.params.items_per_token.divisor, 4096);
+        assert_eq!(launch.grid.0, 65536 * launch.params.segments.divisor);
+        // More than 65535 tokens: tokens go on the x dimension, which allows 2^31 - 1.
+        let small = Problem { num_tokens: 2, ..p };
+        let launch = plan(&small, &InputStrides::contiguous(&small), H100, None).unwrap();
+        assert!(launch.grid.0 >= 32, "{launch:?}");
+    }
+
+    #[test]
+    fn misaligned_strides_fall_back_to_scalar() {
+        let p = problem(Layout::Nhd, Dtype::Half, CacheDtype::Auto, 2, 64, 10);
+        let mut strides = InputStrides::contiguous(&p);
+        assert!(vector_path_applies(&p, &strides));
+        strides.value_token += 1;
+        assert!(!vector_path_applies(&p, &strides));
+        let fp8 = problem(Layout::Hnd, Dtype::Float, CacheDtype::Fp8, 2, 48, 10);
+        assert!(vector_path_applies(&fp8, &InputStrides::contiguous(&fp8)));
+    }
+}
