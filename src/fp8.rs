@@ -27,7 +27,7 @@ pub fn e4m3_from_f32(x: f32) -> u8 {
     }
     // Normal: rebias the exponent (127 -> 7) and keep 3 of the 23 mantissa bits, rounding the
     // 20 dropped bits to nearest even. A carry out of the mantissa correctly bumps the exponent.
-    let exponent = (magnitude >> 23) - 127 + 7;
+    let exponent = (magnitude >> 23) + 7 - 127;
     let mantissa = magnitude & 0x7f_ffff;
     let mut encoded = (exponent << 3) | (mantissa >> 20);
     let dropped = mantissa & 0xf_ffff;
@@ -54,8 +54,23 @@ pub fn e4m3_to_f32(byte: u8) -> f32 {
 }
 
 /// The cache value of one input element: `x / scale` in f32, then encoded.
+///
+/// A NaN quotient's sign is fixed here rather than left to the processor (x86 and Arm differ):
+/// a NaN input keeps its sign, a NaN scale gives its sign, and an invalid division (0 / 0,
+/// inf / inf) gives a negative NaN, as x86's "default NaN" is.
 pub fn quantize(x: f32, scale: f32) -> u8 {
-    e4m3_from_f32(x / scale)
+    let quotient = x / scale;
+    if quotient.is_nan() {
+        let negative = if x.is_nan() {
+            x.is_sign_negative()
+        } else if scale.is_nan() {
+            scale.is_sign_negative()
+        } else {
+            true
+        };
+        return if negative { 0xff } else { 0x7f };
+    }
+    e4m3_from_f32(quotient)
 }
 
 #[cfg(test)]
@@ -92,6 +107,18 @@ mod tests {
         // Largest value below the saturation threshold rounds within range.
         assert_eq!(e4m3_from_f32(447.0), 0x7e);
         assert_eq!(e4m3_from_f32(415.0), 0x7d);
+    }
+
+    #[test]
+    fn nan_quotients_have_a_fixed_sign() {
+        assert_eq!(quantize(f32::NAN, 2.0), 0x7f);
+        assert_eq!(quantize(-f32::NAN, 2.0), 0xff);
+        assert_eq!(quantize(-f32::NAN, -f32::NAN), 0xff);
+        assert_eq!(quantize(1.0, f32::NAN), 0x7f);
+        assert_eq!(quantize(1.0, -f32::NAN), 0xff);
+        assert_eq!(quantize(0.0, 0.0), 0xff);
+        assert_eq!(quantize(f32::INFINITY, f32::NEG_INFINITY), 0xff);
+        assert_eq!(quantize(1.0, 0.0), 0x7e);
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub struct WgpuBackend {
     caches: Option<DeviceCaches>,
     /// Errors no error scope caught (from the uncaptured-error handler and device loss).
     errors: Arc<Mutex<Vec<String>>>,
-    /// The fp8 sign bit of the NaN this host's f32 division returns for 0/0 (see the shader).
+    /// The fp8 sign bit of the NaN of an invalid division (see `fp8::quantize` and the shader).
     nan_sign: u32,
     /// Timestamp queries for timed passes, where the adapter has them.
     timer: Option<Timer>,
@@ -337,15 +337,10 @@ struct GpuFillParams {
     words: u32,
 }
 
-/// The fp8 sign bit of the NaN this host's f32 division gives for 0/0 (x86 sets the sign, ARM
-/// does not): the reference divides on the host, so the shader follows the host.
+/// The fp8 sign bit of the NaN of an invalid division (0 / 0, inf / inf): the reference fixes it
+/// as negative (`fp8::quantize`), whatever the host processor does.
 fn host_nan_sign() -> u32 {
-    let zero = std::hint::black_box(0.0f32);
-    if (zero / std::hint::black_box(zero)).is_sign_negative() {
-        0x80
-    } else {
-        0
-    }
+    0x80
 }
 
 /// A wgpu error as one line.
