@@ -452,6 +452,12 @@ impl WgpuBackend {
         hardware_only: bool,
         overrides: LimitOverrides,
     ) -> Result<Self> {
+        // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start
+        // where it is unset (containers, CI); this program shows no windows, so any directory
+        // will do.
+        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+        }
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         // WGPU_BACKEND picks APIs; by default the native ones (OpenGL lacks what this needs:
