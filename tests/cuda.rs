@@ -67,7 +67,7 @@ fn graph_and_plain_launches_leave_the_reference_result() {
                         .unwrap();
                     let samples = call.time(&Protocol::new(mode, 5)).unwrap();
                     assert!(samples.latency_us > 0.0);
-                    assert_eq!(samples.device_us.len(), 10);
+                    assert!(samples.device_us.len() >= Protocol::new(mode, 5).sampling.min_samples);
                     assert!(samples.device_us.iter().all(|t| *t > 0.0));
                     call.read_back().unwrap()
                 };
