@@ -47,7 +47,9 @@ pub struct VerifyArgs {
     pub quick: bool,
 
     /// Seed of the random inputs [default: random, printed so the run can be replayed].
-    #[arg(long)]
+    // Negative numbers are taken as the value so that `--seed -1` is refused as a bad seed
+    // rather than as an unknown flag `-1`.
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
     /// wgpu: use the first adapter whose name contains this text (case-insensitive).

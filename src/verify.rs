@@ -6,7 +6,7 @@
 //! and gathers a [`Report`]: the pass/fail matrix and the first mismatch of each failing case.
 
 use std::collections::BTreeSet;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::sync::OnceLock;
 
 use rand::rngs::SmallRng;
@@ -684,29 +684,6 @@ impl Report {
             lines.push(format!("... and {} more", self.failures.len() - limit));
         }
         lines
-    }
-
-    /// The matrix, the failure listing (at most `limit`) and a closing line, as text.
-    pub fn render(&self, limit: usize) -> String {
-        let mut out = self.table().render_text();
-        if !self.failures.is_empty() {
-            let shown = self.failures.len().min(limit);
-            let _ = writeln!(
-                out,
-                "first mismatch of {} failing case(s){}:",
-                self.failures.len(),
-                if shown < self.failures.len() {
-                    format!(" (the first {shown} cases)")
-                } else {
-                    String::new()
-                }
-            );
-            for line in self.failure_lines(limit) {
-                let _ = writeln!(out, "  {line}");
-            }
-        }
-        let _ = writeln!(out, "{}", self.summary());
-        out
     }
 
     /// "verify: all N cases passed" or "verify: N of M cases failed".
