@@ -147,6 +147,12 @@ impl CaseInputs {
         let elements = p.num_tokens * p.token_elements();
         let mut key = random_inputs(p.dtype, elements, stream(case.seed, 1));
         let mut value = random_inputs(p.dtype, elements, stream(case.seed, 2));
+        let mut rng = SmallRng::seed_from_u64(stream(case.seed, 5));
+        let (k_scale, v_scale) = (random_scale(&mut rng), random_scale(&mut rng));
+        if p.cache_dtype == CacheDtype::Fp8 && p.dtype == Dtype::Float {
+            sprinkle_near_ties(&mut key, k_scale, stream(case.seed, 8));
+            sprinkle_near_ties(&mut value, v_scale, stream(case.seed, 9));
+        }
         if case.special_values {
             sprinkle_special_values(p, &mut key, stream(case.seed, 3));
             sprinkle_special_values(p, &mut value, stream(case.seed, 4));
@@ -158,13 +164,12 @@ impl CaseInputs {
             case.seed,
         );
         p.validate_slots(&slot_mapping)?;
-        let mut rng = SmallRng::seed_from_u64(stream(case.seed, 5));
         Ok(Self {
             key,
             value,
             slot_mapping,
-            k_scale: random_scale(&mut rng),
-            v_scale: random_scale(&mut rng),
+            k_scale,
+            v_scale,
         })
     }
 
@@ -378,13 +383,37 @@ fn draw_from_table<const N: usize>(table: &[u8], elements: usize, seed: u64) -> 
 }
 
 /// An fp8 scale in [2^-8, 2^-3) with a random 24-bit mantissa. With standard-normal inputs the
-/// quotients reach from e4m3 subnormals to well past 448 (so saturation of finite values is
-/// checked too), and a scale that is almost never a power of two makes every division inexact:
-/// a backend that multiplies by a rounded reciprocal instead of dividing shows.
+/// quotients reach from e4m3 subnormals to well past 448, so saturation of finite values is
+/// checked too, and they are rarely exact, so they land anywhere between two e4m3 values.
 fn random_scale(rng: &mut SmallRng) -> f32 {
     let exponent = rng.random_range(-8..=-4);
     let mantissa: f32 = rng.random_range(1.0..2.0);
     mantissa * 2f32.powi(exponent)
+}
+
+/// Replaces about one float element in 16 by a value whose quotient by `scale` is within an
+/// ulp or two of a tie between two e4m3 values: where the encoder's round-to-nearest-even
+/// decides, and where a quotient computed other than as the correctly rounded `x / scale` (a
+/// multiplication by a rounded reciprocal, a fast approximate division) ends on the other side
+/// of the tie. Random normal inputs almost never land there.
+fn sprinkle_near_ties(bytes: &mut [u8], scale: f32, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let elements = bytes.len() / 4;
+    for _ in 0..(elements / 16).max(1) {
+        let index = rng.random_range(0..elements);
+        // Between the positive finite codes c and c + 1 (both below 0x7e, the largest: above
+        // it everything saturates); the midpoint is exact in f32.
+        let code = rng.random_range(0..0x7e_u8);
+        let tie = (fp8::e4m3_to_f32(code) + fp8::e4m3_to_f32(code + 1)) / 2.0;
+        let x = tie * scale;
+        let nudged = f32::from_bits(x.to_bits().wrapping_add_signed(rng.random_range(-2..=2)));
+        let signed = if rng.random_bool(0.5) {
+            nudged
+        } else {
+            -nudged
+        };
+        Dtype::Float.write_f32(bytes, index, signed);
+    }
 }
 
 /// Replaces about one element in 50 by NaN, +-Inf, a huge or a tiny value.

@@ -607,3 +607,32 @@ fn cli_verify_bad_flags_are_one_line_errors() {
         assert!(output.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn fp8_float_inputs_tell_division_from_multiplying_by_a_reciprocal() {
+    // A shader or kernel that computes x * (1 / scale) instead of x / scale differs only where
+    // the quotient sits at an e4m3 rounding tie; the matrix's fp8 float cases must contain such
+    // inputs, or verification could not catch it.
+    let cases: Vec<Case> = verify::matrix(Coverage::Quick, 11)
+        .into_iter()
+        .filter(|c| c.problem.dtype == Dtype::Float && c.problem.cache_dtype == CacheDtype::Fp8)
+        .collect();
+    assert!(!cases.is_empty());
+    let mut told_apart = 0;
+    for case in &cases {
+        let data = CaseData::new(case).expect("a valid case");
+        let reciprocal = 1.0 / data.k_scale;
+        told_apart += (0..data.key.len() / 4)
+            .map(|i| Dtype::Float.read_f32(&data.key, i))
+            .filter(|&x| {
+                paged_kv_bench::fp8::quantize(x, data.k_scale)
+                    != paged_kv_bench::fp8::e4m3_from_f32(x * reciprocal)
+            })
+            .count();
+    }
+    // Thousands in practice; one per case is the floor.
+    assert!(
+        told_apart >= cases.len(),
+        "only {told_apart} elements differ"
+    );
+}
