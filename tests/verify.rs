@@ -598,6 +598,7 @@ fn cli_verify_bad_flags_are_one_line_errors() {
         (&["verify", "--quick=yes"][..], "--quick"),
         (&["verify", "--num-heads", "8"][..], "--num-heads"),
         (&["verify", "extra"][..], "extra"),
+        (&["verfiy"][..], "a similar subcommand exists: 'verify'"),
     ] {
         let output = run(args);
         let err = text(&output.stderr);
@@ -605,6 +606,11 @@ fn cli_verify_bad_flags_are_one_line_errors() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(output.stdout.is_empty(), "{args:?}");
+        // Not the usage block, which names the program and its subcommands.
+        assert!(
+            !err.contains("Usage") && !err.contains("<COMMAND>"),
+            "{args:?}: {err}"
+        );
     }
 }
 
