@@ -47,8 +47,6 @@ pub struct VerifyArgs {
     pub quick: bool,
 
     /// Seed of the random inputs [default: random, printed so the run can be replayed].
-    // Negative numbers are taken as the value so that `--seed -1` is refused as a bad seed
-    // rather than as an unknown flag `-1`.
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
