@@ -10,7 +10,6 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     install_panic_hook();
-    quiet_vulkan_device_select();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => return clap_error(error),
@@ -68,16 +67,4 @@ fn install_panic_hook() {
             .unwrap_or_default();
         eprintln!("error: internal error{location}: {message} (please report this)");
     }));
-}
-
-/// Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select` only reorders GPUs for programs
-/// that take the first one (wgpu adapters are chosen here by name and type), and on a machine
-/// without a display server it connects to Wayland, which prints "error: XDG_RUNTIME_DIR is
-/// invalid or not set in the environment." twice on stderr: output that looks like this
-/// program's errors. `NODEVICE_SELECT` is the layer's own switch; a value the user set wins.
-fn quiet_vulkan_device_select() {
-    // Set before any thread starts, so no other thread reads the environment meanwhile.
-    if std::env::var_os("NODEVICE_SELECT").is_none() {
-        std::env::set_var("NODEVICE_SELECT", "1");
-    }
 }
