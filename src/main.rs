@@ -39,14 +39,13 @@ fn clap_error(error: clap::Error) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rendered = error.render().to_string();
+    // Everything from "Usage:" on is the usage block (two lines when there are subcommands)
+    // and the pointer to --help: not part of what went wrong.
     let line = rendered
         .lines()
         .map(str::trim)
-        .filter(|line| {
-            !line.is_empty()
-                && !line.starts_with("For more information")
-                && !line.starts_with("Usage:")
-        })
+        .take_while(|line| !line.starts_with("Usage:"))
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
         .collect::<Vec<_>>()
         .join(" ");
     eprintln!("{line}");

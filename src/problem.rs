@@ -141,25 +141,27 @@ impl Problem {
                 head_size: self.head_size,
             });
         }
-        // Element counts must fit in i64: kernels index with signed 64-bit offsets.
-        let cache_elements = (self.num_blocks as u128)
-            * (self.block_size as u128)
-            * (self.num_heads as u128)
-            * (self.head_size as u128);
-        let input_elements =
-            (self.num_tokens as u128) * (self.num_heads as u128) * (self.head_size as u128);
-        if cache_elements * 4 > i64::MAX as u128 || input_elements * 4 > i64::MAX as u128 {
-            return Err(Error::InvalidConfig(
-                "tensor sizes overflow 64-bit indexing".into(),
-            ));
-        }
-        if self.num_tokens as u64 > self.num_slots() {
+        // Too many tokens first: it names the sizes that would work, and holds whatever the
+        // magnitudes (the slot count is computed without overflow).
+        let num_slots = self.num_blocks as u128 * self.block_size as u128;
+        if self.num_tokens as u128 > num_slots {
             return Err(Error::TooManyTokens {
                 num_tokens: self.num_tokens,
-                num_slots: self.num_slots(),
+                num_slots: num_slots as u64,
                 num_blocks: self.num_blocks,
                 block_size: self.block_size,
             });
+        }
+        // Element counts must fit in i64: kernels index with signed 64-bit offsets.
+        // (The cache holds at least as many elements as the input now.)
+        let token_elements = self.num_heads as u128 * self.head_size as u128;
+        let cache_elements = num_slots.saturating_mul(token_elements);
+        if cache_elements.saturating_mul(4) > i64::MAX as u128 {
+            return Err(Error::InvalidConfig(format!(
+                "a cache of {} blocks x {} slots x {} heads x {} elements ({cache_elements} \
+                 elements) overflows 64-bit indexing",
+                self.num_blocks, self.block_size, self.num_heads, self.head_size
+            )));
         }
         Ok(())
     }
@@ -334,6 +336,23 @@ mod tests {
         ));
         let no_heads = Problem { num_heads: 0, ..ok };
         assert!(no_heads.validate().is_err());
+        // Absurd sizes: too many tokens is said as such, however large; a cache past 64-bit
+        // indexing is refused without overflowing the check itself.
+        let absurd_tokens = Problem {
+            num_tokens: usize::MAX,
+            ..ok
+        };
+        assert!(matches!(
+            absurd_tokens.validate(),
+            Err(Error::TooManyTokens { num_slots: 20, .. })
+        ));
+        for num_blocks in [1 << 58, usize::MAX] {
+            let absurd_cache = Problem { num_blocks, ..ok };
+            assert!(matches!(
+                absurd_cache.validate(),
+                Err(Error::InvalidConfig(message)) if message.contains("overflows 64-bit indexing")
+            ));
+        }
     }
 
     #[test]

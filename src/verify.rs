@@ -1,14 +1,24 @@
 //! The cross-backend check: run a backend on random inputs with poisoned caches and compare
 //! every byte of both caches with the CPU reference, so that wrong values, missing writes and
 //! stray writes all show.
+//!
+//! [`check`] runs one [`Case`]; [`run`] runs a list of cases on several backends ("subjects")
+//! and gathers a [`Report`]: the pass/fail matrix and the first mismatch of each failing case.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::OnceLock;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 
 use crate::backend::Backend;
 use crate::error::Result;
 use crate::fp8;
-use crate::problem::{CacheDtype, Layout, Problem};
+use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::reference;
+use crate::report::{Cell, Table};
 use crate::workload::{self, CacheFill, Caches, Inputs};
 
 /// One verification case: a problem and how its inputs are drawn.
@@ -20,6 +30,20 @@ pub struct Case {
     /// Sprinkle NaN, +-Inf, huge and tiny values into the inputs (fp8 saturation and NaN paths).
     pub special_values: bool,
     pub seed: u64,
+}
+
+impl fmt::Display for Case {
+    /// The problem and how its inputs were drawn: enough to rebuild the case by hand.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} padding={} special_values={} case_seed={}",
+            self.problem.describe(),
+            self.padding_fraction,
+            self.special_values,
+            self.seed
+        )
+    }
 }
 
 /// The first byte where a backend's caches differ from the reference, located in the cache.
@@ -72,43 +96,28 @@ pub struct CaseData {
 }
 
 impl CaseData {
-    /// Draws the inputs of `case` and computes the reference result.
+    /// Draws the inputs of `case`, poisons the caches and computes the reference result.
     pub fn new(case: &Case) -> Result<Self> {
-        let p = &case.problem;
-        p.validate()?;
-        let elements = p.num_tokens * p.token_elements();
-        let mut key = workload::random_normal(p.dtype, elements, case.seed);
-        let mut value = workload::random_normal(p.dtype, elements, case.seed ^ 0x5555);
-        if case.special_values {
-            sprinkle_special_values(p, &mut key, case.seed);
-            sprinkle_special_values(p, &mut value, case.seed ^ 0xaaaa);
-        }
-        let slot_mapping = workload::random_slot_mapping(
-            p.num_slots(),
-            p.num_tokens,
-            case.padding_fraction,
-            case.seed,
-        );
-        p.validate_slots(&slot_mapping)?;
-        let cache_bytes = p.cache_bytes() as usize;
-        let initial = Caches {
-            key: workload::random_bytes(cache_bytes, case.seed ^ 0x1111),
-            value: workload::random_bytes(cache_bytes, case.seed ^ 0x2222),
-        };
-        let mut data = Self {
-            k_scale: finite_scale(workload::fp8_scale(p.dtype, &key)),
-            v_scale: finite_scale(workload::fp8_scale(p.dtype, &value)),
+        let inputs = CaseInputs::new(case)?;
+        let initial = poison(&case.problem, case.seed);
+        let mut expected = initial.clone();
+        reference::reshape_and_cache(&case.problem, &inputs.inputs(), &mut expected);
+        let CaseInputs {
             key,
             value,
             slot_mapping,
-            expected: initial.clone(),
+            k_scale,
+            v_scale,
+        } = inputs;
+        Ok(Self {
+            key,
+            value,
+            slot_mapping,
+            k_scale,
+            v_scale,
             initial,
-        };
-        let inputs = data.inputs();
-        let mut expected = data.initial.clone();
-        reference::reshape_and_cache(p, &inputs, &mut expected);
-        data.expected = expected;
-        Ok(data)
+            expected,
+        })
     }
 
     pub fn inputs(&self) -> Inputs<'_> {
@@ -122,25 +131,106 @@ impl CaseData {
     }
 }
 
+/// The inputs of a case, without its caches.
+struct CaseInputs {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    slot_mapping: Vec<i64>,
+    k_scale: f32,
+    v_scale: f32,
+}
+
+impl CaseInputs {
+    fn new(case: &Case) -> Result<Self> {
+        let p = &case.problem;
+        p.validate()?;
+        let elements = p.num_tokens * p.token_elements();
+        let mut key = random_inputs(p.dtype, elements, stream(case.seed, 1));
+        let mut value = random_inputs(p.dtype, elements, stream(case.seed, 2));
+        let mut rng = SmallRng::seed_from_u64(stream(case.seed, 5));
+        let (k_scale, v_scale) = (random_scale(&mut rng), random_scale(&mut rng));
+        if p.cache_dtype == CacheDtype::Fp8 && p.dtype == Dtype::Float {
+            sprinkle_near_ties(&mut key, k_scale, stream(case.seed, 8));
+            sprinkle_near_ties(&mut value, v_scale, stream(case.seed, 9));
+        }
+        if case.special_values {
+            sprinkle_special_values(p, &mut key, stream(case.seed, 3));
+            sprinkle_special_values(p, &mut value, stream(case.seed, 4));
+        }
+        let slot_mapping = workload::random_slot_mapping(
+            p.num_slots(),
+            p.num_tokens,
+            case.padding_fraction,
+            case.seed,
+        );
+        p.validate_slots(&slot_mapping)?;
+        Ok(Self {
+            key,
+            value,
+            slot_mapping,
+            k_scale,
+            v_scale,
+        })
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            key: &self.key,
+            value: &self.value,
+            slot_mapping: &self.slot_mapping,
+            k_scale: self.k_scale,
+            v_scale: self.v_scale,
+        }
+    }
+}
+
+/// Both caches filled with random bytes: any byte a backend writes where it should not, or
+/// fails to write where it should, differs from the reference (with probability 1 - 2^-8 per
+/// byte for a stray write of a value that happens to be anything). Not periodic, so a block
+/// copied to the wrong place shows too.
+fn poison(problem: &Problem, seed: u64) -> Caches {
+    let bytes = problem.cache_bytes() as usize;
+    Caches {
+        key: workload::random_bytes(bytes, stream(seed, 6)),
+        value: workload::random_bytes(bytes, stream(seed, 7)),
+    }
+}
+
 /// Runs `backend` on `case` and compares its caches with the reference.
-/// `Ok(None)` means every byte matches.
+/// `Ok(None)` means every byte of both caches matches.
 pub fn check(backend: &mut dyn Backend, case: &Case) -> Result<Option<Mismatch>> {
-    let data = CaseData::new(case)?;
+    let problem = &case.problem;
+    let inputs = CaseInputs::new(case)?;
+    // Once the backend holds its own copy of the poisoned caches, the reference turns this
+    // copy into the expected result in place: large cases then need one cache-sized buffer
+    // fewer (allocating and first touching those buffers is most of their cost).
+    let mut caches = poison(problem, case.seed);
     let got = {
-        let mut call =
-            backend.prepare(&case.problem, data.inputs(), CacheFill::Copy(&data.initial))?;
+        let mut call = backend.prepare(problem, inputs.inputs(), CacheFill::Copy(&caches))?;
         call.run()?;
         call.read_back()?
     };
-    Ok(compare(&case.problem, &data, &got))
+    reference::reshape_and_cache(problem, &inputs.inputs(), &mut caches);
+    Ok(compare_caches(problem, &inputs.slot_mapping, &caches, &got))
 }
 
 /// Locates the first difference between `got` and the expected caches, if any.
 pub fn compare(problem: &Problem, data: &CaseData, got: &Caches) -> Option<Mismatch> {
+    compare_caches(problem, &data.slot_mapping, &data.expected, got)
+}
+
+/// As [`compare`], with the expected caches and the slot mapping given separately.
+pub fn compare_caches(
+    problem: &Problem,
+    slot_mapping: &[i64],
+    expected: &Caches,
+    got: &Caches,
+) -> Option<Mismatch> {
     for (name, expected, got) in [
-        ("key", &data.expected.key, &got.key),
-        ("value", &data.expected.value, &got.value),
+        ("key", &expected.key, &got.key),
+        ("value", &expected.value, &got.value),
     ] {
+        // The common case, a match, is one memcmp; elements are only looked at on a failure.
         if expected == got {
             continue;
         }
@@ -158,19 +248,30 @@ pub fn compare(problem: &Problem, data: &CaseData, got: &Caches) -> Option<Misma
             });
         }
         let size = problem.cache_element_size();
-        let differs =
-            |i: usize| expected[i * size..(i + 1) * size] != got[i * size..(i + 1) * size];
-        let elements = expected.len() / size;
-        let first = (0..elements).find(|&i| differs(i))?;
-        let count = (first..elements).filter(|&i| differs(i)).count() as u64;
-        return Some(locate(problem, data, name, first, count, expected, got));
+        let mut differing = expected
+            .chunks_exact(size)
+            .zip(got.chunks_exact(size))
+            .enumerate()
+            .filter(|(_, (e, g))| e != g)
+            .map(|(index, _)| index);
+        let first = differing.next()?;
+        let count = 1 + differing.count() as u64;
+        return Some(locate(
+            problem,
+            slot_mapping,
+            name,
+            first,
+            count,
+            expected,
+            got,
+        ));
     }
     None
 }
 
 fn locate(
     problem: &Problem,
-    data: &CaseData,
+    slot_mapping: &[i64],
     cache: &'static str,
     index: usize,
     count: u64,
@@ -186,7 +287,7 @@ fn locate(
         Layout::Hnd => (within % s.head / s.slot, within / s.head, within % s.slot),
     };
     let slot = (block * problem.block_size as u64 + offset) as i64;
-    let token = data.slot_mapping.iter().position(|&t| t == slot);
+    let token = slot_mapping.iter().position(|&t| t == slot);
     Mismatch {
         cache,
         block,
@@ -216,10 +317,108 @@ fn describe_element(problem: &Problem, bytes: &[u8], index: usize) -> String {
     }
 }
 
+/// Mixes a case seed with a stream number (splitmix64's finaliser), so that the key, the value,
+/// the caches and the scales of a case, and neighbouring cases, draw unrelated numbers.
+fn stream(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// log2 of the number of standard-normal samples inputs are drawn from.
+const TABLE_BITS: u32 = 16;
+/// Elements per independent random stream of [`random_inputs`]: fixed, so that a case's data
+/// depends only on its seed, never on the number of threads.
+const INPUT_CHUNK: usize = 1 << 16;
+
+/// 2^16 standard-normal samples rounded to `dtype`, drawn once per process from a fixed seed.
+fn normal_table(dtype: Dtype) -> &'static [u8] {
+    static TABLES: [OnceLock<Vec<u8>>; 3] = [const { OnceLock::new() }; 3];
+    let index = match dtype {
+        Dtype::Half => 0,
+        Dtype::BFloat16 => 1,
+        Dtype::Float => 2,
+    };
+    TABLES[index].get_or_init(|| workload::random_normal(dtype, 1 << TABLE_BITS, 0x7ab1e))
+}
+
+/// `elements` values drawn independently and uniformly from [`normal_table`], as bytes.
+///
+/// Sampling a normal per element was most of the time of large cases; a table lookup per
+/// element costs a fraction of that and keeps what the check relies on: values spread like the
+/// benchmark's (so fp8 sees subnormals, normals and, with the scales below, saturation), and
+/// neighbouring elements, heads and tokens almost never equal, so misplaced writes show.
+fn random_inputs(dtype: Dtype, elements: usize, seed: u64) -> Vec<u8> {
+    match dtype.size() {
+        2 => draw_from_table::<2>(normal_table(dtype), elements, seed),
+        4 => draw_from_table::<4>(normal_table(dtype), elements, seed),
+        size => unreachable!("no dtype has {size} bytes"),
+    }
+}
+
+/// [`random_inputs`] for elements of `N` bytes (a constant, so that each element is one move
+/// rather than a call to `memcpy`).
+fn draw_from_table<const N: usize>(table: &[u8], elements: usize, seed: u64) -> Vec<u8> {
+    let table: Vec<[u8; N]> = table
+        .chunks_exact(N)
+        .map(|element| element.try_into().expect("chunks of N bytes"))
+        .collect();
+    let mut bytes = vec![0u8; elements * N];
+    bytes
+        .par_chunks_mut(INPUT_CHUNK * N)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let mut rng = SmallRng::seed_from_u64(stream(seed, chunk as u64));
+            // One 64-bit draw gives four 16-bit table indices.
+            for group in out.chunks_mut(4 * N) {
+                let mut bits: u64 = rng.random();
+                for element in group.chunks_exact_mut(N) {
+                    element.copy_from_slice(&table[(bits & ((1 << TABLE_BITS) - 1)) as usize]);
+                    bits >>= TABLE_BITS;
+                }
+            }
+        });
+    bytes
+}
+
+/// An fp8 scale in [2^-8, 2^-3) with a random 24-bit mantissa. With standard-normal inputs the
+/// quotients reach from e4m3 subnormals to well past 448, so saturation of finite values is
+/// checked too, and they are rarely exact, so they land anywhere between two e4m3 values.
+fn random_scale(rng: &mut SmallRng) -> f32 {
+    let exponent = rng.random_range(-8..=-4);
+    let mantissa: f32 = rng.random_range(1.0..2.0);
+    mantissa * 2f32.powi(exponent)
+}
+
+/// Replaces about one float element in 16 by a value whose quotient by `scale` is within an
+/// ulp or two of a tie between two e4m3 values: where the encoder's round-to-nearest-even
+/// decides, and where a quotient computed other than as the correctly rounded `x / scale` (a
+/// multiplication by a rounded reciprocal, a fast approximate division) ends on the other side
+/// of the tie. Random normal inputs almost never land there.
+fn sprinkle_near_ties(bytes: &mut [u8], scale: f32, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let elements = bytes.len() / 4;
+    for _ in 0..(elements / 16).max(1) {
+        let index = rng.random_range(0..elements);
+        // Between the positive finite codes c and c + 1 (both below 0x7e, the largest: above
+        // it everything saturates); the midpoint is exact in f32.
+        let code = rng.random_range(0..0x7e_u8);
+        let tie = (fp8::e4m3_to_f32(code) + fp8::e4m3_to_f32(code + 1)) / 2.0;
+        let x = tie * scale;
+        let nudged = f32::from_bits(x.to_bits().wrapping_add_signed(rng.random_range(-2..=2)));
+        let signed = if rng.random_bool(0.5) {
+            nudged
+        } else {
+            -nudged
+        };
+        Dtype::Float.write_f32(bytes, index, signed);
+    }
+}
+
 /// Replaces about one element in 50 by NaN, +-Inf, a huge or a tiny value.
 fn sprinkle_special_values(problem: &Problem, bytes: &mut [u8], seed: u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let specials = [
         f32::NAN,
         -f32::NAN,
@@ -233,20 +432,11 @@ fn sprinkle_special_values(problem: &Problem, bytes: &mut [u8], seed: u64) {
         -0.0,
     ];
     let elements = bytes.len() / problem.dtype.size();
-    for _ in 0..elements / 50 {
+    // At least one, so that a one-token case with special values has one.
+    for _ in 0..(elements / 50).max(1) {
         let index = rng.random_range(0..elements);
         let value = specials[rng.random_range(0..specials.len())];
         problem.dtype.write_f32(bytes, index, value);
-    }
-}
-
-/// The benchmark's scale rule (max / 64) gives NaN or Inf once special values are in the data;
-/// verification wants a finite, positive scale either way.
-fn finite_scale(scale: f32) -> f32 {
-    if scale.is_finite() && scale > 0.0 {
-        scale
-    } else {
-        0.0625
     }
 }
 
@@ -264,11 +454,23 @@ pub enum Coverage {
     Full,
 }
 
+impl Coverage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Coverage::Quick => "quick",
+            Coverage::Full => "full",
+        }
+    }
+}
+
 /// The verification matrix: small head counts so that thousands of tokens stay cheap, caches
 /// with about twice as many slots as tokens (so untouched slots are checked too), some padding,
 /// and special values in every fourth case.
+///
+/// Backend internals that only some shapes reach (the wgpu backend splitting caches over
+/// several buffers) are covered by checking the same matrix on a second instance of the backend
+/// configured to reach them: see [`Subject`].
 pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
-    use crate::problem::Dtype;
     let (head_sizes, token_counts): (&[usize], &[usize]) = match coverage {
         Coverage::Quick => (&[64, 120, 128], &[1, 17, 1000]),
         Coverage::Full => (&HEAD_SIZES, &[1, 3, 17, 1000, 4097]),
@@ -308,4 +510,263 @@ pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
         }
     }
     cases
+}
+
+/// A backend under verification, and the name its rows of the report carry.
+///
+/// A backend with internal paths that the matrix's shapes do not reach on their own can be
+/// checked a second time as a *variant*: the same backend opened with a different internal
+/// configuration (for wgpu: a small limit on the bytes per buffer, so that caches are split
+/// over several buffers), with a label of its own and `min_cache_bytes` to skip the cases
+/// that the variant runs exactly like the plain backend.
+pub struct Subject {
+    /// e.g. `cpu`, `wgpu`, or `wgpu (64 KiB buffers)` for a variant.
+    pub label: String,
+    pub backend: Box<dyn Backend>,
+    /// Check only cases whose caches (each) are at least this many bytes; 0 checks all.
+    pub min_cache_bytes: u64,
+}
+
+impl Subject {
+    /// A backend checked on every case, under its implementation's name.
+    pub fn new(backend: Box<dyn Backend>) -> Self {
+        Self {
+            label: backend.implementation().name().to_string(),
+            backend,
+            min_cache_bytes: 0,
+        }
+    }
+
+    fn takes(&self, case: &Case) -> bool {
+        case.problem.cache_bytes() >= self.min_cache_bytes
+    }
+}
+
+/// How one case went on one subject.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Passed,
+    /// The caches differ from the reference; the first difference.
+    Mismatch(Mismatch),
+    /// The backend returned an error instead of a result.
+    Error(String),
+    /// The backend does not implement the case's layout.
+    Unsupported,
+}
+
+/// A case that failed, for the listing under the matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub label: String,
+    pub case: Case,
+    pub outcome: Outcome,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: ", self.label, self.case)?;
+        match &self.outcome {
+            Outcome::Mismatch(mismatch) => write!(f, "{mismatch}"),
+            Outcome::Error(error) => write!(f, "error: {error}"),
+            Outcome::Passed | Outcome::Unsupported => write!(f, "no failure"),
+        }
+    }
+}
+
+/// One line of the pass/fail matrix: a subject, layout, input dtype and cache dtype.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    label: String,
+    layout: Layout,
+    dtype: Dtype,
+    cache_dtype: CacheDtype,
+    checked: usize,
+    passed: usize,
+    unsupported: usize,
+    num_tokens: BTreeSet<usize>,
+    head_sizes: BTreeSet<usize>,
+    block_sizes: BTreeSet<usize>,
+}
+
+/// The results of [`run`]: a pass/fail matrix and every failure.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    rows: Vec<Row>,
+    pub failures: Vec<Failure>,
+}
+
+impl Report {
+    /// Counts one case's outcome into its row.
+    pub fn record(&mut self, label: &str, case: &Case, outcome: Outcome) {
+        let p = &case.problem;
+        let key = (label, p.layout, p.dtype, p.cache_dtype);
+        let position = self
+            .rows
+            .iter()
+            .position(|r| (r.label.as_str(), r.layout, r.dtype, r.cache_dtype) == key);
+        let row = match position {
+            Some(index) => &mut self.rows[index],
+            None => {
+                self.rows.push(Row {
+                    label: label.to_string(),
+                    layout: p.layout,
+                    dtype: p.dtype,
+                    cache_dtype: p.cache_dtype,
+                    checked: 0,
+                    passed: 0,
+                    unsupported: 0,
+                    num_tokens: BTreeSet::new(),
+                    head_sizes: BTreeSet::new(),
+                    block_sizes: BTreeSet::new(),
+                });
+                self.rows.last_mut().expect("just pushed")
+            }
+        };
+        if outcome == Outcome::Unsupported {
+            row.unsupported += 1;
+            return;
+        }
+        row.checked += 1;
+        row.num_tokens.insert(p.num_tokens);
+        row.head_sizes.insert(p.head_size);
+        row.block_sizes.insert(p.block_size);
+        if outcome == Outcome::Passed {
+            row.passed += 1;
+        } else {
+            self.failures.push(Failure {
+                label: label.to_string(),
+                case: *case,
+                outcome,
+            });
+        }
+    }
+
+    /// Cases checked (not counting unsupported layouts), over all subjects.
+    pub fn checked(&self) -> usize {
+        self.rows.iter().map(|r| r.checked).sum()
+    }
+
+    pub fn failed(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// The pass/fail matrix: one row per subject x layout x dtype x cache dtype, with what it
+    /// covered; "n/a" where the backend does not implement the layout.
+    pub fn table(&self) -> Table {
+        let headers = [
+            "implementation",
+            "layout",
+            "dtype",
+            "kv_cache_dtype",
+            "result",
+            "num_tokens",
+            "head_size",
+            "block_size",
+        ];
+        let list = |set: &BTreeSet<usize>| {
+            set.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| {
+                let result = if row.checked == 0 {
+                    "n/a (layout not implemented)".to_string()
+                } else if row.passed == row.checked {
+                    format!("passed {}/{}", row.passed, row.checked)
+                } else {
+                    format!("FAILED {}/{}", row.checked - row.passed, row.checked)
+                };
+                [
+                    row.label.clone(),
+                    row.layout.name().to_string(),
+                    row.dtype.name().to_string(),
+                    row.cache_dtype.name().to_string(),
+                    result,
+                    list(&row.num_tokens),
+                    list(&row.head_sizes),
+                    list(&row.block_sizes),
+                ]
+                .into_iter()
+                .map(Cell::Text)
+                .collect()
+            })
+            .collect();
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows,
+        }
+    }
+
+    /// The first `limit` failures, one line each, then "... and N more" if there are more.
+    pub fn failure_lines(&self, limit: usize) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .failures
+            .iter()
+            .take(limit)
+            .map(|failure| failure.to_string())
+            .collect();
+        if self.failures.len() > limit {
+            lines.push(format!("... and {} more", self.failures.len() - limit));
+        }
+        lines
+    }
+
+    /// "verify: all N cases passed" or "verify: N of M cases failed".
+    pub fn summary(&self) -> String {
+        if self.failures.is_empty() {
+            format!("verify: all {} cases passed", self.checked())
+        } else {
+            format!(
+                "verify: {} of {} cases failed",
+                self.failed(),
+                self.checked()
+            )
+        }
+    }
+}
+
+/// How many checks [`run`] performs (for progress bars): supported cases per subject.
+pub fn count_checks(subjects: &[Subject], cases: &[Case]) -> usize {
+    subjects
+        .iter()
+        .map(|s| {
+            cases
+                .iter()
+                .filter(|c| s.takes(c) && s.backend.supports(c.problem.layout))
+                .count()
+        })
+        .sum()
+}
+
+/// Checks every case on every subject, in order, and gathers the results. `progress` is called
+/// before each check that runs.
+pub fn run(
+    subjects: &mut [Subject],
+    cases: &[Case],
+    mut progress: impl FnMut(&str, &Case),
+) -> Report {
+    let mut report = Report::default();
+    for subject in subjects.iter_mut() {
+        for case in cases {
+            if !subject.takes(case) {
+                continue;
+            }
+            let outcome = if !subject.backend.supports(case.problem.layout) {
+                Outcome::Unsupported
+            } else {
+                progress(&subject.label, case);
+                match check(subject.backend.as_mut(), case) {
+                    Ok(None) => Outcome::Passed,
+                    Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
+                    Err(error) => Outcome::Error(error.to_string()),
+                }
+            };
+            report.record(&subject.label, case, outcome);
+        }
+    }
+    report
 }

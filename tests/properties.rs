@@ -1,0 +1,263 @@
+//! Properties over random shapes (proptest shrinks a failure to the smallest shape that still
+//! fails):
+//! - the CPU reference writes exactly the input (or its fp8 encoding, from the `float8` crate)
+//!   into each targeted slot and leaves every other byte as it was;
+//! - a backend equals the reference: [`backend_matches_reference_on_random_shapes`] takes any
+//!   `&mut dyn Backend`, so another backend gets the same property with one test calling it.
+
+use std::cell::RefCell;
+
+use float8::F8E4M3;
+use paged_kv_bench::backend::cpu::CpuBackend;
+use paged_kv_bench::backend::Backend;
+use paged_kv_bench::fp8;
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::reference::reshape_and_cache;
+use paged_kv_bench::verify::{self, Case};
+use paged_kv_bench::workload::{Caches, Inputs};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+/// Modest case counts: the suite runs on 2 cores.
+fn config(cases: u32) -> Config {
+    Config {
+        cases,
+        // Inputs come from a seed inside each case: a stored regression file would not help
+        // more than the printed minimal case does.
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn layouts() -> impl Strategy<Value = Layout> {
+    prop_oneof![Just(Layout::Nhd), Just(Layout::Hnd)]
+}
+
+fn dtypes() -> impl Strategy<Value = Dtype> {
+    prop_oneof![Just(Dtype::Half), Just(Dtype::BFloat16), Just(Dtype::Float)]
+}
+
+/// Shapes: 1..=6 heads, head sizes 1..=40 (multiples of 16 up to 48 for fp8), block sizes
+/// 1..=8, up to 12 blocks, 1..=50 tokens that fit in the cache.
+fn problems(layouts: BoxedStrategy<Layout>) -> impl Strategy<Value = Problem> {
+    (
+        layouts,
+        dtypes(),
+        any::<bool>(),
+        1usize..=6,
+        1usize..=8,
+        1usize..=12,
+    )
+        .prop_flat_map(|(layout, dtype, fp8, num_heads, block_size, num_blocks)| {
+            let head_sizes = if fp8 {
+                (1usize..=3).prop_map(|k| 16 * k).boxed()
+            } else {
+                (1usize..=40).boxed()
+            };
+            let max_tokens = (num_blocks * block_size).min(50);
+            (head_sizes, 1..=max_tokens).prop_map(move |(head_size, num_tokens)| Problem {
+                num_tokens,
+                num_heads,
+                head_size,
+                block_size,
+                num_blocks,
+                dtype,
+                cache_dtype: if fp8 {
+                    CacheDtype::Fp8
+                } else {
+                    CacheDtype::Auto
+                },
+                layout,
+            })
+        })
+}
+
+/// What a token's slot entry becomes: kept, padding (-1), or out of range (which the reference
+/// must skip like padding).
+#[derive(Debug, Clone, Copy)]
+enum SlotKind {
+    Kept,
+    Padding,
+    BelowZero,
+    PastTheEnd,
+}
+
+/// A problem with a slot mapping of distinct slots, some padding and some out of range.
+fn problems_with_slots() -> impl Strategy<Value = (Problem, Vec<i64>)> {
+    problems(layouts().boxed()).prop_flat_map(|problem| {
+        let num_slots = problem.num_slots() as i64;
+        let kinds = prop_oneof![
+            6 => Just(SlotKind::Kept),
+            2 => Just(SlotKind::Padding),
+            1 => Just(SlotKind::BelowZero),
+            1 => Just(SlotKind::PastTheEnd),
+        ];
+        (
+            Just((0..num_slots).collect::<Vec<i64>>()).prop_shuffle(),
+            proptest::collection::vec(kinds, problem.num_tokens),
+            1i64..1000,
+        )
+            .prop_map(move |(shuffled, kinds, beyond)| {
+                let slots = kinds
+                    .iter()
+                    .zip(shuffled)
+                    .map(|(kind, slot)| match kind {
+                        SlotKind::Kept => slot,
+                        SlotKind::Padding => -1,
+                        SlotKind::BelowZero => -1 - beyond,
+                        SlotKind::PastTheEnd => num_slots - 1 + beyond,
+                    })
+                    .collect();
+                (problem, slots)
+            })
+    })
+}
+
+/// `elements` values of `dtype`: mostly normal values over many binades (fp8 subnormals,
+/// normals and saturation), one in eight raw random bits (NaNs with payloads, infinities,
+/// subnormals of the input type), and for float inputs one in eight a value whose quotient by
+/// `scale` lies within two ulps of a tie between two e4m3 values (where rounding decides).
+fn values(dtype: Dtype, elements: usize, scale: f32, rng: &mut SmallRng) -> Vec<u8> {
+    let mut bytes = vec![0u8; elements * dtype.size()];
+    for i in 0..elements {
+        if rng.random_ratio(1, 8) {
+            let size = dtype.size();
+            rng.fill(&mut bytes[i * size..(i + 1) * size]);
+        } else if dtype == Dtype::Float && rng.random_ratio(1, 7) {
+            let code = rng.random_range(0..0x7e_u8);
+            let tie = (fp8::e4m3_to_f32(code) + fp8::e4m3_to_f32(code + 1)) / 2.0;
+            let x = (tie * scale)
+                .to_bits()
+                .wrapping_add_signed(rng.random_range(-2..=2));
+            dtype.write_f32(&mut bytes, i, f32::from_bits(x));
+        } else {
+            let x: f32 = rng.sample(StandardNormal);
+            dtype.write_f32(&mut bytes, i, x * 2f32.powi(rng.random_range(-12..=10)));
+        }
+    }
+    bytes
+}
+
+/// Where element (head, d) of slot `slot` lives, written out from the layout's definition
+/// rather than through `Problem`'s strides.
+fn cache_index(p: &Problem, slot: usize, head: usize, d: usize) -> usize {
+    let (block, offset) = (slot / p.block_size, slot % p.block_size);
+    let (h, b, n) = (p.num_heads, p.block_size, p.head_size);
+    match p.layout {
+        Layout::Nhd => ((block * b + offset) * h + head) * n + d,
+        Layout::Hnd => ((block * h + head) * b + offset) * n + d,
+    }
+}
+
+proptest! {
+    #![proptest_config(config(1024))]
+
+    #[test]
+    fn reference_writes_targeted_slots_and_nothing_else(
+        (p, slots) in problems_with_slots(),
+        seed in any::<u64>(),
+        k_scale in 1.0e-3f32..1.0e3,
+        v_scale in 1.0e-3f32..1.0e3,
+    ) {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let elements = p.num_tokens * p.num_heads * p.head_size;
+        let key = values(p.dtype, elements, k_scale, &mut rng);
+        let value = values(p.dtype, elements, v_scale, &mut rng);
+        let cache_len = p.cache_bytes() as usize;
+        let mut poison = Caches { key: vec![0; cache_len], value: vec![0; cache_len] };
+        rng.fill(&mut poison.key[..]);
+        rng.fill(&mut poison.value[..]);
+        let mut caches = poison.clone();
+        let inputs = Inputs { key: &key, value: &value, slot_mapping: &slots, k_scale, v_scale };
+        reshape_and_cache(&p, &inputs, &mut caches);
+
+        let in_size = p.dtype.size();
+        let out_size = p.cache_element_size();
+        // Every cache element is either written by exactly one token or keeps its poison.
+        let mut written = vec![false; cache_len / out_size];
+        for (token, &slot) in slots.iter().enumerate() {
+            if slot < 0 || slot as u64 >= p.num_slots() {
+                continue;
+            }
+            for head in 0..p.num_heads {
+                for d in 0..p.head_size {
+                    let at = cache_index(&p, slot as usize, head, d);
+                    written[at] = true;
+                    let from = (token * p.num_heads + head) * p.head_size + d;
+                    for (name, input, scale, cache) in [
+                        ("key", &key, k_scale, &caches.key),
+                        ("value", &value, v_scale, &caches.value),
+                    ] {
+                        let got = &cache[at * out_size..(at + 1) * out_size];
+                        match p.cache_dtype {
+                            CacheDtype::Auto => prop_assert_eq!(
+                                got,
+                                &input[from * in_size..(from + 1) * in_size],
+                                "{} token {} head {} element {}", name, token, head, d
+                            ),
+                            CacheDtype::Fp8 => {
+                                let x = p.dtype.read_f32(input, from);
+                                let encoded = F8E4M3::from_f32(x / scale).to_bits();
+                                prop_assert_eq!(
+                                    got[0], encoded,
+                                    "{} token {} head {} element {}: {} / {}", name, token, head, d, x, scale
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (at, _) in written.iter().enumerate().filter(|(_, w)| !**w) {
+            let range = at * out_size..(at + 1) * out_size;
+            prop_assert_eq!(&caches.key[range.clone()], &poison.key[range.clone()], "key element {} was not targeted", at);
+            prop_assert_eq!(&caches.value[range.clone()], &poison.value[range], "value element {} was not targeted", at);
+        }
+    }
+}
+
+/// Checks `backend` against the reference on `cases` random shapes (layouts it does not
+/// implement are not drawn), with random padding, special values and seeds, comparing every
+/// byte of both poisoned caches ([`verify::check`]). Another backend gets this property with
+/// one test that calls it, e.g. for wgpu:
+/// `backend_matches_reference_on_random_shapes(&mut WgpuBackend::open(None, false)?, 32)`.
+fn backend_matches_reference_on_random_shapes(backend: &mut dyn Backend, cases: u32) {
+    let supported: Vec<Layout> = [Layout::Nhd, Layout::Hnd]
+        .into_iter()
+        .filter(|layout| backend.supports(*layout))
+        .collect();
+    assert!(!supported.is_empty(), "the backend implements no layout");
+    let strategy = (
+        problems(proptest::sample::select(supported).boxed()),
+        0.0f64..0.5,
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(problem, padding_fraction, special_values, seed)| Case {
+            problem,
+            padding_fraction,
+            special_values,
+            seed,
+        });
+    // The runner wants a shared closure; the backend is used by one case at a time.
+    let backend = RefCell::new(backend);
+    let result = TestRunner::new(config(cases)).run(&strategy, |case| {
+        let mut backend = backend.borrow_mut();
+        match verify::check(&mut **backend, &case) {
+            Ok(None) => Ok(()),
+            Ok(Some(mismatch)) => Err(TestCaseError::fail(format!("{case}: {mismatch}"))),
+            Err(error) => Err(TestCaseError::fail(format!("{case}: error: {error}"))),
+        }
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+#[test]
+fn cpu_backend_matches_reference_on_random_shapes() {
+    backend_matches_reference_on_random_shapes(&mut CpuBackend::new(), 256);
+}
