@@ -21,3 +21,6 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release
+# The user-facing cross-backend check over the full matrix (CPU, and WGSL on lavapipe), with a
+# fresh seed each run: a failure prints the seed that replays it.
+cargo run --release --quiet -- verify

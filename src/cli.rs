@@ -109,7 +109,7 @@ pub struct BenchArgs {
     pub layouts: Vec<Layout>,
 
     /// Seed of the random inputs, slot mappings and cache contents.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
 
     /// wgpu: use the first adapter whose name contains this text (case-insensitive).

@@ -38,7 +38,7 @@ pub enum Error {
         second: usize,
     },
 
-    #[error("{what} needs {needed} but {available} is available on {device}{hint}")]
+    #[error("{what} need {needed} but {available} is available on {device}{hint}")]
     DoesNotFit {
         what: String,
         needed: Bytes,

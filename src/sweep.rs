@@ -74,6 +74,8 @@ struct Constraint {
     per_block: u64,
     /// Bytes needed whatever the number of blocks (inputs, slots).
     fixed: u64,
+    /// How many implementations keep their own caches here.
+    sharing: usize,
 }
 
 impl Constraint {
@@ -156,12 +158,16 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         per_block: 0,
         // The host always holds the generated inputs.
         fixed: 2 * input_bytes + 8 * max_tokens as u64,
+        sharing: 0,
     };
     for backend in backends {
         let one = backend.footprint(cache_per_block, input_bytes, max_tokens);
         let none = backend.footprint(0, input_bytes, max_tokens);
         host.per_block += one.host - none.host;
         host.fixed += none.host;
+        if one.host > none.host {
+            host.sharing += 1;
+        }
         if let Some(available) = backend.device_memory() {
             let device = backend.device().name;
             let (per_block, fixed) = (one.device - none.device, none.device);
@@ -174,12 +180,14 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                     shared.available = shared.available.min(available);
                     shared.per_block += per_block;
                     shared.fixed += fixed;
+                    shared.sharing += 1;
                 }
                 None => constraints.push(Constraint {
                     device,
                     available,
                     per_block,
                     fixed,
+                    sharing: 1,
                 }),
             }
         }
@@ -196,11 +204,18 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         .min_by_key(|c| c.max_blocks())
         .expect("the host is always a constraint");
     let what = |num_blocks: usize| {
+        let times = if tightest.sharing > 1 {
+            format!(", for each of {} implementations", tightest.sharing)
+        } else {
+            String::new()
+        };
         format!(
-            "two caches of {num_blocks} blocks ({} each) and inputs for {max_tokens} tokens together",
+            "two caches of {num_blocks} block{} ({} each) and inputs for {max_tokens} tokens{times}",
+            if num_blocks == 1 { "" } else { "s" },
             Bytes(cache_per_block * num_blocks as u64)
         )
     };
+    let too_big = "; even one cache block does not fit: use fewer --num-tokens, fewer --num-heads or a smaller --head-size or --block-size";
     let (num_blocks, note) = match config.num_blocks {
         NumBlocks::Explicit(n) => {
             if n as u64 > fits {
@@ -212,7 +227,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                     hint: if fits > 0 {
                         format!("; the largest --num-blocks that fits is {fits}")
                     } else {
-                        "; even one block does not fit: use fewer or smaller tokens".into()
+                        too_big.into()
                     },
                 });
             }
@@ -228,12 +243,12 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                         needed: Bytes(tightest.need(1)),
                         available: Bytes(tightest.available),
                         device: tightest.device.clone(),
-                        hint: "; use fewer --num-tokens or a smaller shape".into(),
+                        hint: too_big.into(),
                     });
                 }
                 let reduced = 1usize << (63 - fits.leading_zeros());
                 let note = format!(
-                    "num_blocks reduced from {n} to {reduced}: {} needs {}, {} available on {}",
+                    "num_blocks reduced from {n} to {reduced}: {} need {}, {} available on {}",
                     what(n),
                     Bytes(tightest.need(n)),
                     Bytes(tightest.available),

@@ -205,3 +205,44 @@ fn missing_cuda_is_a_one_line_error() {
         "cuda",
     );
 }
+
+/// The portable path as issue 4 asks to show it in CI: NHD rows measured on the wgpu adapter
+/// (lavapipe there), HND rows NaN, the adapter named in the header.
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_sweep_measures_nhd_and_shows_nan_for_hnd() {
+    let output = run(&[
+        "--implementation",
+        "wgpu",
+        "--num-blocks",
+        "1024",
+        "--iters",
+        "3",
+        "--num-tokens",
+        "2,64,1024,16384",
+        "--max-time",
+        "1",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    let adapter = out
+        .lines()
+        .find(|l| l.starts_with("wgpu: "))
+        .unwrap_or_else(|| panic!("no adapter line in:\n{out}"));
+    assert!(adapter.contains("driver"), "{adapter}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("num_tokens"))
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 8, "{out}");
+    for row in &rows {
+        let latency: f64 = row[2].parse().unwrap();
+        match row[1] {
+            "NHD" => assert!(latency.is_finite() && latency > 0.0, "{row:?}"),
+            "HND" => assert!(latency.is_nan(), "{row:?}"),
+            other => panic!("layout {other}"),
+        }
+    }
+}

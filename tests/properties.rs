@@ -261,3 +261,11 @@ fn backend_matches_reference_on_random_shapes(backend: &mut dyn Backend, cases: 
 fn cpu_backend_matches_reference_on_random_shapes() {
     backend_matches_reference_on_random_shapes(&mut CpuBackend::new(), 256);
 }
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_backend_matches_reference_on_random_shapes() {
+    let mut backend = paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false)
+        .expect("a wgpu adapter (install mesa-vulkan-drivers)");
+    backend_matches_reference_on_random_shapes(&mut backend, 64);
+}

@@ -129,16 +129,39 @@ fn seed_from_clock() -> u64 {
 /// Backends checked a second time in another internal configuration, as rows of their own
 /// (see [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
 ///
-/// Hook for the wgpu backend's split caches: the full matrix must also check caches split over
-/// several buffers. When `WgpuBackend` has a way to open with a small per-buffer limit, add
-/// here, for `Coverage::Full` and when a `wgpu` backend is among `opened`, a `Subject` with
-/// that backend, the label `wgpu (N KiB buffers)` and `min_cache_bytes: N KiB` (smaller caches
-/// fit one buffer and run exactly like the plain backend's rows).
+/// Extra subjects for paths the matrix's shapes do not reach on their own. The full matrix
+/// checks the wgpu backend a second time with 256 KiB storage bindings, so that caches are split
+/// over several buffers as 32 GiB caches are on a GPU (256 KiB stays above the largest cache
+/// block in the matrix, 160 KiB; smaller caches fit one buffer and are skipped).
 fn variants(
     opened: &[Box<dyn Backend>],
     coverage: Coverage,
     options: &BackendOptions,
 ) -> Vec<Subject> {
-    let _ = (opened, coverage, options);
-    Vec::new()
+    let _ = options;
+    let mut extra = Vec::new();
+    if coverage != Coverage::Full {
+        return extra;
+    }
+    #[cfg(feature = "wgpu")]
+    if opened
+        .iter()
+        .any(|backend| backend.implementation() == Implementation::Wgpu)
+    {
+        use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
+        const BINDING_BYTES: u64 = 256 << 10;
+        let overrides = LimitOverrides {
+            max_binding_bytes: Some(BINDING_BYTES),
+            ..LimitOverrides::default()
+        };
+        if let Ok(backend) = WgpuBackend::open_with(options.adapter.as_deref(), false, overrides) {
+            extra.push(Subject {
+                label: "wgpu (256 KiB buffers)".into(),
+                backend: Box::new(backend),
+                min_cache_bytes: BINDING_BYTES + 1,
+            });
+        }
+    }
+    let _ = opened;
+    extra
 }
