@@ -715,17 +715,13 @@ impl Report {
         lines
     }
 
-    /// "verify: all N cases passed" or "verify: N of M cases failed".
+    /// "verify: P passed, F failed" (counting cases; the test runners' closing-line form).
     pub fn summary(&self) -> String {
-        if self.failures.is_empty() {
-            format!("verify: all {} cases passed", self.checked())
-        } else {
-            format!(
-                "verify: {} of {} cases failed",
-                self.failed(),
-                self.checked()
-            )
-        }
+        format!(
+            "verify: {} passed, {} failed",
+            self.checked() - self.failed(),
+            self.failed()
+        )
     }
 }
 
