@@ -5,7 +5,8 @@
 #   tests     every ignored (GPU) test: CUDA and the shared suite on CUDA and Vulkan
 #   verify    paged-kv-bench verify (full) over every implementation
 #   sanitize  compute-sanitizer memcheck and racecheck over a quick CUDA verify run
-#   bench     the benchmark tables for BENCHMARKS.md (JSON, tables, plots)
+#   bench     the default benchmark on CUDA and wgpu, auto and fp8 (JSON, tables, plots)
+#   bench-more  cold caches, half input, no_graph, other shapes
 set -u
 cd "$(dirname "$0")/.."
 B=.devbin
@@ -48,13 +49,22 @@ for stage in "$@"; do
         step racecheck 300 compute-sanitizer --tool racecheck --error-exitcode 3 $B/paged-kv-bench verify --implementation cuda --quick --seed 3
         ;;
     bench)
-        step bench-cuda-default 400 $B/paged-kv-bench --implementation cuda --format json --output "$OUT/cuda-default.json" --plot "$OUT/cuda-default.svg"
-        step bench-wgpu-default 400 $B/paged-kv-bench --implementation wgpu --layouts NHD --format json --output "$OUT/wgpu-default.json"
+        # The default configuration (two 32 GiB caches), each path and cache dtype on its own.
+        P=$B/paged-kv-bench
+        step cuda-auto 300 $P --implementation cuda --format json --output "$OUT/cuda-auto.json" --plot "$OUT/cuda-auto.svg"
+        step cuda-fp8 300 $P --implementation cuda --kv-cache-dtype fp8 --format json --output "$OUT/cuda-fp8.json" --plot "$OUT/cuda-fp8.svg"
+        step wgpu-auto 300 $P --implementation wgpu --layouts NHD --format json --output "$OUT/wgpu-auto.json"
+        step wgpu-fp8 300 $P --implementation wgpu --layouts NHD --kv-cache-dtype fp8 --format json --output "$OUT/wgpu-fp8.json"
         ;;
     bench-more)
-        step bench-all-cases 500 $B/paged-kv-bench --implementation all --num-tokens 2,64,512,1024,4096,8192,65536 --num-blocks 16384 --format json --output "$OUT/all-auto.json" --plot "$OUT/all-auto.svg"
-        step bench-fp8 300 $B/paged-kv-bench --implementation all --kv-cache-dtype fp8 --num-tokens 2,64,1024,8192,65536 --num-blocks 16384 --format json --output "$OUT/all-fp8.json"
-        step bench-cold 300 $B/paged-kv-bench --implementation cuda --cold --num-tokens 2,64,256,512,1024,2048,4096,8192 --format json --output "$OUT/cuda-cold.json"
+        P=$B/paged-kv-bench
+        T=2,64,512,1024,2048,4096,8192,65536
+        step cuda-auto-cold 300 $P --implementation cuda --cold --num-tokens $T --format json --output "$OUT/cuda-auto-cold.json"
+        step cuda-fp8-cold 300 $P --implementation cuda --cold --kv-cache-dtype fp8 --num-tokens $T --format json --output "$OUT/cuda-fp8-cold.json"
+        step cuda-half-fp8 300 $P --implementation cuda --dtype half --kv-cache-dtype fp8 --num-tokens $T --format json --output "$OUT/cuda-half-fp8.json"
+        step cuda-no-graph 300 $P --implementation cuda --mode no_graph --num-tokens 2,64,1024,65536 --format json --output "$OUT/cuda-no-graph.json"
+        step cuda-8-heads 300 $P --implementation cuda --num-heads 8 --num-tokens 2,17,1000,4097,65536 --format json --output "$OUT/cuda-8-heads.json"
+        step cuda-float-block32 300 $P --implementation cuda --dtype float --block-size 32 --num-blocks 16384 --num-tokens 2,17,1000,4097,65536 --format json --output "$OUT/cuda-float-block32.json"
         ;;
     *)
         echo "unknown stage $stage" >&2
