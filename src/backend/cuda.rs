@@ -87,6 +87,9 @@ struct Kernels {
     /// Indexed by [`kernel_index`].
     reshape: Vec<CudaFunction>,
     copy: CudaFunction,
+    /// Streaming ceilings: one or two 16-byte words read per word written, scattered writes.
+    stream_r1w1: CudaFunction,
+    stream_r2w1: CudaFunction,
     fill: CudaFunction,
 }
 
@@ -102,16 +105,33 @@ enum Variant {
     VectorSingle,
     /// One element per item (any head size or alignment).
     Scalar,
+    /// 16-byte items, up to 4 per thread (2 for fp8), the next pass's loads in flight while
+    /// the current pass converts and stores.
+    Pipelined,
+    /// The same with one item per thread.
+    PipelinedSingle,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::Vector, Variant::VectorSingle, Variant::Scalar];
+const VARIANTS: [Variant; 5] = [
+    Variant::Vector,
+    Variant::VectorSingle,
+    Variant::Scalar,
+    Variant::Pipelined,
+    Variant::PipelinedSingle,
+];
 
 impl Variant {
     fn of(launch: &Launch) -> Self {
-        match (launch.vector, launch.params.items_per_thread) {
-            (false, _) => Variant::Scalar,
-            (true, 1) => Variant::VectorSingle,
-            (true, _) => Variant::Vector,
+        match (
+            launch.vector,
+            launch.pipelined,
+            launch.params.items_per_thread,
+        ) {
+            (false, _, _) => Variant::Scalar,
+            (true, false, 1) => Variant::VectorSingle,
+            (true, false, _) => Variant::Vector,
+            (true, true, 1) => Variant::PipelinedSingle,
+            (true, true, _) => Variant::Pipelined,
         }
     }
 
@@ -120,6 +140,8 @@ impl Variant {
             Variant::Vector => "",
             Variant::VectorSingle => "_x1",
             Variant::Scalar => "_scalar",
+            Variant::Pipelined => "_pipe",
+            Variant::PipelinedSingle => "_pipe_x1",
         }
     }
 }
@@ -258,6 +280,8 @@ impl CudaBackend {
         }
         let kernels = Kernels {
             copy: load("copy16")?,
+            stream_r1w1: load("stream_r1w1")?,
+            stream_r2w1: load("stream_r2w1")?,
             fill: load("fill_random")?,
             reshape,
             _module: module,
@@ -492,6 +516,80 @@ impl CudaBackend {
         }
         rates.sort_by(f64::total_cmp);
         Ok(rates[rates.len() / 2])
+    }
+
+    /// One measurement of a streaming ceiling other than the plain copy: `reads` (1 or 2)
+    /// 16-byte words read per word written, `out_bytes` written (a power of two) in chunks of
+    /// `chunk_bytes` (a power of two, at least 16) scattered over the output, 512 threads per
+    /// block. The median GB/s (read + written) of `runs` timed runs.
+    #[doc(hidden)]
+    pub fn measure_stream(
+        &mut self,
+        reads: u32,
+        out_bytes: u64,
+        chunk_bytes: u64,
+        runs: usize,
+    ) -> Result<f64> {
+        if !(1..=2).contains(&reads)
+            || !out_bytes.is_power_of_two()
+            || !chunk_bytes.is_power_of_two()
+            || !(16..=out_bytes).contains(&chunk_bytes)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "measure_stream: reads {reads}, out_bytes {out_bytes}, chunk_bytes {chunk_bytes}"
+            )));
+        }
+        let words = out_bytes / 16;
+        let shift = (chunk_bytes / 16).trailing_zeros();
+        let mut src =
+            self.alloc::<u8>((words * 16 * reads as u64) as usize, "the stream source")?;
+        let mut dst = self.alloc::<u8>((words * 16) as usize, "the stream destination")?;
+        self.fill_random(&mut src, 7)?;
+        self.fill_random(&mut dst, 8)?;
+        // 512 threads: the two-read kernel needs more registers than 1024 threads could have.
+        let threads = 512u32;
+        let config = LaunchConfig {
+            // One block per 4 * threads words, as the copy ceiling is laid out.
+            grid_dim: (
+                words.div_ceil(4 * threads as u64).min(i32::MAX as u64) as u32,
+                1,
+                1,
+            ),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let function = if reads == 2 {
+            &self.kernels.stream_r2w1
+        } else {
+            &self.kernels.stream_r1w1
+        };
+        let run = |dst: &mut CudaSlice<u8>| -> Result<()> {
+            let mut launch = self.stream.launch_builder(function);
+            launch.arg(&src).arg(dst).arg(&words).arg(&shift);
+            // SAFETY: the source holds `reads * words` and the destination `words` 16-byte
+            // words; the kernel's scatter is a permutation of whole chunks within the output.
+            unsafe { launch.launch(config) }.during("streaming")?;
+            Ok(())
+        };
+        let (start, end) = (self.timing_event()?, self.timing_event()?);
+        run(&mut dst)?;
+        run(&mut dst)?;
+        let mut rates = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            start.record(&self.stream).during("recording an event")?;
+            run(&mut dst)?;
+            end.record(&self.stream).during("recording an event")?;
+            let ms = start.elapsed_ms(&end).during("timing the stream")? as f64;
+            rates.push((reads as u64 + 1) as f64 * (words * 16) as f64 / (ms * 1e-3) / 1e9);
+        }
+        rates.sort_by(f64::total_cmp);
+        Ok(rates[rates.len() / 2])
+    }
+
+    /// The device's SM count.
+    #[doc(hidden)]
+    pub fn sm_count(&self) -> u32 {
+        self.limits.sm_count
     }
 }
 
@@ -842,7 +940,7 @@ mod tests {
 
     #[test]
     fn kernel_table_is_dense() {
-        let mut seen = [false; 18];
+        let mut seen = [false; VARIANTS.len() * CACHE_DTYPES.len() * DTYPES.len()];
         for variant in VARIANTS {
             for cache_dtype in CACHE_DTYPES {
                 for dtype in DTYPES {
