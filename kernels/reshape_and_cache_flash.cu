@@ -44,6 +44,14 @@ typedef unsigned long long u64;
 #endif
 // Whether the exact division (the rare path of the fp8 conversion) is a called function (1)
 // or inlined at each use (0). Inlined was faster on an H100, although the kernels get larger.
+// Whether the first pass of each block is peeled off the grid loop (1) or not (0).
+#ifndef RCF_PEEL
+#define RCF_PEEL 0
+#endif
+// A register cap for the fp8 kernels with one item per thread (0: none): more resident warps.
+#ifndef RCF_FP8_X1_MAXNREG
+#define RCF_FP8_X1_MAXNREG 0
+#endif
 #ifndef RCF_DIVIDE_NOINLINE
 #define RCF_DIVIDE_NOINLINE 0
 #endif
@@ -397,105 +405,96 @@ struct Fp8Scalar {
 // ---------------------------------------------------------------------------------------------
 // The kernel body, shared by every input dtype x cache dtype x vector width.
 
-// Everything one thread needs to know about the items of one block index: where they are,
-// their slots and their input data. `fetch` only computes and issues loads (nothing in it waits
-// for memory); `put` waits for them, converts and stores.
-template <class Item, int MAX_ITEMS>
-struct Batch {
+// One pass: the items of block index `b`. MAX_ITEMS: the most items one thread moves per pass
+// (the host passes the actual count, at most this). Small calls use the MAX_ITEMS = 1
+// instances: less code to fetch, fewer registers.
+template <class Item, bool SCALED, int MAX_ITEMS>
+__device__ __forceinline__ void one_pass(
+    u64 b, const char* __restrict__ key, const char* __restrict__ value,
+    char* __restrict__ key_cache, char* __restrict__ value_cache,
+    const i64* __restrict__ slot_mapping, float k_divisor, float v_divisor, const Params& p) {
+    const u32 per_token = p.items_per_token.divisor;
+    const u32 per_head = p.items_per_head.divisor;
+    const u32 segments = p.segments.divisor;
+    // Items one token group holds, and items one block moves. Both fit in 31 bits (the host
+    // checks), so the index arithmetic below stays in 32 bits.
+    const u32 span = p.tokens_per_block * per_token;
+    const u32 per_pass = blockDim.x * p.items_per_thread;
+    u64 group;
+    u32 segment;
+    if (b <= 0xffffffffull) {
+        const u32 g = fast_div((u32)b, p.segments);
+        group = g;
+        segment = (u32)b - g * segments;
+    } else {
+        group = b / segments;
+        segment = (u32)(b - group * segments);
+    }
+    const i64 first_token = (i64)group * p.tokens_per_block;
+    const u32 start = segment * per_pass;
+    // Three phases, so that nothing waits for memory before every load is in flight: locate
+    // the items (arithmetic only), issue all loads (slots and inputs), then compute the targets
+    // from the slots and store.
     bool valid[MAX_ITEMS];
     bool is_value[MAX_ITEMS];
+    i64 token[MAX_ITEMS];
     u32 head[MAX_ITEMS];
     u32 chunk[MAX_ITEMS];
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        const u32 local = start + k * blockDim.x + threadIdx.x;
+        const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
+        token[k] = first_token + t;
+        valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
+        u32 j = local - t * per_token;
+        is_value[k] = j >= p.items_per_kv;
+        if (is_value[k]) j -= p.items_per_kv;
+        head[k] = fast_div(j, p.items_per_head);
+        chunk[k] = j - head[k] * per_head;
+    }
     i64 slot[MAX_ITEMS];
     typename Item::Loaded data[MAX_ITEMS];
-
-    __device__ __forceinline__ void fetch(u64 b, const char* __restrict__ key,
-                                          const char* __restrict__ value,
-                                          const i64* __restrict__ slot_mapping, const Params& p) {
-        const u32 per_token = p.items_per_token.divisor;
-        const u32 per_head = p.items_per_head.divisor;
-        const u32 segments = p.segments.divisor;
-        // Items one token group holds, and items one block moves. Both fit in 31 bits (the
-        // host checks), so the index arithmetic below stays in 32 bits.
-        const u32 span = p.tokens_per_block * per_token;
-        const u32 per_pass = blockDim.x * p.items_per_thread;
-        u64 group;
-        u32 segment;
-        if (b <= 0xffffffffull) {
-            const u32 g = fast_div((u32)b, p.segments);
-            group = g;
-            segment = (u32)b - g * segments;
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        if (!valid[k]) continue;
+        const bool v = is_value[k];
+        slot[k] = slot_mapping[token[k]];
+        // Padding tokens are read too: their inputs are valid memory, and not waiting for the
+        // slot before loading saves a round trip to memory on small calls.
+        data[k] = Item::load(v ? value : key,
+                             token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+                                 (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+                                 (i64)chunk[k] * Item::ELEMS);
+    }
+    // The reciprocals of the scales are computed only now, so that waiting for the scales does
+    // not hold back the loads above.
+    const Fp8Scale k_scale = make_scale(k_divisor);
+    const Fp8Scale v_scale = make_scale(v_divisor);
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
+        i64 block, offset;
+        if (slot[k] <= 0xffffffffll) {
+            const u32 quotient = fast_div((u32)slot[k], p.block_size);
+            block = quotient;
+            offset = (u32)slot[k] - quotient * p.block_size.divisor;
         } else {
-            group = b / segments;
-            segment = (u32)(b - group * segments);
+            block = slot[k] / p.block_size.divisor;
+            offset = slot[k] - block * p.block_size.divisor;
         }
-        const i64 first_token = (i64)group * p.tokens_per_block;
-        const u32 start = segment * per_pass;
-        // Two phases, so that nothing waits for memory before every load is in flight: locate
-        // the items (arithmetic only), then issue all loads (slots and inputs).
-        i64 token[MAX_ITEMS];
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            const u32 local = start + k * blockDim.x + threadIdx.x;
-            const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
-            token[k] = first_token + t;
-            valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
-            u32 j = local - t * per_token;
-            is_value[k] = j >= p.items_per_kv;
-            if (is_value[k]) j -= p.items_per_kv;
-            head[k] = fast_div(j, p.items_per_head);
-            chunk[k] = j - head[k] * per_head;
-        }
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k]) continue;
-            const bool v = is_value[k];
-            slot[k] = slot_mapping[token[k]];
-            // Padding tokens are read too: their inputs are valid memory, and not waiting for
-            // the slot before loading saves a round trip to memory on small calls.
-            data[k] = Item::load(v ? value : key,
-                                 token[k] * (v ? p.value_token_stride : p.key_token_stride) +
-                                     (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
-                                     (i64)chunk[k] * Item::ELEMS);
-        }
+        const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
+                           (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
+        // Select the scale field by field: picking one of two structs by reference would put
+        // both in local memory.
+        Fp8Scale scale;
+        scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
+        scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
+        scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
+        Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
     }
+}
 
-    __device__ __forceinline__ void put(char* __restrict__ key_cache,
-                                        char* __restrict__ value_cache, const Fp8Scale& k_scale,
-                                        const Fp8Scale& v_scale, const Params& p) const {
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
-            i64 block, offset;
-            if (slot[k] <= 0xffffffffll) {
-                const u32 quotient = fast_div((u32)slot[k], p.block_size);
-                block = quotient;
-                offset = (u32)slot[k] - quotient * p.block_size.divisor;
-            } else {
-                block = slot[k] / p.block_size.divisor;
-                offset = slot[k] - block * p.block_size.divisor;
-            }
-            const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
-                               (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
-            // Select the scale field by field: picking one of two structs by reference would
-            // put both in local memory.
-            Fp8Scale scale;
-            scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
-            scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
-            scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
-            Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
-        }
-    }
-};
-
-// MAX_ITEMS: the most items one thread moves per pass (the host passes the actual count, at
-// most this). Small calls use the MAX_ITEMS = 1 instances: less code to fetch, fewer registers.
-//
-// PIPELINED: for grids smaller than the work (the host caps them at a few blocks per SM), each
-// block walks its block indices with the next index's loads issued before the current one's
-// conversions and stores, so that every thread keeps loads in flight while it computes, and no
-// time goes into retiring and launching blocks. Without it, each pass waits for its own loads.
-template <class Item, bool SCALED, int MAX_ITEMS, bool PIPELINED>
+template <class Item, bool SCALED, int MAX_ITEMS>
 __device__ __forceinline__ void reshape_and_cache_flash(
     const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
@@ -506,106 +505,21 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     const float k_divisor = SCALED ? *k_scale_ptr : 1.0f;
     const float v_divisor = SCALED ? *v_scale_ptr : 1.0f;
     const u64 blocks = (u64)p.token_groups * p.segments.divisor;
-    u64 b = blockIdx.x;
-    if (PIPELINED) {
-        if (b >= blocks) return;
-        Batch<Item, MAX_ITEMS> current;
-        current.fetch(b, key, value, slot_mapping, p);
-        // After the first loads, so that waiting for the scales does not hold them back.
-        const Fp8Scale k_scale = make_scale(k_divisor);
-        const Fp8Scale v_scale = make_scale(v_divisor);
-        for (;;) {
-            const u64 next_b = b + gridDim.x;
-            if (next_b >= blocks) break;
-            Batch<Item, MAX_ITEMS> next;
-            next.fetch(next_b, key, value, slot_mapping, p);
-            current.put(key_cache, value_cache, k_scale, v_scale, p);
-            current = next;
-            b = next_b;
-        }
-        current.put(key_cache, value_cache, k_scale, v_scale, p);
-        return;
-    }
-    // Grids larger than the launch allows are walked in a loop.
-    const u32 per_token = p.items_per_token.divisor;
-    const u32 per_head = p.items_per_head.divisor;
-    const u32 segments = p.segments.divisor;
-    const u32 span = p.tokens_per_block * per_token;
-    const u32 per_pass = blockDim.x * p.items_per_thread;
-    for (; b < blocks; b += gridDim.x) {
-        u64 group;
-        u32 segment;
-        if (b <= 0xffffffffull) {
-            const u32 g = fast_div((u32)b, p.segments);
-            group = g;
-            segment = (u32)b - g * segments;
-        } else {
-            group = b / segments;
-            segment = (u32)(b - group * segments);
-        }
-        const i64 first_token = (i64)group * p.tokens_per_block;
-        const u32 start = segment * per_pass;
-        // Three phases, so that nothing waits for memory before every load is in flight:
-        // locate the items (arithmetic only), issue all loads (slots and inputs), then compute
-        // the targets from the slots and store. (Batch does the same in two calls; written out
-        // here because the compiler gives this form fewer registers.)
-        bool valid[MAX_ITEMS];
-        bool is_value[MAX_ITEMS];
-        i64 token[MAX_ITEMS];
-        u32 head[MAX_ITEMS];
-        u32 chunk[MAX_ITEMS];
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            const u32 local = start + k * blockDim.x + threadIdx.x;
-            const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
-            token[k] = first_token + t;
-            valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
-            u32 j = local - t * per_token;
-            is_value[k] = j >= p.items_per_kv;
-            if (is_value[k]) j -= p.items_per_kv;
-            head[k] = fast_div(j, p.items_per_head);
-            chunk[k] = j - head[k] * per_head;
-        }
-        i64 slot[MAX_ITEMS];
-        typename Item::Loaded data[MAX_ITEMS];
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k]) continue;
-            const bool v = is_value[k];
-            slot[k] = slot_mapping[token[k]];
-            // Padding tokens are read too: their inputs are valid memory, and not waiting for
-            // the slot before loading saves a round trip to memory on small calls.
-            data[k] = Item::load(v ? value : key,
-                                 token[k] * (v ? p.value_token_stride : p.key_token_stride) +
-                                     (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
-                                     (i64)chunk[k] * Item::ELEMS);
-        }
-        // The reciprocals of the scales are computed only now, so that waiting for the scales
-        // does not hold back the loads above.
-        const Fp8Scale k_scale = make_scale(k_divisor);
-        const Fp8Scale v_scale = make_scale(v_divisor);
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
-            i64 block, offset;
-            if (slot[k] <= 0xffffffffll) {
-                const u32 quotient = fast_div((u32)slot[k], p.block_size);
-                block = quotient;
-                offset = (u32)slot[k] - quotient * p.block_size.divisor;
-            } else {
-                block = slot[k] / p.block_size.divisor;
-                offset = slot[k] - block * p.block_size.divisor;
-            }
-            const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
-                               (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
-            // Select the scale field by field: picking one of two structs by reference would
-            // put both in local memory.
-            Fp8Scale scale;
-            scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
-            scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
-            scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
-            Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
-        }
+#if RCF_PEEL
+    // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop
+    // bookkeeping before the first loads (small calls are all latency).
+    if (blockIdx.x >= blocks) return;
+    one_pass<Item, SCALED, MAX_ITEMS>(blockIdx.x, key, value, key_cache, value_cache,
+                                      slot_mapping, k_divisor, v_divisor, p);
+    // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) walk the rest.
+    for (u64 b = (u64)blockIdx.x + gridDim.x; b < blocks; b += gridDim.x) {
+#else
+    // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are walked in
+    // a loop.
+    for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
+#endif
+        one_pass<Item, SCALED, MAX_ITEMS>(b, key, value, key_cache, value_cache, slot_mapping,
+                                          k_divisor, v_divisor, p);
     }
 }
 
@@ -614,65 +528,42 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #ifndef RCF_FP8_BOUNDS
 #define RCF_FP8_BOUNDS 512
 #endif
-#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS, MAX_ITEMS)                                       \
-    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME(                                    \
-        const char* __restrict__ key, const char* __restrict__ value,                          \
-        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
-        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
-        const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS, false>(                               \
-            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
-    }
-
-// The pipelined instances hold two passes' data: at most 256 threads per block; with
-// RCF_PIPE_MIN_BLOCKS, at least that many such blocks per SM (which caps the registers).
-#ifdef RCF_PIPE_MIN_BLOCKS
-#define RCF_PIPE_BOUNDS __launch_bounds__(256, RCF_PIPE_MIN_BLOCKS)
+#define RCF_BOUNDS __launch_bounds__(512)
+#define RCF_FP8_ATTRIBUTES __launch_bounds__(RCF_FP8_BOUNDS)
+#if RCF_FP8_X1_MAXNREG
+#define RCF_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG)
 #else
-#define RCF_PIPE_BOUNDS __launch_bounds__(256)
+#define RCF_FP8_X1_ATTRIBUTES __launch_bounds__(512)
 #endif
-#define RCF_PIPE_KERNEL(NAME, ITEM, SCALED, MAX_ITEMS)                                         \
-    extern "C" __global__ void RCF_PIPE_BOUNDS NAME(                                            \
+#define RCF_KERNEL(NAME, ITEM, SCALED, ATTRIBUTES, MAX_ITEMS)                                   \
+    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
         const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS, true>(                                \
-            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
+        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS>(key, value, key_cache, value_cache,   \
+                                                         slot_mapping, k_scale, v_scale, p);   \
     }
 
-// Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar | _pipe | _pipe_x1].
-RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512, 4)
-// Pipelined: auto up to 4 items per thread, fp8 up to 2; and one item per thread.
-RCF_PIPE_KERNEL(reshape_and_cache_flash_half_auto_pipe, AutoVector<Half>, false, 4)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_bfloat16_auto_pipe, AutoVector<BFloat16>, false, 4)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_float_auto_pipe, AutoVector<Float>, false, 4)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_half_fp8_pipe, Fp8Vector<Half>, true, 2)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_bfloat16_fp8_pipe, Fp8Vector<BFloat16>, true, 2)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_float_fp8_pipe, Fp8Vector<Float>, true, 2)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_half_auto_pipe_x1, AutoVector<Half>, false, 1)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_bfloat16_auto_pipe_x1, AutoVector<BFloat16>, false, 1)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_float_auto_pipe_x1, AutoVector<Float>, false, 1)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_half_fp8_pipe_x1, Fp8Vector<Half>, true, 1)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_bfloat16_fp8_pipe_x1, Fp8Vector<BFloat16>, true, 1)
-RCF_PIPE_KERNEL(reshape_and_cache_flash_float_fp8_pipe_x1, Fp8Vector<Float>, true, 1)
+// Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar].
+RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, RCF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true, RCF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, RCF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, RCF_BOUNDS, 4)
 
 // ---------------------------------------------------------------------------------------------
 // The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous
@@ -700,17 +591,21 @@ extern "C" __global__ void __launch_bounds__(1024) copy16(const uint4* __restric
 
 // Other streaming ceilings, for the mixes and write patterns of the reshape kernels: each of
 // the `n` output words (16 bytes) is made from READS consecutive input words (READS = 2: the
-// read 2 / write 1 bytes of an fp8 cache from 16-bit inputs), and the output is cut into chunks
-// of 2^shift words that land at scattered places (chunk c goes to chunk c * odd mod chunks, a
-// bijection; n and the chunk count are powers of two): 128-byte chunks are the HND rows of an
-// fp8 cache of head size 128, 16 KiB chunks its NHD token rows. Four items per thread in
-// flight before the stores, as in copy16.
+// read 2 / write 1 bytes of an fp8 cache from 16-bit inputs), and the output is cut into rows
+// of 2^shift words that land where a cache would put them. Rows are numbered (token, head) with
+// 2^heads_log2 heads per token; token t goes to slot t * odd mod tokens (a bijection; every
+// count is a power of two). heads_log2 = 0: a token's row is one contiguous chunk at its slot
+// (NHD, whole token rows); otherwise the rows of a token are spread as HND puts them, with
+// 2^bs_log2 slots per block: row (t, h) goes to ((block * heads + h) * block_size + offset).
+// Four items per thread in flight before the stores, as in copy16.
 template <int READS>
 __device__ __forceinline__ void stream_body(const uint4* __restrict__ src, uint4* __restrict__ dst,
-                                            u64 n, u32 shift) {
+                                            u64 n, u32 shift, u32 heads_log2, u32 bs_log2) {
     const u64 per_block = (u64)blockDim.x * 4;
-    const u64 chunk_mask = (n >> shift) - 1;
+    const u64 token_mask = (n >> (shift + heads_log2)) - 1;
+    const u64 head_mask = (1ull << heads_log2) - 1;
     const u64 word_mask = (1ull << shift) - 1;
+    const u64 offset_mask = (1ull << bs_log2) - 1;
     for (u64 base = (u64)blockIdx.x * per_block + threadIdx.x; base < n;
          base += (u64)gridDim.x * per_block) {
         uint4 v[4][READS];
@@ -734,23 +629,32 @@ __device__ __forceinline__ void stream_body(const uint4* __restrict__ src, uint4
                     o.z ^= v[k][r].z;
                     o.w ^= v[k][r].w;
                 }
-                const u64 chunk = ((i >> shift) * 0x9e3779b97f4a7c15ull) & chunk_mask;
-                store16(dst + ((chunk << shift) | (i & word_mask)), o);
+                const u64 row = i >> shift;
+                const u64 slot = ((row >> heads_log2) * 0x9e3779b97f4a7c15ull) & token_mask;
+                u64 target_row;
+                if (heads_log2 == 0) {
+                    target_row = slot;
+                } else {
+                    const u64 block = slot >> bs_log2;
+                    target_row = (((block << heads_log2) | (row & head_mask)) << bs_log2) |
+                                 (slot & offset_mask);
+                }
+                store16(dst + ((target_row << shift) | (i & word_mask)), o);
             }
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) stream_r1w1(const uint4* __restrict__ src,
-                                                               uint4* __restrict__ dst, u64 n,
-                                                               u32 shift) {
-    stream_body<1>(src, dst, n, shift);
+extern "C" __global__ void __launch_bounds__(512)
+    stream_r1w1(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n, u32 shift,
+                u32 heads_log2, u32 bs_log2) {
+    stream_body<1>(src, dst, n, shift, heads_log2, bs_log2);
 }
 
-extern "C" __global__ void __launch_bounds__(512) stream_r2w1(const uint4* __restrict__ src,
-                                                               uint4* __restrict__ dst, u64 n,
-                                                               u32 shift) {
-    stream_body<2>(src, dst, n, shift);
+extern "C" __global__ void __launch_bounds__(512)
+    stream_r2w1(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n, u32 shift,
+                u32 heads_log2, u32 bs_log2) {
+    stream_body<2>(src, dst, n, shift, heads_log2, bs_log2);
 }
 
 // Pseudo-random cache contents, generated on the device: 16-byte word i is a hash of (seed, i)

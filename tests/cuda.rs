@@ -85,7 +85,8 @@ fn graph_and_plain_launches_leave_the_reference_result() {
 
 /// Every half and bfloat16 bit pattern (and 65536 random float bit patterns), through the fp8
 /// path with scales that make the fast conversion decide, fall back at ties, or stay out of it
-/// (tiny, huge and negative scales), on the 16-byte, scalar and pipelined kernels.
+/// (tiny, huge and negative scales), on the 16-byte and scalar kernels, and with a grid small
+/// enough that blocks loop.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_conversion_is_exact_for_every_input_pattern() {
@@ -164,11 +165,10 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
                     },
                 ),
                 (
-                    "pipelined",
+                    "grid loop",
                     LaunchOverride {
                         threads: 64,
                         items_per_thread: 2,
-                        pipelined: true,
                         blocks_per_sm: 1,
                         ..LaunchOverride::default()
                     },
@@ -196,10 +196,9 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
 fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
     let mut backend = open();
     let cases: Vec<Case> = verify::matrix(Coverage::Quick, 3);
-    let shape = |threads, items_per_thread, pipelined, blocks_per_sm| LaunchOverride {
+    let shape = |threads, items_per_thread, blocks_per_sm| LaunchOverride {
         threads,
         items_per_thread,
-        pipelined,
         blocks_per_sm,
         scalar: false,
     };
@@ -208,19 +207,20 @@ fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
             scalar: true,
             ..LaunchOverride::default()
         },
-        shape(32, 1, false, 0),
-        shape(96, 3, false, 0),
-        shape(512, 4, false, 0),
+        shape(32, 1, 0),
+        shape(96, 3, 0),
+        shape(512, 4, 0),
         LaunchOverride {
             scalar: true,
-            ..shape(512, 2, false, 0)
+            ..shape(512, 2, 0)
         },
-        // Capped grids (blocks loop over several passes), pipelined or not.
-        shape(96, 3, false, 1),
-        shape(64, 1, true, 1),
-        shape(64, 2, true, 1),
-        shape(256, 4, true, 2),
-        shape(128, 2, true, 0),
+        // Capped grids: blocks loop over several passes.
+        shape(96, 3, 1),
+        shape(64, 1, 1),
+        LaunchOverride {
+            scalar: true,
+            ..shape(64, 2, 1)
+        },
     ] {
         backend.force_launch(Some(forced));
         check_all(&mut backend, &cases, &format!("{forced:?}"));
@@ -269,11 +269,10 @@ fn more_than_65535_tokens_in_one_launch() {
     backend.force_launch(Some(LaunchOverride {
         threads: 256,
         items_per_thread: 2,
-        pipelined: true,
         blocks_per_sm: 2,
         ..LaunchOverride::default()
     }));
-    check_all(&mut backend, &cases, "70001 tokens, pipelined");
+    check_all(&mut backend, &cases, "70001 tokens, capped grid");
 }
 
 #[test]
@@ -475,22 +474,18 @@ struct TuneRow {
     set: usize,
 }
 
-/// `d` (built-in), `TxI` (T threads, I items per thread), `TxIcB` (grid capped at B blocks per
-/// SM) or `TxIpB` (pipelined kernels, capped at B blocks per SM; `p0`: not capped).
+/// `d` (built-in), `TxI` (T threads, I items per thread) or `TxIcB` (grid capped at B blocks
+/// per SM).
 fn parse_shape(text: &str) -> Option<LaunchOverride> {
     if text == "d" {
         return None;
     }
-    let (threads, rest) = text.split_once('x').expect("shape TxI[cB|pB]");
-    let (items, pipelined, cap) = match rest.find(['c', 'p']) {
-        Some(at) => (&rest[..at], &rest[at..at + 1] == "p", &rest[at + 1..]),
-        None => (rest, false, "0"),
-    };
+    let (threads, rest) = text.split_once('x').expect("shape TxI[cB]");
+    let (items, cap) = rest.split_once('c').unwrap_or((rest, "0"));
     Some(LaunchOverride {
         threads: threads.parse().expect("threads"),
         items_per_thread: items.parse().expect("items"),
         scalar: false,
-        pipelined,
         blocks_per_sm: cap.parse().expect("blocks per SM"),
     })
 }
@@ -583,8 +578,9 @@ fn parse_rows(spec: &str) -> Vec<TuneRow> {
 /// build serves any experiment:
 /// - `PKB_DEFINES`: `;`-separated sets of `-D` macros for the kernel source (an empty set: the
 ///   built-in source), each compiled in turn;
-/// - `PKB_STREAMS`: ceilings measured once, `;`-separated: `copy`, or `rR:C` (R = 1 or 2
-///   16-byte words read per word written, chunks of C bytes scattered; 0: contiguous);
+/// - `PKB_STREAMS`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
+///   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
+///   with H heads, a token's H rows spread as HND puts them, block size 16);
 /// - `PKB_ROWS`: the rows (see `parse_rows`), run for every define set;
 /// - `PKB_DEADLINE`: seconds after which the remaining rows are skipped (default 120).
 ///
@@ -624,17 +620,22 @@ fn cuda_tuning() {
                     copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
                     copy
                 } else {
-                    let (reads, chunk) = stream[1..].split_once(':').expect("rR:C");
-                    let reads: u32 = reads.parse().unwrap();
+                    let fields: Vec<u64> =
+                        stream[1..].split(':').map(|f| f.parse().unwrap()).collect();
+                    let reads = fields[0] as u32;
                     let out_bytes = 1u64 << 30;
-                    let chunk = match chunk.parse().unwrap() {
+                    let row = match fields[1] {
                         0 => out_bytes,
                         c => c,
                     };
+                    let heads = fields.get(2).copied().unwrap_or(1);
                     let mut best: f64 = 0.0;
                     for _ in 0..2 {
-                        best =
-                            best.max(backend.measure_stream(reads, out_bytes, chunk, 5).unwrap());
+                        best = best.max(
+                            backend
+                                .measure_stream(reads, out_bytes, row, heads, 5)
+                                .unwrap(),
+                        );
                     }
                     best
                 };
@@ -710,7 +711,7 @@ fn cuda_tuning() {
 
 #[test]
 fn tuning_specs_parse() {
-    let rows = parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2p4|96x3c1 set=1; dt=half");
+    let rows = parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2c4|96x3c1 set=1; dt=half");
     assert_eq!(rows.len(), 2 * 2 * 3 + 1);
     let r = &rows[1];
     assert_eq!(r.problem.layout, Layout::Nhd);
@@ -723,13 +724,14 @@ fn tuning_specs_parse() {
             threads: 256,
             items_per_thread: 2,
             scalar: false,
-            pipelined: true,
             blocks_per_sm: 4,
         })
     );
     assert_eq!(rows[2].shape.unwrap().blocks_per_sm, 1);
-    assert!(!rows[2].shape.unwrap().pipelined);
     assert_eq!(rows[0].shape, None);
     let last = &rows[rows.len() - 1];
-    assert_eq!((last.problem.dtype, last.set, last.cold), (Dtype::Half, 0, false));
+    assert_eq!(
+        (last.problem.dtype, last.set, last.cold),
+        (Dtype::Half, 0, false)
+    );
 }

@@ -105,33 +105,16 @@ enum Variant {
     VectorSingle,
     /// One element per item (any head size or alignment).
     Scalar,
-    /// 16-byte items, up to 4 per thread (2 for fp8), the next pass's loads in flight while
-    /// the current pass converts and stores.
-    Pipelined,
-    /// The same with one item per thread.
-    PipelinedSingle,
 }
 
-const VARIANTS: [Variant; 5] = [
-    Variant::Vector,
-    Variant::VectorSingle,
-    Variant::Scalar,
-    Variant::Pipelined,
-    Variant::PipelinedSingle,
-];
+const VARIANTS: [Variant; 3] = [Variant::Vector, Variant::VectorSingle, Variant::Scalar];
 
 impl Variant {
     fn of(launch: &Launch) -> Self {
-        match (
-            launch.vector,
-            launch.pipelined,
-            launch.params.items_per_thread,
-        ) {
-            (false, _, _) => Variant::Scalar,
-            (true, false, 1) => Variant::VectorSingle,
-            (true, false, _) => Variant::Vector,
-            (true, true, 1) => Variant::PipelinedSingle,
-            (true, true, _) => Variant::Pipelined,
+        match (launch.vector, launch.params.items_per_thread) {
+            (false, _) => Variant::Scalar,
+            (true, 1) => Variant::VectorSingle,
+            (true, _) => Variant::Vector,
         }
     }
 
@@ -140,8 +123,6 @@ impl Variant {
             Variant::Vector => "",
             Variant::VectorSingle => "_x1",
             Variant::Scalar => "_scalar",
-            Variant::Pipelined => "_pipe",
-            Variant::PipelinedSingle => "_pipe_x1",
         }
     }
 }
@@ -519,28 +500,37 @@ impl CudaBackend {
     }
 
     /// One measurement of a streaming ceiling other than the plain copy: `reads` (1 or 2)
-    /// 16-byte words read per word written, `out_bytes` written (a power of two) in chunks of
-    /// `chunk_bytes` (a power of two, at least 16) scattered over the output, 512 threads per
-    /// block. The median GB/s (read + written) of `runs` timed runs.
+    /// 16-byte words read per word written, `out_bytes` written (a power of two) in rows of
+    /// `row_bytes` (a power of two, at least 16) placed as a cache would: with `heads` = 1,
+    /// each row at a scattered slot (NHD token rows); with more heads (a power of two), the
+    /// `heads` consecutive rows of a token spread as HND puts them in blocks of 16 slots. 512
+    /// threads per block. The median GB/s (read + written) of `runs` timed runs.
     #[doc(hidden)]
     pub fn measure_stream(
         &mut self,
         reads: u32,
         out_bytes: u64,
-        chunk_bytes: u64,
+        row_bytes: u64,
+        heads: u64,
         runs: usize,
     ) -> Result<f64> {
+        const BLOCK_SLOTS: u64 = 16;
         if !(1..=2).contains(&reads)
             || !out_bytes.is_power_of_two()
-            || !chunk_bytes.is_power_of_two()
-            || !(16..=out_bytes).contains(&chunk_bytes)
+            || !row_bytes.is_power_of_two()
+            || !heads.is_power_of_two()
+            || row_bytes < 16
+            || row_bytes * heads * if heads > 1 { BLOCK_SLOTS } else { 1 } > out_bytes
         {
             return Err(Error::InvalidConfig(format!(
-                "measure_stream: reads {reads}, out_bytes {out_bytes}, chunk_bytes {chunk_bytes}"
+                "measure_stream: reads {reads}, out_bytes {out_bytes}, row_bytes {row_bytes}, \
+                 heads {heads}"
             )));
         }
         let words = out_bytes / 16;
-        let shift = (chunk_bytes / 16).trailing_zeros();
+        let shift = (row_bytes / 16).trailing_zeros();
+        let heads_log2 = heads.trailing_zeros();
+        let bs_log2 = BLOCK_SLOTS.trailing_zeros();
         let mut src =
             self.alloc::<u8>((words * 16 * reads as u64) as usize, "the stream source")?;
         let mut dst = self.alloc::<u8>((words * 16) as usize, "the stream destination")?;
@@ -565,9 +555,15 @@ impl CudaBackend {
         };
         let run = |dst: &mut CudaSlice<u8>| -> Result<()> {
             let mut launch = self.stream.launch_builder(function);
-            launch.arg(&src).arg(dst).arg(&words).arg(&shift);
+            launch
+                .arg(&src)
+                .arg(dst)
+                .arg(&words)
+                .arg(&shift)
+                .arg(&heads_log2)
+                .arg(&bs_log2);
             // SAFETY: the source holds `reads * words` and the destination `words` 16-byte
-            // words; the kernel's scatter is a permutation of whole chunks within the output.
+            // words; the kernel's placement is a permutation of whole rows within the output.
             unsafe { launch.launch(config) }.during("streaming")?;
             Ok(())
         };

@@ -70,13 +70,8 @@ unsafe impl cudarc::driver::DeviceRepr for Params {}
 
 /// The largest item count per thread the kernels are compiled for (`MAX_ITEMS`).
 pub const MAX_ITEMS_PER_THREAD: u32 = 4;
-/// The same for the pipelined fp8 kernels, which hold two passes' inputs (64 or 128 bytes per
-/// item).
-pub const MAX_PIPELINED_FP8_ITEMS: u32 = 2;
 /// The kernels' `__launch_bounds__`.
 pub const MAX_THREADS: u32 = 512;
-/// The pipelined kernels' `__launch_bounds__`.
-pub const MAX_PIPELINED_THREADS: u32 = 256;
 
 /// Limits of the device that the launch shape depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,30 +80,26 @@ pub struct DeviceLimits {
     pub max_threads_per_sm: u32,
 }
 
-/// Threads per block, items per thread, the pipelined kernels and the grid's cap, when forced
-/// (for tuning), and whether to take the one-element-per-item kernels even where 16-byte
-/// accesses would do (for testing them).
+/// Threads per block, items per thread and the grid's cap, when forced (for tuning), and
+/// whether to take the one-element-per-item kernels even where 16-byte accesses would do (for
+/// testing them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LaunchOverride {
-    /// 0 keeps the built-in choice (of threads, items per thread, pipelining and grid cap).
+    /// 0 keeps the built-in choice (of threads, items per thread and grid cap).
     pub threads: u32,
     pub items_per_thread: u32,
     pub scalar: bool,
-    /// The pipelined kernels (16-byte items only; at most 256 threads, and at most
-    /// [`MAX_PIPELINED_FP8_ITEMS`] items for fp8).
-    pub pipelined: bool,
-    /// Caps the grid at this many blocks per SM, each block then looping over several passes;
-    /// 0: one block per pass.
+    /// Caps the grid at this many blocks per SM, each block then looping over several passes
+    /// (slower on an H100, but it exercises the kernels' grid loop); 0: one block per pass.
     pub blocks_per_sm: u32,
 }
 
-/// How a call is cut: threads per block, items per thread, whether the pipelined kernels run,
-/// and the grid's cap in blocks per SM (0 for none).
+/// How a call is cut: threads per block, items per thread, and the grid's cap in blocks per
+/// SM (0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
     pub threads: u32,
     pub items_per_thread: u32,
-    pub pipelined: bool,
     pub blocks_per_sm: u32,
 }
 
@@ -117,8 +108,6 @@ pub struct Shape {
 pub struct Launch {
     /// Whether the 16-byte kernels apply (else the one-element-per-item fallback).
     pub vector: bool,
-    /// Whether the pipelined kernels run (16-byte items only).
-    pub pipelined: bool,
     pub threads: u32,
     pub grid: (u32, u32, u32),
     pub params: Params,
@@ -210,19 +199,12 @@ pub fn plan(
         Some(o) => Shape {
             threads: o.threads,
             items_per_thread: o.items_per_thread,
-            pipelined: o.pipelined,
             blocks_per_sm: o.blocks_per_sm,
         },
         None => default_shape(total, problem.cache_dtype, limits),
     };
-    let pipelined = shape.pipelined && vector;
-    let (max_threads, max_items) = match (pipelined, problem.cache_dtype) {
-        (false, _) => (MAX_THREADS, MAX_ITEMS_PER_THREAD),
-        (true, CacheDtype::Auto) => (MAX_PIPELINED_THREADS, MAX_ITEMS_PER_THREAD),
-        (true, CacheDtype::Fp8) => (MAX_PIPELINED_THREADS, MAX_PIPELINED_FP8_ITEMS),
-    };
-    let threads = shape.threads.clamp(32, max_threads) / 32 * 32;
-    let mut items_per_thread = shape.items_per_thread.clamp(1, max_items);
+    let threads = shape.threads.clamp(32, MAX_THREADS) / 32 * 32;
+    let mut items_per_thread = shape.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD);
     let per_pass = (threads * items_per_thread) as u64;
     let tokens_per_block = if items_per_token >= per_pass {
         1
@@ -266,7 +248,6 @@ pub fn plan(
     };
     Ok(Launch {
         vector,
-        pipelined,
         threads,
         grid,
         params,
@@ -293,7 +274,6 @@ fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> S
     Shape {
         threads,
         items_per_thread,
-        pipelined: false,
         blocks_per_sm: 0,
     }
 }
@@ -478,25 +458,22 @@ mod tests {
                 scalar: true,
                 ..LaunchOverride::default()
             }),
-            // Capped grids: blocks loop over several passes, pipelined or not.
+            // Capped grids: blocks loop over several passes.
             Some(LaunchOverride {
                 threads: 32,
                 items_per_thread: 2,
-                pipelined: true,
                 blocks_per_sm: 1,
                 ..LaunchOverride::default()
             }),
             Some(LaunchOverride {
                 threads: 96,
                 items_per_thread: 1,
-                pipelined: true,
                 blocks_per_sm: 3,
                 ..LaunchOverride::default()
             }),
             Some(LaunchOverride {
                 threads: 64,
                 items_per_thread: 4,
-                pipelined: false,
                 blocks_per_sm: 1,
                 ..LaunchOverride::default()
             }),
@@ -512,14 +489,8 @@ mod tests {
                         "{} with {forced:?}: {launch:?}",
                         case.describe()
                     );
-                    // Within what the chosen kernel instance is compiled for.
+                    // Within what the kernel instances are compiled for.
                     let p = &launch.params;
-                    if launch.pipelined {
-                        assert!(launch.vector && launch.threads <= MAX_PIPELINED_THREADS);
-                        if case.cache_dtype == CacheDtype::Fp8 {
-                            assert!(p.items_per_thread <= MAX_PIPELINED_FP8_ITEMS);
-                        }
-                    }
                     assert!(launch.threads <= MAX_THREADS && launch.threads % 32 == 0);
                     assert!((1..=MAX_ITEMS_PER_THREAD).contains(&p.items_per_thread));
                 }
