@@ -13,8 +13,15 @@ use paged_kv_bench::timing::{Mode, Protocol, Stats};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Inputs};
 
+/// The backend, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES` if set (to
+/// check a tuning variant before it becomes the default).
 fn open() -> CudaBackend {
-    CudaBackend::open().expect("CUDA")
+    let defines: Vec<String> = std::env::var("PKB_TEST_DEFINES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    CudaBackend::open_with_defines(&defines).expect("CUDA")
 }
 
 fn case(problem: Problem, special_values: bool) -> Case {
@@ -84,9 +91,10 @@ fn graph_and_plain_launches_leave_the_reference_result() {
 }
 
 /// Every half and bfloat16 bit pattern (and 65536 random float bit patterns), through the fp8
-/// path with scales that make the fast conversion decide, fall back at ties, or stay out of it
-/// (tiny, huge and negative scales), on the 16-byte and scalar kernels, and with a grid small
-/// enough that blocks loop.
+/// path with scales inside the fast conversion's range (among them scales with few significant
+/// bits, whose quotients hit e4m3 ties exactly, and both ends of the range) and outside it
+/// (just beyond both ends, tiny, huge and negative scales), on the 16-byte and scalar kernels,
+/// and with a grid small enough that blocks loop.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_conversion_is_exact_for_every_input_pattern() {
@@ -104,6 +112,14 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
         f32::from_bits(0x0000_1234),
         3.0e38,
         -0.5,
+        // Few significant bits: many exact ties (11 / 128 is the benchmark's default k_scale).
+        11.0 / 128.0,
+        0.25,
+        // The ends of the fast range, and just beyond them.
+        f32::from_bits(0x1300_0000),
+        f32::from_bits(0x1300_0000 - 1),
+        f32::from_bits(0x7180_0000),
+        f32::from_bits(0x7180_0000 + 1),
     ];
     // Scales that make the division invalid (0 / 0, inf / inf, NaN): the reference's NaN sign
     // then follows the host's division, which the kernels follow on x86 hosts.
@@ -734,4 +750,63 @@ fn tuning_specs_parse() {
         (last.problem.dtype, last.set, last.cold),
         (Dtype::Half, 0, false)
     );
+}
+
+/// The fp8 kernels' division-free conversion (`quotient4` in the kernel source), replayed on the
+/// CPU with the same IEEE single-precision operations, against the reference's division: every
+/// bfloat16 and half input at scales across the fast range (powers of two and scales with few
+/// significant bits, whose quotients hit e4m3 ties exactly, both ends of the range, and random
+/// ones). The GPU test above checks the kernels themselves; this one covers far more scales.
+#[test]
+fn fp8_division_free_conversion_matches_the_division() {
+    use paged_kv_bench::fp8::{e4m3_from_f32, quantize};
+    use paged_kv_bench::problem::Dtype;
+    fn kernel(x: f32, scale: f32, inverse: f32) -> u8 {
+        let a = x.abs();
+        // f32::min returns the other operand for NaN, as CUDA's fminf does.
+        let q0 = (a * inverse).min(1048576.0);
+        let r = (-q0).mul_add(scale, a);
+        let q1 = r.mul_add(inverse, q0);
+        e4m3_from_f32(q1) | ((x.to_bits() >> 24) & 0x80) as u8
+    }
+    let (low, high) = (2f32.powi(-89), 2f32.powi(100));
+    let mut scales = vec![low, high, 11.0 / 128.0, 1.0, 3.0, 0.05];
+    // Significands of 1 to 5 bits at exponents across the range.
+    for significand in 1u32..32 {
+        for exponent in (-89..=95).step_by(7) {
+            scales.push(significand as f32 * 2f32.powi(exponent));
+        }
+    }
+    let mut x = 0x2545_f491u32;
+    for _ in 0..64 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        scales.push(f32::from_bits(
+            0x1300_0000 + x % (0x7180_0000 - 0x1300_0000),
+        ));
+    }
+    scales.retain(|s| (low..=high).contains(s));
+    let inputs: Vec<f32> = (0..=u16::MAX)
+        .flat_map(|bits| {
+            let bytes = bits.to_le_bytes();
+            [
+                Dtype::BFloat16.read_f32(&bytes, 0),
+                Dtype::Half.read_f32(&bytes, 0),
+            ]
+        })
+        .collect();
+    let mut mismatches = Vec::new();
+    for &scale in &scales {
+        let inverse = 1.0 / scale;
+        for &x in &inputs {
+            let (got, want) = (kernel(x, scale, inverse), quantize(x, scale));
+            if got != want && mismatches.len() < 10 {
+                mismatches.push(format!(
+                    "x {x:e} scale {scale:e}: {got:#04x}, want {want:#04x}"
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

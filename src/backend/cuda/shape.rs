@@ -491,7 +491,7 @@ mod tests {
                     );
                     // Within what the kernel instances are compiled for.
                     let p = &launch.params;
-                    assert!(launch.threads <= MAX_THREADS && launch.threads % 32 == 0);
+                    assert!(launch.threads <= MAX_THREADS && launch.threads.is_multiple_of(32));
                     assert!((1..=MAX_ITEMS_PER_THREAD).contains(&p.items_per_thread));
                 }
             }
