@@ -44,6 +44,17 @@ typedef unsigned long long u64;
 #endif
 // Whether the exact division (the rare path of the fp8 conversion) is a called function (1)
 // or inlined at each use (0). Inlined was faster on an H100, although the kernels get larger.
+// Which kernels run the first pass of each block on its own, before the grid loop: 0 none, 1
+// the auto ones, 2 all. It makes small calls faster (about 0.06 us of 1.5 on an H100), but it
+// costs the fp8 kernels registers (occupancy) that large calls need.
+#ifndef RCF_PEEL
+#define RCF_PEEL 1
+#endif
+// A register cap for the fp8 kernels with one item per thread (0: none): more resident warps.
+// Per input dtype below.
+#ifndef RCF_FP8_X1_MAXNREG
+#define RCF_FP8_X1_MAXNREG 0
+#endif
 #ifndef RCF_DIVIDE_NOINLINE
 #define RCF_DIVIDE_NOINLINE 0
 #endif
@@ -215,8 +226,8 @@ __device__ __forceinline__ u32 fix_nan_signs(u32 packed, u32 signs) {
 struct Fp8Scale {
     float scale;
     float inverse;  // RN(1 / scale)
-    // The fast conversion's error bound holds for a positive, normal scale whose reciprocal is
-    // normal too; any other scale (zero, negative, huge, tiny, NaN) takes the division.
+    // The fast conversion is exact for a scale in [2^-89, 2^100] (see below); any other scale
+    // (zero, negative, huge, tiny, NaN) takes the division.
     bool fast;
 };
 
@@ -226,7 +237,7 @@ __device__ __forceinline__ Fp8Scale make_scale(float scale) {
     // rcp.rn is the IEEE reciprocal (what __frcp_rn compiles to). Volatile, so that the compiler
     // does not hoist it (and the wait for the scale it implies) above the loads of the items.
     asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));
-    s.fast = scale >= 0x1p-125f && scale <= 0x1p125f;
+    s.fast = scale >= 0x1p-89f && scale <= 0x1p100f;
     return s;
 }
 
@@ -234,27 +245,33 @@ __device__ __forceinline__ Fp8Scale make_scale(float scale) {
 // 0x7f with the input's sign.
 //
 // The IEEE division costs about fifteen instructions and a branch per element, three times the
-// budget of a bandwidth-bound kernel, so the common case avoids it, exactly:
-// q = RN(x * RN(1/scale)) is within 2^-22 * |q| of RN(x / scale) (two roundings of relative
-// error 2^-24 each, plus the division's own rounding), for a normal scale and a quotient in the
-// normal range. The interval [lo, hi] = |q| * [1 - 2^-21, 1 + 2^-21], rounded outwards, therefore
-// holds |RN(x / scale)|. The e4m3 conversion is monotonic, so when lo and hi convert to the same
-// byte, so does RN(x / scale): that byte is the answer. Otherwise (q within 2^-21 of a rounding
-// boundary of e4m3, about one element in 30000 on random data, and every exact tie) the
-// elements are divided for real. Quotients below the normal range convert to zero either way,
-// infinities saturate either way, and NaN gives 0x7f either way; the sign is the input's,
-// ORed in afterwards (for a positive scale, the sign of every quotient).
+// budget of a bandwidth-bound kernel. Instead, with y = RN(1 / scale) computed once and
+// a = |x|: q0 = RN(a * y) is within an ulp of a / scale, the residual r = a - q0 * scale is
+// exact in one fused multiply-add, and q1 = RN(q0 + r * y), one more, is the correctly rounded
+// quotient RN(a / scale) (Markstein's theorem: y correctly rounded, q0 within an ulp, nothing
+// overflowing or underflowing). The scale's range above keeps every quotient that e4m3 can
+// tell apart (2^-11 <= q0 <= 2^10) clear of underflow and overflow; a smaller quotient
+// converts to zero and a larger one saturates whether or not q1 is exact. q0 is clamped at
+// 2^20 first, so that an infinite q0 (x infinite, or x / scale beyond the float range) still
+// gives a huge q1 rather than inf - inf, and a NaN one gives NaN (fminf returns the other
+// operand, then NaN propagates from a). The sign is the input's, ORed in afterwards (for a
+// positive scale, the sign of every quotient, zeros and NaN included). Four instructions and a
+// half per element, no branch: ties, which the quotient often hits exactly when the scale has
+// few significant bits (a power of two, or 11/128), cost nothing extra. Checked on a CPU
+// against the division for every half and bfloat16 input at every half and bfloat16 scale in
+// the range, and on the GPU by tests/cuda.rs.
 
-// The magnitudes of four inputs, rounded down (`lo`) and up (`hi`) as above, as e4m3 bytes.
-__device__ __forceinline__ void bracket4(const float* x, const Fp8Scale& s, u32& lo, u32& hi) {
-    const float down = 1.0f - 0x1p-21f, up = 1.0f + 0x1p-21f;
+// The magnitudes of four inputs divided by the scale, as e4m3 bytes (as above).
+__device__ __forceinline__ u32 quotient4(const float* x, const Fp8Scale& s) {
     float q[4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) q[i] = fabsf(__fmul_rn(x[i], s.inverse));
-    lo = e4m3x4(__fmul_rd(q[0], down), __fmul_rd(q[1], down), __fmul_rd(q[2], down),
-                __fmul_rd(q[3], down));
-    hi = e4m3x4(__fmul_ru(q[0], up), __fmul_ru(q[1], up), __fmul_ru(q[2], up),
-                __fmul_ru(q[3], up));
+    for (int i = 0; i < 4; ++i) {
+        const float a = fabsf(x[i]);
+        const float q0 = fminf(__fmul_rn(a, s.inverse), 0x1p20f);
+        const float r = __fmaf_rn(-q0, s.scale, a);
+        q[i] = __fmaf_rn(r, s.inverse, q0);
+    }
+    return e4m3x4(q[0], q[1], q[2], q[3]);
 }
 
 // The sign bit (at bit 7) of a NaN quotient in the reference, which divides on an x86 host: a
@@ -354,17 +371,12 @@ struct Fp8Vector {
         float x[16];
 #pragma unroll
         for (int e = 0; e < 16; ++e) x[e] = In::to_float(bits(v, e));
-        u32 lo[4], hi[4], out[4];
-        bool agree = scale.fast;
+        u32 out[4];
+        // The scale is the same for every element of the item (and of the tensor): no
+        // divergence, and the division only for scales outside the fast range.
+        if (scale.fast) {
 #pragma unroll
-        for (int g = 0; g < 4; ++g) {
-            bracket4(x + 4 * g, scale, lo[g], hi[g]);
-            agree = agree && lo[g] == hi[g];
-        }
-        // One branch per 16 elements, taken the slow way about once in 2000 items.
-        if (agree) {
-#pragma unroll
-            for (int g = 0; g < 4; ++g) out[g] = lo[g] | signs(v, g);
+            for (int g = 0; g < 4; ++g) out[g] = quotient4(x + 4 * g, scale) | signs(v, g);
         } else {
 #pragma unroll
             for (int g = 0; g < 4; ++g) {
@@ -397,8 +409,95 @@ struct Fp8Scalar {
 // ---------------------------------------------------------------------------------------------
 // The kernel body, shared by every input dtype x cache dtype x vector width.
 
-// MAX_ITEMS: the most items one thread moves per pass (the host passes the actual count, at
-// most this). Small calls use the MAX_ITEMS = 1 instances: less code to fetch, fewer registers.
+// One pass: the items of block index `b`. MAX_ITEMS: the most items one thread moves per pass
+// (the host passes the actual count, at most this). Small calls use the MAX_ITEMS = 1
+// instances: less code to fetch, fewer registers.
+template <class Item, bool SCALED, int MAX_ITEMS>
+__device__ __forceinline__ void one_pass(
+    u64 b, const char* __restrict__ key, const char* __restrict__ value,
+    char* __restrict__ key_cache, char* __restrict__ value_cache,
+    const i64* __restrict__ slot_mapping, float k_divisor, float v_divisor, const Params& p) {
+    const u32 per_token = p.items_per_token.divisor;
+    const u32 per_head = p.items_per_head.divisor;
+    const u32 segments = p.segments.divisor;
+    // Items one token group holds, and items one block moves. Both fit in 31 bits (the host
+    // checks), so the index arithmetic below stays in 32 bits.
+    const u32 span = p.tokens_per_block * per_token;
+    const u32 per_pass = blockDim.x * p.items_per_thread;
+    u64 group;
+    u32 segment;
+    if (b <= 0xffffffffull) {
+        const u32 g = fast_div((u32)b, p.segments);
+        group = g;
+        segment = (u32)b - g * segments;
+    } else {
+        group = b / segments;
+        segment = (u32)(b - group * segments);
+    }
+    const i64 first_token = (i64)group * p.tokens_per_block;
+    const u32 start = segment * per_pass;
+    // Three phases, so that nothing waits for memory before every load is in flight: locate
+    // the items (arithmetic only), issue all loads (slots and inputs), then compute the targets
+    // from the slots and store.
+    bool valid[MAX_ITEMS];
+    bool is_value[MAX_ITEMS];
+    i64 token[MAX_ITEMS];
+    u32 head[MAX_ITEMS];
+    u32 chunk[MAX_ITEMS];
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        const u32 local = start + k * blockDim.x + threadIdx.x;
+        const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
+        token[k] = first_token + t;
+        valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
+        u32 j = local - t * per_token;
+        is_value[k] = j >= p.items_per_kv;
+        if (is_value[k]) j -= p.items_per_kv;
+        head[k] = fast_div(j, p.items_per_head);
+        chunk[k] = j - head[k] * per_head;
+    }
+    i64 slot[MAX_ITEMS];
+    typename Item::Loaded data[MAX_ITEMS];
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        if (!valid[k]) continue;
+        const bool v = is_value[k];
+        slot[k] = slot_mapping[token[k]];
+        // Padding tokens are read too: their inputs are valid memory, and not waiting for the
+        // slot before loading saves a round trip to memory on small calls.
+        data[k] = Item::load(v ? value : key,
+                             token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+                                 (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+                                 (i64)chunk[k] * Item::ELEMS);
+    }
+    // The reciprocals of the scales are computed only now, so that waiting for the scales does
+    // not hold back the loads above.
+    const Fp8Scale k_scale = make_scale(k_divisor);
+    const Fp8Scale v_scale = make_scale(v_divisor);
+#pragma unroll
+    for (int k = 0; k < MAX_ITEMS; ++k) {
+        if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
+        i64 block, offset;
+        if (slot[k] <= 0xffffffffll) {
+            const u32 quotient = fast_div((u32)slot[k], p.block_size);
+            block = quotient;
+            offset = (u32)slot[k] - quotient * p.block_size.divisor;
+        } else {
+            block = slot[k] / p.block_size.divisor;
+            offset = slot[k] - block * p.block_size.divisor;
+        }
+        const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
+                           (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
+        // Select the scale field by field: picking one of two structs by reference would put
+        // both in local memory.
+        Fp8Scale scale;
+        scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
+        scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
+        scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
+        Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
+    }
+}
+
 template <class Item, bool SCALED, int MAX_ITEMS>
 __device__ __forceinline__ void reshape_and_cache_flash(
     const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
@@ -409,88 +508,25 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     // fp8 reads them.
     const float k_divisor = SCALED ? *k_scale_ptr : 1.0f;
     const float v_divisor = SCALED ? *v_scale_ptr : 1.0f;
-    const u32 per_token = p.items_per_token.divisor;
-    const u32 per_head = p.items_per_head.divisor;
-    const u32 segments = p.segments.divisor;
-    // Items one token group holds, and items one block moves. Both fit in 31 bits (the host
-    // checks), so the index arithmetic below stays in 32 bits.
-    const u32 span = p.tokens_per_block * per_token;
-    const u32 per_pass = blockDim.x * p.items_per_thread;
-    const u64 blocks = (u64)p.token_groups * segments;
-
-    // Grids larger than the launch allows are walked in a loop.
-    for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
-        u64 group;
-        u32 segment;
-        if (b <= 0xffffffffull) {
-            const u32 g = fast_div((u32)b, p.segments);
-            group = g;
-            segment = (u32)b - g * segments;
-        } else {
-            group = b / segments;
-            segment = (u32)(b - group * segments);
+    const u64 blocks = (u64)p.token_groups * p.segments.divisor;
+    if (RCF_PEEL == 2 || (RCF_PEEL == 1 && !SCALED)) {
+        // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop
+        // bookkeeping before the first loads (small calls are all latency).
+        if (blockIdx.x >= blocks) return;
+        one_pass<Item, SCALED, MAX_ITEMS>(blockIdx.x, key, value, key_cache, value_cache,
+                                          slot_mapping, k_divisor, v_divisor, p);
+        // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) walk the
+        // rest.
+        for (u64 b = (u64)blockIdx.x + gridDim.x; b < blocks; b += gridDim.x) {
+            one_pass<Item, SCALED, MAX_ITEMS>(b, key, value, key_cache, value_cache,
+                                              slot_mapping, k_divisor, v_divisor, p);
         }
-        const i64 first_token = (i64)group * p.tokens_per_block;
-        const u32 start = segment * per_pass;
-        // Three phases, so that nothing waits for memory before every load is in flight:
-        // locate the items (arithmetic only), issue all loads (slots and inputs), then compute
-        // the targets from the slots and store.
-        bool valid[MAX_ITEMS];
-        bool is_value[MAX_ITEMS];
-        i64 token[MAX_ITEMS];
-        u32 head[MAX_ITEMS];
-        u32 chunk[MAX_ITEMS];
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            const u32 local = start + k * blockDim.x + threadIdx.x;
-            const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
-            token[k] = first_token + t;
-            valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
-            u32 j = local - t * per_token;
-            is_value[k] = j >= p.items_per_kv;
-            if (is_value[k]) j -= p.items_per_kv;
-            head[k] = fast_div(j, p.items_per_head);
-            chunk[k] = j - head[k] * per_head;
-        }
-        i64 slot[MAX_ITEMS];
-        typename Item::Loaded data[MAX_ITEMS];
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k]) continue;
-            const bool v = is_value[k];
-            slot[k] = slot_mapping[token[k]];
-            // Padding tokens are read too: their inputs are valid memory, and not waiting for
-            // the slot before loading saves a round trip to memory on small calls.
-            data[k] = Item::load(v ? value : key,
-                                 token[k] * (v ? p.value_token_stride : p.key_token_stride) +
-                                     (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
-                                     (i64)chunk[k] * Item::ELEMS);
-        }
-        // The reciprocals of the scales are computed only now, so that waiting for the scales
-        // does not hold back the loads above.
-        const Fp8Scale k_scale = make_scale(k_divisor);
-        const Fp8Scale v_scale = make_scale(v_divisor);
-#pragma unroll
-        for (int k = 0; k < MAX_ITEMS; ++k) {
-            if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
-            i64 block, offset;
-            if (slot[k] <= 0xffffffffll) {
-                const u32 quotient = fast_div((u32)slot[k], p.block_size);
-                block = quotient;
-                offset = (u32)slot[k] - quotient * p.block_size.divisor;
-            } else {
-                block = slot[k] / p.block_size.divisor;
-                offset = slot[k] - block * p.block_size.divisor;
-            }
-            const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
-                               (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
-            // Select the scale field by field: picking one of two structs by reference would
-            // put both in local memory.
-            Fp8Scale scale;
-            scale.scale = is_value[k] ? v_scale.scale : k_scale.scale;
-            scale.inverse = is_value[k] ? v_scale.inverse : k_scale.inverse;
-            scale.fast = is_value[k] ? v_scale.fast : k_scale.fast;
-            Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
+    } else {
+        // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
+        // walked in a loop.
+        for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
+            one_pass<Item, SCALED, MAX_ITEMS>(b, key, value, key_cache, value_cache,
+                                              slot_mapping, k_divisor, v_divisor, p);
         }
     }
 }
@@ -500,8 +536,36 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #ifndef RCF_FP8_BOUNDS
 #define RCF_FP8_BOUNDS 512
 #endif
-#define RCF_KERNEL(NAME, ITEM, SCALED, BOUNDS, MAX_ITEMS)                                       \
-    extern "C" __global__ void __launch_bounds__(BOUNDS) NAME(                                    \
+#define RCF_BOUNDS __launch_bounds__(512)
+#define RCF_FP8_ATTRIBUTES __launch_bounds__(RCF_FP8_BOUNDS)
+// Optional register caps for the fp8 kernels with one item per thread, per input dtype (0:
+// none, the compiler's choice under __launch_bounds__(512)).
+#ifndef RCF_FP8_X1_MAXNREG_HALF
+#define RCF_FP8_X1_MAXNREG_HALF RCF_FP8_X1_MAXNREG
+#endif
+#ifndef RCF_FP8_X1_MAXNREG_BFLOAT16
+#define RCF_FP8_X1_MAXNREG_BFLOAT16 RCF_FP8_X1_MAXNREG
+#endif
+#ifndef RCF_FP8_X1_MAXNREG_FLOAT
+#define RCF_FP8_X1_MAXNREG_FLOAT RCF_FP8_X1_MAXNREG
+#endif
+#if RCF_FP8_X1_MAXNREG_HALF
+#define RCF_HALF_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG_HALF)
+#else
+#define RCF_HALF_FP8_X1_ATTRIBUTES __launch_bounds__(512)
+#endif
+#if RCF_FP8_X1_MAXNREG_BFLOAT16
+#define RCF_BFLOAT16_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG_BFLOAT16)
+#else
+#define RCF_BFLOAT16_FP8_X1_ATTRIBUTES __launch_bounds__(512)
+#endif
+#if RCF_FP8_X1_MAXNREG_FLOAT
+#define RCF_FLOAT_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG_FLOAT)
+#else
+#define RCF_FLOAT_FP8_X1_ATTRIBUTES __launch_bounds__(512)
+#endif
+#define RCF_KERNEL(NAME, ITEM, SCALED, ATTRIBUTES, MAX_ITEMS)                                   \
+    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
@@ -511,24 +575,25 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     }
 
 // Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar].
-RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_BOUNDS, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, 512, 1)
-RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, 512, 4)
-RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, 512, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto, AutoVector<BFloat16>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto, AutoVector<Float>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8, Fp8Vector<Half>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8, Fp8Vector<BFloat16>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8, Fp8Vector<Float>, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_x1, AutoVector<Half>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_x1, AutoVector<BFloat16>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_x1, AutoVector<Float>, false, RCF_BOUNDS, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_x1, Fp8Vector<Half>, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_x1, Fp8Vector<BFloat16>, true,
+           RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_x1, Fp8Vector<Float>, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL(reshape_and_cache_flash_half_auto_scalar, AutoScalar<Half>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_auto_scalar, AutoScalar<BFloat16>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, RCF_BOUNDS, 4)
+RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, RCF_BOUNDS, 4)
 
 // ---------------------------------------------------------------------------------------------
 // The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous
@@ -552,6 +617,74 @@ extern "C" __global__ void __launch_bounds__(1024) copy16(const uint4* __restric
             if (i < n) store16(dst + i, v[k]);
         }
     }
+}
+
+// Other streaming ceilings, for the mixes and write patterns of the reshape kernels: each of
+// the `n` output words (16 bytes) is made from READS consecutive input words (READS = 2: the
+// read 2 / write 1 bytes of an fp8 cache from 16-bit inputs), and the output is cut into rows
+// of 2^shift words that land where a cache would put them. Rows are numbered (token, head) with
+// 2^heads_log2 heads per token; token t goes to slot t * odd mod tokens (a bijection; every
+// count is a power of two). heads_log2 = 0: a token's row is one contiguous chunk at its slot
+// (NHD, whole token rows); otherwise the rows of a token are spread as HND puts them, with
+// 2^bs_log2 slots per block: row (t, h) goes to ((block * heads + h) * block_size + offset).
+// Four items per thread in flight before the stores, as in copy16.
+template <int READS>
+__device__ __forceinline__ void stream_body(const uint4* __restrict__ src, uint4* __restrict__ dst,
+                                            u64 n, u32 shift, u32 heads_log2, u32 bs_log2) {
+    const u64 per_block = (u64)blockDim.x * 4;
+    const u64 token_mask = (n >> (shift + heads_log2)) - 1;
+    const u64 head_mask = (1ull << heads_log2) - 1;
+    const u64 word_mask = (1ull << shift) - 1;
+    const u64 offset_mask = (1ull << bs_log2) - 1;
+    for (u64 base = (u64)blockIdx.x * per_block + threadIdx.x; base < n;
+         base += (u64)gridDim.x * per_block) {
+        uint4 v[4][READS];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) {
+#pragma unroll
+                for (int r = 0; r < READS; ++r) v[k][r] = load16(src + i * READS + r);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            if (i < n) {
+                uint4 o = v[k][0];
+#pragma unroll
+                for (int r = 1; r < READS; ++r) {
+                    o.x ^= v[k][r].x;
+                    o.y ^= v[k][r].y;
+                    o.z ^= v[k][r].z;
+                    o.w ^= v[k][r].w;
+                }
+                const u64 row = i >> shift;
+                const u64 slot = ((row >> heads_log2) * 0x9e3779b97f4a7c15ull) & token_mask;
+                u64 target_row;
+                if (heads_log2 == 0) {
+                    target_row = slot;
+                } else {
+                    const u64 block = slot >> bs_log2;
+                    target_row = (((block << heads_log2) | (row & head_mask)) << bs_log2) |
+                                 (slot & offset_mask);
+                }
+                store16(dst + ((target_row << shift) | (i & word_mask)), o);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    stream_r1w1(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n, u32 shift,
+                u32 heads_log2, u32 bs_log2) {
+    stream_body<1>(src, dst, n, shift, heads_log2, bs_log2);
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    stream_r2w1(const uint4* __restrict__ src, uint4* __restrict__ dst, u64 n, u32 shift,
+                u32 heads_log2, u32 bs_log2) {
+    stream_body<2>(src, dst, n, shift, heads_log2, bs_log2);
 }
 
 // Pseudo-random cache contents, generated on the device: 16-byte word i is a hash of (seed, i)

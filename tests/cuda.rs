@@ -13,8 +13,15 @@ use paged_kv_bench::timing::{Mode, Protocol, Stats};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Inputs};
 
+/// The backend, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES` if set (to
+/// check a tuning variant before it becomes the default).
 fn open() -> CudaBackend {
-    CudaBackend::open().expect("CUDA")
+    let defines: Vec<String> = std::env::var("PKB_TEST_DEFINES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    CudaBackend::open_with_defines(&defines).expect("CUDA")
 }
 
 fn case(problem: Problem, special_values: bool) -> Case {
@@ -84,8 +91,10 @@ fn graph_and_plain_launches_leave_the_reference_result() {
 }
 
 /// Every half and bfloat16 bit pattern (and 65536 random float bit patterns), through the fp8
-/// path with scales that make the fast conversion decide, fall back at ties, or stay out of it
-/// (tiny, huge and negative scales), on both the 16-byte and the scalar kernels.
+/// path with scales inside the fast conversion's range (among them scales with few significant
+/// bits, whose quotients hit e4m3 ties exactly, and both ends of the range) and outside it
+/// (just beyond both ends, tiny, huge and negative scales), on the 16-byte and scalar kernels,
+/// and with a grid small enough that blocks loop.
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_conversion_is_exact_for_every_input_pattern() {
@@ -103,6 +112,14 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
         f32::from_bits(0x0000_1234),
         3.0e38,
         -0.5,
+        // Few significant bits: many exact ties (11 / 128 is the benchmark's default k_scale).
+        11.0 / 128.0,
+        0.25,
+        // The ends of the fast range, and just beyond them.
+        f32::from_bits(0x1300_0000),
+        f32::from_bits(0x1300_0000 - 1),
+        f32::from_bits(0x7180_0000),
+        f32::from_bits(0x7180_0000 + 1),
     ];
     // Scales that make the division invalid (0 / 0, inf / inf, NaN): the reference's NaN sign
     // then follows the host's division, which the kernels follow on x86 hosts.
@@ -154,12 +171,26 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
             let mut expected = data.initial.clone();
             paged_kv_bench::reference::reshape_and_cache(&problem, &data.inputs(), &mut expected);
             data.expected = expected;
-            for scalar in [false, true] {
-                backend.force_launch(Some(LaunchOverride {
-                    threads: 0,
-                    items_per_thread: 0,
-                    scalar,
-                }));
+            for (kernel, forced) in [
+                ("vector", LaunchOverride::default()),
+                (
+                    "scalar",
+                    LaunchOverride {
+                        scalar: true,
+                        ..LaunchOverride::default()
+                    },
+                ),
+                (
+                    "grid loop",
+                    LaunchOverride {
+                        threads: 64,
+                        items_per_thread: 2,
+                        blocks_per_sm: 1,
+                        ..LaunchOverride::default()
+                    },
+                ),
+            ] {
+                backend.force_launch(Some(forced));
                 let got = {
                     let mut call = backend
                         .prepare(&problem, data.inputs(), CacheFill::Copy(&data.initial))
@@ -168,10 +199,7 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
                     call.read_back().unwrap()
                 };
                 if let Some(m) = verify::compare(&problem, &data, &got) {
-                    failures.push(format!(
-                        "{} scale {k_scale:e} scalar {scalar}: {m}",
-                        dtype.name()
-                    ));
+                    failures.push(format!("{} scale {k_scale:e} {kernel}: {m}", dtype.name()));
                 }
             }
         }
@@ -184,31 +212,30 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
 fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
     let mut backend = open();
     let cases: Vec<Case> = verify::matrix(Coverage::Quick, 3);
+    let shape = |threads, items_per_thread, blocks_per_sm| LaunchOverride {
+        threads,
+        items_per_thread,
+        blocks_per_sm,
+        scalar: false,
+    };
     for forced in [
         LaunchOverride {
-            threads: 0,
-            items_per_thread: 0,
             scalar: true,
+            ..LaunchOverride::default()
         },
+        shape(32, 1, 0),
+        shape(96, 3, 0),
+        shape(512, 4, 0),
         LaunchOverride {
-            threads: 32,
-            items_per_thread: 1,
-            scalar: false,
-        },
-        LaunchOverride {
-            threads: 96,
-            items_per_thread: 3,
-            scalar: false,
-        },
-        LaunchOverride {
-            threads: 512,
-            items_per_thread: 4,
-            scalar: false,
-        },
-        LaunchOverride {
-            threads: 512,
-            items_per_thread: 2,
             scalar: true,
+            ..shape(512, 2, 0)
+        },
+        // Capped grids: blocks loop over several passes.
+        shape(96, 3, 1),
+        shape(64, 1, 1),
+        LaunchOverride {
+            scalar: true,
+            ..shape(64, 2, 1)
         },
     ] {
         backend.force_launch(Some(forced));
@@ -252,8 +279,16 @@ fn more_than_65535_tokens_in_one_launch() {
         threads: 32,
         items_per_thread: 1,
         scalar: true,
+        ..LaunchOverride::default()
     }));
     check_all(&mut backend, &cases, "70001 tokens, scalar");
+    backend.force_launch(Some(LaunchOverride {
+        threads: 256,
+        items_per_thread: 2,
+        blocks_per_sm: 2,
+        ..LaunchOverride::default()
+    }));
+    check_all(&mut backend, &cases, "70001 tokens, capped grid");
 }
 
 #[test]
@@ -443,91 +478,335 @@ fn cuda_timings() {
     }
 }
 
+/// One row of the tuning sweep: a problem and how to cut it.
+#[derive(Debug, Clone)]
+struct TuneRow {
+    problem: Problem,
+    cold: bool,
+    /// `None`: the built-in shape.
+    shape: Option<LaunchOverride>,
+    label: String,
+    /// The define set (index in `PKB_DEFINES`) the row runs with.
+    set: usize,
+}
+
+/// `d` (built-in), `TxI` (T threads, I items per thread) or `TxIcB` (grid capped at B blocks
+/// per SM).
+fn parse_shape(text: &str) -> Option<LaunchOverride> {
+    if text == "d" {
+        return None;
+    }
+    let (threads, rest) = text.split_once('x').expect("shape TxI[cB]");
+    let (items, cap) = rest.split_once('c').unwrap_or((rest, "0"));
+    Some(LaunchOverride {
+        threads: threads.parse().expect("threads"),
+        items_per_thread: items.parse().expect("items"),
+        scalar: false,
+        blocks_per_sm: cap.parse().expect("blocks per SM"),
+    })
+}
+
+/// Rows from a spec: `;`-separated groups of space-separated `key=value` fields, where a value
+/// may list alternatives with `|` (every combination is a row). Keys (defaults): `lay` (NHD),
+/// `cache` (auto), `dt` (bfloat16), `T` (8192), `H` (128), `D` (128), `bs` (16), `nb`
+/// (65536), `mode` (w: warm, c: cold), `shape` (d; see `parse_shape`), `set` (0: the index of
+/// the define set to run with).
+fn parse_rows(spec: &str) -> Vec<TuneRow> {
+    let mut rows = Vec::new();
+    for group in spec.split(';').map(str::trim).filter(|g| !g.is_empty()) {
+        let mut fields: Vec<(String, Vec<String>)> = [
+            ("lay", "NHD"),
+            ("cache", "auto"),
+            ("dt", "bfloat16"),
+            ("T", "8192"),
+            ("H", "128"),
+            ("D", "128"),
+            ("bs", "16"),
+            ("nb", "65536"),
+            ("mode", "w"),
+            ("shape", "d"),
+            ("set", "0"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
+        .collect();
+        for field in group.split_whitespace() {
+            let (key, value) = field.split_once('=').expect("key=value");
+            let slot = fields
+                .iter_mut()
+                .find(|(k, _)| k == key)
+                .unwrap_or_else(|| panic!("unknown key {key}"));
+            slot.1 = value.split('|').map(String::from).collect();
+        }
+        let mut combos: Vec<Vec<String>> = vec![vec![]];
+        for (_, values) in &fields {
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    values.iter().map(move |v| {
+                        let mut c = c.clone();
+                        c.push(v.clone());
+                        c
+                    })
+                })
+                .collect();
+        }
+        for c in combos {
+            let layout = match c[0].as_str() {
+                "NHD" => Layout::Nhd,
+                "HND" => Layout::Hnd,
+                other => panic!("layout {other}"),
+            };
+            let cache_dtype = match c[1].as_str() {
+                "auto" => CacheDtype::Auto,
+                "fp8" => CacheDtype::Fp8,
+                other => panic!("cache dtype {other}"),
+            };
+            let dtype = match c[2].as_str() {
+                "half" => Dtype::Half,
+                "bfloat16" | "bf16" => Dtype::BFloat16,
+                "float" => Dtype::Float,
+                other => panic!("dtype {other}"),
+            };
+            let n = |i: usize| -> usize { c[i].parse().expect("number") };
+            rows.push(TuneRow {
+                problem: Problem {
+                    num_tokens: n(3),
+                    num_heads: n(4),
+                    head_size: n(5),
+                    block_size: n(6),
+                    num_blocks: n(7),
+                    dtype,
+                    cache_dtype,
+                    layout,
+                },
+                cold: c[8] == "c",
+                shape: parse_shape(&c[9]),
+                label: c[9].clone(),
+                set: n(10),
+            });
+        }
+    }
+    rows
+}
+
+/// Tuning table, run by hand on a GPU; everything comes from the environment, so that one
+/// build serves any experiment:
+/// - `PKB_DEFINES`: `;`-separated sets of `-D` macros for the kernel source (an empty set: the
+///   built-in source), each compiled in turn;
+/// - `PKB_STREAMS`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
+///   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
+///   with H heads, a token's H rows spread as HND puts them, block size 16);
+/// - `PKB_ROWS`: the rows (see `parse_rows`), run for every define set;
+/// - `PKB_DEADLINE`: seconds after which the remaining rows are skipped (default 120).
+///
+/// Device time per row: the median of batches (warm: a graph of 20 calls replayed; cold: one
+/// call after an L2 flush), as in the benchmark; `%copy` against the copy ceiling measured here.
 #[test]
 #[ignore = "prints a tuning table; needs an NVIDIA GPU"]
 fn cuda_tuning() {
-    let max_tokens = std::env::var("PKB_MAX_TOKENS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8192);
-    let bench = Bench::new(max_tokens);
-    let variants: Vec<Vec<String>> = std::env::var("PKB_DEFINES")
-        .unwrap_or_else(|_| "RCF_LOAD=2 RCF_STORE=0".into())
+    use std::collections::HashMap;
+    use std::fmt::Write;
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
+    let deadline = Duration::from_secs_f64(var("PKB_DEADLINE", "120").parse().unwrap());
+    let define_sets: Vec<Vec<String>> = var("PKB_DEFINES", "")
         .split(';')
         .map(|v| v.split_whitespace().map(String::from).collect())
         .collect();
-    for defines in variants {
-        let mut backend = CudaBackend::open_with_defines(&defines).unwrap();
-        println!("== defines {defines:?}");
-        let only = std::env::var("PKB_TUNE_CACHE").unwrap_or_else(|_| "auto fp8 copy".into());
-        for bytes in [2u64 << 30, 4 << 30] {
-            if !only.contains("copy") {
+    let rows = parse_rows(&var(
+        "PKB_ROWS",
+        "lay=NHD|HND cache=auto|fp8 T=8192 shape=d",
+    ));
+    let streams = var("PKB_STREAMS", "copy");
+    let mut out = String::new();
+    let mut copy = 0.0;
+    let mut inputs: HashMap<(Dtype, usize), workload::HostInputs> = HashMap::new();
+    for (set, defines) in define_sets.iter().enumerate() {
+        let mut backend = CudaBackend::open_with_defines(defines).unwrap();
+        if set == 0 {
+            println!(
+                "device: {} ({})",
+                backend.device().name,
+                backend.device().details
+            );
+            for stream in streams.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                let gbps = if stream == "copy" {
+                    copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
+                    copy
+                } else {
+                    let fields: Vec<u64> =
+                        stream[1..].split(':').map(|f| f.parse().unwrap()).collect();
+                    let reads = fields[0] as u32;
+                    let out_bytes = 1u64 << 30;
+                    let row = match fields[1] {
+                        0 => out_bytes,
+                        c => c,
+                    };
+                    let heads = fields.get(2).copied().unwrap_or(1);
+                    let mut best: f64 = 0.0;
+                    for _ in 0..2 {
+                        best = best.max(
+                            backend
+                                .measure_stream(reads, out_bytes, row, heads, 5)
+                                .unwrap(),
+                        );
+                    }
+                    best
+                };
+                let line = format!(
+                    "stream {stream:>10}: {gbps:6.0} GB/s ({:.1}% of copy)",
+                    gbps / copy * 100.0
+                );
+                println!("{line}");
+                writeln!(out, "{line}").unwrap();
+            }
+        }
+        println!("== set {set}: {defines:?}");
+        writeln!(out, "== set {set}: {defines:?}").unwrap();
+        for row in rows.iter().filter(|r| r.set == set) {
+            if start.elapsed() > deadline {
+                println!("deadline: skipped the rest");
+                writeln!(out, "deadline: skipped the rest").unwrap();
                 break;
             }
-            for (threads, blocks) in [(128, 0), (256, 0), (512, 0), (1024, 0), (256, 132 * 8)] {
-                let gbps = backend.measure_copy(bytes, threads, blocks, 5).unwrap();
-                println!(
-                    "copy {} GiB threads {threads} blocks {blocks}: {gbps:.0} GB/s",
-                    bytes >> 30
-                );
-            }
-        }
-        let copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
-        println!("copy ceiling {copy:.0} GB/s");
-        let again = backend.copy_bandwidth_gbps().unwrap().unwrap();
-        println!("copy ceiling again {again:.0} GB/s");
-        println!("{HEADER} shape");
-        // The floor: one token of one 64-element head, so the call is all launch and latency.
-        for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
-            let tiny = Problem {
-                num_heads: 1,
-                head_size: 64,
-                ..default_problem(Layout::Nhd, cache_dtype, 1)
+            let p = &row.problem;
+            let key = (p.dtype, p.token_elements());
+            let max_tokens = rows
+                .iter()
+                .filter(|r| (r.problem.dtype, r.problem.token_elements()) == key)
+                .map(|r| r.problem.num_tokens)
+                .max()
+                .unwrap();
+            let host = inputs.entry(key).or_insert_with(|| {
+                workload::HostInputs::random(p.dtype, p.token_elements(), max_tokens, 17)
+            });
+            let slots = workload::random_slot_mapping(p.num_slots(), p.num_tokens, 0.0, 3);
+            let call_inputs = host.inputs(p, &slots);
+            backend.force_launch(row.shape);
+            let mut protocol = Protocol::new(Mode::Cudagraph, 10);
+            protocol.cold = row.cold;
+            protocol.sampling.max_time = Duration::from_millis(if row.cold { 600 } else { 400 });
+            let result = backend
+                .prepare(p, call_inputs, CacheFill::Random { seed: 11 })
+                .and_then(|mut call| call.time(&protocol));
+            let line = match result {
+                Ok(samples) => {
+                    let s: Stats = samples.device_stats();
+                    let gbps = p.bytes_moved() as f64 / (s.median * 1e-6) / 1e9;
+                    format!(
+                        "{set} {:>6} {} {:>4} {:>8} {:>3}x{:<3} bs{:<3} {} {:>10} {:>9.3} {:>5.1}% {:>6.0} {:>6.1}%",
+                        p.num_tokens,
+                        p.layout.name(),
+                        p.cache_dtype.name(),
+                        p.dtype.name(),
+                        p.num_heads,
+                        p.head_size,
+                        p.block_size,
+                        if row.cold { "c" } else { "w" },
+                        row.label,
+                        s.median,
+                        s.noise_percent,
+                        gbps,
+                        gbps / copy * 100.0
+                    )
+                }
+                Err(e) => format!("{set} {} {}: error: {e}", p.describe(), row.label),
             };
-            backend.force_launch(None);
-            println!(
-                "{} tiny (1 head of 64)",
-                bench.row(&mut backend, &tiny, Mode::Cudagraph, copy)
-            );
+            println!("{line}");
+            writeln!(out, "{line}").unwrap();
         }
-        for (layout, cache_dtype, tokens) in [
-            (Layout::Nhd, CacheDtype::Auto, 2),
-            (Layout::Nhd, CacheDtype::Auto, 16),
-            (Layout::Nhd, CacheDtype::Auto, 64),
-            (Layout::Hnd, CacheDtype::Auto, 64),
-            (Layout::Nhd, CacheDtype::Auto, 256),
-            (Layout::Nhd, CacheDtype::Auto, 1024),
-            (Layout::Nhd, CacheDtype::Auto, 8192),
-            (Layout::Hnd, CacheDtype::Auto, 8192),
-            (Layout::Nhd, CacheDtype::Fp8, 2),
-            (Layout::Nhd, CacheDtype::Fp8, 64),
-            (Layout::Nhd, CacheDtype::Fp8, 1024),
-            (Layout::Nhd, CacheDtype::Fp8, 8192),
-            (Layout::Hnd, CacheDtype::Fp8, 8192),
-        ] {
-            if tokens > max_tokens || !only.contains(cache_dtype.name()) {
-                continue;
-            }
-            let p = default_problem(layout, cache_dtype, tokens);
-            for (threads, items) in [
-                (0, 0),
-                (128, 1),
-                (128, 2),
-                (256, 2),
-                (128, 4),
-                (256, 4),
-                (512, 4),
-            ] {
-                backend.force_launch(Some(LaunchOverride {
-                    threads,
-                    items_per_thread: items,
-                    scalar: false,
-                }));
-                println!(
-                    "{} t{threads} i{items}",
-                    bench.row(&mut backend, &p, Mode::Cudagraph, copy)
-                );
+    }
+    println!(
+        "---- summary ({:.0} s): set tokens layout cache dtype HxD block mode shape device_us noise GB/s %copy",
+        start.elapsed().as_secs_f64()
+    );
+    print!("{out}");
+}
+
+#[test]
+fn tuning_specs_parse() {
+    let rows = parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2c4|96x3c1 set=1; dt=half");
+    assert_eq!(rows.len(), 2 * 2 * 3 + 1);
+    let r = &rows[1];
+    assert_eq!(r.problem.layout, Layout::Nhd);
+    assert_eq!(r.problem.cache_dtype, CacheDtype::Fp8);
+    assert_eq!(r.problem.num_tokens, 2);
+    assert_eq!(r.set, 1);
+    assert_eq!(
+        r.shape,
+        Some(LaunchOverride {
+            threads: 256,
+            items_per_thread: 2,
+            scalar: false,
+            blocks_per_sm: 4,
+        })
+    );
+    assert_eq!(rows[2].shape.unwrap().blocks_per_sm, 1);
+    assert_eq!(rows[0].shape, None);
+    let last = &rows[rows.len() - 1];
+    assert_eq!(
+        (last.problem.dtype, last.set, last.cold),
+        (Dtype::Half, 0, false)
+    );
+}
+
+/// The fp8 kernels' division-free conversion (`quotient4` in the kernel source), replayed on the
+/// CPU with the same IEEE single-precision operations, against the reference's division: every
+/// bfloat16 and half input at scales across the fast range (powers of two and scales with few
+/// significant bits, whose quotients hit e4m3 ties exactly, both ends of the range, and random
+/// ones). The GPU test above checks the kernels themselves; this one covers far more scales.
+#[test]
+fn fp8_division_free_conversion_matches_the_division() {
+    use paged_kv_bench::fp8::{e4m3_from_f32, quantize};
+    use paged_kv_bench::problem::Dtype;
+    fn kernel(x: f32, scale: f32, inverse: f32) -> u8 {
+        let a = x.abs();
+        // f32::min returns the other operand for NaN, as CUDA's fminf does.
+        let q0 = (a * inverse).min(1048576.0);
+        let r = (-q0).mul_add(scale, a);
+        let q1 = r.mul_add(inverse, q0);
+        e4m3_from_f32(q1) | ((x.to_bits() >> 24) & 0x80) as u8
+    }
+    let (low, high) = (2f32.powi(-89), 2f32.powi(100));
+    let mut scales = vec![low, high, 11.0 / 128.0, 1.0, 3.0, 0.05];
+    // Significands of 1 to 5 bits at exponents across the range.
+    for significand in 1u32..32 {
+        for exponent in (-89..=95).step_by(7) {
+            scales.push(significand as f32 * 2f32.powi(exponent));
+        }
+    }
+    let mut x = 0x2545_f491u32;
+    for _ in 0..64 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        scales.push(f32::from_bits(
+            0x1300_0000 + x % (0x7180_0000 - 0x1300_0000),
+        ));
+    }
+    scales.retain(|s| (low..=high).contains(s));
+    let inputs: Vec<f32> = (0..=u16::MAX)
+        .flat_map(|bits| {
+            let bytes = bits.to_le_bytes();
+            [
+                Dtype::BFloat16.read_f32(&bytes, 0),
+                Dtype::Half.read_f32(&bytes, 0),
+            ]
+        })
+        .collect();
+    let mut mismatches = Vec::new();
+    for &scale in &scales {
+        let inverse = 1.0 / scale;
+        for &x in &inputs {
+            let (got, want) = (kernel(x, scale, inverse), quantize(x, scale));
+            if got != want && mismatches.len() < 10 {
+                mismatches.push(format!(
+                    "x {x:e} scale {scale:e}: {got:#04x}, want {want:#04x}"
+                ));
             }
         }
     }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }

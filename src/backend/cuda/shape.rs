@@ -68,9 +68,9 @@ pub struct Params {
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl cudarc::driver::DeviceRepr for Params {}
 
-/// The largest item count per thread the kernel is compiled for (`RCF_MAX_ITEMS`).
+/// The largest item count per thread the kernels are compiled for (`MAX_ITEMS`).
 pub const MAX_ITEMS_PER_THREAD: u32 = 4;
-/// The kernel's `__launch_bounds__`.
+/// The kernels' `__launch_bounds__`.
 pub const MAX_THREADS: u32 = 512;
 
 /// Limits of the device that the launch shape depends on.
@@ -80,14 +80,27 @@ pub struct DeviceLimits {
     pub max_threads_per_sm: u32,
 }
 
-/// Threads per block and items per thread, when forced (for tuning), and whether to take the
-/// one-element-per-item kernels even where 16-byte accesses would do (for testing them).
+/// Threads per block, items per thread and the grid's cap, when forced (for tuning), and
+/// whether to take the one-element-per-item kernels even where 16-byte accesses would do (for
+/// testing them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LaunchOverride {
-    /// 0 keeps the built-in choice (of both threads and items per thread).
+    /// 0 keeps the built-in choice (of threads, items per thread and grid cap).
     pub threads: u32,
     pub items_per_thread: u32,
     pub scalar: bool,
+    /// Caps the grid at this many blocks per SM, each block then looping over several passes
+    /// (slower on an H100, but it exercises the kernels' grid loop); 0: one block per pass.
+    pub blocks_per_sm: u32,
+}
+
+/// How a call is cut: threads per block, items per thread, and the grid's cap in blocks per
+/// SM (0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub threads: u32,
+    pub items_per_thread: u32,
+    pub blocks_per_sm: u32,
 }
 
 /// Everything one launch needs besides the pointers.
@@ -182,13 +195,16 @@ pub fn plan(
         )));
     }
     let total = problem.num_tokens as u64 * items_per_token;
-    let (threads, mut items_per_thread) = match forced.filter(|o| o.threads > 0) {
-        Some(o) => (
-            o.threads.clamp(32, MAX_THREADS) / 32 * 32,
-            o.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD),
-        ),
+    let shape = match forced.filter(|o| o.threads > 0) {
+        Some(o) => Shape {
+            threads: o.threads,
+            items_per_thread: o.items_per_thread,
+            blocks_per_sm: o.blocks_per_sm,
+        },
         None => default_shape(total, problem.cache_dtype, limits),
     };
+    let threads = shape.threads.clamp(32, MAX_THREADS) / 32 * 32;
+    let mut items_per_thread = shape.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD);
     let per_pass = (threads * items_per_thread) as u64;
     let tokens_per_block = if items_per_token >= per_pass {
         1
@@ -202,8 +218,13 @@ pub fn plan(
     let per_pass = (threads * items_per_thread) as u64;
     let segments = (tokens_per_block * items_per_token).div_ceil(per_pass);
     let token_groups = (problem.num_tokens as u64).div_ceil(tokens_per_block);
-    // One-dimensional, segment-major; the kernel loops over any blocks beyond 2^31 - 1.
-    let grid = ((token_groups * segments).min(i32::MAX as u64) as u32, 1, 1);
+    // One-dimensional, segment-major; the kernel loops over any blocks beyond the grid: those
+    // beyond 2^31 - 1, or beyond the cap.
+    let cap = match shape.blocks_per_sm {
+        0 => i32::MAX as u64,
+        n => (n as u64 * limits.sm_count.max(1) as u64).min(i32::MAX as u64),
+    };
+    let grid = ((token_groups * segments).min(cap) as u32, 1, 1);
     let s = problem.strides();
     let params = Params {
         num_tokens: problem.num_tokens as i64,
@@ -242,13 +263,18 @@ pub fn plan(
 /// fp8: the conversion needs many warps to hide its arithmetic more than it needs loads in
 /// flight per thread: one item per thread (the 53-register instance) in 128-thread blocks was
 /// the fastest at every size, from 1 to 65536 tokens.
-fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> (u32, u32) {
+fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
-    match cache_dtype {
+    let (threads, items_per_thread) = match cache_dtype {
         CacheDtype::Fp8 => (128, 1),
         CacheDtype::Auto if total >= 4 * resident => (256, 4),
         CacheDtype::Auto if total >= resident / 4 => (128, 2),
         CacheDtype::Auto => (128, 1),
+    };
+    Shape {
+        threads,
+        items_per_thread,
+        blocks_per_sm: 0,
     }
 }
 
@@ -322,6 +348,11 @@ mod tests {
 
     const H100: DeviceLimits = DeviceLimits {
         sm_count: 132,
+        max_threads_per_sm: 2048,
+    };
+    /// Few SMs, so that capped grids loop in the small cases of the simulation.
+    const SMALL: DeviceLimits = DeviceLimits {
+        sm_count: 2,
         max_threads_per_sm: 2048,
     };
 
@@ -416,28 +447,53 @@ mod tests {
             Some(LaunchOverride {
                 threads: 64,
                 items_per_thread: 3,
-                scalar: false,
+                ..LaunchOverride::default()
             }),
             Some(LaunchOverride {
                 threads: 512,
                 items_per_thread: 4,
-                scalar: false,
+                ..LaunchOverride::default()
             }),
             Some(LaunchOverride {
-                threads: 0,
-                items_per_thread: 0,
                 scalar: true,
+                ..LaunchOverride::default()
+            }),
+            // Capped grids: blocks loop over several passes.
+            Some(LaunchOverride {
+                threads: 32,
+                items_per_thread: 2,
+                blocks_per_sm: 1,
+                ..LaunchOverride::default()
+            }),
+            Some(LaunchOverride {
+                threads: 96,
+                items_per_thread: 1,
+                blocks_per_sm: 3,
+                ..LaunchOverride::default()
+            }),
+            Some(LaunchOverride {
+                threads: 64,
+                items_per_thread: 4,
+                blocks_per_sm: 1,
+                ..LaunchOverride::default()
             }),
         ];
         for case in &cases {
             for forced in overrides {
-                let launch = plan(case, &InputStrides::contiguous(case), H100, forced).unwrap();
-                let visits = simulate(&launch);
-                assert!(
-                    visits.iter().all(|&v| v == 1),
-                    "{} with {forced:?}: {launch:?}",
-                    case.describe()
-                );
+                for limits in [H100, SMALL] {
+                    let launch =
+                        plan(case, &InputStrides::contiguous(case), limits, forced).unwrap();
+                    let visits = simulate(&launch);
+                    assert!(
+                        visits.iter().all(|&v| v == 1),
+                        "{} with {forced:?}: {launch:?}",
+                        case.describe()
+                    );
+                    // Within what the kernel instances are compiled for.
+                    let p = &launch.params;
+                    assert!(launch.threads <= MAX_THREADS && launch.threads.is_multiple_of(32));
+                    assert!((1..=MAX_ITEMS_PER_THREAD).contains(&p.items_per_thread));
+                }
             }
         }
         assert!(
