@@ -49,6 +49,10 @@ override FP8: bool = false;
 // order_* passes) rather than as they come. Either way every token is written; the order only
 // decides which tokens' rows are written at the same time.
 override ORDERED: bool = false;
+// reshape_and_cache*: 16-byte units of each cache per thread (1 to MAX_UNITS), and whether a
+// thread loads all of them before storing any (else unit by unit).
+override UNITS: u32 = 1u;
+override LOADS_FIRST: bool = true;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -59,12 +63,14 @@ override ROW_WORDS: u32 = 1u;
 override ESTIMATE_SKEW: i32 = 0;
 
 const WORKGROUP: u32 = 256u;
-// Chunks bound by reshape_and_cache: 2 * CHUNKS + 3 storage bindings must fit the adapter's
+// Chunks bound by reshape_and_cache: 2 * CHUNKS + 4 storage bindings must fit the adapter's
 // max_storage_buffers_per_shader_stage (32 on lavapipe, 31 buffers in all on Metal).
 const CHUNKS: u32 = 12u;
 // Chunks bound by reshape_and_cache_wide (67 storage bindings: NVIDIA, AMD and Intel Vulkan
 // drivers and DX12 allow far more).
 const WIDE_CHUNKS: u32 = 32u;
+// The most 16-byte units per thread (UNITS).
+const MAX_UNITS: u32 = 8u;
 
 const KIND_HALF: u32 = 0u;
 const KIND_BF16: u32 = 1u;
@@ -564,31 +570,85 @@ fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
     return vec3<u32>(chunk, place.y * ROW_UNITS + u, t * ROW_UNITS + u);
 }
 
+// A thread's units: UNITS of them, WORKGROUP apart, so that a workgroup covers WORKGROUP * UNITS
+// consecutive units (with UNITS = 8, a whole 32 KiB row of each cache in the default shape).
+struct Units {
+    places: array<vec3<u32>, MAX_UNITS>,
+    k: array<vec4<u32>, MAX_UNITS>,
+    v: array<vec4<u32>, MAX_UNITS>,
+}
+
+fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
+    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP * UNITS + local;
+}
+
+// Locates and loads (and encodes) all of a thread's units, before any is stored.
+fn load_units(first: u32, group_chunks: u32) -> Units {
+    var units: Units;
+    for (var j = 0u; j < MAX_UNITS; j += 1u) {
+        if j < UNITS {
+            units.places[j] = unit_target(first + j * WORKGROUP, group_chunks);
+            if units.places[j].x != NO_SLOT {
+                units.k[j] = cache_unit(false, units.places[j].z);
+                units.v[j] = cache_unit(true, units.places[j].z);
+            }
+        }
+    }
+    return units;
+}
+
 @compute @workgroup_size(WORKGROUP)
 fn reshape_and_cache(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, CHUNKS);
-    if place.x != NO_SLOT {
-        store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+    let first = first_unit(workgroup, workgroups, local);
+    if LOADS_FIRST {
+        let units = load_units(first, CHUNKS);
+        for (var j = 0u; j < MAX_UNITS; j += 1u) {
+            if j < UNITS && units.places[j].x != NO_SLOT {
+                store_unit(units.places[j].x, units.places[j].y, units.k[j], units.v[j]);
+            }
+        }
+    } else {
+        for (var j = 0u; j < UNITS; j += 1u) {
+            let place = unit_target(first + j * WORKGROUP, CHUNKS);
+            if place.x != NO_SLOT {
+                store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+            }
+        }
     }
 }
 
 // As reshape_and_cache, binding WIDE_CHUNKS chunks of each cache (for adapters that allow
-// 2 * WIDE_CHUNKS + 3 storage bindings per stage: a whole 32 GiB cache in one dispatch).
+// 2 * WIDE_CHUNKS + 4 storage bindings per stage: a whole 32 GiB cache in one dispatch).
 @compute @workgroup_size(WORKGROUP)
 fn reshape_and_cache_wide(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, WIDE_CHUNKS);
-    if place.x != NO_SLOT {
-        store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+    let first = first_unit(workgroup, workgroups, local);
+    if LOADS_FIRST {
+        let units = load_units(first, WIDE_CHUNKS);
+        for (var j = 0u; j < MAX_UNITS; j += 1u) {
+            if j < UNITS && units.places[j].x != NO_SLOT {
+                store_unit_wide(units.places[j].x, units.places[j].y, units.k[j], units.v[j]);
+            }
+        }
+    } else {
+        for (var j = 0u; j < UNITS; j += 1u) {
+            let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
+            if place.x != NO_SLOT {
+                store_unit_wide(
+                    place.x,
+                    place.y,
+                    cache_unit(false, place.z),
+                    cache_unit(true, place.z),
+                );
+            }
+        }
     }
 }
 
@@ -599,11 +659,23 @@ fn reshape_and_cache_one(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, 1u);
-    if place.x != NO_SLOT {
-        k0[place.y] = cache_unit(false, place.z);
-        v0[place.y] = cache_unit(true, place.z);
+    let first = first_unit(workgroup, workgroups, local);
+    if LOADS_FIRST {
+        let units = load_units(first, 1u);
+        for (var j = 0u; j < MAX_UNITS; j += 1u) {
+            if j < UNITS && units.places[j].x != NO_SLOT {
+                k0[units.places[j].y] = units.k[j];
+                v0[units.places[j].y] = units.v[j];
+            }
+        }
+    } else {
+        for (var j = 0u; j < UNITS; j += 1u) {
+            let place = unit_target(first + j * WORKGROUP, 1u);
+            if place.x != NO_SLOT {
+                k0[place.y] = cache_unit(false, place.z);
+                v0[place.y] = cache_unit(true, place.z);
+            }
+        }
     }
 }
 

@@ -220,20 +220,23 @@ fn caches_and_inputs_split_over_many_buffers_match_reference() {
     check(&mut backend, &cases);
 }
 
-/// Tokens taken in slot order (the bucketing passes on the device) and caches as one buffer
-/// with the chunks bound as windows, alone and together, with few and many buckets (the scan
-/// takes several buckets per thread past 256), over many chunks and token ranges.
+/// Tokens taken in slot order (the bucketing passes on the device), caches as one buffer with
+/// the chunks bound as windows, and several 16-byte units per thread (loaded all first, or one
+/// by one), alone and together, with few and many buckets (the scan takes several buckets per
+/// thread past 256), over many chunks and token ranges.
 #[test]
-fn slot_order_and_one_buffer_match_reference() {
+fn slot_order_one_buffer_and_units_match_reference() {
     let cases: Vec<Case> = verify::matrix(Coverage::Quick, 45)
         .into_iter()
         .filter(|case| case.problem.layout == Layout::Nhd)
         .collect();
-    for (slot_order, order_buckets, one_buffer) in [
-        (true, 1, false),
-        (true, 7, true),
-        (true, 1000, false),
-        (false, 0, true),
+    for (slot_order, order_buckets, one_buffer, units, loads_first) in [
+        (true, 1, false, 1, true),
+        (true, 7, true, 8, true),
+        (true, 1000, false, 3, false),
+        (false, 0, true, 1, true),
+        (false, 0, false, 5, true),
+        (false, 0, false, 8, false),
     ] {
         let mut backend = WgpuBackend::open_with(
             None,
@@ -243,6 +246,8 @@ fn slot_order_and_one_buffer_match_reference() {
                 slot_order: Some(slot_order),
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
                 one_buffer: Some(one_buffer),
+                units_per_thread: Some(units),
+                loads_first: Some(loads_first),
                 ..Default::default()
             },
         )
@@ -259,6 +264,7 @@ fn slot_order_and_one_buffer_match_reference() {
                 order_buckets: Some(300),
                 max_chunk_blocks,
                 one_buffer: Some(true),
+                units_per_thread: Some(8),
                 ..Default::default()
             },
         )

@@ -38,6 +38,8 @@ const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 const WORKGROUP: u64 = 256;
 /// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
 const CHUNKS_PER_DISPATCH: usize = 12;
+/// The most 16-byte units per thread (`MAX_UNITS` in the shader).
+const MAX_UNITS: u64 = 8;
 /// Chunks of each cache that `reshape_and_cache_wide` binds (`WIDE_CHUNKS` in the shader).
 const WIDE_CHUNKS_PER_DISPATCH: usize = 32;
 /// Binding of key chunk j is `KEY_CHUNK_BINDING + j`, of value chunk j `VALUE_CHUNK_BINDING + j`.
@@ -81,6 +83,10 @@ pub struct LimitOverrides {
     /// One buffer per cache, its chunks bound as windows of it, or one buffer per chunk;
     /// `None`: the backend's choice.
     pub one_buffer: Option<bool>,
+    /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
+    pub units_per_thread: Option<u32>,
+    /// Whether a thread of the 16-byte kernels loads all its units before storing any.
+    pub loads_first: Option<bool>,
 }
 
 impl LimitOverrides {
@@ -101,6 +107,8 @@ impl LimitOverrides {
         add("slot_order", self.slot_order.map(|v| v.to_string()));
         add("order_buckets", self.order_buckets.map(|v| v.to_string()));
         add("one_buffer", self.one_buffer.map(|v| v.to_string()));
+        add("units", self.units_per_thread.map(|v| v.to_string()));
+        add("loads_first", self.loads_first.map(|v| v.to_string()));
         if set.is_empty() {
             String::new()
         } else {
@@ -125,6 +133,8 @@ impl LimitOverrides {
                 .filter(|&n| n > 0)
                 .map(|n| n.min(1 << 20) as u32),
             one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
+            units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
+            loads_first: number("PKB_WGPU_LOADS_FIRST").map(|n| n != 0),
         }
     }
 }
@@ -273,6 +283,9 @@ struct Plan {
     one_buffer: bool,
     /// The slot-order pass, if tokens are taken in slot order.
     order: Option<OrderPlan>,
+    /// 16-byte units per thread (`UNITS` in the shader), and whether all are loaded first.
+    units: u32,
+    loads_first: bool,
 }
 
 /// The slot-order pass of a call.
@@ -365,6 +378,8 @@ impl Plan {
             tokens_per_range,
             one_buffer: false,
             order: None,
+            units: 1,
+            loads_first: true,
         })
     }
 }
@@ -958,6 +973,12 @@ impl WgpuBackend {
             && total <= self.limits.max_buffer_size
             && plan.chunk_bytes[0].is_multiple_of(alignment);
         plan.one_buffer = windows_fit && self.overrides.one_buffer.unwrap_or(false);
+        plan.units = self
+            .overrides
+            .units_per_thread
+            .unwrap_or(1)
+            .clamp(1, MAX_UNITS as u32);
+        plan.loads_first = self.overrides.loads_first.unwrap_or(true);
         let ordered = plan.kernel != Kernel::Words && self.overrides.slot_order.unwrap_or(false);
         if ordered {
             let slots = problem.num_slots();
@@ -1133,6 +1154,8 @@ impl WgpuBackend {
                     },
                 ),
                 ("ORDERED", if plan.order.is_some() { 1.0 } else { 0.0 }),
+                ("UNITS", plan.units as f64),
+                ("LOADS_FIRST", if plan.loads_first { 1.0 } else { 0.0 }),
             ],
             Kernel::Words => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -1263,7 +1286,11 @@ impl WgpuBackend {
                 })?,
             };
             let num_units = tokens as u64 * units_per_token;
-            let grid = self.grid(num_units)?;
+            let threads = match plan.kernel {
+                Kernel::Words => num_units,
+                _ => num_units.div_ceil(plan.units as u64),
+            };
+            let grid = self.grid(threads)?;
             for &first_chunk in &groups {
                 let params = GpuParams {
                     num_tokens: tokens as u32,
