@@ -49,10 +49,8 @@ override FP8: bool = false;
 // order_* passes) rather than as they come. Either way every token is written; the order only
 // decides which tokens' rows are written at the same time.
 override ORDERED: bool = false;
-// reshape_and_cache*: 16-byte units of each cache per thread (1 to MAX_UNITS), and whether a
-// thread loads all of them before storing any (else unit by unit).
+// reshape_and_cache*: 16-byte units of each cache per thread.
 override UNITS: u32 = 1u;
-override LOADS_FIRST: bool = true;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -69,8 +67,6 @@ const CHUNKS: u32 = 12u;
 // Chunks bound by reshape_and_cache_wide (67 storage bindings: NVIDIA, AMD and Intel Vulkan
 // drivers and DX12 allow far more).
 const WIDE_CHUNKS: u32 = 32u;
-// The most 16-byte units per thread (UNITS).
-const MAX_UNITS: u32 = 8u;
 
 const KIND_HALF: u32 = 0u;
 const KIND_BF16: u32 = 1u;
@@ -106,7 +102,9 @@ struct Params {
     // The fp8 sign bit (0x80 or 0) of the host's NaN for invalid operations (0/0, inf/inf): the
     // reference divides on the host, and x86 and ARM disagree on that sign.
     nan_sign: u32,
-    _pad0: u32,
+    // Input units (16 bytes) in key_in / value_in: units from here on are in key_in_hi /
+    // value_in_hi (0xffffffff: all in the first part).
+    split_input: u32,
     _pad1: u32,
     _pad2: u32,
     k_scale: Scale,
@@ -188,6 +186,9 @@ struct Params {
 // With ORDERED, position p of the dispatch's work is token order[p] (a permutation of the
 // dispatch's tokens); otherwise this is bound to a dummy buffer and not read.
 @group(0) @binding(68) var<storage, read> order: array<u32>;
+// The inputs of the dispatch's tokens past the first binding's worth (see Params.split_input).
+@group(0) @binding(69) var<storage, read> key_in_hi: array<vec4<u32>>;
+@group(0) @binding(70) var<storage, read> value_in_hi: array<vec4<u32>>;
 
 // reshape_and_cache_words: the same inputs as words, and one chunk of each cache.
 @group(0) @binding(100) var<storage, read> key_words: array<u32>;
@@ -414,6 +415,13 @@ fn quantize_pair(word: u32, scale: Scale) -> vec2<u32> {
 
 // Input unit `index` (16 bytes) of the keys or the values.
 fn load_input(is_value: bool, index: u32) -> vec4<u32> {
+    if index >= params.split_input {
+        let j = index - params.split_input;
+        if is_value {
+            return value_in_hi[j];
+        }
+        return key_in_hi[j];
+    }
     if is_value {
         return value_in[index];
     }
@@ -570,31 +578,11 @@ fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
     return vec3<u32>(chunk, place.y * ROW_UNITS + u, t * ROW_UNITS + u);
 }
 
-// A thread's units: UNITS of them, WORKGROUP apart, so that a workgroup covers WORKGROUP * UNITS
-// consecutive units (with UNITS = 8, a whole 32 KiB row of each cache in the default shape).
-struct Units {
-    places: array<vec3<u32>, MAX_UNITS>,
-    k: array<vec4<u32>, MAX_UNITS>,
-    v: array<vec4<u32>, MAX_UNITS>,
-}
-
+// A thread writes UNITS units of each cache, WORKGROUP apart, so that a workgroup covers
+// WORKGROUP * UNITS consecutive units; unit by unit (a thread that loads all its units before
+// storing any needs an array the driver may keep in memory rather than registers).
 fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP * UNITS + local;
-}
-
-// Locates and loads (and encodes) all of a thread's units, before any is stored.
-fn load_units(first: u32, group_chunks: u32) -> Units {
-    var units: Units;
-    for (var j = 0u; j < MAX_UNITS; j += 1u) {
-        if j < UNITS {
-            units.places[j] = unit_target(first + j * WORKGROUP, group_chunks);
-            if units.places[j].x != NO_SLOT {
-                units.k[j] = cache_unit(false, units.places[j].z);
-                units.v[j] = cache_unit(true, units.places[j].z);
-            }
-        }
-    }
-    return units;
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -604,25 +592,16 @@ fn reshape_and_cache(
     @builtin(local_invocation_index) local: u32,
 ) {
     let first = first_unit(workgroup, workgroups, local);
-    if LOADS_FIRST {
-        let units = load_units(first, CHUNKS);
-        for (var j = 0u; j < MAX_UNITS; j += 1u) {
-            if j < UNITS && units.places[j].x != NO_SLOT {
-                store_unit(units.places[j].x, units.places[j].y, units.k[j], units.v[j]);
-            }
-        }
-    } else {
-        for (var j = 0u; j < UNITS; j += 1u) {
-            let place = unit_target(first + j * WORKGROUP, CHUNKS);
-            if place.x != NO_SLOT {
-                store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
-            }
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
         }
     }
 }
 
 // As reshape_and_cache, binding WIDE_CHUNKS chunks of each cache (for adapters that allow
-// 2 * WIDE_CHUNKS + 4 storage bindings per stage: a whole 32 GiB cache in one dispatch).
+// 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch).
 @compute @workgroup_size(WORKGROUP)
 fn reshape_and_cache_wide(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -630,24 +609,10 @@ fn reshape_and_cache_wide(
     @builtin(local_invocation_index) local: u32,
 ) {
     let first = first_unit(workgroup, workgroups, local);
-    if LOADS_FIRST {
-        let units = load_units(first, WIDE_CHUNKS);
-        for (var j = 0u; j < MAX_UNITS; j += 1u) {
-            if j < UNITS && units.places[j].x != NO_SLOT {
-                store_unit_wide(units.places[j].x, units.places[j].y, units.k[j], units.v[j]);
-            }
-        }
-    } else {
-        for (var j = 0u; j < UNITS; j += 1u) {
-            let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
-            if place.x != NO_SLOT {
-                store_unit_wide(
-                    place.x,
-                    place.y,
-                    cache_unit(false, place.z),
-                    cache_unit(true, place.z),
-                );
-            }
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
         }
     }
 }
@@ -660,21 +625,11 @@ fn reshape_and_cache_one(
     @builtin(local_invocation_index) local: u32,
 ) {
     let first = first_unit(workgroup, workgroups, local);
-    if LOADS_FIRST {
-        let units = load_units(first, 1u);
-        for (var j = 0u; j < MAX_UNITS; j += 1u) {
-            if j < UNITS && units.places[j].x != NO_SLOT {
-                k0[units.places[j].y] = units.k[j];
-                v0[units.places[j].y] = units.v[j];
-            }
-        }
-    } else {
-        for (var j = 0u; j < UNITS; j += 1u) {
-            let place = unit_target(first + j * WORKGROUP, 1u);
-            if place.x != NO_SLOT {
-                k0[place.y] = cache_unit(false, place.z);
-                v0[place.y] = cache_unit(true, place.z);
-            }
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, 1u);
+        if place.x != NO_SLOT {
+            k0[place.y] = cache_unit(false, place.z);
+            v0[place.y] = cache_unit(true, place.z);
         }
     }
 }

@@ -221,8 +221,7 @@ fn caches_and_inputs_split_over_many_buffers_match_reference() {
 }
 
 /// Tokens taken in slot order (the bucketing passes on the device), caches as one buffer with
-/// the chunks bound as windows, and several 16-byte units per thread (loaded all first, or one
-/// by one), alone and together, with few and many buckets (the scan takes several buckets per
+/// the chunks bound as windows, and several 16-byte units per thread, alone and together, with few and many buckets (the scan takes several buckets per
 /// thread past 256), over many chunks and token ranges.
 #[test]
 fn slot_order_one_buffer_and_units_match_reference() {
@@ -230,13 +229,11 @@ fn slot_order_one_buffer_and_units_match_reference() {
         .into_iter()
         .filter(|case| case.problem.layout == Layout::Nhd)
         .collect();
-    for (slot_order, order_buckets, one_buffer, units, loads_first) in [
-        (true, 1, false, 1, true),
-        (true, 7, true, 8, true),
-        (true, 1000, false, 3, false),
-        (false, 0, true, 1, true),
-        (false, 0, false, 5, true),
-        (false, 0, false, 8, false),
+    for (slot_order, order_buckets, one_buffer, units) in [
+        (true, 1, false, 1),
+        (true, 7, true, 8),
+        (true, 1000, false, 3),
+        (false, 0, true, 1),
     ] {
         let mut backend = WgpuBackend::open_with(
             None,
@@ -247,7 +244,6 @@ fn slot_order_one_buffer_and_units_match_reference() {
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
                 one_buffer: Some(one_buffer),
                 units_per_thread: Some(units),
-                loads_first: Some(loads_first),
                 ..Default::default()
             },
         )

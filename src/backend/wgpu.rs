@@ -38,7 +38,7 @@ const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 const WORKGROUP: u64 = 256;
 /// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
 const CHUNKS_PER_DISPATCH: usize = 12;
-/// The most 16-byte units per thread (`MAX_UNITS` in the shader).
+/// The most 16-byte units per thread the overrides may ask for.
 const MAX_UNITS: u64 = 8;
 /// Chunks of each cache that `reshape_and_cache_wide` binds (`WIDE_CHUNKS` in the shader).
 const WIDE_CHUNKS_PER_DISPATCH: usize = 32;
@@ -47,12 +47,17 @@ const KEY_CHUNK_BINDING: u32 = 4;
 const VALUE_CHUNK_BINDING: u32 = 36;
 
 /// Storage bindings an entry point that binds `chunks` chunks of each cache uses: the chunks,
-/// both inputs, the slots and the token order.
+/// both inputs in two parts each, the slots and the token order.
 const fn storage_bindings(chunks: usize) -> u32 {
-    2 * chunks as u32 + 4
+    2 * chunks as u32 + 6
 }
+/// Bindings of the second part of the inputs (`key_in_hi`, `value_in_hi` in the shader).
+const KEY_HI_BINDING: u32 = 69;
+const VALUE_HI_BINDING: u32 = 70;
 /// Binding of the token order in the cache-writing entry points (`order` in the shader).
 const ORDER_BINDING: u32 = 68;
+/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order.
+const TRANSLATION_REACH_PAGES: u64 = 4096;
 /// Buckets (slot ranges) of the slot-order pass by default.
 const ORDER_BUCKETS: u32 = 1024;
 /// Uploads and read-backs move at most this much per staging buffer, so that copying a
@@ -85,8 +90,6 @@ pub struct LimitOverrides {
     pub one_buffer: Option<bool>,
     /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
     pub units_per_thread: Option<u32>,
-    /// Whether a thread of the 16-byte kernels loads all its units before storing any.
-    pub loads_first: Option<bool>,
 }
 
 impl LimitOverrides {
@@ -108,7 +111,6 @@ impl LimitOverrides {
         add("order_buckets", self.order_buckets.map(|v| v.to_string()));
         add("one_buffer", self.one_buffer.map(|v| v.to_string()));
         add("units", self.units_per_thread.map(|v| v.to_string()));
-        add("loads_first", self.loads_first.map(|v| v.to_string()));
         if set.is_empty() {
             String::new()
         } else {
@@ -134,7 +136,6 @@ impl LimitOverrides {
                 .map(|n| n.min(1 << 20) as u32),
             one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
             units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
-            loads_first: number("PKB_WGPU_LOADS_FIRST").map(|n| n != 0),
         }
     }
 }
@@ -283,9 +284,8 @@ struct Plan {
     one_buffer: bool,
     /// The slot-order pass, if tokens are taken in slot order.
     order: Option<OrderPlan>,
-    /// 16-byte units per thread (`UNITS` in the shader), and whether all are loaded first.
+    /// 16-byte units per thread (`UNITS` in the shader).
     units: u32,
-    loads_first: bool,
 }
 
 /// The slot-order pass of a call.
@@ -379,7 +379,6 @@ impl Plan {
             one_buffer: false,
             order: None,
             units: 1,
-            loads_first: true,
         })
     }
 }
@@ -453,7 +452,8 @@ struct GpuParams {
     first_chunk: u32,
     num_units: u32,
     nan_sign: u32,
-    _pad: [u32; 3],
+    split_input: u32,
+    _pad: [u32; 2],
     k_scale: GpuScale,
     v_scale: GpuScale,
 }
@@ -978,8 +978,11 @@ impl WgpuBackend {
             .units_per_thread
             .unwrap_or(1)
             .clamp(1, MAX_UNITS as u32);
-        plan.loads_first = self.overrides.loads_first.unwrap_or(true);
-        let ordered = plan.kernel != Kernel::Words && self.overrides.slot_order.unwrap_or(false);
+        let ordered = plan.kernel != Kernel::Words
+            && self
+                .overrides
+                .slot_order
+                .unwrap_or_else(|| !self.is_software() && spreads_past_translation_reach(problem));
         if ordered {
             let slots = problem.num_slots();
             let buckets = (self.overrides.order_buckets.unwrap_or(ORDER_BUCKETS) as u64)
@@ -1155,7 +1158,6 @@ impl WgpuBackend {
                 ),
                 ("ORDERED", if plan.order.is_some() { 1.0 } else { 0.0 }),
                 ("UNITS", plan.units as f64),
-                ("LOADS_FIRST", if plan.loads_first { 1.0 } else { 0.0 }),
             ],
             Kernel::Words => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -1204,20 +1206,56 @@ impl WgpuBackend {
             Bytes(problem.input_bytes())
         );
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        // The 16-byte kernels take two token ranges per dispatch (inputs in two bindings each),
+        // so that the slot order spans both: 65536 bf16 tokens of 128 x 128 are one dispatch.
+        let ranges_per_dispatch = match plan.kernel {
+            Kernel::Words => 1,
+            _ => 2,
+        };
         let mut first_token = 0;
         while first_token < problem.num_tokens {
-            let tokens = plan.tokens_per_range.min(problem.num_tokens - first_token);
-            let bytes = first_token * input_row..(first_token + tokens) * input_row;
-            let padded = (tokens * input_row).next_multiple_of(16) as u64;
-            let (key, value, slots) = self.scoped(&what, || {
-                (
-                    self.buffer("key input", padded, storage),
-                    self.buffer("value input", padded, storage),
-                    self.buffer("slot mapping", 8 * tokens as u64, storage),
-                )
+            let tokens =
+                (ranges_per_dispatch * plan.tokens_per_range).min(problem.num_tokens - first_token);
+            let lo_tokens = plan.tokens_per_range.min(tokens);
+            let mut parts = Vec::new();
+            for (start, count) in [(0, lo_tokens), (lo_tokens, tokens - lo_tokens)] {
+                if count == 0 {
+                    continue;
+                }
+                let begin = first_token + start;
+                let bytes = begin * input_row..(begin + count) * input_row;
+                let padded = (count * input_row).next_multiple_of(16) as u64;
+                let (key, value) = self.scoped(&what, || {
+                    (
+                        self.buffer("key input", padded, storage),
+                        self.buffer("value input", padded, storage),
+                    )
+                })?;
+                self.upload(&key, &inputs.key[bytes.clone()])?;
+                self.upload(&value, &inputs.value[bytes])?;
+                parts.push((key, value));
+            }
+            if parts.len() < 2 {
+                // Nothing reads the second part then; bind small distinct buffers.
+                let spare = self.scoped("allocating a buffer", || {
+                    (
+                        self.buffer("no key input", 16, wgpu::BufferUsages::STORAGE),
+                        self.buffer("no value input", 16, wgpu::BufferUsages::STORAGE),
+                    )
+                })?;
+                parts.push(spare);
+            }
+            let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] =
+                parts.try_into().map_err(|_| Error::Wgpu("two input parts".into()))?;
+            // Input units (16 bytes) of the first part: later ones are in the second.
+            let split_input = if tokens > lo_tokens {
+                (lo_tokens * input_row / 16) as u32
+            } else {
+                u32::MAX
+            };
+            let slots = self.scoped(&what, || {
+                self.buffer("slot mapping", 8 * tokens as u64, storage)
             })?;
-            self.upload(&key, &inputs.key[bytes.clone()])?;
-            self.upload(&value, &inputs.value[bytes])?;
             // Little-endian int64, as the shader reads (lo, hi) pairs.
             let slot_bytes: Vec<u8> = inputs.slot_mapping[first_token..first_token + tokens]
                 .iter()
@@ -1298,7 +1336,8 @@ impl WgpuBackend {
                     first_chunk: first_chunk as u32,
                     num_units: num_units as u32,
                     nan_sign: self.nan_sign,
-                    _pad: [0; 3],
+                    split_input,
+                    _pad: [0; 2],
                     k_scale: GpuScale::new(inputs.k_scale),
                     v_scale: GpuScale::new(inputs.v_scale),
                 };
@@ -1312,6 +1351,8 @@ impl WgpuBackend {
                                 (2, Window::whole(&value)),
                                 (3, Window::whole(&slots)),
                                 (ORDER_BINDING, Window::whole(&order)),
+                                (KEY_HI_BINDING, Window::whole(&key_hi)),
+                                (VALUE_HI_BINDING, Window::whole(&value_hi)),
                             ];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
@@ -1360,6 +1401,8 @@ impl WgpuBackend {
                                     (2, Window::whole(&value)),
                                     (3, Window::whole(&slots)),
                                     (ORDER_BINDING, Window::whole(&order)),
+                                    (KEY_HI_BINDING, Window::whole(&key_hi)),
+                                    (VALUE_HI_BINDING, Window::whole(&value_hi)),
                                     (KEY_CHUNK_BINDING, caches.chunk(false, first_chunk)),
                                     (VALUE_CHUNK_BINDING, caches.chunk(true, first_chunk)),
                                 ],
@@ -1392,7 +1435,7 @@ impl WgpuBackend {
                     grid,
                 });
             }
-            buffers.extend([key, value, slots, order]);
+            buffers.extend([key, value, key_hi, value_hi, slots, order]);
             first_token += tokens;
         }
         Ok((dispatches, buffers))
@@ -1584,6 +1627,20 @@ impl WgpuBackend {
         // Waiting on the host keeps the flush out of the next pass's timestamps.
         self.wait()
     }
+}
+
+/// Whether a call's rows land on more distinct pages than a GPU's address translation caches
+/// hold, so that taking the tokens in slot order pays for its passes. Measured on an H100
+/// (docs/perf-log-wgpu.md): random rows over 2 x 2 GiB of cache ran at copy speed at any token
+/// count, while those over 2 x 32 GiB fell to 40% of it from 8192 tokens on; the boundary
+/// matched a reach of some 5000 to 6000 pages of 2 MiB over both caches.
+fn spreads_past_translation_reach(problem: &Problem) -> bool {
+    const PAGE_BYTES: f64 = (2 << 20) as f64;
+    const REACH_PAGES: f64 = TRANSLATION_REACH_PAGES as f64;
+    let pages = (problem.cache_bytes() as f64 / PAGE_BYTES).max(1.0);
+    // Expected distinct pages among num_tokens random rows, in each of the two caches.
+    let touched = 2.0 * pages * (1.0 - (-(problem.num_tokens as f64) / pages).exp());
+    touched > REACH_PAGES
 }
 
 /// u32 words a token row's span touches in the word kernel: rows of an odd number of 16-bit
@@ -1946,10 +2003,10 @@ mod tests {
                 .unwrap()
                 .kernel
         };
-        assert_eq!(kernel(68, 20 << 10), Kernel::Wide);
-        assert_eq!(kernel(67, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(28, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(27, 20 << 10), Kernel::One);
+        assert_eq!(kernel(70, 20 << 10), Kernel::Wide);
+        assert_eq!(kernel(69, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(30, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(29, 20 << 10), Kernel::One);
         // 12 chunks or fewer: the narrow kernel binds them all.
         assert_eq!(kernel(1000, 1 << 20), Kernel::Multi);
         // One chunk: the single-chunk kernel.
