@@ -45,6 +45,12 @@ override ROW_UNITS: u32 = 1u;
 override IN_KIND: u32 = 0u;
 // Whether the cache is fp8 (else auto: the input's bits).
 override FP8: bool = false;
+// reshape_and_cache*: whether tokens are taken in the order `order` gives (slot order, from the
+// order_* passes) rather than as they come. Either way every token is written; the order only
+// decides which tokens' rows are written at the same time.
+override ORDERED: bool = false;
+// reshape_and_cache*: 16-byte units of each cache per thread.
+override UNITS: u32 = 1u;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -55,7 +61,7 @@ override ROW_WORDS: u32 = 1u;
 override ESTIMATE_SKEW: i32 = 0;
 
 const WORKGROUP: u32 = 256u;
-// Chunks bound by reshape_and_cache: 2 * CHUNKS + 3 storage bindings must fit the adapter's
+// Chunks bound by reshape_and_cache: 2 * CHUNKS + 4 storage bindings must fit the adapter's
 // max_storage_buffers_per_shader_stage (32 on lavapipe, 31 buffers in all on Metal).
 const CHUNKS: u32 = 12u;
 // Chunks bound by reshape_and_cache_wide (67 storage bindings: NVIDIA, AMD and Intel Vulkan
@@ -96,7 +102,9 @@ struct Params {
     // The fp8 sign bit (0x80 or 0) of the host's NaN for invalid operations (0/0, inf/inf): the
     // reference divides on the host, and x86 and ARM disagree on that sign.
     nan_sign: u32,
-    _pad0: u32,
+    // Input units (16 bytes) in key_in / value_in: units from here on are in key_in_hi /
+    // value_in_hi (0xffffffff: all in the first part).
+    split_input: u32,
     _pad1: u32,
     _pad2: u32,
     k_scale: Scale,
@@ -175,6 +183,12 @@ struct Params {
 @group(0) @binding(65) var<storage, read_write> v29: array<vec4<u32>>;
 @group(0) @binding(66) var<storage, read_write> v30: array<vec4<u32>>;
 @group(0) @binding(67) var<storage, read_write> v31: array<vec4<u32>>;
+// With ORDERED, position p of the dispatch's work is token order[p] (a permutation of the
+// dispatch's tokens); otherwise this is bound to a dummy buffer and not read.
+@group(0) @binding(68) var<storage, read> order: array<u32>;
+// The inputs of the dispatch's tokens past the first binding's worth (see Params.split_input).
+@group(0) @binding(69) var<storage, read> key_in_hi: array<vec4<u32>>;
+@group(0) @binding(70) var<storage, read> value_in_hi: array<vec4<u32>>;
 
 // reshape_and_cache_words: the same inputs as words, and one chunk of each cache.
 @group(0) @binding(100) var<storage, read> key_words: array<u32>;
@@ -401,6 +415,13 @@ fn quantize_pair(word: u32, scale: Scale) -> vec2<u32> {
 
 // Input unit `index` (16 bytes) of the keys or the values.
 fn load_input(is_value: bool, index: u32) -> vec4<u32> {
+    if index >= params.split_input {
+        let j = index - params.split_input;
+        if is_value {
+            return value_in_hi[j];
+        }
+        return key_in_hi[j];
+    }
     if is_value {
         return value_in[index];
     }
@@ -529,26 +550,39 @@ fn store_unit_wide(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
     }
 }
 
-// Where thread i's unit goes: (chunk within this dispatch's group, unit index within the
-// chunk), or NO_SLOT in x when the thread has nothing to write here. Thread i writes 16 bytes of
-// each cache: unit i % ROW_UNITS of token i / ROW_UNITS.
-fn unit_target(i: u32, group_chunks: u32) -> vec2<u32> {
+// What thread i does: x = the chunk within this dispatch's group it stores into (NO_SLOT when
+// it has nothing to write here), y = the unit index within that chunk, z = the input unit.
+// Thread i writes 16 bytes of each cache: unit i % ROW_UNITS of the token at position
+// i / ROW_UNITS (that token itself, or order[position] with ORDERED).
+fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
     if i >= params.num_units {
-        return vec2<u32>(NO_SLOT, 0u);
+        return vec3<u32>(NO_SLOT, 0u, 0u);
     }
-    let t = i / ROW_UNITS;
+    let position = i / ROW_UNITS;
+    let u = i - position * ROW_UNITS;
+    var t = position;
+    if ORDERED {
+        t = order[position];
+    }
     let slot = slot_of(t);
     if slot == NO_SLOT {
-        return vec2<u32>(NO_SLOT, 0u);
+        return vec3<u32>(NO_SLOT, 0u, 0u);
     }
     let place = locate(slot);
     // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
     // chunks before the group large).
     let chunk = place.x - params.first_chunk;
     if chunk >= group_chunks {
-        return vec2<u32>(NO_SLOT, 0u);
+        return vec3<u32>(NO_SLOT, 0u, 0u);
     }
-    return vec2<u32>(chunk, place.y * ROW_UNITS + (i - t * ROW_UNITS));
+    return vec3<u32>(chunk, place.y * ROW_UNITS + u, t * ROW_UNITS + u);
+}
+
+// A thread writes UNITS units of each cache, WORKGROUP apart, so that a workgroup covers
+// WORKGROUP * UNITS consecutive units; unit by unit (a thread that loads all its units before
+// storing any needs an array the driver may keep in memory rather than registers).
+fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
+    return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP * UNITS + local;
 }
 
 @compute @workgroup_size(WORKGROUP)
@@ -557,25 +591,29 @@ fn reshape_and_cache(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, CHUNKS);
-    if place.x != NO_SLOT {
-        store_unit(place.x, place.y, cache_unit(false, i), cache_unit(true, i));
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+        }
     }
 }
 
 // As reshape_and_cache, binding WIDE_CHUNKS chunks of each cache (for adapters that allow
-// 2 * WIDE_CHUNKS + 3 storage bindings per stage: a whole 32 GiB cache in one dispatch).
+// 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch).
 @compute @workgroup_size(WORKGROUP)
 fn reshape_and_cache_wide(
     @builtin(workgroup_id) workgroup: vec3<u32>,
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, WIDE_CHUNKS);
-    if place.x != NO_SLOT {
-        store_unit_wide(place.x, place.y, cache_unit(false, i), cache_unit(true, i));
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+        }
     }
 }
 
@@ -586,11 +624,111 @@ fn reshape_and_cache_one(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let i = thread_index(workgroup, workgroups, local);
-    let place = unit_target(i, 1u);
-    if place.x != NO_SLOT {
-        k0[place.y] = cache_unit(false, i);
-        v0[place.y] = cache_unit(true, i);
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let place = unit_target(first + j * WORKGROUP, 1u);
+        if place.x != NO_SLOT {
+            k0[place.y] = cache_unit(false, place.z);
+            v0[place.y] = cache_unit(true, place.z);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slot order: a counting sort of a dispatch's tokens by slot bucket (a bucket being a range of
+// slots_per_bucket consecutive slots), run on the device as part of every call, so that the
+// workgroups that run at the same time write rows close together in the cache rather than
+// spread over all of it. Three passes per token range:
+// - order_count:   rank[t] = the token's place among its bucket's tokens (atomic counter);
+// - order_scan:    one workgroup turns the counts into each bucket's first position, and
+//                  clears the counts for the next call;
+// - order_scatter: order[start[bucket] + rank[t]] = t.
+// Padding tokens (and slots outside the cache) go to a last bucket of their own.
+
+struct OrderParams {
+    num_tokens: u32,
+    num_slots: u32,
+    slots_per_bucket: u32,
+    // Buckets of slots; bucket `buckets` holds the rest.
+    buckets: u32,
+}
+
+@group(0) @binding(140) var<uniform> order_params: OrderParams;
+@group(0) @binding(141) var<storage, read_write> bucket_counts: array<atomic<u32>>;
+@group(0) @binding(142) var<storage, read_write> token_ranks: array<u32>;
+@group(0) @binding(143) var<storage, read_write> scan_counts: array<u32>;
+@group(0) @binding(144) var<storage, read_write> bucket_starts: array<u32>;
+@group(0) @binding(145) var<storage, read> scatter_ranks: array<u32>;
+@group(0) @binding(146) var<storage, read> scatter_starts: array<u32>;
+@group(0) @binding(147) var<storage, read_write> order_out: array<u32>;
+
+fn bucket_of(t: u32) -> u32 {
+    let s = slots[t];
+    if s.y != 0u || s.x >= order_params.num_slots {
+        return order_params.buckets;
+    }
+    return s.x / order_params.slots_per_bucket;
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn order_count(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let t = thread_index(workgroup, workgroups, local);
+    if t < order_params.num_tokens {
+        token_ranks[t] = atomicAdd(&bucket_counts[bucket_of(t)], 1u);
+    }
+}
+
+var<workgroup> scan_sums: array<u32, WORKGROUP>;
+
+// One workgroup: thread j takes a run of consecutive buckets.
+@compute @workgroup_size(WORKGROUP)
+fn order_scan(@builtin(local_invocation_index) local: u32) {
+    let n = order_params.buckets + 1u;
+    let per = (n + WORKGROUP - 1u) / WORKGROUP;
+    let first = local * per;
+    var sum = 0u;
+    for (var j = 0u; j < per; j += 1u) {
+        if first + j < n {
+            sum += scan_counts[first + j];
+        }
+    }
+    scan_sums[local] = sum;
+    workgroupBarrier();
+    // Inclusive scan of the runs' sums (Hillis-Steele).
+    for (var d = 1u; d < WORKGROUP; d <<= 1u) {
+        var add = 0u;
+        if local >= d {
+            add = scan_sums[local - d];
+        }
+        workgroupBarrier();
+        scan_sums[local] += add;
+        workgroupBarrier();
+    }
+    var start = scan_sums[local] - sum;
+    for (var j = 0u; j < per; j += 1u) {
+        let b = first + j;
+        if b < n {
+            let count = scan_counts[b];
+            bucket_starts[b] = start;
+            start += count;
+            scan_counts[b] = 0u;
+        }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn order_scatter(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let t = thread_index(workgroup, workgroups, local);
+    if t < order_params.num_tokens {
+        order_out[scatter_starts[bucket_of(t)] + scatter_ranks[t]] = t;
     }
 }
 

@@ -220,6 +220,55 @@ fn caches_and_inputs_split_over_many_buffers_match_reference() {
     check(&mut backend, &cases);
 }
 
+/// Tokens taken in slot order (the bucketing passes on the device), caches as one buffer with
+/// the chunks bound as windows, and several 16-byte units per thread, alone and together, with few and many buckets (the scan takes several buckets per
+/// thread past 256), over many chunks and token ranges.
+#[test]
+fn slot_order_one_buffer_and_units_match_reference() {
+    let cases: Vec<Case> = verify::matrix(Coverage::Quick, 45)
+        .into_iter()
+        .filter(|case| case.problem.layout == Layout::Nhd)
+        .collect();
+    for (slot_order, order_buckets, one_buffer, units) in [
+        (true, 1, false, 1),
+        (true, 7, true, 8),
+        (true, 1000, false, 3),
+        (false, 0, true, 1),
+    ] {
+        let mut backend = WgpuBackend::open_with(
+            None,
+            false,
+            LimitOverrides {
+                max_binding_bytes: Some(256 << 10),
+                slot_order: Some(slot_order),
+                order_buckets: (order_buckets > 0).then_some(order_buckets),
+                one_buffer: Some(one_buffer),
+                units_per_thread: Some(units),
+                ..Default::default()
+            },
+        )
+        .expect("a wgpu adapter");
+        check(&mut backend, &cases);
+    }
+    // One chunk (the single-chunk kernel) in slot order, and small chunks set by blocks.
+    for max_chunk_blocks in [None, Some(3)] {
+        let mut backend = WgpuBackend::open_with(
+            None,
+            false,
+            LimitOverrides {
+                slot_order: Some(true),
+                order_buckets: Some(300),
+                max_chunk_blocks,
+                one_buffer: Some(true),
+                units_per_thread: Some(8),
+                ..Default::default()
+            },
+        )
+        .expect("a wgpu adapter");
+        check(&mut backend, &cases);
+    }
+}
+
 /// The smallest possible chunks: one cache block per buffer, so that a cache of 40 blocks
 /// needs 4 dispatch groups, and many tokens per call need several input ranges.
 #[test]
@@ -285,6 +334,7 @@ fn two_dimensional_grids_match_reference() {
         LimitOverrides {
             max_workgroups_per_dimension: Some(64),
             max_binding_bytes: Some(128 << 10),
+            ..Default::default()
         },
     )
     .expect("adapter");

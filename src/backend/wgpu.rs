@@ -38,6 +38,8 @@ const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 const WORKGROUP: u64 = 256;
 /// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
 const CHUNKS_PER_DISPATCH: usize = 12;
+/// The most 16-byte units per thread the overrides may ask for.
+const MAX_UNITS: u64 = 8;
 /// Chunks of each cache that `reshape_and_cache_wide` binds (`WIDE_CHUNKS` in the shader).
 const WIDE_CHUNKS_PER_DISPATCH: usize = 32;
 /// Binding of key chunk j is `KEY_CHUNK_BINDING + j`, of value chunk j `VALUE_CHUNK_BINDING + j`.
@@ -45,10 +47,19 @@ const KEY_CHUNK_BINDING: u32 = 4;
 const VALUE_CHUNK_BINDING: u32 = 36;
 
 /// Storage bindings an entry point that binds `chunks` chunks of each cache uses: the chunks,
-/// both inputs and the slots.
+/// both inputs in two parts each, the slots and the token order.
 const fn storage_bindings(chunks: usize) -> u32 {
-    2 * chunks as u32 + 3
+    2 * chunks as u32 + 6
 }
+/// Bindings of the second part of the inputs (`key_in_hi`, `value_in_hi` in the shader).
+const KEY_HI_BINDING: u32 = 69;
+const VALUE_HI_BINDING: u32 = 70;
+/// Binding of the token order in the cache-writing entry points (`order` in the shader).
+const ORDER_BINDING: u32 = 68;
+/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order.
+const TRANSLATION_REACH_PAGES: u64 = 4096;
+/// Buckets (slot ranges) of the slot-order pass by default.
+const ORDER_BUCKETS: u32 = 1024;
 /// Uploads and read-backs move at most this much per staging buffer, so that copying a
 /// 32 GiB cache never needs 32 GiB of staging memory.
 const STAGING_BYTES: u64 = 64 << 20;
@@ -57,15 +68,76 @@ const STAGING_BYTES: u64 = 64 << 20;
 /// their bindings.
 const FLUSH_BYTES: u64 = 256 << 20;
 
-/// Limits below the adapter's own, for tests: small bindings split small caches and inputs
-/// over many buffers (as 32 GiB caches are on a GPU), and few workgroups per grid dimension
-/// make every dispatch two-dimensional (as those of more than 65535 workgroups are).
+/// Limits below the adapter's own and choices the backend would otherwise make itself, for
+/// tests and experiments: small bindings split small caches and inputs over many buffers (as
+/// 32 GiB caches are on a GPU), and few workgroups per grid dimension make every dispatch
+/// two-dimensional (as those of more than 65535 workgroups are).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LimitOverrides {
     /// Bytes per storage binding (rounded down to 16).
     pub max_binding_bytes: Option<u64>,
     /// Workgroups per dispatch dimension.
     pub max_workgroups_per_dimension: Option<u32>,
+    /// Cache blocks per chunk, at most.
+    pub max_chunk_blocks: Option<u64>,
+    /// Take the tokens in slot order (a bucketing pass on the device in every call) or as they
+    /// come; `None`: by the problem's size.
+    pub slot_order: Option<bool>,
+    /// Buckets of the slot-order pass (slot ranges); `None`: the backend's choice.
+    pub order_buckets: Option<u32>,
+    /// One buffer per cache, its chunks bound as windows of it, or one buffer per chunk;
+    /// `None`: the backend's choice.
+    pub one_buffer: Option<bool>,
+    /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
+    pub units_per_thread: Option<u32>,
+}
+
+impl LimitOverrides {
+    /// The overrides that are set, for the device line ("" when none is).
+    fn describe(&self) -> String {
+        let mut set = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                set.push(format!("{name}={value}"));
+            }
+        };
+        add("max_binding", self.max_binding_bytes.map(|v| v.to_string()));
+        add(
+            "max_workgroups",
+            self.max_workgroups_per_dimension.map(|v| v.to_string()),
+        );
+        add("chunk_blocks", self.max_chunk_blocks.map(|v| v.to_string()));
+        add("slot_order", self.slot_order.map(|v| v.to_string()));
+        add("order_buckets", self.order_buckets.map(|v| v.to_string()));
+        add("one_buffer", self.one_buffer.map(|v| v.to_string()));
+        add("units", self.units_per_thread.map(|v| v.to_string()));
+        if set.is_empty() {
+            String::new()
+        } else {
+            format!("; overrides: {}", set.join(" "))
+        }
+    }
+
+    /// Overrides from the environment, for experiments on a GPU (the benchmark has no flags
+    /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
+    /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1).
+    /// Unset or unreadable variables leave the backend's own choice.
+    pub fn from_env() -> Self {
+        fn number(name: &str) -> Option<u64> {
+            std::env::var(name).ok()?.trim().parse().ok()
+        }
+        Self {
+            max_binding_bytes: number("PKB_WGPU_MAX_BINDING"),
+            max_workgroups_per_dimension: None,
+            max_chunk_blocks: number("PKB_WGPU_CHUNK_BLOCKS").filter(|&n| n > 0),
+            slot_order: number("PKB_WGPU_SLOT_ORDER").map(|n| n != 0),
+            order_buckets: number("PKB_WGPU_ORDER_BUCKETS")
+                .filter(|&n| n > 0)
+                .map(|n| n.min(1 << 20) as u32),
+            one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
+            units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
+        }
+    }
 }
 
 /// The wgpu backend on one adapter.
@@ -81,6 +153,8 @@ pub struct WgpuBackend {
     max_binding: u64,
     /// Workgroups per grid dimension: the adapter's limit, or fewer when a test asks for it.
     max_workgroups: u32,
+    /// What tests and experiments ask for instead of the backend's own choices.
+    overrides: LimitOverrides,
     module: wgpu::ShaderModule,
     pipelines: HashMap<String, wgpu::ComputePipeline>,
     caches: Option<DeviceCaches>,
@@ -121,10 +195,55 @@ impl Drop for Flush {
 /// Both caches on the device, chunk by chunk, kept between prepares of the same shape.
 struct DeviceCaches {
     chunk_bytes: Vec<u64>,
+    /// Whether each cache is one buffer (`key[0]`, `value[0]`) whose chunks are windows, rather
+    /// than one buffer per chunk.
+    one_buffer: bool,
     key: Vec<wgpu::Buffer>,
     value: Vec<wgpu::Buffer>,
     /// The seed of the random fill the caches hold, if they hold one.
     random_fill: Option<u64>,
+}
+
+/// A chunk of a cache: a buffer and the window of it that the chunk is.
+#[derive(Clone, Copy)]
+struct Window<'a> {
+    buffer: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl<'a> Window<'a> {
+    fn whole(buffer: &'a wgpu::Buffer) -> Self {
+        Self {
+            buffer,
+            offset: 0,
+            size: buffer.size(),
+        }
+    }
+
+    fn binding(&self) -> wgpu::BufferBinding<'a> {
+        wgpu::BufferBinding {
+            buffer: self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size),
+        }
+    }
+}
+
+impl DeviceCaches {
+    /// Chunk `chunk` of the key (`value` false) or value cache.
+    fn chunk(&self, value: bool, chunk: usize) -> Window<'_> {
+        let buffers = if value { &self.value } else { &self.key };
+        if self.one_buffer {
+            Window {
+                buffer: &buffers[0],
+                offset: self.chunk_bytes[..chunk].iter().sum(),
+                size: self.chunk_bytes[chunk],
+            }
+        } else {
+            Window::whole(&buffers[chunk])
+        }
+    }
 }
 
 impl Drop for DeviceCaches {
@@ -161,12 +280,28 @@ struct Plan {
     chunk_bytes: Vec<u64>,
     /// Tokens per input buffer.
     tokens_per_range: usize,
+    /// Whether each cache is one buffer with the chunks as windows.
+    one_buffer: bool,
+    /// The slot-order pass, if tokens are taken in slot order.
+    order: Option<OrderPlan>,
+    /// 16-byte units per thread (`UNITS` in the shader).
+    units: u32,
+}
+
+/// The slot-order pass of a call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OrderPlan {
+    buckets: u32,
+    slots_per_bucket: u32,
 }
 
 impl Plan {
+    /// The plan with one buffer per chunk and tokens as they come; `max_chunk_blocks` caps
+    /// the blocks per chunk below what a binding holds.
     fn new(
         problem: &Problem,
         max_binding: u64,
+        max_chunk_blocks: u64,
         max_storage_bindings: u32,
         device: &str,
     ) -> Result<Self> {
@@ -182,7 +317,9 @@ impl Plan {
                 u32::MAX - 1
             )));
         }
-        let mut chunk_blocks = (max_binding / block_bytes).min(problem.num_blocks as u64);
+        let mut chunk_blocks = (max_binding / block_bytes)
+            .min(max_chunk_blocks)
+            .min(problem.num_blocks as u64);
         // Chunks must end on a word boundary (they do whenever rows are 16-byte multiples).
         while chunk_blocks > 0 && !(chunk_blocks * block_bytes).is_multiple_of(4) {
             chunk_blocks -= 1;
@@ -239,6 +376,9 @@ impl Plan {
             chunk_blocks,
             chunk_bytes,
             tokens_per_range,
+            one_buffer: false,
+            order: None,
+            units: 1,
         })
     }
 }
@@ -312,9 +452,20 @@ struct GpuParams {
     first_chunk: u32,
     num_units: u32,
     nan_sign: u32,
-    _pad: [u32; 3],
+    split_input: u32,
+    _pad: [u32; 2],
     k_scale: GpuScale,
     v_scale: GpuScale,
+}
+
+/// `OrderParams` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuOrderParams {
+    num_tokens: u32,
+    num_slots: u32,
+    slots_per_bucket: u32,
+    buckets: u32,
 }
 
 /// `EncodeParams` in the shader.
@@ -443,7 +594,7 @@ impl WgpuBackend {
     /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
     /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU.
     pub fn open(adapter: Option<&str>, hardware_only: bool) -> Result<Self> {
-        Self::open_with(adapter, hardware_only, LimitOverrides::default())
+        Self::open_with(adapter, hardware_only, LimitOverrides::from_env())
     }
 
     /// As [`WgpuBackend::open`], with limits below the adapter's (for tests).
@@ -536,6 +687,7 @@ impl WgpuBackend {
             timestamps,
             max_binding,
             max_workgroups,
+            overrides,
             pipelines: HashMap::new(),
             caches: None,
             errors,
@@ -687,11 +839,24 @@ impl WgpuBackend {
         pipeline: &wgpu::ComputePipeline,
         entries: &[(u32, &wgpu::Buffer)],
     ) -> wgpu::BindGroup {
+        let windows: Vec<(u32, Window)> = entries
+            .iter()
+            .map(|&(binding, buffer)| (binding, Window::whole(buffer)))
+            .collect();
+        self.bind_windows(pipeline, &windows)
+    }
+
+    /// A bind group of windows of buffers.
+    fn bind_windows(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[(u32, Window)],
+    ) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = entries
             .iter()
-            .map(|(binding, buffer)| wgpu::BindGroupEntry {
+            .map(|(binding, window)| wgpu::BindGroupEntry {
                 binding: *binding,
-                resource: buffer.as_entire_binding(),
+                resource: wgpu::BindingResource::Buffer(window.binding()),
             })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -721,8 +886,14 @@ impl WgpuBackend {
     /// Copies `data` into `buffer` from its start, through bounded staging memory. The
     /// buffer's size must cover `data` rounded up to 4 bytes.
     fn upload(&self, buffer: &wgpu::Buffer, data: &[u8]) -> Result<()> {
+        self.upload_at(Window::whole(buffer), data)
+    }
+
+    /// As [`Self::upload`], into a window of a buffer.
+    fn upload_at(&self, window: Window, data: &[u8]) -> Result<()> {
+        let buffer = window.buffer;
         for (index, piece) in data.chunks(STAGING_BYTES as usize).enumerate() {
-            let offset = index as u64 * STAGING_BYTES;
+            let offset = window.offset + index as u64 * STAGING_BYTES;
             if piece.len() % 4 == 0 {
                 self.queue.write_buffer(buffer, offset, piece);
             } else {
@@ -740,8 +911,14 @@ impl WgpuBackend {
 
     /// Reads the first `len` bytes of `buffer` (whose size is a multiple of 4).
     fn download(&self, buffer: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
+        self.download_from(Window::whole(buffer), len)
+    }
+
+    /// Reads the first `len` bytes of a window (whose size is a multiple of 4).
+    fn download_from(&self, window: Window, len: u64) -> Result<Vec<u8>> {
+        let buffer = window.buffer;
         let mut out = Vec::with_capacity(len as usize);
-        let staging_size = STAGING_BYTES.min(buffer.size());
+        let staging_size = STAGING_BYTES.min(window.size);
         let staging = self.scoped("allocating a read-back buffer", || {
             self.buffer(
                 "read-back",
@@ -751,11 +928,11 @@ impl WgpuBackend {
         })?;
         let mut offset = 0;
         while offset < len {
-            let piece = staging_size.min(buffer.size() - offset);
+            let piece = staging_size.min(window.size - offset);
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, piece);
+            encoder.copy_buffer_to_buffer(buffer, window.offset + offset, &staging, 0, piece);
             self.queue.submit([encoder.finish()]);
             let (sender, receiver) = mpsc::channel();
             staging.map_async(wgpu::MapMode::Read, 0..piece, move |result| {
@@ -780,14 +957,60 @@ impl WgpuBackend {
         Ok(out)
     }
 
+    /// How `problem` runs on this adapter: its limits, then the choices of buffers and token
+    /// order (the backend's own, or the overrides').
+    fn plan(&self, problem: &Problem) -> Result<Plan> {
+        let mut plan = Plan::new(
+            problem,
+            self.max_binding,
+            self.overrides.max_chunk_blocks.unwrap_or(u64::MAX),
+            self.limits.max_storage_buffers_per_shader_stage,
+            &self.info.name,
+        )?;
+        let total: u64 = plan.chunk_bytes.iter().sum();
+        let alignment = self.limits.min_storage_buffer_offset_alignment.max(1) as u64;
+        let windows_fit = plan.chunk_bytes.len() > 1
+            && total <= self.limits.max_buffer_size
+            && plan.chunk_bytes[0].is_multiple_of(alignment);
+        plan.one_buffer = windows_fit && self.overrides.one_buffer.unwrap_or(false);
+        plan.units = self
+            .overrides
+            .units_per_thread
+            .unwrap_or(1)
+            .clamp(1, MAX_UNITS as u32);
+        let ordered = plan.kernel != Kernel::Words
+            && self
+                .overrides
+                .slot_order
+                .unwrap_or_else(|| !self.is_software() && spreads_past_translation_reach(problem));
+        if ordered {
+            let slots = problem.num_slots();
+            let buckets = (self.overrides.order_buckets.unwrap_or(ORDER_BUCKETS) as u64)
+                .clamp(1, slots);
+            let slots_per_bucket = slots.div_ceil(buckets);
+            plan.order = Some(OrderPlan {
+                buckets: slots.div_ceil(slots_per_bucket) as u32,
+                slots_per_bucket: slots_per_bucket as u32,
+            });
+        }
+        if std::env::var_os("PKB_WGPU_TRACE").is_some() {
+            eprintln!(
+                "wgpu plan: {:?} chunks={} (max_buffer_size={} storage offset alignment={}) {plan:?}",
+                problem.describe(),
+                plan.chunk_bytes.len(),
+                self.limits.max_buffer_size,
+                alignment
+            );
+        }
+        Ok(plan)
+    }
+
     /// Makes sure both caches exist with the plan's chunks, reusing the current ones if they
     /// match (their contents stay, and with them a random fill that need not be redone).
     fn ensure_caches(&mut self, plan: &Plan) -> Result<()> {
-        if self
-            .caches
-            .as_ref()
-            .is_some_and(|caches| caches.chunk_bytes == plan.chunk_bytes)
-        {
+        if self.caches.as_ref().is_some_and(|caches| {
+            caches.chunk_bytes == plan.chunk_bytes && caches.one_buffer == plan.one_buffer
+        }) {
             return Ok(());
         }
         // Free the old caches before allocating the new ones.
@@ -796,13 +1019,20 @@ impl WgpuBackend {
         let what = format!(
             "allocating two caches of {} in {} buffer(s) each",
             Bytes(total),
-            plan.chunk_bytes.len()
+            if plan.one_buffer {
+                1
+            } else {
+                plan.chunk_bytes.len()
+            }
         );
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
         let caches = self.scoped(&what, || {
             let make = |name: &str| -> Vec<wgpu::Buffer> {
+                if plan.one_buffer {
+                    return vec![self.buffer(&format!("{name} cache"), total, usage)];
+                }
                 plan.chunk_bytes
                     .iter()
                     .enumerate()
@@ -811,6 +1041,7 @@ impl WgpuBackend {
             };
             DeviceCaches {
                 chunk_bytes: plan.chunk_bytes.clone(),
+                one_buffer: plan.one_buffer,
                 key: make("key"),
                 value: make("value"),
                 random_fill: None,
@@ -835,8 +1066,8 @@ impl WgpuBackend {
         let mut offset = 0usize;
         for (i, &size) in plan.chunk_bytes.iter().enumerate() {
             let len = (size as usize).min(bytes - offset);
-            self.upload(&caches.key[i], &contents.key[offset..offset + len])?;
-            self.upload(&caches.value[i], &contents.value[offset..offset + len])?;
+            self.upload_at(caches.chunk(false, i), &contents.key[offset..offset + len])?;
+            self.upload_at(caches.chunk(true, i), &contents.value[offset..offset + len])?;
             offset += len;
         }
         if let Some(caches) = self.caches.as_mut() {
@@ -858,16 +1089,17 @@ impl WgpuBackend {
         let pipeline = self.pipeline("fill", &[])?;
         let caches = self.caches.as_ref().expect("ensure_caches ran");
         let mut jobs = Vec::new();
-        for (cache_seed, buffers) in [(seed, &caches.key), (seed.wrapping_add(1), &caches.value)] {
-            for (chunk, buffer) in buffers.iter().enumerate() {
-                let words = buffer.size() / 4;
+        for (cache_seed, is_value) in [(seed, false), (seed.wrapping_add(1), true)] {
+            for chunk in 0..caches.chunk_bytes.len() {
+                let window = caches.chunk(is_value, chunk);
+                let words = window.size / 4;
                 let params = GpuFillParams {
                     seed_lo: cache_seed as u32,
                     seed_hi: (cache_seed >> 32) as u32,
                     chunk: chunk as u32,
                     words: words as u32,
                 };
-                jobs.push((params, buffer, self.grid(words)?));
+                jobs.push((params, window, self.grid(words)?));
             }
         }
         self.scoped("filling the caches", || {
@@ -878,9 +1110,12 @@ impl WgpuBackend {
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                 pass.set_pipeline(&pipeline);
-                for (params, buffer, (x, y)) in &jobs {
+                for (params, window, (x, y)) in &jobs {
                     let uniform = self.uniform("fill params", params);
-                    let group = self.bind_group(&pipeline, &[(120, &uniform), (121, buffer)]);
+                    let group = self.bind_windows(
+                        &pipeline,
+                        &[(120, Window::whole(&uniform)), (121, *window)],
+                    );
                     pass.set_bind_group(0, &group, &[]);
                     pass.dispatch_workgroups(*x, *y, 1);
                     keep.push(uniform);
@@ -921,6 +1156,8 @@ impl WgpuBackend {
                         0.0
                     },
                 ),
+                ("ORDERED", if plan.order.is_some() { 1.0 } else { 0.0 }),
+                ("UNITS", plan.units as f64),
             ],
             Kernel::Words => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -937,6 +1174,14 @@ impl WgpuBackend {
             Kernel::Words => "reshape_and_cache_words",
         };
         let pipeline = self.pipeline(entry, &constants)?;
+        let order_pipelines = match plan.order {
+            Some(_) => Some([
+                self.pipeline("order_count", &[])?,
+                self.pipeline("order_scan", &[])?,
+                self.pipeline("order_scatter", &[])?,
+            ]),
+            None => None,
+        };
         let units_per_token = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => {
                 row_elements * problem.cache_element_size() as u64 / 16
@@ -961,28 +1206,129 @@ impl WgpuBackend {
             Bytes(problem.input_bytes())
         );
         let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        // The 16-byte kernels take two token ranges per dispatch (inputs in two bindings each),
+        // so that the slot order spans both: 65536 bf16 tokens of 128 x 128 are one dispatch.
+        let ranges_per_dispatch = match plan.kernel {
+            Kernel::Words => 1,
+            _ => 2,
+        };
         let mut first_token = 0;
         while first_token < problem.num_tokens {
-            let tokens = plan.tokens_per_range.min(problem.num_tokens - first_token);
-            let bytes = first_token * input_row..(first_token + tokens) * input_row;
-            let padded = (tokens * input_row).next_multiple_of(16) as u64;
-            let (key, value, slots) = self.scoped(&what, || {
-                (
-                    self.buffer("key input", padded, storage),
-                    self.buffer("value input", padded, storage),
-                    self.buffer("slot mapping", 8 * tokens as u64, storage),
-                )
+            let tokens =
+                (ranges_per_dispatch * plan.tokens_per_range).min(problem.num_tokens - first_token);
+            let lo_tokens = plan.tokens_per_range.min(tokens);
+            let mut parts = Vec::new();
+            for (start, count) in [(0, lo_tokens), (lo_tokens, tokens - lo_tokens)] {
+                if count == 0 {
+                    continue;
+                }
+                let begin = first_token + start;
+                let bytes = begin * input_row..(begin + count) * input_row;
+                let padded = (count * input_row).next_multiple_of(16) as u64;
+                let (key, value) = self.scoped(&what, || {
+                    (
+                        self.buffer("key input", padded, storage),
+                        self.buffer("value input", padded, storage),
+                    )
+                })?;
+                self.upload(&key, &inputs.key[bytes.clone()])?;
+                self.upload(&value, &inputs.value[bytes])?;
+                parts.push((key, value));
+            }
+            if parts.len() < 2 {
+                // Nothing reads the second part then; bind small distinct buffers.
+                let spare = self.scoped("allocating a buffer", || {
+                    (
+                        self.buffer("no key input", 16, wgpu::BufferUsages::STORAGE),
+                        self.buffer("no value input", 16, wgpu::BufferUsages::STORAGE),
+                    )
+                })?;
+                parts.push(spare);
+            }
+            let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] =
+                parts.try_into().map_err(|_| Error::Wgpu("two input parts".into()))?;
+            // Input units (16 bytes) of the first part: later ones are in the second.
+            let split_input = if tokens > lo_tokens {
+                (lo_tokens * input_row / 16) as u32
+            } else {
+                u32::MAX
+            };
+            let slots = self.scoped(&what, || {
+                self.buffer("slot mapping", 8 * tokens as u64, storage)
             })?;
-            self.upload(&key, &inputs.key[bytes.clone()])?;
-            self.upload(&value, &inputs.value[bytes])?;
             // Little-endian int64, as the shader reads (lo, hi) pairs.
             let slot_bytes: Vec<u8> = inputs.slot_mapping[first_token..first_token + tokens]
                 .iter()
                 .flat_map(|slot| slot.to_le_bytes())
                 .collect();
             self.upload(&slots, &slot_bytes)?;
+            // The token order: the slot-order passes' output, or a dummy nothing reads.
+            let order = match (plan.order, &order_pipelines) {
+                (Some(order_plan), Some([count, scan, scatter])) => {
+                    let order_params = GpuOrderParams {
+                        num_tokens: tokens as u32,
+                        num_slots: problem.num_slots() as u32,
+                        slots_per_bucket: order_plan.slots_per_bucket,
+                        buckets: order_plan.buckets,
+                    };
+                    let bucket_bytes = 4 * (order_plan.buckets as u64 + 1);
+                    let token_grid = self.grid(tokens as u64)?;
+                    let (order, passes) = self.scoped("allocating the slot-order buffers", || {
+                        let storage = wgpu::BufferUsages::STORAGE;
+                        let uniform = self.uniform("order params", &order_params);
+                        // Zero on creation; the scan pass clears them again for the next call.
+                        let counts = self.buffer("bucket counts", bucket_bytes, storage);
+                        let starts = self.buffer("bucket starts", bucket_bytes, storage);
+                        let ranks = self.buffer("token ranks", 4 * tokens as u64, storage);
+                        let order = self.buffer("token order", 4 * tokens as u64, storage);
+                        let passes = [
+                            Dispatch {
+                                pipeline: count.clone(),
+                                bind_group: self.bind_group(
+                                    count,
+                                    &[(3, &slots), (140, &uniform), (141, &counts), (142, &ranks)],
+                                ),
+                                grid: token_grid,
+                            },
+                            Dispatch {
+                                pipeline: scan.clone(),
+                                bind_group: self.bind_group(
+                                    scan,
+                                    &[(140, &uniform), (143, &counts), (144, &starts)],
+                                ),
+                                grid: (1, 1),
+                            },
+                            Dispatch {
+                                pipeline: scatter.clone(),
+                                bind_group: self.bind_group(
+                                    scatter,
+                                    &[
+                                        (3, &slots),
+                                        (140, &uniform),
+                                        (145, &ranks),
+                                        (146, &starts),
+                                        (147, &order),
+                                    ],
+                                ),
+                                grid: token_grid,
+                            },
+                        ];
+                        buffers.extend([uniform, counts, starts, ranks]);
+                        (order, passes)
+                    })?;
+                    dispatches.extend(passes);
+                    order
+                }
+                _ => self.scoped("allocating a buffer", || {
+                    self.buffer("no token order", 16, wgpu::BufferUsages::STORAGE)
+                })?,
+            };
             let num_units = tokens as u64 * units_per_token;
-            let grid = self.grid(num_units)?;
+            let threads = match plan.kernel {
+                Kernel::Words => num_units,
+                _ => num_units.div_ceil(plan.units as u64),
+            };
+            let grid = self.grid(threads)?;
             for &first_chunk in &groups {
                 let params = GpuParams {
                     num_tokens: tokens as u32,
@@ -990,7 +1336,8 @@ impl WgpuBackend {
                     first_chunk: first_chunk as u32,
                     num_units: num_units as u32,
                     nan_sign: self.nan_sign,
-                    _pad: [0; 3],
+                    split_input,
+                    _pad: [0; 2],
                     k_scale: GpuScale::new(inputs.k_scale),
                     v_scale: GpuScale::new(inputs.v_scale),
                 };
@@ -998,8 +1345,15 @@ impl WgpuBackend {
                     let uniform = self.uniform("params", &params);
                     let group = match plan.kernel {
                         Kernel::Wide | Kernel::Multi => {
-                            let mut entries: Vec<(u32, &wgpu::Buffer)> =
-                                vec![(0, &uniform), (1, &key), (2, &value), (3, &slots)];
+                            let mut entries: Vec<(u32, Window)> = vec![
+                                (0, Window::whole(&uniform)),
+                                (1, Window::whole(&key)),
+                                (2, Window::whole(&value)),
+                                (3, Window::whole(&slots)),
+                                (ORDER_BINDING, Window::whole(&order)),
+                                (KEY_HI_BINDING, Window::whole(&key_hi)),
+                                (VALUE_HI_BINDING, Window::whole(&value_hi)),
+                            ];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
                             let mut spares = Vec::new();
@@ -1021,43 +1375,50 @@ impl WgpuBackend {
                             for slot in 0..group_size {
                                 let chunk = first_chunk + slot;
                                 let (k, v) = if chunk < chunks {
-                                    (&caches.key[chunk], &caches.value[chunk])
+                                    (caches.chunk(false, chunk), caches.chunk(true, chunk))
                                 } else {
                                     (
-                                        spare.next().expect("two spares per missing chunk"),
-                                        spare.next().expect("two spares per missing chunk"),
+                                        Window::whole(
+                                            spare.next().expect("two spares per missing chunk"),
+                                        ),
+                                        Window::whole(
+                                            spare.next().expect("two spares per missing chunk"),
+                                        ),
                                     )
                                 };
                                 entries.push((KEY_CHUNK_BINDING + slot as u32, k));
                                 entries.push((VALUE_CHUNK_BINDING + slot as u32, v));
                             }
-                            let group = self.bind_group(&pipeline, &entries);
+                            let group = self.bind_windows(&pipeline, &entries);
                             (group, spares)
                         }
                         Kernel::One => (
-                            self.bind_group(
+                            self.bind_windows(
                                 &pipeline,
                                 &[
-                                    (0, &uniform),
-                                    (1, &key),
-                                    (2, &value),
-                                    (3, &slots),
-                                    (KEY_CHUNK_BINDING, &caches.key[first_chunk]),
-                                    (VALUE_CHUNK_BINDING, &caches.value[first_chunk]),
+                                    (0, Window::whole(&uniform)),
+                                    (1, Window::whole(&key)),
+                                    (2, Window::whole(&value)),
+                                    (3, Window::whole(&slots)),
+                                    (ORDER_BINDING, Window::whole(&order)),
+                                    (KEY_HI_BINDING, Window::whole(&key_hi)),
+                                    (VALUE_HI_BINDING, Window::whole(&value_hi)),
+                                    (KEY_CHUNK_BINDING, caches.chunk(false, first_chunk)),
+                                    (VALUE_CHUNK_BINDING, caches.chunk(true, first_chunk)),
                                 ],
                             ),
                             Vec::new(),
                         ),
                         Kernel::Words => (
-                            self.bind_group(
+                            self.bind_windows(
                                 &pipeline,
                                 &[
-                                    (0, &uniform),
-                                    (3, &slots),
-                                    (100, &key),
-                                    (101, &value),
-                                    (102, &caches.key[first_chunk]),
-                                    (103, &caches.value[first_chunk]),
+                                    (0, Window::whole(&uniform)),
+                                    (3, Window::whole(&slots)),
+                                    (100, Window::whole(&key)),
+                                    (101, Window::whole(&value)),
+                                    (102, caches.chunk(false, first_chunk)),
+                                    (103, caches.chunk(true, first_chunk)),
                                 ],
                             ),
                             Vec::new(),
@@ -1074,7 +1435,7 @@ impl WgpuBackend {
                     grid,
                 });
             }
-            buffers.extend([key, value, slots]);
+            buffers.extend([key, value, key_hi, value_hi, slots, order]);
             first_token += tokens;
         }
         Ok((dispatches, buffers))
@@ -1268,6 +1629,20 @@ impl WgpuBackend {
     }
 }
 
+/// Whether a call's rows land on more distinct pages than a GPU's address translation caches
+/// hold, so that taking the tokens in slot order pays for its passes. Measured on an H100
+/// (docs/perf-log-wgpu.md): random rows over 2 x 2 GiB of cache ran at copy speed at any token
+/// count, while those over 2 x 32 GiB fell to 40% of it from 8192 tokens on; the boundary
+/// matched a reach of some 5000 to 6000 pages of 2 MiB over both caches.
+fn spreads_past_translation_reach(problem: &Problem) -> bool {
+    const PAGE_BYTES: f64 = (2 << 20) as f64;
+    const REACH_PAGES: f64 = TRANSLATION_REACH_PAGES as f64;
+    let pages = (problem.cache_bytes() as f64 / PAGE_BYTES).max(1.0);
+    // Expected distinct pages among num_tokens random rows, in each of the two caches.
+    let touched = 2.0 * pages * (1.0 - (-(problem.num_tokens as f64) / pages).exp());
+    touched > REACH_PAGES
+}
+
 /// u32 words a token row's span touches in the word kernel: rows of an odd number of 16-bit
 /// elements start on either half of a word and touch (n + 1) / 2 words.
 fn row_words(problem: &Problem) -> u64 {
@@ -1355,7 +1730,7 @@ impl Backend for WgpuBackend {
         DeviceInfo {
             name: self.info.name.clone(),
             details: format!(
-                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}",
+                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}{}",
                 self.info.backend.to_str(),
                 self.info.device_type,
                 driver.trim(),
@@ -1364,7 +1739,8 @@ impl Backend for WgpuBackend {
                     "timestamp queries"
                 } else {
                     "the host clock (no timestamp queries)"
-                }
+                },
+                self.overrides.describe()
             ),
         }
     }
@@ -1474,12 +1850,7 @@ impl Backend for WgpuBackend {
             )));
         }
         self.check_errors()?;
-        let plan = Plan::new(
-            problem,
-            self.max_binding,
-            self.limits.max_storage_buffers_per_shader_stage,
-            &self.info.name,
-        )?;
+        let plan = self.plan(problem)?;
         self.ensure_caches(&plan)?;
         match fill {
             CacheFill::Copy(contents) => self.upload_caches(&plan, problem, contents)?,
@@ -1589,8 +1960,8 @@ impl Prepared for WgpuCall<'_> {
         let mut offset = 0;
         for (i, &size) in caches.chunk_bytes.iter().enumerate() {
             let len = size.min(total - offset);
-            key.extend(backend.download(&caches.key[i], len)?);
-            value.extend(backend.download(&caches.value[i], len)?);
+            key.extend(backend.download_from(caches.chunk(false, i), len)?);
+            value.extend(backend.download_from(caches.chunk(true, i), len)?);
             offset += len;
         }
         Ok(Caches { key, value })
@@ -1618,7 +1989,7 @@ mod tests {
     fn plans_split_caches_on_block_boundaries() {
         // 16 slots x 2 heads x 128 x 2 bytes = 8 KiB blocks; 20 KiB bindings hold 2 blocks.
         let p = problem(Dtype::Half, CacheDtype::Auto, 2, 128);
-        let plan = Plan::new(&p, 20 << 10, 32, "test").unwrap();
+        let plan = Plan::new(&p, 20 << 10, u64::MAX, 32, "test").unwrap();
         assert_eq!(plan.chunk_blocks, 2);
         assert_eq!(plan.chunk_bytes.len(), 500);
         assert!(plan.chunk_bytes.iter().all(|&b| b == 16 << 10));
@@ -1628,23 +1999,23 @@ mod tests {
         assert_eq!(plan.tokens_per_range, 34);
         // Kernels by the adapter's storage bindings per stage and the number of chunks.
         let kernel = |bindings, binding_bytes| {
-            Plan::new(&p, binding_bytes, bindings, "test")
+            Plan::new(&p, binding_bytes, u64::MAX, bindings, "test")
                 .unwrap()
                 .kernel
         };
-        assert_eq!(kernel(67, 20 << 10), Kernel::Wide);
-        assert_eq!(kernel(66, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(27, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(26, 20 << 10), Kernel::One);
+        assert_eq!(kernel(70, 20 << 10), Kernel::Wide);
+        assert_eq!(kernel(69, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(30, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(29, 20 << 10), Kernel::One);
         // 12 chunks or fewer: the narrow kernel binds them all.
         assert_eq!(kernel(1000, 1 << 20), Kernel::Multi);
         // One chunk: the single-chunk kernel.
-        let whole = Plan::new(&p, 1 << 30, 32, "test").unwrap();
+        let whole = Plan::new(&p, 1 << 30, u64::MAX, 32, "test").unwrap();
         assert_eq!((whole.kernel, whole.chunk_bytes.len()), (Kernel::One, 1));
         assert_eq!(whole.chunk_bytes[0], p.cache_bytes());
         // A block larger than a binding cannot be split.
         assert!(matches!(
-            Plan::new(&p, 4 << 10, 32, "test"),
+            Plan::new(&p, 4 << 10, u64::MAX, 32, "test"),
             Err(Error::DoesNotFit { .. })
         ));
     }
@@ -1712,7 +2083,7 @@ mod tests {
             block_size: 1,
             ..problem(Dtype::BFloat16, CacheDtype::Auto, 3, 5)
         };
-        let plan = Plan::new(&p, 100, 32, "test").unwrap();
+        let plan = Plan::new(&p, 100, u64::MAX, 32, "test").unwrap();
         assert_eq!(plan.kernel, Kernel::Words);
         assert_eq!(plan.chunk_blocks, 2);
         assert!(plan.chunk_bytes.iter().all(|&b| b % 4 == 0));
