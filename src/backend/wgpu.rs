@@ -320,8 +320,12 @@ impl Plan {
         let mut chunk_blocks = (max_binding / block_bytes)
             .min(max_chunk_blocks)
             .min(problem.num_blocks as u64);
-        // Chunks must end on a word boundary (they do whenever rows are 16-byte multiples).
-        while chunk_blocks > 0 && !(chunk_blocks * block_bytes).is_multiple_of(4) {
+        // Chunks must end on a word boundary (they do whenever rows are 16-byte multiples);
+        // a single chunk holding the whole cache is padded to one instead.
+        while chunk_blocks > 0
+            && chunk_blocks < problem.num_blocks as u64
+            && !(chunk_blocks * block_bytes).is_multiple_of(4)
+        {
             chunk_blocks -= 1;
         }
         if chunk_blocks == 0 {
@@ -985,8 +989,8 @@ impl WgpuBackend {
                 .unwrap_or_else(|| !self.is_software() && spreads_past_translation_reach(problem));
         if ordered {
             let slots = problem.num_slots();
-            let buckets = (self.overrides.order_buckets.unwrap_or(ORDER_BUCKETS) as u64)
-                .clamp(1, slots);
+            let buckets =
+                (self.overrides.order_buckets.unwrap_or(ORDER_BUCKETS) as u64).clamp(1, slots);
             let slots_per_bucket = slots.div_ceil(buckets);
             plan.order = Some(OrderPlan {
                 buckets: slots.div_ceil(slots_per_bucket) as u32,
@@ -1112,10 +1116,8 @@ impl WgpuBackend {
                 pass.set_pipeline(&pipeline);
                 for (params, window, (x, y)) in &jobs {
                     let uniform = self.uniform("fill params", params);
-                    let group = self.bind_windows(
-                        &pipeline,
-                        &[(120, Window::whole(&uniform)), (121, *window)],
-                    );
+                    let group = self
+                        .bind_windows(&pipeline, &[(120, Window::whole(&uniform)), (121, *window)]);
                     pass.set_bind_group(0, &group, &[]);
                     pass.dispatch_workgroups(*x, *y, 1);
                     keep.push(uniform);
@@ -1245,8 +1247,9 @@ impl WgpuBackend {
                 })?;
                 parts.push(spare);
             }
-            let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] =
-                parts.try_into().map_err(|_| Error::Wgpu("two input parts".into()))?;
+            let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] = parts
+                .try_into()
+                .map_err(|_| Error::Wgpu("two input parts".into()))?;
             // Input units (16 bytes) of the first part: later ones are in the second.
             let split_input = if tokens > lo_tokens {
                 (lo_tokens * input_row / 16) as u32
@@ -1273,49 +1276,55 @@ impl WgpuBackend {
                     };
                     let bucket_bytes = 4 * (order_plan.buckets as u64 + 1);
                     let token_grid = self.grid(tokens as u64)?;
-                    let (order, passes) = self.scoped("allocating the slot-order buffers", || {
-                        let storage = wgpu::BufferUsages::STORAGE;
-                        let uniform = self.uniform("order params", &order_params);
-                        // Zero on creation; the scan pass clears them again for the next call.
-                        let counts = self.buffer("bucket counts", bucket_bytes, storage);
-                        let starts = self.buffer("bucket starts", bucket_bytes, storage);
-                        let ranks = self.buffer("token ranks", 4 * tokens as u64, storage);
-                        let order = self.buffer("token order", 4 * tokens as u64, storage);
-                        let passes = [
-                            Dispatch {
-                                pipeline: count.clone(),
-                                bind_group: self.bind_group(
-                                    count,
-                                    &[(3, &slots), (140, &uniform), (141, &counts), (142, &ranks)],
-                                ),
-                                grid: token_grid,
-                            },
-                            Dispatch {
-                                pipeline: scan.clone(),
-                                bind_group: self.bind_group(
-                                    scan,
-                                    &[(140, &uniform), (143, &counts), (144, &starts)],
-                                ),
-                                grid: (1, 1),
-                            },
-                            Dispatch {
-                                pipeline: scatter.clone(),
-                                bind_group: self.bind_group(
-                                    scatter,
-                                    &[
-                                        (3, &slots),
-                                        (140, &uniform),
-                                        (145, &ranks),
-                                        (146, &starts),
-                                        (147, &order),
-                                    ],
-                                ),
-                                grid: token_grid,
-                            },
-                        ];
-                        buffers.extend([uniform, counts, starts, ranks]);
-                        (order, passes)
-                    })?;
+                    let (order, passes) =
+                        self.scoped("allocating the slot-order buffers", || {
+                            let storage = wgpu::BufferUsages::STORAGE;
+                            let uniform = self.uniform("order params", &order_params);
+                            // Zero on creation; the scan pass clears them again for the next call.
+                            let counts = self.buffer("bucket counts", bucket_bytes, storage);
+                            let starts = self.buffer("bucket starts", bucket_bytes, storage);
+                            let ranks = self.buffer("token ranks", 4 * tokens as u64, storage);
+                            let order = self.buffer("token order", 4 * tokens as u64, storage);
+                            let passes = [
+                                Dispatch {
+                                    pipeline: count.clone(),
+                                    bind_group: self.bind_group(
+                                        count,
+                                        &[
+                                            (3, &slots),
+                                            (140, &uniform),
+                                            (141, &counts),
+                                            (142, &ranks),
+                                        ],
+                                    ),
+                                    grid: token_grid,
+                                },
+                                Dispatch {
+                                    pipeline: scan.clone(),
+                                    bind_group: self.bind_group(
+                                        scan,
+                                        &[(140, &uniform), (143, &counts), (144, &starts)],
+                                    ),
+                                    grid: (1, 1),
+                                },
+                                Dispatch {
+                                    pipeline: scatter.clone(),
+                                    bind_group: self.bind_group(
+                                        scatter,
+                                        &[
+                                            (3, &slots),
+                                            (140, &uniform),
+                                            (145, &ranks),
+                                            (146, &starts),
+                                            (147, &order),
+                                        ],
+                                    ),
+                                    grid: token_grid,
+                                },
+                            ];
+                            buffers.extend([uniform, counts, starts, ranks]);
+                            (order, passes)
+                        })?;
                     dispatches.extend(passes);
                     order
                 }
