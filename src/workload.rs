@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
+use crate::error::{Error, Result};
 use crate::problem::{Dtype, Problem};
 
 /// The inputs of one call, borrowed from host memory. Keys and values are
@@ -19,6 +20,24 @@ pub struct Inputs<'a> {
     pub k_scale: f32,
     /// Divisor for values when the cache is fp8 (ignored for `auto`).
     pub v_scale: f32,
+}
+
+impl Inputs<'_> {
+    /// Checks that these inputs can be handed to a backend for `problem`: the problem is valid,
+    /// keys and values hold exactly its tokens, and every slot is -1 or a distinct cache slot.
+    /// Every backend's `prepare` starts here.
+    pub fn validate_for(&self, problem: &Problem) -> Result<()> {
+        problem.validate()?;
+        let input_bytes = problem.input_bytes() as usize;
+        if self.key.len() != input_bytes || self.value.len() != input_bytes {
+            return Err(Error::InvalidConfig(format!(
+                "keys and values hold {} and {} bytes, the problem needs {input_bytes} each",
+                self.key.len(),
+                self.value.len()
+            )));
+        }
+        problem.validate_slots(self.slot_mapping)
+    }
 }
 
 /// The key cache and the value cache as raw bytes, in the problem's layout and cache dtype.
@@ -191,6 +210,46 @@ mod tests {
         let padding = slots.len() - used.len();
         assert!((50..150).contains(&padding), "{padding}");
         assert!(random_slot_mapping(10, 10, 0.0, 1).iter().all(|s| *s >= 0));
+    }
+
+    #[test]
+    fn inputs_must_match_the_problem() {
+        use crate::problem::{CacheDtype, Layout};
+        let problem = Problem {
+            num_tokens: 2,
+            num_heads: 1,
+            head_size: 4,
+            block_size: 2,
+            num_blocks: 2,
+            dtype: Dtype::Float,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Nhd,
+        };
+        let data = vec![1u8; 32];
+        let inputs = Inputs {
+            key: &data,
+            value: &data,
+            slot_mapping: &[3, -1],
+            k_scale: 1.0,
+            v_scale: 1.0,
+        };
+        assert!(inputs.validate_for(&problem).is_ok());
+        let short = Inputs {
+            value: &data[..16],
+            ..inputs
+        };
+        assert!(matches!(
+            short.validate_for(&problem),
+            Err(Error::InvalidConfig(_))
+        ));
+        let out_of_range = Inputs {
+            slot_mapping: &[4, 0],
+            ..inputs
+        };
+        assert!(matches!(
+            out_of_range.validate_for(&problem),
+            Err(Error::SlotOutOfRange { token: 0, .. })
+        ));
     }
 
     #[test]

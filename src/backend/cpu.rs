@@ -104,8 +104,7 @@ impl Backend for CpuBackend {
         inputs: Inputs<'a>,
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
-        problem.validate()?;
-        problem.validate_slots(inputs.slot_mapping)?;
+        inputs.validate_for(problem)?;
         let bytes = problem.cache_bytes() as usize;
         match fill {
             CacheFill::Copy(caches) => {

@@ -666,16 +666,7 @@ impl Backend for CudaBackend {
         inputs: Inputs<'a>,
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
-        problem.validate()?;
-        problem.validate_slots(inputs.slot_mapping)?;
-        let input_bytes = problem.input_bytes() as usize;
-        if inputs.key.len() != input_bytes || inputs.value.len() != input_bytes {
-            return Err(Error::InvalidConfig(format!(
-                "keys and values hold {} and {} bytes, the problem needs {input_bytes}",
-                inputs.key.len(),
-                inputs.value.len()
-            )));
-        }
+        inputs.validate_for(problem)?;
         let launch = shape::plan(
             problem,
             &InputStrides::contiguous(problem),

@@ -1843,20 +1843,11 @@ impl Backend for WgpuBackend {
         inputs: Inputs<'a>,
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
-        problem.validate()?;
-        problem.validate_slots(inputs.slot_mapping)?;
+        inputs.validate_for(problem)?;
         if problem.layout != Layout::Nhd {
             return Err(Error::InvalidConfig(
                 "the wgpu path implements the NHD layout only".into(),
             ));
-        }
-        let input_bytes = problem.input_bytes() as usize;
-        if inputs.key.len() != input_bytes || inputs.value.len() != input_bytes {
-            return Err(Error::InvalidConfig(format!(
-                "inputs of {} and {} bytes for a problem that needs {input_bytes} each",
-                inputs.key.len(),
-                inputs.value.len()
-            )));
         }
         self.check_errors()?;
         let plan = self.plan(problem)?;
