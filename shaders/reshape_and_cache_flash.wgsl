@@ -51,6 +51,11 @@ override FP8: bool = false;
 override ORDERED: bool = false;
 // reshape_and_cache*: 16-byte units of each cache per thread.
 override UNITS: u32 = 1u;
+// fp8 through the threshold tables (see quantize_table) rather than quantize alone.
+override FP8_TABLE: bool = false;
+// reshape_and_cache*: how many positions ahead the first unit of each token is written (0:
+// none); see ahead_target.
+override PREFETCH: u32 = 0u;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -405,11 +410,119 @@ fn pack4(a: u32, b: u32, c: u32, d: u32) -> u32 {
     return a | (b << 8u) | (c << 16u) | (d << 24u);
 }
 
+// ---------------------------------------------------------------------------------------------
+// fp8 by threshold tables: the same codes as quantize, for finite scales whose exponent lies in
+// [-116, 125], with far fewer operations per element.
+//
+// For a fixed scale, the code of |x| / |scale| never decreases as |x| grows, so it is the number
+// of codes c in 1..=126 whose threshold T[c] (the smallest f32 magnitude, as bits, whose code is
+// at least c) is at most |x|. fp8_table_build finds the 2 x 126 thresholds of a call (keys and
+// values) by binary search with quantize itself, on the device in each call; each workgroup
+// copies them into workgroup memory. An element then takes:
+// 1. a first code c0 from y = |x| * RN(1 / |scale|), within a few f32 ULP of the correctly
+//    rounded quotient: far closer than the spacing of e4m3 rounding boundaries (2^20 ULP), so
+//    the exact code is c0 - 1, c0 or c0 + 1;
+// 2. two integer comparisons of |x| with T[c0] and T[c0 + 1], which pick the exact one.
+// Subnormal |x| may be flushed to zero by the multiplication: with |scale| >= 2^-116 their
+// quotient is below 2^-10 and their code 0 anyway. 1 / |scale| is a normal f32 for exponents up
+// to 125. NaN inputs keep their own path (0x7f with their sign).
+
+// Codes per table (0..=127: T[0] = 0 and T[127] = 0xffffffff, so that c0 + 1 needs no check).
+const TABLE_CODES: u32 = 128u;
+
+struct TableParams {
+    k_scale: Scale,
+    v_scale: Scale,
+}
+
+@group(0) @binding(150) var<uniform> table_params: TableParams;
+@group(0) @binding(151) var<storage, read_write> table_out: array<u32>;
+// The same buffer, as the encoders read it: T[c] of the keys at word c, of the values at
+// word TABLE_CODES + c.
+@group(0) @binding(72) var<uniform> fp8_thresholds: array<vec4<u32>, 64>;
+var<workgroup> fp8_table: array<u32, 256>;
+
+// One workgroup: thread TABLE_CODES * k + c finds T[c] of table k (0 keys, 1 values).
+@compute @workgroup_size(WORKGROUP)
+fn fp8_table_build(@builtin(local_invocation_index) local: u32) {
+    let c = local % TABLE_CODES;
+    var scale = table_params.k_scale;
+    if local >= TABLE_CODES {
+        scale = table_params.v_scale;
+    }
+    var threshold = 0u;
+    if c == TABLE_CODES - 1u {
+        threshold = 0xffffffffu;
+    } else if c > 0u {
+        // Infinity encodes as 0x7e, so the answer lies in [0, 0x7f800000].
+        var lo = 0u;
+        var hi = 0x7f800000u;
+        loop {
+            if lo >= hi {
+                break;
+            }
+            let mid = lo + (hi - lo) / 2u;
+            if (quantize(mid, scale, 0u) & 0x7fu) >= c {
+                hi = mid;
+            } else {
+                lo = mid + 1u;
+            }
+        }
+        threshold = lo;
+    }
+    table_out[local] = threshold;
+}
+
+// Copies both tables into workgroup memory (WORKGROUP = 2 * TABLE_CODES threads); a no-op
+// unless FP8_TABLE.
+fn load_fp8_table(local: u32) {
+    if FP8_TABLE {
+        fp8_table[local] = fp8_thresholds[local / 4u][local % 4u];
+        workgroupBarrier();
+    }
+}
+
+// RN(1 / |scale|) for exponents in [-116, 125] (the reciprocal of the significand is RN(1 / ms),
+// and the powers of two are exact).
+fn scale_reciprocal(scale: Scale) -> f32 {
+    return scale.reciprocal * pow2(12) * pow2(11 - scale.exponent);
+}
+
+// The code of x / scale (x as f32 bits) from table `base` (0 keys, TABLE_CODES values).
+fn quantize_table(x: u32, base: u32, reciprocal: f32, scale_sign: u32) -> u32 {
+    let x_sign = (x >> 24u) & 0x80u;
+    let magnitude = x & 0x7fffffffu;
+    if magnitude > 0x7f800000u {
+        return x_sign | 0x7fu;
+    }
+    let estimate = bitcast<u32>(bitcast<f32>(magnitude) * reciprocal);
+    // (ESTIMATE_SKEW is 0 but in tests.)
+    let y_bits = u32(max(i32(estimate) + ESTIMATE_SKEW, 0));
+    var code = 0x7eu;
+    if y_bits < 0x43e00000u {
+        code = min(e4m3_magnitude(y_bits), 0x7eu);
+    }
+    if magnitude >= fp8_table[base + code + 1u] {
+        code += 1u;
+    } else if magnitude < fp8_table[base + code] {
+        code -= 1u;
+    }
+    return (x_sign ^ scale_sign) | code;
+}
+
+// The code of x / scale (x as f32 bits), by the tables or by quantize.
+fn encode(x: u32, scale: Scale, base: u32, reciprocal: f32) -> u32 {
+    if FP8_TABLE {
+        return quantize_table(x, base, reciprocal, scale.sign);
+    }
+    return quantize(x, scale, params.nan_sign);
+}
+
 // Encodes the two 16-bit elements of a word.
-fn quantize_pair(word: u32, scale: Scale) -> vec2<u32> {
+fn quantize_pair(word: u32, scale: Scale, base: u32, reciprocal: f32) -> vec2<u32> {
     return vec2<u32>(
-        quantize(element16_to_f32_bits(word & 0xffffu), scale, params.nan_sign),
-        quantize(element16_to_f32_bits(word >> 16u), scale, params.nan_sign),
+        encode(element16_to_f32_bits(word & 0xffffu), scale, base, reciprocal),
+        encode(element16_to_f32_bits(word >> 16u), scale, base, reciprocal),
     );
 }
 
@@ -434,8 +547,14 @@ fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
         return load_input(is_value, unit);
     }
     var scale = params.k_scale;
+    var base = 0u;
     if is_value {
         scale = params.v_scale;
+        base = TABLE_CODES;
+    }
+    var reciprocal = 0.0;
+    if FP8_TABLE {
+        reciprocal = scale_reciprocal(scale);
     }
     // 16 elements: 32 input bytes for 16-bit inputs, 64 for float.
     var out: vec4<u32>;
@@ -443,19 +562,19 @@ fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
         for (var j = 0u; j < 4u; j += 1u) {
             let w = load_input(is_value, unit * 4u + j);
             out[j] = pack4(
-                quantize(w.x, scale, params.nan_sign),
-                quantize(w.y, scale, params.nan_sign),
-                quantize(w.z, scale, params.nan_sign),
-                quantize(w.w, scale, params.nan_sign),
+                encode(w.x, scale, base, reciprocal),
+                encode(w.y, scale, base, reciprocal),
+                encode(w.z, scale, base, reciprocal),
+                encode(w.w, scale, base, reciprocal),
             );
         }
     } else {
         for (var j = 0u; j < 2u; j += 1u) {
             let w = load_input(is_value, unit * 2u + j);
-            let a = quantize_pair(w.x, scale);
-            let b = quantize_pair(w.y, scale);
-            let c = quantize_pair(w.z, scale);
-            let d = quantize_pair(w.w, scale);
+            let a = quantize_pair(w.x, scale, base, reciprocal);
+            let b = quantize_pair(w.y, scale, base, reciprocal);
+            let c = quantize_pair(w.z, scale, base, reciprocal);
+            let d = quantize_pair(w.w, scale, base, reciprocal);
             out[2u * j] = pack4(a.x, a.y, b.x, b.y);
             out[2u * j + 1u] = pack4(c.x, c.y, d.x, d.y);
         }
@@ -560,6 +679,29 @@ fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
     }
     let position = i / ROW_UNITS;
     let u = i - position * ROW_UNITS;
+    if PREFETCH > 0u && u == 0u && position >= PREFETCH {
+        // Written ahead, by the thread of position - PREFETCH (see ahead_target).
+        return vec3<u32>(NO_SLOT, 0u, 0u);
+    }
+    return position_target(position, u, group_chunks);
+}
+
+// With PREFETCH, the thread of unit 0 of position p also writes unit 0 of position
+// p + PREFETCH, so that the address translations of that token's rows start well before the
+// rest of the rows is written (the same place as unit_target, or NO_SLOT).
+fn ahead_target(i: u32, group_chunks: u32) -> vec3<u32> {
+    if PREFETCH == 0u || i >= params.num_units {
+        return vec3<u32>(NO_SLOT, 0u, 0u);
+    }
+    let position = i / ROW_UNITS;
+    if i - position * ROW_UNITS != 0u || position + PREFETCH >= params.num_tokens {
+        return vec3<u32>(NO_SLOT, 0u, 0u);
+    }
+    return position_target(position + PREFETCH, 0u, group_chunks);
+}
+
+// Unit u of the token at `position`: as unit_target.
+fn position_target(position: u32, u: u32, group_chunks: u32) -> vec3<u32> {
     var t = position;
     if ORDERED {
         t = order[position];
@@ -591,8 +733,13 @@ fn reshape_and_cache(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, CHUNKS);
+        if ahead.x != NO_SLOT {
+            store_unit(ahead.x, ahead.y, cache_unit(false, ahead.z), cache_unit(true, ahead.z));
+        }
         let place = unit_target(first + j * WORKGROUP, CHUNKS);
         if place.x != NO_SLOT {
             store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
@@ -608,8 +755,13 @@ fn reshape_and_cache_wide(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, WIDE_CHUNKS);
+        if ahead.x != NO_SLOT {
+            store_unit_wide(ahead.x, ahead.y, cache_unit(false, ahead.z), cache_unit(true, ahead.z));
+        }
         let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
         if place.x != NO_SLOT {
             store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
@@ -624,8 +776,14 @@ fn reshape_and_cache_one(
     @builtin(num_workgroups) workgroups: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
+    load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, 1u);
+        if ahead.x != NO_SLOT {
+            k0[ahead.y] = cache_unit(false, ahead.z);
+            v0[ahead.y] = cache_unit(true, ahead.z);
+        }
         let place = unit_target(first + j * WORKGROUP, 1u);
         if place.x != NO_SLOT {
             k0[place.y] = cache_unit(false, place.z);
@@ -854,6 +1012,26 @@ fn encode_fp8(
         x = element16_to_f32_bits(x & 0xffffu);
     }
     encode_out[i] = quantize(x, encode_params.scale, encode_params.nan_sign);
+}
+
+// The table encoder alone (FP8_TABLE set; table 0 built from encode_params.scale).
+@compute @workgroup_size(WORKGROUP)
+fn encode_fp8_table(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    load_fp8_table(local);
+    let i = thread_index(workgroup, workgroups, local);
+    if i >= encode_params.count {
+        return;
+    }
+    var x = encode_in[i];
+    if IN_KIND != 2u {
+        x = element16_to_f32_bits(x & 0xffffu);
+    }
+    let scale = encode_params.scale;
+    encode_out[i] = quantize_table(x, 0u, scale_reciprocal(scale), scale.sign);
 }
 
 // ---------------------------------------------------------------------------------------------

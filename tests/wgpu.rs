@@ -54,7 +54,9 @@ const SCALES: [f32; 14] = [
     -f32::NAN,
 ];
 
-/// The inputs (as descriptions) whose shader encoding differs from `fp8::quantize`.
+/// The inputs (as descriptions) whose shader encoding differs from `fp8::quantize`, by both
+/// of the shader's encoders: the plain one and the threshold-table one (where it handles the
+/// scale).
 fn encoder_mismatches(
     backend: &mut WgpuBackend,
     dtype: Dtype,
@@ -65,9 +67,20 @@ fn encoder_mismatches(
     let got = backend
         .encode_fp8(dtype, elements, scale, skew)
         .expect("encode");
+    let mut bad = mismatches(dtype, elements, scale, &got, "");
+    if let Some(got) = backend
+        .encode_fp8_table(dtype, elements, scale, skew)
+        .expect("encode by tables")
+    {
+        bad.extend(mismatches(dtype, elements, scale, &got, " (tables)"));
+    }
+    bad
+}
+
+fn mismatches(dtype: Dtype, elements: &[u32], scale: f32, got: &[u8], which: &str) -> Vec<String> {
     assert_eq!(got.len(), elements.len());
     let mut bad = Vec::new();
-    for (&bits, &code) in elements.iter().zip(&got) {
+    for (&bits, &code) in elements.iter().zip(got) {
         let x = match dtype {
             Dtype::Half => half::f16::from_bits(bits as u16).to_f32(),
             Dtype::BFloat16 => half::bf16::from_bits(bits as u16).to_f32(),
@@ -76,7 +89,7 @@ fn encoder_mismatches(
         let expected = fp8::quantize(x, scale);
         if code != expected {
             bad.push(format!(
-                "{bits:#x} ({x:e}) / {scale:e}: expected {expected:#04x}, got {code:#04x}"
+                "{bits:#x} ({x:e}) / {scale:e}: expected {expected:#04x}, got {code:#04x}{which}"
             ));
         }
     }
@@ -126,6 +139,29 @@ fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
     for skew in [300, -300] {
         let bad = encoder_mismatches(&mut backend, Dtype::Half, &all, 1.0, skew);
         assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
+    }
+}
+
+/// Likewise for the threshold-table encoder: a first estimate two e4m3 steps off (2^21 ULP and
+/// more) is beyond its one-step correction, and the comparison sees it; the table encoder
+/// handles the usual scales and not the extreme ones.
+#[test]
+fn fp8_table_encoder_test_detects_an_estimate_two_codes_off() {
+    let mut backend = open();
+    let all: Vec<u32> = (0..=u16::MAX as u32).collect();
+    for skew in [3 << 20, -(3 << 20)] {
+        let got = backend
+            .encode_fp8_table(Dtype::BFloat16, &all, 0.07, skew)
+            .expect("encode")
+            .expect("the table encoder handles 0.07");
+        let bad = mismatches(Dtype::BFloat16, &all, 0.07, &got, " (tables)");
+        assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
+    }
+    for scale in [0.0, f32::INFINITY, f32::NAN, 1.0e-36, 3.0e38] {
+        assert!(backend
+            .encode_fp8_table(Dtype::Half, &all, scale, 0)
+            .expect("encode")
+            .is_none());
     }
 }
 
@@ -221,7 +257,8 @@ fn caches_and_inputs_split_over_many_buffers_match_reference() {
 }
 
 /// Tokens taken in slot order (the bucketing passes on the device), caches as one buffer with
-/// the chunks bound as windows, and several 16-byte units per thread, alone and together, with few and many buckets (the scan takes several buckets per
+/// the chunks bound as windows, several 16-byte units per thread, and the first unit of each
+/// token written ahead (by the thread of an earlier position), alone and together, with few and many buckets (the scan takes several buckets per
 /// thread past 256), over many chunks and token ranges.
 #[test]
 fn slot_order_one_buffer_and_units_match_reference() {
@@ -229,11 +266,11 @@ fn slot_order_one_buffer_and_units_match_reference() {
         .into_iter()
         .filter(|case| case.problem.layout == Layout::Nhd)
         .collect();
-    for (slot_order, order_buckets, one_buffer, units) in [
-        (true, 1, false, 1),
-        (true, 7, true, 8),
-        (true, 1000, false, 3),
-        (false, 0, true, 1),
+    for (slot_order, order_buckets, one_buffer, units, prefetch) in [
+        (true, 1, false, 1, 0),
+        (true, 7, true, 8, 5),
+        (true, 1000, false, 3, 300),
+        (false, 0, true, 1, 1),
     ] {
         let mut backend = WgpuBackend::open_with(
             None,
@@ -244,6 +281,7 @@ fn slot_order_one_buffer_and_units_match_reference() {
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
                 one_buffer: Some(one_buffer),
                 units_per_thread: Some(units),
+                prefetch: Some(prefetch),
                 ..Default::default()
             },
         )

@@ -56,8 +56,13 @@ const KEY_HI_BINDING: u32 = 69;
 const VALUE_HI_BINDING: u32 = 70;
 /// Binding of the token order in the cache-writing entry points (`order` in the shader).
 const ORDER_BINDING: u32 = 68;
-/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order.
-const TRANSLATION_REACH_PAGES: u64 = 4096;
+/// Calls of this many tokens or more encode fp8 through threshold tables (whose pass costs a
+/// few microseconds).
+const FP8_TABLE_MIN_TOKENS: usize = 256;
+/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order: on an
+/// H100, 2 x 8 GiB caches ran 4096 random tokens (some 5200 pages) at 99% of copy speed as
+/// they come and at 91% in slot order, 2 x 32 GiB ones (some 7200 pages) at 66% and 76%.
+const TRANSLATION_REACH_PAGES: u64 = 6000;
 /// Buckets (slot ranges) of the slot-order pass by default.
 const ORDER_BUCKETS: u32 = 1024;
 /// Uploads and read-backs move at most this much per staging buffer, so that copying a
@@ -90,6 +95,12 @@ pub struct LimitOverrides {
     pub one_buffer: Option<bool>,
     /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
     pub units_per_thread: Option<u32>,
+    /// fp8 through threshold tables where the scales allow (else the plain encoder alone);
+    /// `None`: the backend's choice.
+    pub fp8_table: Option<bool>,
+    /// Positions ahead at which the first unit of each token is written (0: none); `None`: the
+    /// backend's choice.
+    pub prefetch: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -111,6 +122,8 @@ impl LimitOverrides {
         add("order_buckets", self.order_buckets.map(|v| v.to_string()));
         add("one_buffer", self.one_buffer.map(|v| v.to_string()));
         add("units", self.units_per_thread.map(|v| v.to_string()));
+        add("fp8_table", self.fp8_table.map(|v| v.to_string()));
+        add("prefetch", self.prefetch.map(|v| v.to_string()));
         if set.is_empty() {
             String::new()
         } else {
@@ -120,7 +133,8 @@ impl LimitOverrides {
 
     /// Overrides from the environment, for experiments on a GPU (the benchmark has no flags
     /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
-    /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1).
+    /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1),
+    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_PREFETCH`.
     /// Unset or unreadable variables leave the backend's own choice.
     pub fn from_env() -> Self {
         fn number(name: &str) -> Option<u64> {
@@ -136,6 +150,8 @@ impl LimitOverrides {
                 .map(|n| n.min(1 << 20) as u32),
             one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
             units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
+            fp8_table: number("PKB_WGPU_FP8_TABLE").map(|n| n != 0),
+            prefetch: number("PKB_WGPU_PREFETCH").map(|n| n.min(1 << 20) as u32),
         }
     }
 }
@@ -404,7 +420,26 @@ const SCALE_ZERO: u32 = 1;
 const SCALE_INFINITE: u32 = 2;
 const SCALE_NAN: u32 = 3;
 
+/// Bytes of the fp8 threshold tables (`fp8_thresholds` in the shader: 2 x 128 words).
+const TABLE_BYTES: u64 = 2 * 128 * 4;
+/// Binding of the fp8 threshold tables in the encoders.
+const TABLE_BINDING: u32 = 72;
+
+/// `TableParams` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuTableParams {
+    k_scale: GpuScale,
+    v_scale: GpuScale,
+}
+
 impl GpuScale {
+    /// Whether the threshold-table encoder handles this scale (see the shader): finite, with
+    /// an exponent in [-116, 125].
+    fn table_applies(&self) -> bool {
+        self.kind == SCALE_FINITE && (-116..=125).contains(&self.exponent)
+    }
+
     /// Splits `scale` into a normalised 24-bit significand and exponent (subnormals included),
     /// so that the shader never divides by anything but an exact integer-valued f32.
     fn new(scale: f32) -> Self {
@@ -1141,6 +1176,16 @@ impl WgpuBackend {
         inputs: &Inputs,
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
+        let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
+        // The threshold tables take a pass of their own (one workgroup) in every call.
+        let fp8_table = problem.cache_dtype == CacheDtype::Fp8
+            && plan.kernel != Kernel::Words
+            && k_scale.table_applies()
+            && v_scale.table_applies()
+            && self
+                .overrides
+                .fp8_table
+                .unwrap_or(problem.num_tokens >= FP8_TABLE_MIN_TOKENS);
         let constants: Vec<(&'static str, f64)> = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -1160,6 +1205,8 @@ impl WgpuBackend {
                 ),
                 ("ORDERED", if plan.order.is_some() { 1.0 } else { 0.0 }),
                 ("UNITS", plan.units as f64),
+                ("FP8_TABLE", if fp8_table { 1.0 } else { 0.0 }),
+                ("PREFETCH", self.overrides.prefetch.unwrap_or(0) as f64),
             ],
             Kernel::Words => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -1176,6 +1223,8 @@ impl WgpuBackend {
             Kernel::Words => "reshape_and_cache_words",
         };
         let pipeline = self.pipeline(entry, &constants)?;
+        let mut buffers = Vec::new();
+        let mut dispatches = Vec::new();
         let order_pipelines = match plan.order {
             Some(_) => Some([
                 self.pipeline("order_count", &[])?,
@@ -1183,6 +1232,33 @@ impl WgpuBackend {
                 self.pipeline("order_scatter", &[])?,
             ]),
             None => None,
+        };
+        // The tables of the call (or a dummy nothing reads), built first.
+        let table = if fp8_table {
+            let build = self.pipeline("fp8_table_build", &[])?;
+            let params = GpuTableParams { k_scale, v_scale };
+            let (table, dispatch) = self.scoped("allocating the fp8 tables", || {
+                let table = self.buffer(
+                    "fp8 tables",
+                    TABLE_BYTES,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+                );
+                let uniform = self.uniform("fp8 table params", &params);
+                let dispatch = Dispatch {
+                    pipeline: build.clone(),
+                    bind_group: self.bind_group(&build, &[(150, &uniform), (151, &table)]),
+                    grid: (1, 1),
+                };
+                (table, (dispatch, uniform))
+            })?;
+            let (dispatch, uniform) = dispatch;
+            dispatches.push(dispatch);
+            buffers.push(uniform);
+            table
+        } else {
+            self.scoped("allocating a buffer", || {
+                self.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
+            })?
         };
         let units_per_token = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => {
@@ -1192,8 +1268,6 @@ impl WgpuBackend {
         };
         let caches = self.caches.as_ref().expect("ensure_caches ran");
         let input_row = (row_elements * problem.dtype.size() as u64) as usize;
-        let mut buffers = Vec::new();
-        let mut dispatches = Vec::new();
         let chunks = plan.chunk_bytes.len();
         // Chunks bound per dispatch.
         let group_size = match plan.kernel {
@@ -1347,8 +1421,8 @@ impl WgpuBackend {
                     nan_sign: self.nan_sign,
                     split_input,
                     _pad: [0; 2],
-                    k_scale: GpuScale::new(inputs.k_scale),
-                    v_scale: GpuScale::new(inputs.v_scale),
+                    k_scale,
+                    v_scale,
                 };
                 let bind_group = self.scoped("binding the caches", || {
                     let uniform = self.uniform("params", &params);
@@ -1362,6 +1436,7 @@ impl WgpuBackend {
                                 (ORDER_BINDING, Window::whole(&order)),
                                 (KEY_HI_BINDING, Window::whole(&key_hi)),
                                 (VALUE_HI_BINDING, Window::whole(&value_hi)),
+                                (TABLE_BINDING, Window::whole(&table)),
                             ];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
@@ -1412,6 +1487,7 @@ impl WgpuBackend {
                                     (ORDER_BINDING, Window::whole(&order)),
                                     (KEY_HI_BINDING, Window::whole(&key_hi)),
                                     (VALUE_HI_BINDING, Window::whole(&value_hi)),
+                                    (TABLE_BINDING, Window::whole(&table)),
                                     (KEY_CHUNK_BINDING, caches.chunk(false, first_chunk)),
                                     (VALUE_CHUNK_BINDING, caches.chunk(true, first_chunk)),
                                 ],
@@ -1447,6 +1523,7 @@ impl WgpuBackend {
             buffers.extend([key, value, key_hi, value_hi, slots, order]);
             first_token += tokens;
         }
+        buffers.push(table);
         Ok((dispatches, buffers))
     }
 
@@ -1464,16 +1541,51 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
+        self.encode_with(false, dtype, elements, scale, estimate_skew_ulps)
+    }
+
+    /// As [`WgpuBackend::encode_fp8`], through the threshold-table encoder that the cache
+    /// kernels use for large fp8 calls (tables built on the device from `scale`, as in a
+    /// call), or `None` where that encoder does not handle `scale` (the kernels then use the
+    /// plain one). `estimate_skew_ulps` moves its first estimate likewise.
+    pub fn encode_fp8_table(
+        &mut self,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Option<Vec<u8>>> {
+        if !GpuScale::new(scale).table_applies() {
+            return Ok(None);
+        }
+        self.encode_with(true, dtype, elements, scale, estimate_skew_ulps)
+            .map(Some)
+    }
+
+    fn encode_with(
+        &mut self,
+        table: bool,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Vec<u8>> {
         if elements.is_empty() {
             return Ok(Vec::new());
         }
-        let pipeline = self.pipeline(
-            "encode_fp8",
-            &[
-                ("IN_KIND", input_kind(dtype)),
-                ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
-            ],
-        )?;
+        let constants = [
+            ("IN_KIND", input_kind(dtype)),
+            ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
+        ];
+        let pipeline = if table {
+            self.pipeline(
+                "encode_fp8_table",
+                &[constants[0], constants[1], ("FP8_TABLE", 1.0)],
+            )?
+        } else {
+            self.pipeline("encode_fp8", &constants)?
+        };
+        let build = self.pipeline("fp8_table_build", &[])?;
         let bytes = 4 * elements.len() as u64;
         if bytes > self.max_binding {
             return Err(Error::InvalidConfig(format!(
@@ -1503,25 +1615,50 @@ impl WgpuBackend {
             )
         })?;
         self.upload(&input, bytemuck::cast_slice(elements))?;
-        self.scoped("running the fp8 encoder", || {
+        let kept = self.scoped("running the fp8 encoder", || {
             let uniform = self.uniform("encode params", &params);
-            let group =
-                self.bind_group(&pipeline, &[(110, &uniform), (111, &input), (112, &output)]);
+            let table_params = self.uniform(
+                "fp8 table params",
+                &GpuTableParams {
+                    k_scale: params.scale,
+                    v_scale: params.scale,
+                },
+            );
+            let tables = self.buffer(
+                "fp8 tables",
+                TABLE_BYTES,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+            );
+            let mut entries = vec![(110, &uniform), (111, &input), (112, &output)];
+            if table {
+                entries.push((TABLE_BINDING, &tables));
+            }
+            let group = self.bind_group(&pipeline, &entries);
+            let build_group = self.bind_group(&build, &[(150, &table_params), (151, &tables)]);
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                if table {
+                    pass.set_pipeline(&build);
+                    pass.set_bind_group(0, &build_group, &[]);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &group, &[]);
                 pass.dispatch_workgroups(grid.0, grid.1, 1);
             }
             self.queue.submit([encoder.finish()]);
+            [uniform, table_params, tables]
         })?;
         self.wait()?;
         let words = self.download(&output, bytes)?;
         input.destroy();
         output.destroy();
+        for buffer in kept {
+            buffer.destroy();
+        }
         Ok(words
             .chunks_exact(4)
             .map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]) as u8)
