@@ -11,7 +11,8 @@
 // chunk. The fast entry points bind many key chunks and as many value chunks at once and each
 // thread stores into the chunk its slot falls in; the host dispatches them once per group of
 // chunks: once in all for caches up to 32 bindings (64 GiB on an H100) where the adapter allows
-// 67 storage bindings per stage, else per group of 12.
+// 70 storage bindings per stage, else per group of 11. Inputs come in two parts (two token
+// ranges of one binding each) per dispatch.
 //
 // Entry points:
 // - reshape_and_cache_wide:  16 bytes of cache per thread, rows a multiple of 16 bytes, up to
@@ -24,8 +25,12 @@
 //                            multiple of 16 bytes (rows of an odd number of 16-bit elements
 //                            share words with their neighbours: those words are written with
 //                            atomics); one chunk per dispatch;
-// - encode_fp8:              the fp8 encoder alone, one element per thread (for the exhaustive
-//                            test against the Rust reference);
+// - order_count, order_scan, order_scatter:
+//                            the token order by slot (large calls over large caches);
+// - fp8_table_build:         the threshold tables of the table fp8 encoder (FP8_TABLE);
+// - encode_fp8, encode_fp8_table:
+//                            the fp8 encoders alone, one element per thread (for the exhaustive
+//                            tests against the Rust reference);
 // - fill, copy:              random cache contents (and the cold-timing cache flush), and the
 //                            bandwidth probe.
 // Binding numbers differ between entry points that use different variables, so that each
@@ -66,10 +71,11 @@ override ROW_WORDS: u32 = 1u;
 override ESTIMATE_SKEW: i32 = 0;
 
 const WORKGROUP: u32 = 256u;
-// Chunks bound by reshape_and_cache: 2 * CHUNKS + 4 storage bindings must fit the adapter's
-// max_storage_buffers_per_shader_stage (32 on lavapipe, 31 buffers in all on Metal).
-const CHUNKS: u32 = 12u;
-// Chunks bound by reshape_and_cache_wide (67 storage bindings: NVIDIA, AMD and Intel Vulkan
+// Chunks bound by reshape_and_cache: 2 * CHUNKS + 6 storage bindings must fit the adapter's
+// max_storage_buffers_per_shader_stage (32 on lavapipe), and with the 2 uniform buffers within
+// Metal's 31 buffers in all.
+const CHUNKS: u32 = 11u;
+// Chunks bound by reshape_and_cache_wide (70 storage bindings: NVIDIA, AMD and Intel Vulkan
 // drivers and DX12 allow far more).
 const WIDE_CHUNKS: u32 = 32u;
 
@@ -625,7 +631,6 @@ fn store_unit(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
         case 8u: { k8[index] = k; v8[index] = v; }
         case 9u: { k9[index] = k; v9[index] = v; }
         case 10u: { k10[index] = k; v10[index] = v; }
-        case 11u: { k11[index] = k; v11[index] = v; }
         default: {}
     }
 }

@@ -243,7 +243,7 @@ fn check(backend: &mut WgpuBackend, cases: &[Case]) {
     );
 }
 
-/// Caches split over many buffers (more than one dispatch group of 12 chunks) and inputs
+/// Caches split over many buffers (more than one dispatch group of 11 chunks) and inputs
 /// split over several token ranges, forced by a small binding limit.
 #[test]
 fn caches_and_inputs_split_over_many_buffers_match_reference() {

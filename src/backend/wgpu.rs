@@ -5,14 +5,20 @@
 //! - Caches are split into chunks of whole cache blocks, one buffer per chunk, each no larger
 //!   than the adapter's storage-binding limit (2 GiB on NVIDIA's Vulkan driver, 128 MiB on
 //!   lavapipe). A dispatch binds up to 32 key and 32 value chunks (12 on adapters that allow
-//!   fewer than 67 storage bindings per stage: lavapipe, Metal) and every thread stores into
+//!   fewer than 70 storage bindings per stage: lavapipe, Metal) and every thread stores into
 //!   the chunk its slot falls in, so a call is one dispatch per group of chunks: one for the
 //!   default 32 GiB bf16 caches (17 chunks) on an H100.
 //! - Rows (num_heads x head_size) that are a multiple of 16 bytes (every benchmark shape) move
 //!   16 bytes per thread; other rows take a u32-word kernel (with atomics where two slots'
 //!   rows share a word), one chunk per dispatch.
-//! - Inputs larger than one binding are split by tokens into equal ranges (one dispatch per
-//!   range and chunk group).
+//! - Inputs larger than one binding are split by tokens into equal ranges, two of them per
+//!   dispatch (bound as two parts) in the 16-byte kernels: the default 65536 bf16 tokens are
+//!   one dispatch.
+//! - Calls whose rows spread over more of the caches than a GPU's address translation caches
+//!   cover (2 x 32 GiB on an H100: the TLB misses, not the bytes, set the time) take their
+//!   tokens in slot order: three small passes in the call bucket the tokens by slot range on
+//!   the device, and the kernel reads them through that order, so that the rows being written
+//!   at any moment lie close together. See docs/perf-log-wgpu.md.
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
 //! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
@@ -37,7 +43,7 @@ const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 /// Threads per workgroup (`WORKGROUP` in the shader).
 const WORKGROUP: u64 = 256;
 /// Chunks of each cache that `reshape_and_cache` binds (`CHUNKS` in the shader).
-const CHUNKS_PER_DISPATCH: usize = 12;
+const CHUNKS_PER_DISPATCH: usize = 11;
 /// The most 16-byte units per thread the overrides may ask for.
 const MAX_UNITS: u64 = 8;
 /// Chunks of each cache that `reshape_and_cache_wide` binds (`WIDE_CHUNKS` in the shader).
@@ -56,9 +62,6 @@ const KEY_HI_BINDING: u32 = 69;
 const VALUE_HI_BINDING: u32 = 70;
 /// Binding of the token order in the cache-writing entry points (`order` in the shader).
 const ORDER_BINDING: u32 = 68;
-/// Calls of this many tokens or more encode fp8 through threshold tables (whose pass costs a
-/// few microseconds).
-const FP8_TABLE_MIN_TOKENS: usize = 256;
 /// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order: on an
 /// H100, 2 x 8 GiB caches ran 4096 random tokens (some 5200 pages) at 99% of copy speed as
 /// they come and at 91% in slot order, 2 x 32 GiB ones (some 7200 pages) at 66% and 76%.
@@ -95,11 +98,11 @@ pub struct LimitOverrides {
     pub one_buffer: Option<bool>,
     /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
     pub units_per_thread: Option<u32>,
-    /// fp8 through threshold tables where the scales allow (else the plain encoder alone);
-    /// `None`: the backend's choice.
+    /// fp8 through threshold tables where the scales allow, else the plain encoder alone (the
+    /// default: the tables are exact but not yet timed on a GPU).
     pub fp8_table: Option<bool>,
-    /// Positions ahead at which the first unit of each token is written (0: none); `None`: the
-    /// backend's choice.
+    /// Positions ahead at which the first unit of each token is written (0: none, the
+    /// default; not yet timed on a GPU).
     pub prefetch: Option<u32>,
 }
 
@@ -135,7 +138,8 @@ impl LimitOverrides {
     /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
     /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1),
     /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_PREFETCH`.
-    /// Unset or unreadable variables leave the backend's own choice.
+    /// Unset or unreadable variables leave the backend's own choice. (`PKB_WGPU_TRACE`, set,
+    /// prints each call's plan to stderr.)
     pub fn from_env() -> Self {
         fn number(name: &str) -> Option<u64> {
             std::env::var(name).ok()?.trim().parse().ok()
@@ -277,7 +281,7 @@ impl Drop for DeviceCaches {
 enum Kernel {
     /// `reshape_and_cache_wide`: 16-byte units, up to 32 chunks per dispatch.
     Wide,
-    /// `reshape_and_cache`: 16-byte units, up to 12 chunks per dispatch.
+    /// `reshape_and_cache`: 16-byte units, up to 11 chunks per dispatch.
     Multi,
     /// `reshape_and_cache_one`: 16-byte units, one chunk per dispatch.
     One,
@@ -1177,15 +1181,13 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
         let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
-        // The threshold tables take a pass of their own (one workgroup) in every call.
+        // The threshold tables take a pass of their own (one workgroup) in every call. Off
+        // unless asked for: exact (tests/wgpu.rs), but not yet timed on a GPU.
         let fp8_table = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
             && k_scale.table_applies()
             && v_scale.table_applies()
-            && self
-                .overrides
-                .fp8_table
-                .unwrap_or(problem.num_tokens >= FP8_TABLE_MIN_TOKENS);
+            && self.overrides.fp8_table.unwrap_or(false);
         let constants: Vec<(&'static str, f64)> = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
@@ -2142,9 +2144,9 @@ mod tests {
         };
         assert_eq!(kernel(70, 20 << 10), Kernel::Wide);
         assert_eq!(kernel(69, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(30, 20 << 10), Kernel::Multi);
-        assert_eq!(kernel(29, 20 << 10), Kernel::One);
-        // 12 chunks or fewer: the narrow kernel binds them all.
+        assert_eq!(kernel(28, 20 << 10), Kernel::Multi);
+        assert_eq!(kernel(27, 20 << 10), Kernel::One);
+        // 11 chunks or fewer: the narrow kernel binds them all.
         assert_eq!(kernel(1000, 1 << 20), Kernel::Multi);
         // One chunk: the single-chunk kernel.
         let whole = Plan::new(&p, 1 << 30, u64::MAX, 32, "test").unwrap();
