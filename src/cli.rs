@@ -121,6 +121,12 @@ pub struct BenchArgs {
     #[arg(long)]
     pub cold: bool,
 
+    /// Device time with rotating inputs: back-to-back calls, each on its own copy of the inputs
+    /// and its own slots, with at least 256 MiB of traffic before a copy is reused, so that no
+    /// call finds its data in the device's cache (calls of under 4 MiB excepted).
+    #[arg(long, conflicts_with = "cold")]
+    pub rotate: bool,
+
     /// Seconds of device-time sampling per row, at least.
     #[arg(long, allow_negative_numbers = true, default_value_t = 0.1, value_name = "SECONDS", value_parser = seconds)]
     pub min_time: f64,
@@ -205,6 +211,7 @@ impl BenchArgs {
             num_tokens,
             protocol: Protocol {
                 cold: self.cold,
+                rotate: self.rotate,
                 sampling: Sampling {
                     min_time: Duration::from_secs_f64(self.min_time),
                     max_time: Duration::from_secs_f64(self.max_time.max(self.min_time)),

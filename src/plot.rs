@@ -90,7 +90,7 @@ pub fn render_svg(report: &Report) -> Result<String> {
             c.block_size,
             c.dtype,
             c.kv_cache_dtype,
-            if c.cold { "cold" } else { "warm" }
+            c.cache_state().split(' ').next().unwrap_or_default()
         );
         let root = root
             .titled(&title, ("sans-serif", 22))

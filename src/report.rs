@@ -39,11 +39,27 @@ pub struct RunConfig {
     pub iters: usize,
     pub warmup_iters: usize,
     pub cold: bool,
+    /// Rotating inputs (absent from reports of earlier versions).
+    #[serde(default)]
+    pub rotate: bool,
     pub seed: u64,
     pub min_time_s: f64,
     pub max_time_s: f64,
     pub max_noise_percent: f64,
     pub min_samples: usize,
+}
+
+impl RunConfig {
+    /// How the device's cache stood at each timed call, in words.
+    pub fn cache_state(&self) -> &'static str {
+        if self.cold {
+            "cold (flushed before each timed call)"
+        } else if self.rotate {
+            "rotating (back-to-back calls, each on its own copy of the inputs and its own slots)"
+        } else {
+            "warm (back-to-back calls, as vLLM)"
+        }
+    }
 }
 
 /// One implementation and the device it ran on.
@@ -186,7 +202,7 @@ impl Report {
             c.kv_cache_dtype,
             c.iters,
             c.seed,
-            if c.cold { "cold (flushed before each timed call)" } else { "warm (back-to-back calls, as vLLM)" }
+            c.cache_state()
         )];
         for info in &self.implementations {
             let copy = info

@@ -74,6 +74,10 @@ pub struct Protocol {
     /// call, and each sample is a single call. Otherwise calls repeat back to back on the same
     /// data, as vLLM's script does ("warm").
     pub cold: bool,
+    /// Device time with rotating inputs: back-to-back calls, as warm, but each call reads its own
+    /// copy of the inputs and writes its own slots ([`rotation_sets`] copies, cycled), so that
+    /// no call finds its data in the device's cache. Excludes `cold`.
+    pub rotate: bool,
     pub sampling: Sampling,
 }
 
@@ -84,6 +88,7 @@ impl Protocol {
             warmup_iters: 3,
             iters,
             cold: false,
+            rotate: false,
             sampling: Sampling::default(),
         }
     }
@@ -97,6 +102,27 @@ impl Protocol {
         let estimate = estimate.as_secs_f64().max(1e-7);
         ((self.sampling.batch_time.as_secs_f64() / estimate).ceil() as usize).clamp(1, 1000)
     }
+}
+
+/// Rotating inputs: the traffic that passes between two uses of one input copy, several times
+/// the largest last-level cache of current GPUs (50 MB on an H100), so that a call's data has
+/// left the cache by the time it comes round again.
+pub const ROTATION_BYTES: u64 = 256 << 20;
+
+/// Rotating inputs: at most this many copies. Calls of under `ROTATION_BYTES /
+/// MAX_ROTATION_SETS` bytes (4 MiB) therefore cannot be made cold by rotation alone.
+pub const MAX_ROTATION_SETS: usize = 64;
+
+/// How many input copies a call moving `bytes_per_call` bytes rotates through: enough that
+/// `ROTATION_BYTES` pass before a copy is reused, one where a single call already moves that
+/// much, at most `MAX_ROTATION_SETS`. The extra copies therefore never hold more than
+/// `2 * ROTATION_BYTES`.
+pub fn rotation_sets(bytes_per_call: u64) -> usize {
+    if bytes_per_call >= ROTATION_BYTES {
+        return 1;
+    }
+    let others = ROTATION_BYTES.div_ceil(bytes_per_call.max(1));
+    (1 + others as usize).min(MAX_ROTATION_SETS)
 }
 
 /// What a backend measured for one row.
@@ -206,23 +232,29 @@ pub fn wall_clock_latency_us(
 }
 
 /// Timing for backends whose device clock is the host clock (the CPU): vLLM's latency, then
-/// device-time samples of batches of calls (each cold call preceded by `flush`).
+/// device-time samples of batches of calls (each cold call preceded by `flush`). `unit`
+/// performs `calls_per_unit` calls (a whole rotation of input copies when rotating, else one);
+/// every figure is per call.
 pub fn host_timed(
     protocol: &Protocol,
-    mut call: impl FnMut() -> Result<()>,
+    calls_per_unit: usize,
+    mut unit: impl FnMut() -> Result<()>,
     mut flush: impl FnMut(),
 ) -> Result<Samples> {
-    let latency_us = wall_clock_latency_us(protocol, &mut call)?;
-    let calls = protocol.calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6));
+    let per_unit = calls_per_unit.max(1) as f64;
+    let latency_us = wall_clock_latency_us(protocol, &mut unit)? / per_unit;
+    let units = protocol
+        .calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6))
+        .div_ceil(calls_per_unit.max(1));
     let device_us = sample_until_stable(&protocol.sampling, || {
         if protocol.cold {
             flush();
         }
         let start = Instant::now();
-        for _ in 0..calls {
-            call()?;
+        for _ in 0..units {
+            unit()?;
         }
-        Ok(start.elapsed().as_secs_f64() * 1e6 / calls as f64)
+        Ok(start.elapsed().as_secs_f64() * 1e6 / (units as f64 * per_unit))
     })?;
     Ok(Samples {
         latency_us,
@@ -279,6 +311,23 @@ mod tests {
         assert_eq!(protocol.calls_per_batch(Duration::ZERO), 1000);
         protocol.cold = true;
         assert_eq!(protocol.calls_per_batch(Duration::from_micros(5)), 1);
+    }
+
+    #[test]
+    fn rotation_keeps_enough_traffic_between_reuses() {
+        assert_eq!(rotation_sets(ROTATION_BYTES), 1);
+        assert_eq!(rotation_sets(4 * ROTATION_BYTES), 1);
+        assert_eq!(rotation_sets(ROTATION_BYTES - 1), 3);
+        // 64 MiB per call (512 tokens of the default shape): 4 others pass between reuses.
+        assert_eq!(rotation_sets(64 << 20), 5);
+        assert_eq!(rotation_sets(1000), MAX_ROTATION_SETS);
+        assert_eq!(rotation_sets(0), MAX_ROTATION_SETS);
+        for bytes in [1u64, 4 << 20, 5 << 20, 100 << 20, (256 << 20) - 1] {
+            let sets = rotation_sets(bytes) as u64;
+            // Extra copies stay bounded, and a full rotation moves ROTATION_BYTES unless capped.
+            assert!((sets - 1) * bytes < 2 * ROTATION_BYTES, "{bytes}");
+            assert!(sets == MAX_ROTATION_SETS as u64 || (sets - 1) * bytes >= ROTATION_BYTES);
+        }
     }
 
     #[test]

@@ -127,6 +127,31 @@ pub fn random_slot_mapping(
     slots
 }
 
+/// The slot mapping of input copy `set` of `sets` when timing with rotating inputs: every
+/// valid slot moved by the same whole number of blocks (modulo the cache), so the copies write
+/// different cache lines while each stays free of duplicates; padding and out-of-range slots
+/// are kept as they are.
+pub fn rotated_slot_mapping(
+    slots: &[i64],
+    num_slots: u64,
+    block_size: usize,
+    set: usize,
+    sets: usize,
+) -> Vec<i64> {
+    let blocks = num_slots / block_size as u64;
+    let shift = (blocks * set as u64 / sets.max(1) as u64) * block_size as u64;
+    slots
+        .iter()
+        .map(|&slot| {
+            if slot >= 0 && (slot as u64) < num_slots {
+                ((slot as u64 + shift) % num_slots) as i64
+            } else {
+                slot
+            }
+        })
+        .collect()
+}
+
 /// The fp8 scale vLLM's benchmark uses: the largest element divided by 64.
 pub fn fp8_scale(dtype: Dtype, bytes: &[u8]) -> f32 {
     let size = dtype.size();
@@ -210,6 +235,28 @@ mod tests {
         let padding = slots.len() - used.len();
         assert!((50..150).contains(&padding), "{padding}");
         assert!(random_slot_mapping(10, 10, 0.0, 1).iter().all(|s| *s >= 0));
+    }
+
+    #[test]
+    fn rotated_slot_mappings_move_whole_blocks_and_stay_distinct() {
+        let mut slots = random_slot_mapping(16 * 100, 300, 0.1, 5);
+        slots[0] = 16 * 100 + 3; // out of range: left alone (the kernels skip it)
+        assert_eq!(rotated_slot_mapping(&slots, 1600, 16, 0, 4), slots);
+        for set in 1..4 {
+            let rotated = rotated_slot_mapping(&slots, 1600, 16, set, 4);
+            assert_eq!(rotated[0], slots[0]);
+            let mut seen = std::collections::HashSet::new();
+            for (&new, &old) in rotated.iter().zip(&slots).skip(1) {
+                if old < 0 {
+                    assert_eq!(new, old);
+                    continue;
+                }
+                assert!((0..1600).contains(&new));
+                assert_eq!(new % 16, old % 16, "offsets within a block are kept");
+                assert_ne!(new, old);
+                assert!(seen.insert(new), "duplicate slot {new}");
+            }
+        }
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! equal the CPU reference's byte for byte, starting from poisoned caches, over the whole
 //! verification matrix. GPU suites are ignored where they need hardware CI does not have.
 
+use std::time::Duration;
+
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::reference;
+use paged_kv_bench::timing::{self, Mode, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
+use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
 /// Checks every case the backend supports and fails with the list of mismatches.
 fn check_cases(backend: &mut dyn Backend, cases: &[Case]) {
@@ -49,6 +54,83 @@ fn default_shape(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, num_toke
     }
 }
 
+/// Timing with rotating inputs writes each input copy to its own, shifted slots and nothing
+/// else: after timing, the caches must equal the poisoned caches with the reference applied
+/// once per copy. The slots are drawn from the cache's first 1/sets, so that the copies'
+/// slots never collide and the order of calls does not matter.
+fn check_rotation(backend: &mut dyn Backend) {
+    if !backend.supports_rotation() {
+        eprintln!("this backend does not time with rotating inputs: nothing to check");
+        return;
+    }
+    for (layout, cache_dtype, mode) in [
+        (Layout::Nhd, CacheDtype::Auto, Mode::Cudagraph),
+        (Layout::Hnd, CacheDtype::Fp8, Mode::NoGraph),
+    ] {
+        let mut problem = Problem {
+            num_tokens: 60,
+            num_heads: 8,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: 1,
+            dtype: Dtype::BFloat16,
+            cache_dtype,
+            layout,
+        };
+        let sets = timing::rotation_sets(problem.bytes_moved());
+        assert!(sets > 2, "{sets}");
+        problem.num_blocks = 8 * sets;
+        let elements = problem.num_tokens * problem.token_elements();
+        let key = workload::random_normal(problem.dtype, elements, 1);
+        let value = workload::random_normal(problem.dtype, elements, 2);
+        let mut slot_mapping = workload::random_slot_mapping(8 * 16, problem.num_tokens, 0.1, 3);
+        slot_mapping[1] = -1;
+        let inputs = Inputs {
+            key: &key,
+            value: &value,
+            slot_mapping: &slot_mapping,
+            k_scale: 0.03,
+            v_scale: 0.05,
+        };
+        let bytes = problem.cache_bytes() as usize;
+        let poisoned = Caches {
+            key: workload::random_bytes(bytes, 4),
+            value: workload::random_bytes(bytes, 5),
+        };
+        let mut protocol = Protocol::new(mode, 2);
+        protocol.rotate = true;
+        protocol.sampling.min_samples = 2;
+        protocol.sampling.min_time = Duration::ZERO;
+        protocol.sampling.max_time = Duration::from_millis(50);
+        let got = {
+            let mut call = backend
+                .prepare(&problem, inputs, CacheFill::Copy(&poisoned))
+                .expect("prepare");
+            let samples = call.time(&protocol).expect("timing with rotating inputs");
+            assert!(samples.device_us.iter().all(|t| *t > 0.0), "{samples:?}");
+            call.read_back().expect("read back")
+        };
+        let mut expected = poisoned.clone();
+        for set in 0..sets {
+            let rotated = workload::rotated_slot_mapping(
+                &slot_mapping,
+                problem.num_slots(),
+                problem.block_size,
+                set,
+                sets,
+            );
+            let copy = Inputs {
+                slot_mapping: &rotated,
+                ..inputs
+            };
+            reference::reshape_and_cache(&problem, &copy, &mut expected);
+        }
+        if let Some(mismatch) = verify::compare_caches(&problem, &slot_mapping, &expected, &got) {
+            panic!("{} ({sets} sets): {mismatch}", problem.describe());
+        }
+    }
+}
+
 macro_rules! backend_suite {
     ($name:ident, $open:expr $(, #[$attribute:meta])?) => {
         mod $name {
@@ -86,6 +168,12 @@ macro_rules! backend_suite {
                     .map(|case| Case { special_values: true, ..case })
                     .collect();
                 check_cases(open().as_mut(), &cases);
+            }
+
+            #[test]
+            $(#[$attribute])?
+            fn rotating_timing_writes_every_copy_to_its_own_slots() {
+                check_rotation(open().as_mut());
             }
         }
     };

@@ -149,6 +149,61 @@ fn bad_flags_are_one_line_errors() {
     assert_refused(&["--num-tokens", "0"], "--num-tokens");
     assert_refused(&["--num-tokens", "2,x"], "--num-tokens");
     assert_refused(&["--no-such-flag"], "--no-such-flag");
+    assert_refused(&["--cold", "--rotate"], "--rotate");
+}
+
+#[test]
+fn rotating_inputs_are_measured_on_the_cpu_and_not_on_wgpu() {
+    let args = [
+        "--num-blocks",
+        "256",
+        "--iters",
+        "2",
+        "--num-tokens",
+        "2,64",
+        "--layouts",
+        "NHD",
+        "--num-heads",
+        "8",
+        "--max-time",
+        "0.2",
+        "--rotate",
+        "--implementation",
+    ];
+    let output = run(&[&args[..], &["all"]].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("cache=rotating"), "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("num_tokens"))
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let header = out.lines().find(|l| l.starts_with("num_tokens")).unwrap();
+    let columns: Vec<&str> = header
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    for row in &rows {
+        for (column, cell) in columns.iter().zip(row) {
+            if column.starts_with("cpu") {
+                let value: f64 = cell.parse().unwrap_or_else(|_| panic!("{column}: {cell}"));
+                assert!(value.is_finite() && value > 0.0, "{column}: {row:?}");
+            }
+            if column.starts_with("wgpu") {
+                assert!(cell.eq_ignore_ascii_case("nan"), "{column}: {row:?}");
+            }
+        }
+    }
+    if columns.iter().any(|c| c.starts_with("wgpu")) {
+        assert!(
+            out.contains("wgpu: --rotate is not implemented there, its rows show NaN"),
+            "{out}"
+        );
+    }
 }
 
 #[test]

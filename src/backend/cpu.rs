@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::problem::{Layout, Problem};
 use crate::reference;
 use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{fill_random, CacheFill, Caches, Inputs};
+use crate::workload::{fill_random, rotated_slot_mapping, CacheFill, Caches, Inputs};
 
 /// Bytes written to evict the CPU's caches before a cold call: larger than any last-level
 /// cache of current server CPUs.
@@ -59,6 +59,10 @@ impl Backend for CpuBackend {
     }
 
     fn supports(&self, _layout: Layout) -> bool {
+        true
+    }
+
+    fn supports_rotation(&self) -> bool {
         true
     }
 
@@ -194,14 +198,46 @@ impl Prepared for CpuCall<'_> {
         if protocol.cold && self.flush_buffer.is_empty() {
             self.flush_buffer.resize(FLUSH_BYTES, 0);
         }
-        let (problem, inputs) = (&self.problem, &self.inputs);
+        let problem = &self.problem;
+        // Rotating inputs: copies 1.. of the inputs, each with its own slots (copy 0 is the
+        // caller's own), cycled call by call, whole rotations at a time.
+        let sets = if protocol.rotate {
+            timing::rotation_sets(problem.bytes_moved())
+        } else {
+            1
+        };
+        let copies: Vec<(Vec<u8>, Vec<u8>, Vec<i64>)> = (1..sets)
+            .map(|set| {
+                (
+                    self.inputs.key.to_vec(),
+                    self.inputs.value.to_vec(),
+                    rotated_slot_mapping(
+                        self.inputs.slot_mapping,
+                        problem.num_slots(),
+                        problem.block_size,
+                        set,
+                        sets,
+                    ),
+                )
+            })
+            .collect();
+        let mut rotation = vec![self.inputs];
+        rotation.extend(copies.iter().map(|(key, value, slots)| Inputs {
+            key,
+            value,
+            slot_mapping: slots,
+            ..self.inputs
+        }));
         let caches = &mut *self.caches;
         let flush_buffer = &mut *self.flush_buffer;
         let mut pass = 0u8;
         timing::host_timed(
             protocol,
+            rotation.len(),
             || {
-                write_all(problem, inputs, caches);
+                for inputs in &rotation {
+                    write_all(problem, inputs, caches);
+                }
                 Ok(())
             },
             || {

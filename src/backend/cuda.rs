@@ -23,7 +23,7 @@ use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{CacheFill, Caches, Inputs};
+use crate::workload::{rotated_slot_mapping, CacheFill, Caches, Inputs};
 
 mod compile;
 mod shape;
@@ -602,16 +602,21 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn supports_rotation(&self) -> bool {
+        true
+    }
+
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
         // Caches, keys, values, slots and the two scales all live on the device; the host only
-        // holds what the caller already has.
+        // holds what the caller already has. Then either the cold flush buffer or the input
+        // copies of rotating timing (under 2 * ROTATION_BYTES, see `timing::rotation_sets`).
         Footprint {
             host: 0,
             device: 2 * cache_bytes
                 + 2 * input_bytes
                 + 8 * num_tokens as u64
                 + 8
-                + FLUSH_BYTES as u64,
+                + (FLUSH_BYTES as u64).max(2 * timing::ROTATION_BYTES),
         }
     }
 
@@ -627,7 +632,8 @@ impl Backend for CudaBackend {
                  around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls, per \
                  call (batches of at least {MIN_BATCH_CALLS} calls), so the CPU's launch rate \
                  does not count; cold: one replay of the one-call graph after a \
-                 {} MiB write that evicts L2",
+                 {} MiB write that evicts L2; rotating: as device time, the graph's calls \
+                 cycling over copies of the inputs",
                 FLUSH_BYTES >> 20
             ),
             Mode::NoGraph => format!(
@@ -635,7 +641,8 @@ impl Backend for CudaBackend {
                  the stream), vLLM's method; device time = CUDA events around back-to-back \
                  launches, per call (batches of at least {MIN_BATCH_CALLS} calls; gaps between \
                  launches count when the CPU is slower than the kernel); cold: one launch after \
-                 a {} MiB write that evicts L2",
+                 a {} MiB write that evicts L2; rotating: launches cycling over copies of the \
+                 inputs",
                 FLUSH_BYTES >> 20
             ),
         }
@@ -700,11 +707,13 @@ impl Backend for CudaBackend {
                 [kernel_index(problem.dtype, problem.cache_dtype, Variant::of(&launch))],
             launch,
             args,
+            slot_mapping: inputs.slot_mapping,
         }))
     }
 }
 
 /// The kernel's arguments, in its parameter order.
+#[derive(Clone)]
 struct Args {
     key: u64,
     value: u64,
@@ -722,6 +731,17 @@ struct CudaCall<'a> {
     function: &'a CudaFunction,
     launch: Launch,
     args: Args,
+    /// The host slot mapping, from which rotating timing derives its copies' slots.
+    slot_mapping: &'a [i64],
+}
+
+/// Copies of a call's inputs for timing with rotating inputs, each with its own slot mapping;
+/// `args[0]` is the call itself. The buffers are freed when the timing ends.
+struct Rotation {
+    _keys: CudaSlice<u8>,
+    _values: CudaSlice<u8>,
+    _slots: CudaSlice<i64>,
+    args: Vec<Args>,
 }
 
 impl CudaCall<'_> {
@@ -731,12 +751,17 @@ impl CudaCall<'_> {
 
     /// Enqueues one call.
     fn enqueue(&self) -> Result<()> {
+        self.enqueue_with(&self.args)
+    }
+
+    /// Enqueues one call with the given buffers.
+    fn enqueue_with(&self, args: &Args) -> Result<()> {
         let config = LaunchConfig {
             grid_dim: self.launch.grid,
             block_dim: (self.launch.threads, 1, 1),
             shared_mem_bytes: 0,
         };
-        let a = &self.args;
+        let a = args;
         let mut launch = self.stream().launch_builder(self.function);
         launch
             .arg(&a.key)
@@ -761,13 +786,18 @@ impl CudaCall<'_> {
 
     /// A graph holding `calls` back-to-back calls, uploaded and ready to replay.
     fn capture(&self, calls: usize) -> Result<CudaGraph> {
+        self.capture_cycling(calls, std::slice::from_ref(&self.args))
+    }
+
+    /// A graph holding `calls` back-to-back calls that cycle through `sets`, uploaded.
+    fn capture_cycling(&self, calls: usize, sets: &[Args]) -> Result<CudaGraph> {
         let stream = self.stream();
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .during("starting a graph capture")?;
         let mut enqueued = Ok(());
-        for _ in 0..calls {
-            enqueued = self.enqueue();
+        for call in 0..calls {
+            enqueued = self.enqueue_with(&sets[call % sets.len()]);
             if enqueued.is_err() {
                 break;
             }
@@ -831,6 +861,63 @@ impl CudaCall<'_> {
         timing::sample_until_stable(&protocol.sampling, || timed(units))
     }
 
+    /// The input copies for rotating timing: `timing::rotation_sets` sets in all (copies made
+    /// on the device; slots shifted by whole blocks), so that at least `ROTATION_BYTES` of
+    /// traffic pass before a set comes round again.
+    fn rotation(&self) -> Result<Rotation> {
+        let sets = timing::rotation_sets(self.problem.bytes_moved());
+        let copies = sets - 1;
+        // Each copy starts on a 256-byte boundary, as the originals do, for the 16-byte loads.
+        let input_bytes = self.problem.input_bytes() as usize;
+        let stride = input_bytes.next_multiple_of(256);
+        let tokens = self.slot_mapping.len();
+        let backend = self.backend;
+        let mut keys = backend.alloc::<u8>(copies * stride, "copies of the keys (--rotate)")?;
+        let mut values = backend.alloc::<u8>(copies * stride, "copies of the values (--rotate)")?;
+        let mut slots = backend.alloc::<i64>(copies * tokens, "copies of the slots (--rotate)")?;
+        let stream = self.stream();
+        let originals = backend.inputs.as_ref().expect("set in prepare");
+        let mut args = vec![self.args.clone()];
+        for copy in 0..copies {
+            let (at, slot_at) = (copy * stride, copy * tokens);
+            let shifted = rotated_slot_mapping(
+                self.slot_mapping,
+                self.problem.num_slots(),
+                self.problem.block_size,
+                copy + 1,
+                sets,
+            );
+            stream
+                .memcpy_dtod(
+                    &originals.key.slice(..input_bytes),
+                    &mut keys.slice_mut(at..at + input_bytes),
+                )
+                .and_then(|_| {
+                    stream.memcpy_dtod(
+                        &originals.value.slice(..input_bytes),
+                        &mut values.slice_mut(at..at + input_bytes),
+                    )
+                })
+                .and_then(|_| {
+                    stream.memcpy_htod(&shifted, &mut slots.slice_mut(slot_at..slot_at + tokens))
+                })
+                .during("copying the inputs (--rotate)")?;
+            args.push(Args {
+                key: keys.slice(at..).device_ptr(stream).0,
+                value: values.slice(at..).device_ptr(stream).0,
+                slots: slots.slice(slot_at..).device_ptr(stream).0,
+                ..self.args.clone()
+            });
+        }
+        self.synchronize()?;
+        Ok(Rotation {
+            _keys: keys,
+            _values: values,
+            _slots: slots,
+            args,
+        })
+    }
+
     /// The buffer written before each cold call.
     fn flush_buffer(&self) -> Result<&CudaSlice<u8>> {
         if self.backend.flush_buffer.get().is_none() {
@@ -856,7 +943,18 @@ impl Prepared for CudaCall<'_> {
                     self.enqueue()?;
                     self.synchronize()
                 })?;
-                let device_us = self.device_samples(protocol, 1, || self.enqueue())?;
+                let device_us = if protocol.rotate {
+                    let rotation = self.rotation()?;
+                    let sets = rotation.args.len();
+                    self.device_samples(protocol, sets, || {
+                        rotation
+                            .args
+                            .iter()
+                            .try_for_each(|args| self.enqueue_with(args))
+                    })?
+                } else {
+                    self.device_samples(protocol, 1, || self.enqueue())?
+                };
                 Ok(Samples {
                     latency_us,
                     device_us,
@@ -871,6 +969,16 @@ impl Prepared for CudaCall<'_> {
                 let device_us = if protocol.cold {
                     self.device_samples(protocol, 1, || {
                         single.launch().during("replaying a CUDA graph")
+                    })?
+                } else if protocol.rotate {
+                    drop(single);
+                    let rotation = self.rotation()?;
+                    // Whole rotations, and at least GRAPH_BATCH_CALLS calls, per graph.
+                    let sets = rotation.args.len();
+                    let calls = sets * GRAPH_BATCH_CALLS.div_ceil(sets);
+                    let batch = self.capture_cycling(calls, &rotation.args)?;
+                    self.device_samples(protocol, calls, || {
+                        batch.launch().during("replaying a CUDA graph")
                     })?
                 } else {
                     drop(single);

@@ -55,6 +55,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|(implementation, reason)| format!("{} skipped: {reason}", implementation.name()))
         .collect();
     notes.extend(plan.note.clone());
+    if config.protocol.rotate {
+        for backend in backends.iter().filter(|b| !b.supports_rotation()) {
+            notes.push(format!(
+                "{}: --rotate is not implemented there, its rows show NaN",
+                backend.implementation().name()
+            ));
+        }
+    }
 
     let protocol = &config.protocol;
     let mut report = Report {
@@ -75,6 +83,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             iters: protocol.iters,
             warmup_iters: protocol.warmup_iters,
             cold: protocol.cold,
+            rotate: protocol.rotate,
             seed: config.seed,
             min_time_s: protocol.sampling.min_time.as_secs_f64(),
             max_time_s: protocol.sampling.max_time.as_secs_f64(),
