@@ -58,6 +58,11 @@ typedef unsigned long long u64;
 #ifndef RCF_DIVIDE_NOINLINE
 #define RCF_DIVIDE_NOINLINE 0
 #endif
+// Whether the kernels wait for the previous grid with griddepcontrol (1), so that the host may
+// launch them with programmatic dependent launch; 0 drops the instructions (for comparison).
+#ifndef RCF_PDL
+#define RCF_PDL 1
+#endif
 #if RCF_DIVIDE_NOINLINE
 #define RCF_DIVIDE_INLINING __noinline__
 #else
@@ -517,6 +522,14 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
     const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
     const Params& p) {
+#if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Programmatic dependent launch (when the host launches with it; no-ops otherwise): this
+    // grid may have been scheduled while the previous kernel on the stream was still running.
+    // Wait until that kernel has finished and its writes are visible before touching memory,
+    // then let the next call's blocks be scheduled in turn. Only launches overlap, never work.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const u64 blocks = (u64)p.token_groups * p.segments.divisor;
     if (RCF_PEEL == 2 || (RCF_PEEL == 1 && !SCALED)) {
         // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop

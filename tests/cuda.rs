@@ -483,6 +483,7 @@ fn cuda_timings() {
 struct TuneRow {
     problem: Problem,
     cold: bool,
+    rotate: bool,
     /// `None`: the built-in shape.
     shape: Option<LaunchOverride>,
     label: String,
@@ -509,7 +510,7 @@ fn parse_shape(text: &str) -> Option<LaunchOverride> {
 /// Rows from a spec: `;`-separated groups of space-separated `key=value` fields, where a value
 /// may list alternatives with `|` (every combination is a row). Keys (defaults): `lay` (NHD),
 /// `cache` (auto), `dt` (bfloat16), `T` (8192), `H` (128), `D` (128), `bs` (16), `nb`
-/// (65536), `mode` (w: warm, c: cold), `shape` (d; see `parse_shape`), `set` (0: the index of
+/// (65536), `mode` (w: warm, c: cold, r: rotating), `shape` (d; see `parse_shape`), `set` (0: the index of
 /// the define set to run with).
 fn parse_rows(spec: &str) -> Vec<TuneRow> {
     let mut rows = Vec::new();
@@ -581,6 +582,7 @@ fn parse_rows(spec: &str) -> Vec<TuneRow> {
                     layout,
                 },
                 cold: c[8] == "c",
+                rotate: c[8] == "r",
                 shape: parse_shape(&c[9]),
                 label: c[9].clone(),
                 set: n(10),
@@ -593,7 +595,8 @@ fn parse_rows(spec: &str) -> Vec<TuneRow> {
 /// Tuning table, run by hand on a GPU; everything comes from the environment, so that one
 /// build serves any experiment:
 /// - `PKB_DEFINES`: `;`-separated sets of `-D` macros for the kernel source (an empty set: the
-///   built-in source), each compiled in turn;
+///   built-in source), each compiled in turn; `PDL_LAUNCH=1` (`=0`) also launches the set's
+///   calls with (without) programmatic dependent launch;
 /// - `PKB_STREAMS`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
 ///   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
 ///   with H heads, a token's H rows spread as HND puts them, block size 16);
@@ -625,6 +628,13 @@ fn cuda_tuning() {
     let mut inputs: HashMap<(Dtype, usize), workload::HostInputs> = HashMap::new();
     for (set, defines) in define_sets.iter().enumerate() {
         let mut backend = CudaBackend::open_with_defines(defines).unwrap();
+        // `PDL_LAUNCH=1` / `=0` in a define set: launch that set's calls with (without)
+        // programmatic dependent launch.
+        for (define, on) in [("PDL_LAUNCH=1", true), ("PDL_LAUNCH=0", false)] {
+            if defines.iter().any(|d| d == define) {
+                backend.set_programmatic_launch(on);
+            }
+        }
         if set == 0 {
             println!(
                 "device: {} ({})",
@@ -687,6 +697,7 @@ fn cuda_tuning() {
             backend.force_launch(row.shape);
             let mut protocol = Protocol::new(Mode::Cudagraph, 10);
             protocol.cold = row.cold;
+            protocol.rotate = row.rotate;
             protocol.sampling.max_time = Duration::from_millis(if row.cold { 600 } else { 400 });
             let result = backend
                 .prepare(p, call_inputs, CacheFill::Random { seed: 11 })
@@ -704,7 +715,7 @@ fn cuda_tuning() {
                         p.num_heads,
                         p.head_size,
                         p.block_size,
-                        if row.cold { "c" } else { "w" },
+                        if row.cold { "c" } else if row.rotate { "r" } else { "w" },
                         row.label,
                         s.median,
                         s.noise_percent,
@@ -727,8 +738,10 @@ fn cuda_tuning() {
 
 #[test]
 fn tuning_specs_parse() {
-    let rows = parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2c4|96x3c1 set=1; dt=half");
-    assert_eq!(rows.len(), 2 * 2 * 3 + 1);
+    let rows =
+        parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2c4|96x3c1 set=1; dt=half; mode=r|c");
+    assert_eq!(rows.len(), 2 * 2 * 3 + 3);
+    assert!(rows[13].rotate && !rows[13].cold && rows[14].cold && !rows[14].rotate);
     let r = &rows[1];
     assert_eq!(r.problem.layout, Layout::Nhd);
     assert_eq!(r.problem.cache_dtype, CacheDtype::Fp8);
@@ -745,7 +758,7 @@ fn tuning_specs_parse() {
     );
     assert_eq!(rows[2].shape.unwrap().blocks_per_sm, 1);
     assert_eq!(rows[0].shape, None);
-    let last = &rows[rows.len() - 1];
+    let last = &rows[12];
     assert_eq!(
         (last.problem.dtype, last.set, last.cold),
         (Dtype::Half, 0, false)

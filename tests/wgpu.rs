@@ -282,6 +282,7 @@ fn slot_order_one_buffer_and_units_match_reference() {
                 one_buffer: Some(one_buffer),
                 units_per_thread: Some(units),
                 prefetch: Some(prefetch),
+                fp8_table: Some(units != 8),
                 ..Default::default()
             },
         )

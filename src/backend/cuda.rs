@@ -175,6 +175,9 @@ pub struct CudaBackend {
     caches: Option<DeviceCaches>,
     inputs: Option<DeviceInputs>,
     forced_launch: Option<LaunchOverride>,
+    /// Whether calls are launched with programmatic dependent launch (compute capability 9.0
+    /// and later): see [`CudaBackend::set_programmatic_launch`].
+    programmatic_launch: bool,
     /// Written before each cold call (allocated on first use).
     flush_buffer: std::cell::OnceCell<CudaSlice<u8>>,
 }
@@ -293,8 +296,23 @@ impl CudaBackend {
             caches: None,
             inputs: None,
             forced_launch: None,
+            // On an H100 it took a call of 2 tokens from 1.49 to 1.24 us in a graph, and
+            // changed nothing for large calls (docs/perf-log.md, v5).
+            programmatic_launch: major >= 9
+                && std::env::var("PKB_CUDA_PDL").map_or(true, |v| v != "0"),
             flush_buffer: std::cell::OnceCell::new(),
         })
+    }
+
+    /// Launches later calls with programmatic dependent launch (where the device has it,
+    /// compute capability 9.0 and later): a call's blocks may be scheduled while the previous
+    /// kernel on the stream is still running, and wait in the kernel (`griddepcontrol.wait`)
+    /// until it has finished and its writes are visible, before touching memory. Only the
+    /// launch overlaps, never the work. On by default; `PKB_CUDA_PDL=0` turns it off at open.
+    #[doc(hidden)]
+    pub fn set_programmatic_launch(&mut self, on: bool) {
+        let (major, _) = self.ctx.compute_capability().unwrap_or((0, 0));
+        self.programmatic_launch = on && major >= 9;
     }
 
     /// Forces threads per block and items per thread for later calls (tuning); `None` restores
@@ -625,22 +643,28 @@ impl Backend for CudaBackend {
     }
 
     fn mode_note(&self, mode: Mode) -> String {
+        let pdl = if self.programmatic_launch {
+            " (programmatic dependent launch: a call may be scheduled while the previous one \
+             drains, but waits for it to finish before touching memory)"
+        } else {
+            ""
+        };
         match mode {
             Mode::Cudagraph => format!(
                 "cudagraph: latency = mean host wall time of (replay a CUDA graph holding one \
                  call, then synchronize the stream), vLLM's method; device time = CUDA events \
                  around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls, per \
                  call (batches of at least {MIN_BATCH_CALLS} calls), so the CPU's launch rate \
-                 does not count; cold: one replay of the one-call graph after a \
-                 {} MiB write that evicts L2; rotating: as device time, the graph's calls \
-                 cycling over copies of the inputs",
+                 does not count{pdl}; cold: one replay of the one-call graph after a {} MiB \
+                 write that evicts L2; rotating: as device time, the graph's calls cycling over \
+                 copies of the inputs",
                 FLUSH_BYTES >> 20
             ),
             Mode::NoGraph => format!(
                 "no_graph: latency = mean host wall time of (launch the kernel, then synchronize \
                  the stream), vLLM's method; device time = CUDA events around back-to-back \
                  launches, per call (batches of at least {MIN_BATCH_CALLS} calls; gaps between \
-                 launches count when the CPU is slower than the kernel); cold: one launch after \
+                 launches count when the CPU is slower than the kernel){pdl}; cold: one launch after \
                  a {} MiB write that evicts L2; rotating: launches cycling over copies of the \
                  inputs",
                 FLUSH_BYTES >> 20
@@ -761,6 +785,9 @@ impl CudaCall<'_> {
             block_dim: (self.launch.threads, 1, 1),
             shared_mem_bytes: 0,
         };
+        if self.backend.programmatic_launch {
+            return self.enqueue_programmatic(args, config);
+        }
         let a = args;
         let mut launch = self.stream().launch_builder(self.function);
         launch
@@ -776,6 +803,56 @@ impl CudaCall<'_> {
         // `prepare`, owned by the backend this call borrows).
         unsafe { launch.launch(config) }.during("launching reshape_and_cache_flash")?;
         Ok(())
+    }
+
+    /// One call through `cuLaunchKernelEx` with programmatic stream serialization allowed
+    /// (cudarc's launch builder takes no launch attributes).
+    fn enqueue_programmatic(&self, a: &Args, config: LaunchConfig) -> Result<()> {
+        let stream = self.stream();
+        self.backend
+            .ctx
+            .bind_to_thread()
+            .during("binding the context")?;
+        // SAFETY: all-zero is a valid bit pattern for this plain C struct and union.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let launch_config = sys::CUlaunchConfig {
+            gridDimX: config.grid_dim.0,
+            gridDimY: config.grid_dim.1,
+            gridDimZ: config.grid_dim.2,
+            blockDimX: config.block_dim.0,
+            blockDimY: config.block_dim.1,
+            blockDimZ: config.block_dim.2,
+            sharedMemBytes: config.shared_mem_bytes,
+            hStream: stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        let mut params: [*mut std::ffi::c_void; 8] = [
+            &a.key as *const u64 as *mut _,
+            &a.value as *const u64 as *mut _,
+            &a.key_cache as *const u64 as *mut _,
+            &a.value_cache as *const u64 as *mut _,
+            &a.slots as *const u64 as *mut _,
+            &a.k_scale as *const u64 as *mut _,
+            &a.v_scale as *const u64 as *mut _,
+            &a.params as *const shape::Params as *mut _,
+        ];
+        // SAFETY: the parameter array points at live values of the kernel's parameter types,
+        // in its order (the driver copies them before returning); the pointers inside are live
+        // buffers of the sizes `params` describes, as for the plain launch.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &launch_config,
+                self.function.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .during("launching reshape_and_cache_flash (programmatic dependent launch)")
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -98,8 +98,8 @@ pub struct LimitOverrides {
     pub one_buffer: Option<bool>,
     /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
     pub units_per_thread: Option<u32>,
-    /// fp8 through threshold tables where the scales allow, else the plain encoder alone (the
-    /// default: the tables are exact but not yet timed on a GPU).
+    /// fp8 through threshold tables where the scales allow (the default), else the plain
+    /// encoder alone.
     pub fp8_table: Option<bool>,
     /// Positions ahead at which the first unit of each token is written (0: none, the
     /// default; not yet timed on a GPU).
@@ -1181,13 +1181,14 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
         let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
-        // The threshold tables take a pass of their own (one workgroup) in every call. Off
-        // unless asked for: exact (tests/wgpu.rs), but not yet timed on a GPU.
+        // The threshold tables take a pass of their own (one workgroup) in every call. On by
+        // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
+        // faster than the plain encoder (docs/perf-log-wgpu.md).
         let fp8_table = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
             && k_scale.table_applies()
             && v_scale.table_applies()
-            && self.overrides.fp8_table.unwrap_or(false);
+            && self.overrides.fp8_table.unwrap_or(true);
         let constants: Vec<(&'static str, f64)> = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),

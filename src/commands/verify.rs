@@ -130,7 +130,7 @@ fn seed_from_clock() -> u64 {
 /// (see [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
 ///
 /// Extra subjects for paths the matrix's shapes do not reach on their own. The full matrix
-/// checks the wgpu backend a second time with 256 KiB storage bindings, so that caches are split
+/// checks the wgpu backend a second time with 256 KiB storage bindings and the plain fp8 encoder, so that caches are split
 /// over several buffers as 32 GiB caches are on a GPU (256 KiB stays above the largest cache
 /// block in the matrix, 160 KiB; smaller caches fit one buffer and are skipped).
 fn variants(
@@ -150,13 +150,16 @@ fn variants(
     {
         use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
         const BINDING_BYTES: u64 = 256 << 10;
+        // The plain fp8 encoder too, which the default (threshold tables) leaves to scales
+        // the tables do not cover.
         let overrides = LimitOverrides {
             max_binding_bytes: Some(BINDING_BYTES),
+            fp8_table: Some(false),
             ..LimitOverrides::default()
         };
         if let Ok(backend) = WgpuBackend::open_with(options.adapter.as_deref(), false, overrides) {
             extra.push(Subject {
-                label: "wgpu (256 KiB buffers)".into(),
+                label: "wgpu (256 KiB buffers, plain fp8 encoder)".into(),
                 backend: Box::new(backend),
                 min_cache_bytes: BINDING_BYTES + 1,
             });
