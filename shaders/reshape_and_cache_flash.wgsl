@@ -77,7 +77,8 @@ override ESTIMATE_SKEW: i32 = 0;
 const WORKGROUP: u32 = 256u;
 // Chunks bound by reshape_and_cache: 2 * CHUNKS + 6 storage bindings must fit the adapter's
 // max_storage_buffers_per_shader_stage (32 on lavapipe), and with the 2 uniform buffers within
-// Metal's 31 buffers in all.
+// Metal's 31 buffers in all. (reshape_and_cache_lut: 2 * CHUNKS + 7 storage bindings, the
+// lookup table's among them, and 1 uniform buffer.)
 const CHUNKS: u32 = 11u;
 // Chunks bound by reshape_and_cache_wide (70 storage bindings: NVIDIA, AMD and Intel Vulkan
 // drivers and DX12 allow far more).

@@ -22,7 +22,10 @@
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
 //! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
-//!   the shader, and the exhaustive test in `tests/wgpu.rs`.
+//!   the shader, and the exhaustive test in `tests/wgpu.rs`. Threshold tables built in each
+//!   call cut the encoder's work (the default); for half and bfloat16 inputs a lookup table of
+//!   every 16-bit pattern's code, built in each call by that same encoder, can replace it
+//!   altogether (`LimitOverrides::fp8_lut`, `PKB_WGPU_FP8_LUT=1`; off by default).
 //! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 
@@ -1204,24 +1207,25 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
         let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
-        // The threshold tables take a pass of their own (one workgroup) in every call. On by
-        // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
-        // faster than the plain encoder (docs/perf-log-wgpu.md).
         // Chunks bound per dispatch.
         let group_size = match plan.kernel {
             Kernel::Wide => WIDE_CHUNKS_PER_DISPATCH,
             Kernel::Multi => CHUNKS_PER_DISPATCH,
             Kernel::One | Kernel::Words => 1,
         };
-        // The lookup table takes a pass of its own in every call too, and one more storage
-        // binding in the kernel: where the adapter has none to spare for the plan's kernel
-        // (an adapter with the minimum of 8 takes the one-chunk kernel with 8), the call keeps
-        // the other encoders.
+        // The fp8 lookup table (16-bit inputs only; off unless asked for: exact, but not yet
+        // timed on a GPU) takes a pass of its own (128 workgroups) in every call, and one more
+        // storage binding in the kernel: where the adapter has none to spare for the plan's
+        // kernel (an adapter with the minimum of 8 runs the one-chunk kernel with all 8), the
+        // call keeps the other encoders.
         let fp8_lut = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
             && problem.dtype != Dtype::Float
             && storage_bindings(group_size) < self.limits.max_storage_buffers_per_shader_stage
             && self.overrides.fp8_lut.unwrap_or(false);
+        // The threshold tables take a pass of their own (one workgroup) in every call. On by
+        // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
+        // faster than the plain encoder (docs/perf-log-wgpu.md).
         let fp8_table = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
             && !fp8_lut
