@@ -630,8 +630,9 @@ fn open_lut(overrides: LimitOverrides) -> WgpuBackend {
 /// The fp8 lookup table through the real kernels: every fp8 case of the quick matrix, with and
 /// without special values (NaN, infinities, zeros, subnormals), in one buffer per cache (the
 /// one-chunk kernel) and split over many (the multi-chunk kernel, inputs in several ranges),
-/// as the tokens come and in slot order with several units per thread and writes ahead. Float
-/// inputs are in the matrix too: they keep the other encoders with the override on.
+/// as the tokens come and in slot order with several units per thread, writes ahead and
+/// two-dimensional grids. Float inputs are in the matrix too: they keep the other encoders
+/// with the override on.
 #[test]
 fn fp8_lookup_table_matches_reference_in_the_kernels() {
     let fp8: Vec<Case> = verify::matrix(Coverage::Quick, 57)
@@ -664,6 +665,8 @@ fn fp8_lookup_table_matches_reference_in_the_kernels() {
             order_buckets: Some(5),
             units_per_thread: Some(3),
             prefetch: Some(2),
+            // Two-dimensional grids, the table build's included.
+            max_workgroups_per_dimension: Some(64),
             ..Default::default()
         }),
         &cases,
