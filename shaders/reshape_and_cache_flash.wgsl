@@ -28,6 +28,10 @@
 // - order_count, order_scan, order_scatter:
 //                            the token order by slot (large calls over large caches);
 // - fp8_table_build:         the threshold tables of the table fp8 encoder (FP8_TABLE);
+// - reshape_and_cache_lut, reshape_and_cache_wide_lut, reshape_and_cache_one_lut:
+//                            the three 16-byte kernels, for fp8 caches of 16-bit inputs by a
+//                            lookup table (FP8_LUT on the host);
+// - fp8_lut_build:           that table (every 16-bit pattern's code, both scales);
 // - encode_fp8, encode_fp8_table:
 //                            the fp8 encoders alone, one element per thread (for the exhaustive
 //                            tests against the Rust reference);
@@ -73,7 +77,8 @@ override ESTIMATE_SKEW: i32 = 0;
 const WORKGROUP: u32 = 256u;
 // Chunks bound by reshape_and_cache: 2 * CHUNKS + 6 storage bindings must fit the adapter's
 // max_storage_buffers_per_shader_stage (32 on lavapipe), and with the 2 uniform buffers within
-// Metal's 31 buffers in all.
+// Metal's 31 buffers in all. (reshape_and_cache_lut: 2 * CHUNKS + 7 storage bindings, the
+// lookup table's among them, and 1 uniform buffer.)
 const CHUNKS: u32 = 11u;
 // Chunks bound by reshape_and_cache_wide (70 storage bindings: NVIDIA, AMD and Intel Vulkan
 // drivers and DX12 allow far more).
@@ -516,6 +521,100 @@ fn quantize_table(x: u32, base: u32, reciprocal: f32, scale_sign: u32) -> u32 {
     return (x_sign ^ scale_sign) | code;
 }
 
+// ---------------------------------------------------------------------------------------------
+// fp8 by lookup table (FP8_LUT on the host; 16-bit inputs only): with the scale fixed for a
+// call, the code of a half or bfloat16 element depends on its 16 bits alone, so fp8_lut_build
+// runs quantize itself once for each of the 65536 patterns of each tensor (keys with k_scale,
+// values with v_scale) in each call, and the *_lut entry points then take an element's code
+// from the table: one load (that the GPU's caches keep close) and a shift instead of some 25
+// operations. The table is exact by construction: the same function, on every input, with the
+// call's own scales and NaN sign; nothing about the scale (zero, infinite, NaN, negative,
+// subnormal) needs a case of its own.
+//
+// 65536 one-byte codes per tensor, four to a word (little-endian, as pack4): code of pattern p
+// of tensor k (0 keys, 1 values) at byte (p & 3) of word (k * 65536 + p) >> 2. Both tables are
+// 128 KiB: too large for workgroup memory and for a uniform binding (64 KiB), so a storage
+// binding.
+
+// Words of one tensor's table.
+const LUT_WORDS: u32 = 16384u;
+// Index of the values' first code (the keys' table comes first).
+const LUT_VALUES: u32 = 65536u;
+
+struct LutParams {
+    // As Params.nan_sign.
+    nan_sign: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    k_scale: Scale,
+    v_scale: Scale,
+}
+
+@group(0) @binding(160) var<uniform> lut_params: LutParams;
+@group(0) @binding(161) var<storage, read_write> lut_out: array<u32>;
+// The same buffer, as the *_lut entry points read it. A binding of its own (not 72's uniform
+// slot) that only those entry points use, so that the others' layouts keep the bindings they
+// had.
+@group(0) @binding(73) var<storage, read> fp8_lut: array<u32>;
+
+// Thread w (of 2 * LUT_WORDS) packs the codes of patterns 4w .. 4w + 3 of its tensor into
+// word w (IN_KIND says how to read a pattern).
+@compute @workgroup_size(WORKGROUP)
+fn fp8_lut_build(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let w = thread_index(workgroup, workgroups, local);
+    if w >= 2u * LUT_WORDS {
+        return;
+    }
+    var scale = lut_params.k_scale;
+    if w >= LUT_WORDS {
+        scale = lut_params.v_scale;
+    }
+    let first = (w % LUT_WORDS) * 4u;
+    var word = 0u;
+    for (var j = 0u; j < 4u; j += 1u) {
+        let code = quantize(element16_to_f32_bits(first + j), scale, lut_params.nan_sign);
+        word |= (code & 0xffu) << (8u * j);
+    }
+    lut_out[w] = word;
+}
+
+// The code of the 16-bit pattern `bits` from the table at `base` (0 keys, LUT_VALUES values).
+fn lut_code(bits: u32, base: u32) -> u32 {
+    let index = base + bits;
+    return (fp8_lut[index >> 2u] >> ((index & 3u) * 8u)) & 0xffu;
+}
+
+// cache_unit for fp8 caches of 16-bit inputs, by the lookup table.
+fn cache_unit_lut(is_value: bool, unit: u32) -> vec4<u32> {
+    var base = 0u;
+    if is_value {
+        base = LUT_VALUES;
+    }
+    // 16 elements: 32 input bytes.
+    var out: vec4<u32>;
+    for (var j = 0u; j < 2u; j += 1u) {
+        let w = load_input(is_value, unit * 2u + j);
+        out[2u * j] = pack4(
+            lut_code(w.x & 0xffffu, base),
+            lut_code(w.x >> 16u, base),
+            lut_code(w.y & 0xffffu, base),
+            lut_code(w.y >> 16u, base),
+        );
+        out[2u * j + 1u] = pack4(
+            lut_code(w.z & 0xffffu, base),
+            lut_code(w.z >> 16u, base),
+            lut_code(w.w & 0xffffu, base),
+            lut_code(w.w >> 16u, base),
+        );
+    }
+    return out;
+}
+
 // The code of x / scale (x as f32 bits), by the tables or by quantize.
 fn encode(x: u32, scale: Scale, base: u32, reciprocal: f32) -> u32 {
     if FP8_TABLE {
@@ -793,6 +892,69 @@ fn reshape_and_cache_one(
         if place.x != NO_SLOT {
             k0[place.y] = cache_unit(false, place.z);
             v0[place.y] = cache_unit(true, place.z);
+        }
+    }
+}
+
+// The three entry points above for fp8 caches of 16-bit inputs by the lookup table (see
+// cache_unit_lut): the same work, each element's code read from fp8_lut. Entry points of their
+// own, because a binding that a function uses counts against every entry point that calls it
+// (whatever the override constants): the LUT's storage binding stays out of the others.
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_lut(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, CHUNKS);
+        if ahead.x != NO_SLOT {
+            store_unit(ahead.x, ahead.y, cache_unit_lut(false, ahead.z), cache_unit_lut(true, ahead.z));
+        }
+        let place = unit_target(first + j * WORKGROUP, CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
+        }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_wide_lut(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, WIDE_CHUNKS);
+        if ahead.x != NO_SLOT {
+            store_unit_wide(ahead.x, ahead.y, cache_unit_lut(false, ahead.z), cache_unit_lut(true, ahead.z));
+        }
+        let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
+        if place.x != NO_SLOT {
+            store_unit_wide(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
+        }
+    }
+}
+
+@compute @workgroup_size(WORKGROUP)
+fn reshape_and_cache_one_lut(
+    @builtin(workgroup_id) workgroup: vec3<u32>,
+    @builtin(num_workgroups) workgroups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let first = first_unit(workgroup, workgroups, local);
+    for (var j = 0u; j < UNITS; j += 1u) {
+        let ahead = ahead_target(first + j * WORKGROUP, 1u);
+        if ahead.x != NO_SLOT {
+            k0[ahead.y] = cache_unit_lut(false, ahead.z);
+            v0[ahead.y] = cache_unit_lut(true, ahead.z);
+        }
+        let place = unit_target(first + j * WORKGROUP, 1u);
+        if place.x != NO_SLOT {
+            k0[place.y] = cache_unit_lut(false, place.z);
+            v0[place.y] = cache_unit_lut(true, place.z);
         }
     }
 }

@@ -613,3 +613,158 @@ fn bad_requests_are_errors() {
     // The backend still works afterwards.
     assert_eq!(verify::check(&mut backend, &case).unwrap(), None);
 }
+
+/// A backend with the fp8 lookup table on, and `overrides` besides.
+fn open_lut(overrides: LimitOverrides) -> WgpuBackend {
+    WgpuBackend::open_with(
+        None,
+        false,
+        LimitOverrides {
+            fp8_lut: Some(true),
+            ..overrides
+        },
+    )
+    .expect("a wgpu adapter")
+}
+
+/// The fp8 lookup table through the real kernels: every fp8 case of the quick matrix, with and
+/// without special values (NaN, infinities, zeros, subnormals), in one buffer per cache (the
+/// one-chunk kernel) and split over many (the multi-chunk kernel, inputs in several ranges),
+/// as the tokens come and in slot order with several units per thread, writes ahead and
+/// two-dimensional grids. Float inputs are in the matrix too: they keep the other encoders
+/// with the override on.
+#[test]
+fn fp8_lookup_table_matches_reference_in_the_kernels() {
+    let fp8: Vec<Case> = verify::matrix(Coverage::Quick, 57)
+        .into_iter()
+        .filter(|case| {
+            case.problem.layout == Layout::Nhd && case.problem.cache_dtype == CacheDtype::Fp8
+        })
+        .collect();
+    let mut cases = Vec::new();
+    for case in fp8 {
+        for special_values in [false, true] {
+            cases.push(Case {
+                special_values,
+                ..case
+            });
+        }
+    }
+    check(&mut open_lut(LimitOverrides::default()), &cases);
+    check(
+        &mut open_lut(LimitOverrides {
+            max_binding_bytes: Some(64 << 10),
+            ..Default::default()
+        }),
+        &cases,
+    );
+    check(
+        &mut open_lut(LimitOverrides {
+            max_binding_bytes: Some(64 << 10),
+            slot_order: Some(true),
+            order_buckets: Some(5),
+            units_per_thread: Some(3),
+            prefetch: Some(2),
+            // Two-dimensional grids, the table build's included.
+            max_workgroups_per_dimension: Some(64),
+            ..Default::default()
+        }),
+        &cases,
+    );
+}
+
+/// Every half and every bfloat16 pattern through the kernels with the lookup table, keys and
+/// values at different scales (among them 0, a negative one, a subnormal, infinity and NaNs of
+/// both signs, where every input maps to one or two codes), against the reference byte for
+/// byte on poisoned caches. The values hold the patterns in another order than the keys, so a
+/// table read at the keys' place for the values (or the other way round) shows.
+#[test]
+fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
+    // 64 tokens of 8 x 128 elements: 65536 per tensor, then a padding token; fp8 blocks of
+    // 16 KiB.
+    let base = Problem {
+        num_tokens: 65,
+        num_heads: 8,
+        head_size: 128,
+        block_size: 16,
+        num_blocks: 9,
+        dtype: Dtype::Half,
+        cache_dtype: CacheDtype::Fp8,
+        layout: Layout::Nhd,
+    };
+    let mut patterns: Vec<u16> = (0..=u16::MAX).collect();
+    // (An odd multiplier permutes the patterns.)
+    let mut shuffled: Vec<u16> = patterns
+        .iter()
+        .map(|&p| p.wrapping_mul(40503).wrapping_add(0x1234))
+        .collect();
+    patterns.extend_from_within(..1024);
+    shuffled.extend_from_within(..1024);
+    let key: Vec<u8> = bytemuck::cast_slice(&patterns).to_vec();
+    let value: Vec<u8> = bytemuck::cast_slice(&shuffled).to_vec();
+    // 64 of the 144 slots, in a scattered order (37 is prime to 144), then the padding token.
+    let mut slot_mapping: Vec<i64> = (0..64).map(|t| (t * 37 + 5) % 144).collect();
+    slot_mapping.push(-1);
+    let scales = [
+        1.0,
+        0.07,
+        -1.5,
+        0.0,
+        -0.0,
+        f32::from_bits(0x0000_4321),
+        1.0e-30,
+        3.0e38,
+        f32::INFINITY,
+        f32::NAN,
+        -f32::NAN,
+    ];
+    // One buffer per cache, and caches and inputs split over several buffers (9 chunks, 8
+    // token ranges).
+    let mut backends = [
+        open_lut(LimitOverrides::default()),
+        open_lut(LimitOverrides {
+            max_binding_bytes: Some(16 << 10),
+            ..Default::default()
+        }),
+    ];
+    let mut failures = Vec::new();
+    for dtype in [Dtype::Half, Dtype::BFloat16] {
+        let problem = Problem { dtype, ..base };
+        for (i, &k_scale) in scales.iter().enumerate() {
+            let v_scale = scales[(i + 4) % scales.len()];
+            let inputs = Inputs {
+                key: &key,
+                value: &value,
+                slot_mapping: &slot_mapping,
+                k_scale,
+                v_scale,
+            };
+            let bytes = problem.cache_bytes() as usize;
+            let initial = Caches {
+                key: workload::random_bytes(bytes, 70 + i as u64),
+                value: workload::random_bytes(bytes, 90 + i as u64),
+            };
+            let mut expected = initial.clone();
+            reference::reshape_and_cache(&problem, &inputs, &mut expected);
+            for backend in backends.iter_mut() {
+                let got = {
+                    let mut call = backend
+                        .prepare(&problem, inputs, CacheFill::Copy(&initial))
+                        .expect("prepare");
+                    call.run().expect("run");
+                    call.read_back().expect("read back")
+                };
+                if let Some(mismatch) =
+                    verify::compare_caches(&problem, &slot_mapping, &expected, &got)
+                {
+                    failures.push(format!(
+                        "{} k_scale {k_scale:e} v_scale {v_scale:e} ({}): {mismatch}",
+                        dtype.name(),
+                        backend.device().details
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -22,7 +22,10 @@
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
 //! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
-//!   the shader, and the exhaustive test in `tests/wgpu.rs`.
+//!   the shader, and the exhaustive test in `tests/wgpu.rs`. Threshold tables built in each
+//!   call cut the encoder's work (the default); for half and bfloat16 inputs a lookup table of
+//!   every 16-bit pattern's code, built in each call by that same encoder, can replace it
+//!   altogether (`LimitOverrides::fp8_lut`, `PKB_WGPU_FP8_LUT=1`; off by default).
 //! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 
@@ -101,6 +104,10 @@ pub struct LimitOverrides {
     /// fp8 through threshold tables where the scales allow (the default), else the plain
     /// encoder alone.
     pub fp8_table: Option<bool>,
+    /// fp8 from half and bfloat16 inputs through a lookup table of every 16-bit pattern's
+    /// code, built on the device in each call (replaces both the threshold tables and the
+    /// plain encoder for those calls); off by default (not yet timed on a GPU).
+    pub fp8_lut: Option<bool>,
     /// Positions ahead at which the first unit of each token is written (0: none, the
     /// default; not yet timed on a GPU).
     pub prefetch: Option<u32>,
@@ -126,6 +133,7 @@ impl LimitOverrides {
         add("one_buffer", self.one_buffer.map(|v| v.to_string()));
         add("units", self.units_per_thread.map(|v| v.to_string()));
         add("fp8_table", self.fp8_table.map(|v| v.to_string()));
+        add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
         add("prefetch", self.prefetch.map(|v| v.to_string()));
         if set.is_empty() {
             String::new()
@@ -137,7 +145,8 @@ impl LimitOverrides {
     /// Overrides from the environment, for experiments on a GPU (the benchmark has no flags
     /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
     /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1),
-    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_PREFETCH`.
+    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_FP8_LUT` (0 or 1),
+    /// `PKB_WGPU_PREFETCH`.
     /// Unset or unreadable variables leave the backend's own choice. (`PKB_WGPU_TRACE`, set,
     /// prints each call's plan to stderr.)
     pub fn from_env() -> Self {
@@ -155,6 +164,7 @@ impl LimitOverrides {
             one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
             units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
             fp8_table: number("PKB_WGPU_FP8_TABLE").map(|n| n != 0),
+            fp8_lut: number("PKB_WGPU_FP8_LUT").map(|n| n != 0),
             prefetch: number("PKB_WGPU_PREFETCH").map(|n| n.min(1 << 20) as u32),
         }
     }
@@ -428,6 +438,22 @@ const SCALE_NAN: u32 = 3;
 const TABLE_BYTES: u64 = 2 * 128 * 4;
 /// Binding of the fp8 threshold tables in the encoders.
 const TABLE_BINDING: u32 = 72;
+
+/// Bytes of the fp8 lookup tables (`fp8_lut` in the shader): one byte per 16-bit pattern, for
+/// the keys and for the values.
+const LUT_BYTES: u64 = 2 * 65536;
+/// Binding of the fp8 lookup tables in the `*_lut` entry points.
+const LUT_BINDING: u32 = 73;
+
+/// `LutParams` in the shader.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+struct GpuLutParams {
+    nan_sign: u32,
+    _pad: [u32; 3],
+    k_scale: GpuScale,
+    v_scale: GpuScale,
+}
 
 /// `TableParams` in the shader.
 #[repr(C)]
@@ -1181,11 +1207,28 @@ impl WgpuBackend {
     ) -> Result<(Vec<Dispatch>, Vec<wgpu::Buffer>)> {
         let row_elements = problem.token_elements() as u64;
         let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
+        // Chunks bound per dispatch.
+        let group_size = match plan.kernel {
+            Kernel::Wide => WIDE_CHUNKS_PER_DISPATCH,
+            Kernel::Multi => CHUNKS_PER_DISPATCH,
+            Kernel::One | Kernel::Words => 1,
+        };
+        // The fp8 lookup table (16-bit inputs only; off unless asked for: exact, but not yet
+        // timed on a GPU) takes a pass of its own (128 workgroups) in every call, and one more
+        // storage binding in the kernel: where the adapter has none to spare for the plan's
+        // kernel (an adapter with the minimum of 8 runs the one-chunk kernel with all 8), the
+        // call keeps the other encoders.
+        let fp8_lut = problem.cache_dtype == CacheDtype::Fp8
+            && plan.kernel != Kernel::Words
+            && problem.dtype != Dtype::Float
+            && storage_bindings(group_size) < self.limits.max_storage_buffers_per_shader_stage
+            && self.overrides.fp8_lut.unwrap_or(false);
         // The threshold tables take a pass of their own (one workgroup) in every call. On by
         // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
         // faster than the plain encoder (docs/perf-log-wgpu.md).
         let fp8_table = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
+            && !fp8_lut
             && k_scale.table_applies()
             && v_scale.table_applies()
             && self.overrides.fp8_table.unwrap_or(true);
@@ -1219,11 +1262,14 @@ impl WgpuBackend {
                 ("ROW_WORDS", row_words(problem) as f64),
             ],
         };
-        let entry = match plan.kernel {
-            Kernel::Wide => "reshape_and_cache_wide",
-            Kernel::Multi => "reshape_and_cache",
-            Kernel::One => "reshape_and_cache_one",
-            Kernel::Words => "reshape_and_cache_words",
+        let entry = match (plan.kernel, fp8_lut) {
+            (Kernel::Wide, false) => "reshape_and_cache_wide",
+            (Kernel::Multi, false) => "reshape_and_cache",
+            (Kernel::One, false) => "reshape_and_cache_one",
+            (Kernel::Wide, true) => "reshape_and_cache_wide_lut",
+            (Kernel::Multi, true) => "reshape_and_cache_lut",
+            (Kernel::One, true) => "reshape_and_cache_one_lut",
+            (Kernel::Words, _) => "reshape_and_cache_words",
         };
         let pipeline = self.pipeline(entry, &constants)?;
         let mut buffers = Vec::new();
@@ -1263,6 +1309,42 @@ impl WgpuBackend {
                 self.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
             })?
         };
+        // The lookup table of the call, built first likewise (the build writes it as storage,
+        // the kernel reads it as read-only storage: wgpu orders the two dispatches of the pass
+        // by that change of use, as it does the threshold tables' storage-to-uniform one).
+        let lut = if fp8_lut {
+            let build =
+                self.pipeline("fp8_lut_build", &[("IN_KIND", input_kind(problem.dtype))])?;
+            let params = GpuLutParams {
+                nan_sign: self.nan_sign,
+                _pad: [0; 3],
+                k_scale,
+                v_scale,
+            };
+            let grid = self.grid(LUT_BYTES / 4)?;
+            let (lut, dispatch, uniform) =
+                self.scoped("allocating the fp8 lookup table", || {
+                    let lut =
+                        self.buffer("fp8 lookup table", LUT_BYTES, wgpu::BufferUsages::STORAGE);
+                    let uniform = self.uniform("fp8 lookup table params", &params);
+                    let dispatch = Dispatch {
+                        pipeline: build.clone(),
+                        bind_group: self.bind_group(&build, &[(160, &uniform), (161, &lut)]),
+                        grid,
+                    };
+                    (lut, dispatch, uniform)
+                })?;
+            dispatches.push(dispatch);
+            buffers.push(uniform);
+            Some(lut)
+        } else {
+            None
+        };
+        // The kernel reads the lookup table or the threshold tables (a dummy when neither).
+        let (encoder_binding, encoder_buffer) = match &lut {
+            Some(lut) => (LUT_BINDING, lut),
+            None => (TABLE_BINDING, &table),
+        };
         let units_per_token = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => {
                 row_elements * problem.cache_element_size() as u64 / 16
@@ -1272,12 +1354,6 @@ impl WgpuBackend {
         let caches = self.caches.as_ref().expect("ensure_caches ran");
         let input_row = (row_elements * problem.dtype.size() as u64) as usize;
         let chunks = plan.chunk_bytes.len();
-        // Chunks bound per dispatch.
-        let group_size = match plan.kernel {
-            Kernel::Wide => WIDE_CHUNKS_PER_DISPATCH,
-            Kernel::Multi => CHUNKS_PER_DISPATCH,
-            Kernel::One | Kernel::Words => 1,
-        };
         let groups: Vec<usize> = (0..chunks).step_by(group_size).collect();
         let what = format!(
             "uploading inputs for {} tokens ({} each for keys and values)",
@@ -1439,7 +1515,7 @@ impl WgpuBackend {
                                 (ORDER_BINDING, Window::whole(&order)),
                                 (KEY_HI_BINDING, Window::whole(&key_hi)),
                                 (VALUE_HI_BINDING, Window::whole(&value_hi)),
-                                (TABLE_BINDING, Window::whole(&table)),
+                                (encoder_binding, Window::whole(encoder_buffer)),
                             ];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
@@ -1490,7 +1566,7 @@ impl WgpuBackend {
                                     (ORDER_BINDING, Window::whole(&order)),
                                     (KEY_HI_BINDING, Window::whole(&key_hi)),
                                     (VALUE_HI_BINDING, Window::whole(&value_hi)),
-                                    (TABLE_BINDING, Window::whole(&table)),
+                                    (encoder_binding, Window::whole(encoder_buffer)),
                                     (KEY_CHUNK_BINDING, caches.chunk(false, first_chunk)),
                                     (VALUE_CHUNK_BINDING, caches.chunk(true, first_chunk)),
                                 ],
@@ -1527,6 +1603,7 @@ impl WgpuBackend {
             first_token += tokens;
         }
         buffers.push(table);
+        buffers.extend(lut);
         Ok((dispatches, buffers))
     }
 
