@@ -62,9 +62,6 @@ override ORDERED: bool = false;
 override UNITS: u32 = 1u;
 // fp8 through the threshold tables (see quantize_table) rather than quantize alone.
 override FP8_TABLE: bool = false;
-// reshape_and_cache*: how many positions ahead the first unit of each token is written (0:
-// none); see ahead_target.
-override PREFETCH: u32 = 0u;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -783,25 +780,7 @@ fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
     }
     let position = i / ROW_UNITS;
     let u = i - position * ROW_UNITS;
-    if PREFETCH > 0u && u == 0u && position >= PREFETCH {
-        // Written ahead, by the thread of position - PREFETCH (see ahead_target).
-        return vec3<u32>(NO_SLOT, 0u, 0u);
-    }
     return position_target(position, u, group_chunks);
-}
-
-// With PREFETCH, the thread of unit 0 of position p also writes unit 0 of position
-// p + PREFETCH, so that the address translations of that token's rows start well before the
-// rest of the rows is written (the same place as unit_target, or NO_SLOT).
-fn ahead_target(i: u32, group_chunks: u32) -> vec3<u32> {
-    if PREFETCH == 0u || i >= params.num_units {
-        return vec3<u32>(NO_SLOT, 0u, 0u);
-    }
-    let position = i / ROW_UNITS;
-    if i - position * ROW_UNITS != 0u || position + PREFETCH >= params.num_tokens {
-        return vec3<u32>(NO_SLOT, 0u, 0u);
-    }
-    return position_target(position + PREFETCH, 0u, group_chunks);
 }
 
 // Unit u of the token at `position`: as unit_target.
@@ -840,10 +819,6 @@ fn reshape_and_cache(
     load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, CHUNKS);
-        if ahead.x != NO_SLOT {
-            store_unit(ahead.x, ahead.y, cache_unit(false, ahead.z), cache_unit(true, ahead.z));
-        }
         let place = unit_target(first + j * WORKGROUP, CHUNKS);
         if place.x != NO_SLOT {
             store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
@@ -862,10 +837,6 @@ fn reshape_and_cache_wide(
     load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, WIDE_CHUNKS);
-        if ahead.x != NO_SLOT {
-            store_unit_wide(ahead.x, ahead.y, cache_unit(false, ahead.z), cache_unit(true, ahead.z));
-        }
         let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
         if place.x != NO_SLOT {
             store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
@@ -883,11 +854,6 @@ fn reshape_and_cache_one(
     load_fp8_table(local);
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, 1u);
-        if ahead.x != NO_SLOT {
-            k0[ahead.y] = cache_unit(false, ahead.z);
-            v0[ahead.y] = cache_unit(true, ahead.z);
-        }
         let place = unit_target(first + j * WORKGROUP, 1u);
         if place.x != NO_SLOT {
             k0[place.y] = cache_unit(false, place.z);
@@ -908,10 +874,6 @@ fn reshape_and_cache_lut(
 ) {
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, CHUNKS);
-        if ahead.x != NO_SLOT {
-            store_unit(ahead.x, ahead.y, cache_unit_lut(false, ahead.z), cache_unit_lut(true, ahead.z));
-        }
         let place = unit_target(first + j * WORKGROUP, CHUNKS);
         if place.x != NO_SLOT {
             store_unit(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
@@ -927,10 +889,6 @@ fn reshape_and_cache_wide_lut(
 ) {
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, WIDE_CHUNKS);
-        if ahead.x != NO_SLOT {
-            store_unit_wide(ahead.x, ahead.y, cache_unit_lut(false, ahead.z), cache_unit_lut(true, ahead.z));
-        }
         let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
         if place.x != NO_SLOT {
             store_unit_wide(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
@@ -946,11 +904,6 @@ fn reshape_and_cache_one_lut(
 ) {
     let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let ahead = ahead_target(first + j * WORKGROUP, 1u);
-        if ahead.x != NO_SLOT {
-            k0[ahead.y] = cache_unit_lut(false, ahead.z);
-            v0[ahead.y] = cache_unit_lut(true, ahead.z);
-        }
         let place = unit_target(first + j * WORKGROUP, 1u);
         if place.x != NO_SLOT {
             k0[place.y] = cache_unit_lut(false, place.z);

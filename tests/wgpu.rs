@@ -257,20 +257,20 @@ fn caches_and_inputs_split_over_many_buffers_match_reference() {
 }
 
 /// Tokens taken in slot order (the bucketing passes on the device), caches as one buffer with
-/// the chunks bound as windows, several 16-byte units per thread, and the first unit of each
-/// token written ahead (by the thread of an earlier position), alone and together, with few and many buckets (the scan takes several buckets per
-/// thread past 256), over many chunks and token ranges.
+/// the chunks bound as windows and several 16-byte units per thread, alone and together, with
+/// few and many buckets (the scan takes several buckets per thread past 256), over many chunks
+/// and token ranges.
 #[test]
 fn slot_order_one_buffer_and_units_match_reference() {
     let cases: Vec<Case> = verify::matrix(Coverage::Quick, 45)
         .into_iter()
         .filter(|case| case.problem.layout == Layout::Nhd)
         .collect();
-    for (slot_order, order_buckets, one_buffer, units, prefetch) in [
-        (true, 1, false, 1, 0),
-        (true, 7, true, 8, 5),
-        (true, 1000, false, 3, 300),
-        (false, 0, true, 1, 1),
+    for (slot_order, order_buckets, one_buffer, units) in [
+        (true, 1, false, 1),
+        (true, 7, true, 8),
+        (true, 1000, false, 3),
+        (false, 0, true, 1),
     ] {
         let mut backend = WgpuBackend::open_with(
             None,
@@ -281,7 +281,6 @@ fn slot_order_one_buffer_and_units_match_reference() {
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
                 one_buffer: Some(one_buffer),
                 units_per_thread: Some(units),
-                prefetch: Some(prefetch),
                 fp8_table: Some(units != 8),
                 ..Default::default()
             },
@@ -630,7 +629,7 @@ fn open_lut(overrides: LimitOverrides) -> WgpuBackend {
 /// The fp8 lookup table through the real kernels: every fp8 case of the quick matrix, with and
 /// without special values (NaN, infinities, zeros, subnormals), in one buffer per cache (the
 /// one-chunk kernel) and split over many (the multi-chunk kernel, inputs in several ranges),
-/// as the tokens come and in slot order with several units per thread, writes ahead and
+/// as the tokens come and in slot order with several units per thread, and on
 /// two-dimensional grids. Float inputs are in the matrix too: they keep the other encoders
 /// with the override on.
 #[test]
@@ -664,7 +663,6 @@ fn fp8_lookup_table_matches_reference_in_the_kernels() {
             slot_order: Some(true),
             order_buckets: Some(5),
             units_per_thread: Some(3),
-            prefetch: Some(2),
             // Two-dimensional grids, the table build's included.
             max_workgroups_per_dimension: Some(64),
             ..Default::default()

@@ -108,9 +108,6 @@ pub struct LimitOverrides {
     /// code, built on the device in each call (replaces both the threshold tables and the
     /// plain encoder for those calls); off by default (not yet timed on a GPU).
     pub fp8_lut: Option<bool>,
-    /// Positions ahead at which the first unit of each token is written (0: none, the
-    /// default; not yet timed on a GPU).
-    pub prefetch: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -134,7 +131,6 @@ impl LimitOverrides {
         add("units", self.units_per_thread.map(|v| v.to_string()));
         add("fp8_table", self.fp8_table.map(|v| v.to_string()));
         add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
-        add("prefetch", self.prefetch.map(|v| v.to_string()));
         if set.is_empty() {
             String::new()
         } else {
@@ -145,8 +141,7 @@ impl LimitOverrides {
     /// Overrides from the environment, for experiments on a GPU (the benchmark has no flags
     /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
     /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1),
-    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_FP8_LUT` (0 or 1),
-    /// `PKB_WGPU_PREFETCH`.
+    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_FP8_LUT` (0 or 1).
     /// Unset or unreadable variables leave the backend's own choice. (`PKB_WGPU_TRACE`, set,
     /// prints each call's plan to stderr.)
     pub fn from_env() -> Self {
@@ -165,7 +160,6 @@ impl LimitOverrides {
             units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
             fp8_table: number("PKB_WGPU_FP8_TABLE").map(|n| n != 0),
             fp8_lut: number("PKB_WGPU_FP8_LUT").map(|n| n != 0),
-            prefetch: number("PKB_WGPU_PREFETCH").map(|n| n.min(1 << 20) as u32),
         }
     }
 }
@@ -1252,7 +1246,6 @@ impl WgpuBackend {
                 ("ORDERED", if plan.order.is_some() { 1.0 } else { 0.0 }),
                 ("UNITS", plan.units as f64),
                 ("FP8_TABLE", if fp8_table { 1.0 } else { 0.0 }),
-                ("PREFETCH", self.overrides.prefetch.unwrap_or(0) as f64),
             ],
             Kernel::Words => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
