@@ -281,7 +281,10 @@ fn slot_order_one_buffer_and_units_match_reference() {
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
                 one_buffer: Some(one_buffer),
                 units_per_thread: Some(units),
+                // The three fp8 encoders for 16-bit inputs: lookup table (1 unit), threshold
+                // tables (3), plain (8).
                 fp8_table: Some(units != 8),
+                fp8_lut: Some(units == 1),
                 ..Default::default()
             },
         )

@@ -23,9 +23,9 @@
 //!   -1 and anything outside the cache itself.
 //! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
 //!   the shader, and the exhaustive test in `tests/wgpu.rs`. Threshold tables built in each
-//!   call cut the encoder's work (the default); for half and bfloat16 inputs a lookup table of
-//!   every 16-bit pattern's code, built in each call by that same encoder, can replace it
-//!   altogether (`LimitOverrides::fp8_lut`, `PKB_WGPU_FP8_LUT=1`; off by default).
+//!   call cut the encoder's work (float inputs); for half and bfloat16 inputs a lookup table
+//!   of every 16-bit pattern's code, built in each call by that same encoder, replaces it
+//!   altogether (the default; `LimitOverrides::fp8_lut`, `PKB_WGPU_FP8_LUT=0` turns it off).
 //! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 
@@ -106,7 +106,7 @@ pub struct LimitOverrides {
     pub fp8_table: Option<bool>,
     /// fp8 from half and bfloat16 inputs through a lookup table of every 16-bit pattern's
     /// code, built on the device in each call (replaces both the threshold tables and the
-    /// plain encoder for those calls); off by default (not yet timed on a GPU).
+    /// plain encoder for those calls); on by default.
     pub fp8_lut: Option<bool>,
 }
 
@@ -1207,8 +1207,10 @@ impl WgpuBackend {
             Kernel::Multi => CHUNKS_PER_DISPATCH,
             Kernel::One | Kernel::Words => 1,
         };
-        // The fp8 lookup table (16-bit inputs only; off unless asked for: exact, but not yet
-        // timed on a GPU) takes a pass of its own (128 workgroups) in every call, and one more
+        // The fp8 lookup table (16-bit inputs only; on by default: exact, and on an H100 2.1x
+        // faster than the threshold tables at 65536 tokens, 2.9x at 2 tokens, where building
+        // the thresholds costs more: docs/perf-log-wgpu.md) takes a pass of its own (128
+        // workgroups) in every call, and one more
         // storage binding in the kernel: where the adapter has none to spare for the plan's
         // kernel (an adapter with the minimum of 8 runs the one-chunk kernel with all 8), the
         // call keeps the other encoders.
@@ -1216,7 +1218,7 @@ impl WgpuBackend {
             && plan.kernel != Kernel::Words
             && problem.dtype != Dtype::Float
             && storage_bindings(group_size) < self.limits.max_storage_buffers_per_shader_stage
-            && self.overrides.fp8_lut.unwrap_or(false);
+            && self.overrides.fp8_lut.unwrap_or(true);
         // The threshold tables take a pass of their own (one workgroup) in every call. On by
         // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
         // faster than the plain encoder (docs/perf-log-wgpu.md).

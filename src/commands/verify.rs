@@ -155,6 +155,7 @@ fn variants(
         let overrides = LimitOverrides {
             max_binding_bytes: Some(BINDING_BYTES),
             fp8_table: Some(false),
+            fp8_lut: Some(false),
             ..LimitOverrides::default()
         };
         if let Ok(backend) = WgpuBackend::open_with(options.adapter.as_deref(), false, overrides) {
