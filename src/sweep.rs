@@ -267,7 +267,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
 }
 
 /// One row of the results: one (layout, num_tokens), one entry per backend (`None` where the
-/// backend does not implement the layout, or cannot time with rotating inputs when asked to).
+/// backend does not implement the layout).
 #[derive(Debug, Clone)]
 pub struct Row {
     pub problem: Problem,
@@ -300,9 +300,7 @@ pub fn run(
             for backend in backends.iter_mut() {
                 let name = backend.implementation().name();
                 on_step(&problem, name);
-                if !backend.supports(layout)
-                    || (config.protocol.rotate && !backend.supports_rotation())
-                {
+                if !backend.supports(layout) {
                     results.push(None);
                     continue;
                 }

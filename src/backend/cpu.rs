@@ -62,10 +62,6 @@ impl Backend for CpuBackend {
         true
     }
 
-    fn supports_rotation(&self) -> bool {
-        true
-    }
-
     fn footprint(&self, cache_bytes: u64, _input_bytes: u64, _num_tokens: usize) -> Footprint {
         // The inputs are read in place from the host copy.
         Footprint {

@@ -620,10 +620,6 @@ impl Backend for CudaBackend {
         true
     }
 
-    fn supports_rotation(&self) -> bool {
-        true
-    }
-
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
         // Caches, keys, values, slots and the two scales all live on the device; the host only
         // holds what the caller already has. Then either the cold flush buffer or the input

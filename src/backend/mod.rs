@@ -84,12 +84,6 @@ pub trait Backend {
     /// Whether this backend implements the layout (the WGSL path is NHD only).
     fn supports(&self, layout: Layout) -> bool;
 
-    /// Whether this backend can time with rotating inputs (`Protocol::rotate`); rows it cannot
-    /// time that way are reported as not measured.
-    fn supports_rotation(&self) -> bool {
-        false
-    }
-
     /// Memory needed for two caches of `cache_bytes` each and two inputs of `input_bytes` each
     /// (plus `num_tokens` slots), by where it lives.
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint;

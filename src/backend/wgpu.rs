@@ -39,7 +39,7 @@ use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{CacheFill, Caches, Inputs};
+use crate::workload::{rotated_slot_mapping, CacheFill, Caches, Inputs};
 
 const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 
@@ -1971,12 +1971,15 @@ impl Backend for WgpuBackend {
     }
 
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
-        // Both caches and inputs, the slots, and the cold-timing flush buffer; uploads stage
-        // through host memory.
+        // Both caches and inputs, the slots, and either the cold-timing flush buffer or the
+        // input copies of rotating timing (under 2 * ROTATION_BYTES, see
+        // `timing::rotation_sets`); uploads stage through host memory.
         let bytes = 2 * cache_bytes
             + 2 * input_bytes
             + 8 * num_tokens as u64
-            + FLUSH_BYTES.min(self.max_binding);
+            + FLUSH_BYTES
+                .min(self.max_binding)
+                .max(2 * timing::ROTATION_BYTES);
         if self.is_software() {
             Footprint {
                 host: bytes + STAGING_BYTES,
@@ -2007,7 +2010,8 @@ impl Backend for WgpuBackend {
              buffer (one compute pass, one dispatch per group of up to \
              {WIDE_CHUNKS_PER_DISPATCH} cache chunks, {CHUNKS_PER_DISPATCH} on adapters with few \
              storage bindings); device time: back-to-back calls in one compute pass per sample \
-             (one call after a cache flush when cold), {}",
+             (one call after a cache flush when cold; calls cycling over copies of the inputs \
+             when rotating), {}",
             mode.name(),
             if self.timestamps {
                 "timed by timestamp queries at the pass boundaries"
@@ -2072,6 +2076,8 @@ impl Backend for WgpuBackend {
         Ok(Box::new(WgpuCall {
             backend: self,
             problem: *problem,
+            plan,
+            inputs,
             dispatches,
             buffers,
         }))
@@ -2088,6 +2094,9 @@ struct Dispatch {
 struct WgpuCall<'a> {
     backend: &'a mut WgpuBackend,
     problem: Problem,
+    plan: Plan,
+    /// The host inputs, from which rotating timing builds its copies.
+    inputs: Inputs<'a>,
     dispatches: Vec<Dispatch>,
     /// Inputs, slots and parameters, freed when the call is dropped.
     buffers: Vec<wgpu::Buffer>,
@@ -2101,13 +2110,18 @@ impl Drop for WgpuCall<'_> {
     }
 }
 
+/// Records one call's dispatches into a pass.
+fn record_dispatches(pass: &mut wgpu::ComputePass, dispatches: &[Dispatch]) {
+    for dispatch in dispatches {
+        pass.set_pipeline(&dispatch.pipeline);
+        pass.set_bind_group(0, &dispatch.bind_group, &[]);
+        pass.dispatch_workgroups(dispatch.grid.0, dispatch.grid.1, 1);
+    }
+}
+
 impl WgpuCall<'_> {
     fn record(&self, pass: &mut wgpu::ComputePass) {
-        for dispatch in &self.dispatches {
-            pass.set_pipeline(&dispatch.pipeline);
-            pass.set_bind_group(0, &dispatch.bind_group, &[]);
-            pass.dispatch_workgroups(dispatch.grid.0, dispatch.grid.1, 1);
-        }
+        record_dispatches(pass, &self.dispatches);
     }
 
     /// One call: record, submit, wait. Errors land in the uncaptured-error list, which the
@@ -2136,27 +2150,71 @@ impl Prepared for WgpuCall<'_> {
         if protocol.cold {
             self.backend.ensure_flush()?;
         }
+        // Rotating inputs: further calls built like this one, each with its own upload of the
+        // inputs and its own slots (moved by whole blocks), recorded in turn.
+        let sets = if protocol.rotate {
+            timing::rotation_sets(self.problem.bytes_moved())
+        } else {
+            1
+        };
+        let mut copies = Vec::new();
+        for set in 1..sets {
+            let slots = rotated_slot_mapping(
+                self.inputs.slot_mapping,
+                self.problem.num_slots(),
+                self.problem.block_size,
+                set,
+                sets,
+            );
+            let inputs = Inputs {
+                slot_mapping: &slots,
+                ..self.inputs
+            };
+            copies.push(
+                self.backend
+                    .build_call(&self.problem, &self.plan, &inputs)?,
+            );
+        }
         let this = &*self;
         let backend = &*this.backend;
-        let record = |pass: &mut wgpu::ComputePass| this.record(pass);
-        let device_us = if protocol.cold {
-            // One call per sample, each after evicting the caches.
-            timing::sample_until_stable(&protocol.sampling, || {
-                backend.flush_caches()?;
-                backend.time_pass(1, &record)
-            })?
-        } else {
+        let record = |pass: &mut wgpu::ComputePass| {
+            this.record(pass);
+            for (dispatches, _) in &copies {
+                record_dispatches(pass, dispatches);
+            }
+        };
+        let result = (|| {
+            if protocol.cold {
+                // One call per sample, each after evicting the caches.
+                return timing::sample_until_stable(&protocol.sampling, || {
+                    backend.flush_caches()?;
+                    backend.time_pass(1, &record)
+                });
+            }
             // Size batches from the device time of a first batch (which also warms up): the
             // latency includes submission and synchronisation that back-to-back calls do not
-            // pay, and would make batches too short for fast calls.
-            let estimate = Duration::from_secs_f64(latency_us * 1e-6);
-            let first = backend.time_pass(protocol.calls_per_batch(estimate), &record)?;
-            let calls = protocol.calls_per_batch(Duration::from_secs_f64(first.max(0.0) * 1e-6));
-            timing::sample_until_stable(&protocol.sampling, || backend.time_pass(calls, &record))?
-        };
+            // pay, and would make batches too short for fast calls. Each unit of a batch is a
+            // whole rotation of `sets` calls.
+            let per_call = |units: usize| -> Result<f64> {
+                Ok(backend.time_pass(units, &record)? / sets as f64)
+            };
+            let units = |per_call_us: f64| {
+                protocol
+                    .calls_per_batch(Duration::from_secs_f64(per_call_us.max(0.0) * 1e-6))
+                    .div_ceil(sets)
+            };
+            let first = per_call(units(latency_us))?;
+            let batch = units(first);
+            timing::sample_until_stable(&protocol.sampling, || per_call(batch))
+        })();
+        for (_, buffers) in &copies {
+            for buffer in buffers {
+                buffer.destroy();
+            }
+        }
         Ok(Samples {
             latency_us,
-            device_us,
+            device_us: result?,
         })
     }
 

@@ -55,14 +55,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|(implementation, reason)| format!("{} skipped: {reason}", implementation.name()))
         .collect();
     notes.extend(plan.note.clone());
-    if config.protocol.rotate {
-        for backend in backends.iter().filter(|b| !b.supports_rotation()) {
-            notes.push(format!(
-                "{}: --rotate is not implemented there, its rows show NaN",
-                backend.implementation().name()
-            ));
-        }
-    }
 
     let protocol = &config.protocol;
     let mut report = Report {
