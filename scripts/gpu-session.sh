@@ -6,7 +6,7 @@
 #   verify    paged-kv-bench verify (full) over every implementation
 #   sanitize  compute-sanitizer memcheck and racecheck over a quick CUDA verify run
 #   bench     the default benchmark on CUDA and wgpu, auto and fp8 (JSON, tables, plots)
-#   bench-more  cold caches, half input, no_graph, other shapes
+#   bench-more  rotating inputs, cold caches, half input, no_graph, other shapes
 set -u
 cd "$(dirname "$0")/.."
 B=.devbin
@@ -59,6 +59,10 @@ for stage in "$@"; do
     bench-more)
         P=$B/paged-kv-bench
         T=2,64,512,1024,2048,4096,8192,65536
+        R=512,1024,2048,4096,8192
+        step cuda-auto-rotate 300 $P --implementation cuda --rotate --num-tokens $R --format json --output "$OUT/cuda-auto-rotate.json"
+        step cuda-fp8-rotate 300 $P --implementation cuda --rotate --kv-cache-dtype fp8 --num-tokens $R --format json --output "$OUT/cuda-fp8-rotate.json"
+        step wgpu-rotate 300 $P --implementation wgpu --layouts NHD --rotate --num-tokens $R --format json --output "$OUT/wgpu-rotate.json"
         step cuda-auto-cold 300 $P --implementation cuda --cold --num-tokens $T --format json --output "$OUT/cuda-auto-cold.json"
         step cuda-fp8-cold 300 $P --implementation cuda --cold --kv-cache-dtype fp8 --num-tokens $T --format json --output "$OUT/cuda-fp8-cold.json"
         step cuda-half-fp8 300 $P --implementation cuda --dtype half --kv-cache-dtype fp8 --num-tokens $T --format json --output "$OUT/cuda-half-fp8.json"
