@@ -430,6 +430,11 @@ const SCALE_NAN: u32 = 3;
 
 /// Bytes of the fp8 threshold tables (`fp8_thresholds` in the shader: 2 x 128 words).
 const TABLE_BYTES: u64 = 2 * 128 * 4;
+
+/// Elements (keys and values) per call from which the fp8 threshold tables pay for building
+/// them: on an H100, float inputs of 128 x 128 took 35.5 against 41.0 us at 256 tokens (8M
+/// elements) with the plain encoder, 120.7 against 102.5 us at 1024 (32M).
+const FP8_TABLE_MIN_ELEMENTS: u64 = 1 << 24;
 /// Binding of the fp8 threshold tables in the encoders.
 const TABLE_BINDING: u32 = 72;
 
@@ -1219,15 +1224,20 @@ impl WgpuBackend {
             && problem.dtype != Dtype::Float
             && storage_bindings(group_size) < self.limits.max_storage_buffers_per_shader_stage
             && self.overrides.fp8_lut.unwrap_or(true);
-        // The threshold tables take a pass of their own (one workgroup) in every call. On by
-        // default: exact (tests/wgpu.rs), and on an H100 1.4x (65536 tokens) to 2x (8192)
-        // faster than the plain encoder (docs/perf-log-wgpu.md).
+        // The threshold tables take a pass of their own (one workgroup of binary searches,
+        // about 12 us on an H100) in every call, and then save about a quarter of the
+        // encoder's time per element: by default they are taken from FP8_TABLE_MIN_ELEMENTS
+        // elements per call on (exact either way: tests/wgpu.rs; docs/perf-log-wgpu.md).
+        let elements = 2 * problem.num_tokens as u64 * row_elements;
         let fp8_table = problem.cache_dtype == CacheDtype::Fp8
             && plan.kernel != Kernel::Words
             && !fp8_lut
             && k_scale.table_applies()
             && v_scale.table_applies()
-            && self.overrides.fp8_table.unwrap_or(true);
+            && self
+                .overrides
+                .fp8_table
+                .unwrap_or(elements >= FP8_TABLE_MIN_ELEMENTS);
         let constants: Vec<(&'static str, f64)> = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => vec![
                 ("BLOCK_SIZE", problem.block_size as f64),
