@@ -63,7 +63,15 @@ fn check_all(backend: &mut CudaBackend, cases: &[Case], label: &str) {
 #[ignore = "needs an NVIDIA GPU"]
 fn graph_and_plain_launches_leave_the_reference_result() {
     let mut backend = open();
-    for mode in [Mode::Cudagraph, Mode::NoGraph] {
+    // With and without programmatic dependent launch (the default on compute capability 9.0
+    // and later; a no-op request below it).
+    for (programmatic, mode) in [
+        (true, Mode::Cudagraph),
+        (true, Mode::NoGraph),
+        (false, Mode::Cudagraph),
+        (false, Mode::NoGraph),
+    ] {
+        backend.set_programmatic_launch(programmatic);
         for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
             for layout in [Layout::Nhd, Layout::Hnd] {
                 let case = case(problem(layout, Dtype::BFloat16, cache_dtype, 300), true);
@@ -81,7 +89,7 @@ fn graph_and_plain_launches_leave_the_reference_result() {
                 let mismatch = verify::compare(&case.problem, &data, &got);
                 assert!(
                     mismatch.is_none(),
-                    "{mode:?} {}: {}",
+                    "{mode:?} (programmatic launch {programmatic}) {}: {}",
                     case.problem.describe(),
                     mismatch.unwrap()
                 );
