@@ -1287,68 +1287,24 @@ impl WgpuBackend {
             ]),
             None => None,
         };
-        // The tables of the call (or a dummy nothing reads), built first.
-        let table = if fp8_table {
-            let build = self.pipeline("fp8_table_build", &[])?;
-            let params = GpuTableParams { k_scale, v_scale };
-            let (table, dispatch) = self.scoped("allocating the fp8 tables", || {
-                let table = self.buffer(
-                    "fp8 tables",
-                    TABLE_BYTES,
-                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
-                );
-                let uniform = self.uniform("fp8 table params", &params);
-                let dispatch = Dispatch {
-                    pipeline: build.clone(),
-                    bind_group: self.bind_group(&build, &[(150, &uniform), (151, &table)]),
-                    grid: (1, 1),
-                };
-                (table, (dispatch, uniform))
-            })?;
-            let (dispatch, uniform) = dispatch;
-            dispatches.push(dispatch);
-            buffers.push(uniform);
-            table
-        } else {
-            self.scoped("allocating a buffer", || {
-                self.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
-            })?
-        };
-        // The lookup table of the call, built first likewise (the build writes it as storage,
-        // the kernel reads it as read-only storage: wgpu orders the two dispatches of the pass
-        // by that change of use, as it does the threshold tables' storage-to-uniform one).
-        let lut = if fp8_lut {
-            let build =
-                self.pipeline("fp8_lut_build", &[("IN_KIND", input_kind(problem.dtype))])?;
-            let params = GpuLutParams {
-                nan_sign: self.nan_sign,
-                _pad: [0; 3],
-                k_scale,
-                v_scale,
+        // The table the kernel reads, built first in the same pass by a dispatch of its own:
+        // the lookup table, or the threshold tables, or a dummy nothing reads. (The builds
+        // write it as storage and the kernel reads it as read-only storage or uniform: wgpu
+        // orders the two dispatches of the pass by that change of use.)
+        let (encoder_binding, encoder_buffer) = if fp8_lut || fp8_table {
+            let (table, dispatch, params) = if fp8_lut {
+                self.fp8_lut_pass(problem.dtype, k_scale, v_scale)?
+            } else {
+                self.fp8_table_pass(k_scale, v_scale)?
             };
-            let grid = self.grid(LUT_BYTES / 4)?;
-            let (lut, dispatch, uniform) =
-                self.scoped("allocating the fp8 lookup table", || {
-                    let lut =
-                        self.buffer("fp8 lookup table", LUT_BYTES, wgpu::BufferUsages::STORAGE);
-                    let uniform = self.uniform("fp8 lookup table params", &params);
-                    let dispatch = Dispatch {
-                        pipeline: build.clone(),
-                        bind_group: self.bind_group(&build, &[(160, &uniform), (161, &lut)]),
-                        grid,
-                    };
-                    (lut, dispatch, uniform)
-                })?;
             dispatches.push(dispatch);
-            buffers.push(uniform);
-            Some(lut)
+            buffers.push(params);
+            (if fp8_lut { LUT_BINDING } else { TABLE_BINDING }, table)
         } else {
-            None
-        };
-        // The kernel reads the lookup table or the threshold tables (a dummy when neither).
-        let (encoder_binding, encoder_buffer) = match &lut {
-            Some(lut) => (LUT_BINDING, lut),
-            None => (TABLE_BINDING, &table),
+            let dummy = self.scoped("allocating a buffer", || {
+                self.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
+            })?;
+            (TABLE_BINDING, dummy)
         };
         let units_per_token = match plan.kernel {
             Kernel::Wide | Kernel::Multi | Kernel::One => {
@@ -1511,7 +1467,8 @@ impl WgpuBackend {
                 let bind_group = self.scoped("binding the caches", || {
                     let uniform = self.uniform("params", &params);
                     let group = match plan.kernel {
-                        Kernel::Wide | Kernel::Multi => {
+                        // (The one-chunk kernel binds a group of one chunk.)
+                        Kernel::Wide | Kernel::Multi | Kernel::One => {
                             let mut entries: Vec<(u32, Window)> = vec![
                                 (0, Window::whole(&uniform)),
                                 (1, Window::whole(&key)),
@@ -1520,7 +1477,7 @@ impl WgpuBackend {
                                 (ORDER_BINDING, Window::whole(&order)),
                                 (KEY_HI_BINDING, Window::whole(&key_hi)),
                                 (VALUE_HI_BINDING, Window::whole(&value_hi)),
-                                (encoder_binding, Window::whole(encoder_buffer)),
+                                (encoder_binding, Window::whole(&encoder_buffer)),
                             ];
                             // Chunks past the end of the cache are bound to small distinct
                             // buffers no thread writes (writable bindings must not alias).
@@ -1560,24 +1517,6 @@ impl WgpuBackend {
                             let group = self.bind_windows(&pipeline, &entries);
                             (group, spares)
                         }
-                        Kernel::One => (
-                            self.bind_windows(
-                                &pipeline,
-                                &[
-                                    (0, Window::whole(&uniform)),
-                                    (1, Window::whole(&key)),
-                                    (2, Window::whole(&value)),
-                                    (3, Window::whole(&slots)),
-                                    (ORDER_BINDING, Window::whole(&order)),
-                                    (KEY_HI_BINDING, Window::whole(&key_hi)),
-                                    (VALUE_HI_BINDING, Window::whole(&value_hi)),
-                                    (encoder_binding, Window::whole(encoder_buffer)),
-                                    (KEY_CHUNK_BINDING, caches.chunk(false, first_chunk)),
-                                    (VALUE_CHUNK_BINDING, caches.chunk(true, first_chunk)),
-                                ],
-                            ),
-                            Vec::new(),
-                        ),
                         Kernel::Words => (
                             self.bind_windows(
                                 &pipeline,
@@ -1607,8 +1546,7 @@ impl WgpuBackend {
             buffers.extend([key, value, key_hi, value_hi, slots, order]);
             first_token += tokens;
         }
-        buffers.push(table);
-        buffers.extend(lut);
+        buffers.push(encoder_buffer);
         Ok((dispatches, buffers))
     }
 
@@ -1627,6 +1565,61 @@ impl WgpuBackend {
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
         self.encode_with(false, dtype, elements, scale, estimate_skew_ulps)
+    }
+
+    /// The fp8 threshold tables of a call's two scales: the table buffer, the dispatch (one
+    /// workgroup) that builds it, and that dispatch's parameter buffer.
+    fn fp8_table_pass(
+        &mut self,
+        k_scale: GpuScale,
+        v_scale: GpuScale,
+    ) -> Result<(wgpu::Buffer, Dispatch, wgpu::Buffer)> {
+        let pipeline = self.pipeline("fp8_table_build", &[])?;
+        let params = GpuTableParams { k_scale, v_scale };
+        self.scoped("allocating the fp8 tables", || {
+            let table = self.buffer(
+                "fp8 tables",
+                TABLE_BYTES,
+                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
+            );
+            let uniform = self.uniform("fp8 table params", &params);
+            let bind_group = self.bind_group(&pipeline, &[(150, &uniform), (151, &table)]);
+            let dispatch = Dispatch {
+                pipeline,
+                bind_group,
+                grid: (1, 1),
+            };
+            (table, dispatch, uniform)
+        })
+    }
+
+    /// The fp8 lookup table of a call's two scales for 16-bit inputs of `dtype`: the table
+    /// buffer, the dispatch that builds it, and that dispatch's parameter buffer.
+    fn fp8_lut_pass(
+        &mut self,
+        dtype: Dtype,
+        k_scale: GpuScale,
+        v_scale: GpuScale,
+    ) -> Result<(wgpu::Buffer, Dispatch, wgpu::Buffer)> {
+        let pipeline = self.pipeline("fp8_lut_build", &[("IN_KIND", input_kind(dtype))])?;
+        let params = GpuLutParams {
+            nan_sign: self.nan_sign,
+            _pad: [0; 3],
+            k_scale,
+            v_scale,
+        };
+        let grid = self.grid(LUT_BYTES / 4)?;
+        self.scoped("allocating the fp8 lookup table", || {
+            let lut = self.buffer("fp8 lookup table", LUT_BYTES, wgpu::BufferUsages::STORAGE);
+            let uniform = self.uniform("fp8 lookup table params", &params);
+            let bind_group = self.bind_group(&pipeline, &[(160, &uniform), (161, &lut)]);
+            let dispatch = Dispatch {
+                pipeline,
+                bind_group,
+                grid,
+            };
+            (lut, dispatch, uniform)
+        })
     }
 
     /// As [`WgpuBackend::encode_fp8`], through the threshold-table encoder that the cache
@@ -1670,7 +1663,6 @@ impl WgpuBackend {
         } else {
             self.pipeline("encode_fp8", &constants)?
         };
-        let build = self.pipeline("fp8_table_build", &[])?;
         let bytes = 4 * elements.len() as u64;
         if bytes > self.max_binding {
             return Err(Error::InvalidConfig(format!(
@@ -1700,49 +1692,42 @@ impl WgpuBackend {
             )
         })?;
         self.upload(&input, bytemuck::cast_slice(elements))?;
-        let kept = self.scoped("running the fp8 encoder", || {
+        // The threshold tables, built in the same pass as in a cache call.
+        let tables = if table {
+            Some(self.fp8_table_pass(params.scale, params.scale)?)
+        } else {
+            None
+        };
+        let uniform = self.scoped("running the fp8 encoder", || {
             let uniform = self.uniform("encode params", &params);
-            let table_params = self.uniform(
-                "fp8 table params",
-                &GpuTableParams {
-                    k_scale: params.scale,
-                    v_scale: params.scale,
-                },
-            );
-            let tables = self.buffer(
-                "fp8 tables",
-                TABLE_BYTES,
-                wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::UNIFORM,
-            );
             let mut entries = vec![(110, &uniform), (111, &input), (112, &output)];
-            if table {
-                entries.push((TABLE_BINDING, &tables));
+            if let Some((tables, _, _)) = &tables {
+                entries.push((TABLE_BINDING, tables));
             }
             let group = self.bind_group(&pipeline, &entries);
-            let build_group = self.bind_group(&build, &[(150, &table_params), (151, &tables)]);
             let mut encoder = self
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                if table {
-                    pass.set_pipeline(&build);
-                    pass.set_bind_group(0, &build_group, &[]);
-                    pass.dispatch_workgroups(1, 1, 1);
+                if let Some((_, build, _)) = &tables {
+                    record_dispatches(&mut pass, std::slice::from_ref(build));
                 }
                 pass.set_pipeline(&pipeline);
                 pass.set_bind_group(0, &group, &[]);
                 pass.dispatch_workgroups(grid.0, grid.1, 1);
             }
             self.queue.submit([encoder.finish()]);
-            [uniform, table_params, tables]
+            uniform
         })?;
         self.wait()?;
         let words = self.download(&output, bytes)?;
-        input.destroy();
-        output.destroy();
-        for buffer in kept {
+        for buffer in [input, output, uniform] {
             buffer.destroy();
+        }
+        if let Some((tables, _, table_params)) = tables {
+            tables.destroy();
+            table_params.destroy();
         }
         Ok(words
             .chunks_exact(4)
