@@ -416,12 +416,10 @@ impl Table {
     pub fn render_text(&self) -> String {
         let (cells, widths, right) = self.rendered_cells();
         let line = |values: &[String]| -> String {
-            let parts: Vec<String> = values
-                .iter()
-                .enumerate()
-                .map(|(i, value)| pad(value, widths[i], right[i]))
-                .collect();
-            parts.join("  ").trim_end().to_string()
+            pad_all(values, &widths, &right)
+                .join("  ")
+                .trim_end()
+                .to_string()
         };
         let mut out = String::new();
         let _ = writeln!(out, "{}", line(&self.headers));
@@ -437,12 +435,7 @@ impl Table {
     pub fn render_markdown(&self) -> String {
         let (cells, widths, right) = self.rendered_cells();
         let line = |values: &[String]| -> String {
-            let parts: Vec<String> = values
-                .iter()
-                .enumerate()
-                .map(|(i, value)| pad(value, widths[i], right[i]))
-                .collect();
-            format!("| {} |", parts.join(" | "))
+            format!("| {} |", pad_all(values, &widths, &right).join(" | "))
         };
         let mut out = String::new();
         let _ = writeln!(out, "{}", line(&self.headers));
@@ -465,6 +458,15 @@ impl Table {
         }
         out
     }
+}
+
+/// Each cell padded to its column's width, right-aligned where `right` says.
+fn pad_all(values: &[String], widths: &[usize], right: &[bool]) -> Vec<String> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| pad(value, widths[i], right[i]))
+        .collect()
 }
 
 fn pad(value: &str, width: usize, right: bool) -> String {

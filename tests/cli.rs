@@ -23,6 +23,15 @@ fn stderr(output: &Output) -> String {
 }
 
 /// A refusal: non-zero exit, exactly one line on stderr that contains `needle`, no panic.
+/// The cells of the printed table's rows (after its header line and rule).
+fn table_rows(out: &str) -> Vec<Vec<&str>> {
+    out.lines()
+        .skip_while(|l| !l.starts_with("num_tokens"))
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
 fn assert_refused(args: &[&str], needle: &str) {
     let output = run(args);
     let err = stderr(&output);
@@ -71,10 +80,7 @@ fn cpu_sweep_prints_title_and_table() {
         .position(|l| l.starts_with("num_tokens"))
         .expect("a table header");
     assert!(lines[header].contains("layout") && lines[header].contains("latency (us)"));
-    let rows: Vec<Vec<&str>> = lines[header + 2..]
-        .iter()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = table_rows(&out);
     assert_eq!(rows.len(), 6, "{out}");
     let order: Vec<(&str, &str)> = rows.iter().map(|r| (r[0], r[1])).collect();
     assert_eq!(
@@ -174,12 +180,7 @@ fn rotating_inputs_are_measured_by_every_implementation() {
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
     assert!(out.contains("cache=rotating"), "{out}");
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("num_tokens"))
-        .skip(2)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = table_rows(&out);
     assert_eq!(rows.len(), 2, "{out}");
     for row in &rows {
         // num_tokens, layout, then a (latency, device) pair per implementation.
@@ -270,12 +271,7 @@ fn wgpu_sweep_measures_nhd_and_shows_nan_for_hnd() {
         .find(|l| l.starts_with("wgpu: "))
         .unwrap_or_else(|| panic!("no adapter line in:\n{out}"));
     assert!(adapter.contains("driver"), "{adapter}");
-    let rows: Vec<Vec<&str>> = out
-        .lines()
-        .skip_while(|l| !l.starts_with("num_tokens"))
-        .skip(2)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let rows = table_rows(&out);
     assert_eq!(rows.len(), 8, "{out}");
     for row in &rows {
         let latency: f64 = row[2].parse().unwrap();
