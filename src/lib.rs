@@ -17,6 +17,7 @@
 pub mod backend;
 pub mod error;
 pub mod fp8;
+pub mod options;
 pub mod plot;
 pub mod problem;
 pub mod reference;

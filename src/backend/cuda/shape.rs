@@ -80,19 +80,10 @@ pub struct DeviceLimits {
     pub max_threads_per_sm: u32,
 }
 
-/// Threads per block, items per thread and the grid's cap, when forced (for tuning), and
-/// whether to take the one-element-per-item kernels even where 16-byte accesses would do (for
-/// testing them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct LaunchOverride {
-    /// 0 keeps the built-in choice (of threads, items per thread and grid cap).
-    pub threads: u32,
-    pub items_per_thread: u32,
-    pub scalar: bool,
-    /// Caps the grid at this many blocks per SM, each block then looping over several passes
-    /// (slower on an H100, but it exercises the kernels' grid loop); 0: one block per pass.
-    pub blocks_per_sm: u32,
-}
+// Threads per block, items per thread and the grid's cap, when forced (for tuning), and
+// whether to take the one-element-per-item kernels even where 16-byte accesses would do (for
+// testing them): an option like every other knob.
+pub use crate::options::LaunchOverride;
 
 /// How a call is cut: threads per block, items per thread, and the grid's cap in blocks per
 /// SM (0 for none).
