@@ -7,10 +7,11 @@ use std::time::Duration;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use paged_kv_bench::backend::{BackendOptions, Implementation};
+use paged_kv_bench::backend::Selection;
+use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
-use paged_kv_bench::timing::{Mode, Protocol, Sampling};
+use paged_kv_bench::timing::{Protocol, Sampling};
 
 /// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.
 ///
@@ -42,8 +43,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Which implementation(s) to check ("auto" and "all" check every available one).
-    #[arg(long, value_enum, default_value_t = Implementation::All)]
-    pub implementation: Implementation,
+    #[arg(long, value_enum, default_value_t = Selection::All)]
+    pub implementation: Selection,
 
     /// A subset of the matrix that finishes in seconds.
     #[arg(long)]
@@ -53,9 +54,102 @@ pub struct VerifyArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
 
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Flags that choose and tune backends, shared by the benchmark and `verify`. The tuning flags
+/// are hidden from `--help`: they are for experiments, and a report names any that is set.
+#[derive(Debug, Args)]
+pub struct BackendArgs {
     /// wgpu: use the first adapter whose name contains this text (case-insensitive).
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
+
+    /// CUDA: programmatic dependent launch (on by default where the GPU has it).
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub cuda_pdl: Option<bool>,
+
+    /// CUDA: extra -D macros for the kernel source, comma-separated (NAME or NAME=VALUE).
+    #[arg(long, hide = true, value_delimiter = ',', value_name = "MACROS")]
+    pub cuda_define: Vec<String>,
+
+    /// CUDA: force threads per block and items per thread, as THREADSxITEMS (e.g. 256x2).
+    #[arg(long, hide = true, value_name = "THREADSxITEMS", value_parser = launch_shape)]
+    pub cuda_launch: Option<LaunchOverride>,
+
+    /// CUDA: write the compiled kernels (cubin) to this file, for `cuobjdump -sass`.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub cuda_dump_cubin: Option<PathBuf>,
+
+    /// wgpu: bytes per storage binding, at most (splits caches over more buffers).
+    #[arg(long, hide = true, value_name = "BYTES", value_parser = bytes)]
+    pub wgpu_max_binding: Option<u64>,
+
+    /// wgpu: workgroups per dispatch dimension, at most.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wgpu_max_workgroups: Option<u32>,
+
+    /// wgpu: cache blocks per buffer chunk, at most.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub wgpu_chunk_blocks: Option<u64>,
+
+    /// wgpu: take tokens in slot order (a bucketing pass per call), or as they come.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_slot_order: Option<bool>,
+
+    /// wgpu: buckets (slot ranges) of the slot-order pass.
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=(1 << 20)))]
+    pub wgpu_order_buckets: Option<u32>,
+
+    /// wgpu: one buffer per cache with chunks bound as windows (on), or a buffer per chunk.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_one_buffer: Option<bool>,
+
+    /// wgpu: 16-byte units per thread in the 16-byte kernels (1 to 8).
+    #[arg(long, hide = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub wgpu_units: Option<u32>,
+
+    /// wgpu: fp8 through threshold tables where the scales allow.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_fp8_table: Option<bool>,
+
+    /// wgpu: fp8 from 16-bit inputs through a lookup table of every pattern's code.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_fp8_lut: Option<bool>,
+
+    /// wgpu: print each call's plan to stderr.
+    #[arg(long, hide = true)]
+    pub wgpu_trace: bool,
+}
+
+impl BackendArgs {
+    /// The backend options these flags set (the mode and memory limit come from the caller).
+    pub fn options(&self, mode: Mode, host_memory_limit: Option<u64>) -> Options {
+        Options {
+            mode,
+            adapter: self.adapter.clone(),
+            cuda: CudaTuning {
+                programmatic_launch: self.cuda_pdl,
+                defines: self.cuda_define.clone(),
+                launch: self.cuda_launch,
+                dump_cubin: self.cuda_dump_cubin.clone(),
+            },
+            wgpu: WgpuTuning {
+                max_binding_bytes: self.wgpu_max_binding,
+                max_workgroups_per_dimension: self.wgpu_max_workgroups,
+                max_chunk_blocks: self.wgpu_chunk_blocks,
+                slot_order: self.wgpu_slot_order,
+                order_buckets: self.wgpu_order_buckets,
+                one_buffer: self.wgpu_one_buffer,
+                units_per_thread: self.wgpu_units,
+                fp8_table: self.wgpu_fp8_table,
+                fp8_lut: self.wgpu_fp8_lut,
+                trace: self.wgpu_trace,
+            },
+            host_memory_limit,
+        }
+    }
 }
 
 /// Flags of the benchmark (vLLM's, plus the sweep and backend choices).
@@ -93,8 +187,8 @@ pub struct BenchArgs {
     pub iters: u32,
 
     /// Which implementation(s) to run.
-    #[arg(long, value_enum, default_value_t = Implementation::Auto)]
-    pub implementation: Implementation,
+    #[arg(long, value_enum, default_value_t = Selection::Auto)]
+    pub implementation: Selection,
 
     /// How GPU calls are issued: replay of a captured CUDA graph, or plain launches.
     #[arg(long, value_enum, default_value_t = Mode::Cudagraph)]
@@ -112,9 +206,13 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 0)]
     pub seed: u64,
 
-    /// wgpu: use the first adapter whose name contains this text (case-insensitive).
-    #[arg(long, value_name = "NAME")]
-    pub adapter: Option<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+
+    /// Host memory the benchmark may plan for, at most: bytes, or with a unit (K, M, G, T,
+    /// powers of 1024) [default: most of what the OS reports available].
+    #[arg(long, env = "PAGED_KV_BENCH_HOST_MEMORY_LIMIT", value_name = "SIZE", value_parser = bytes)]
+    pub host_memory_limit: Option<u64>,
 
     /// Device time with cold caches: flush the device's cache before each timed call
     /// (default: warm, back-to-back calls on the same data, as vLLM's script measures).
@@ -184,11 +282,60 @@ fn percent(text: &str) -> Result<f64, String> {
     }
 }
 
+/// `on` / `off` (also `true` / `false`, `1` / `0`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
+/// `THREADSxITEMS`, e.g. `256x2`.
+fn launch_shape(text: &str) -> Result<LaunchOverride, String> {
+    let (threads, items) = text
+        .split_once('x')
+        .ok_or_else(|| "expected THREADSxITEMS, e.g. 256x2".to_string())?;
+    let threads: u32 = threads.parse().map_err(|_| "threads: expected a number")?;
+    let items: u32 = items.parse().map_err(|_| "items: expected a number")?;
+    if !(32..=1024).contains(&threads) || threads % 32 != 0 || !(1..=8).contains(&items) {
+        return Err("expected 32 to 1024 threads (a multiple of 32) and 1 to 8 items".into());
+    }
+    Ok(LaunchOverride {
+        threads,
+        items_per_thread: items,
+        ..LaunchOverride::default()
+    })
+}
+
+/// A byte count: a number, optionally followed by K, M, G or T (powers of 1024; `KiB`, `MB`
+/// and so on are read the same way).
+pub fn bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a size such as 4G or 4294967296, got `{text}`"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches('B') {
+        "" => 0,
+        "K" | "KI" => 10,
+        "M" | "MI" => 20,
+        "G" | "GI" => 30,
+        "T" | "TI" => 40,
+        _ => return Err(format!("unknown size unit in `{text}`: use K, M, G or T")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size between 1 byte and 16 EiB"))
+}
+
 impl BenchArgs {
-    pub fn backend_options(&self) -> BackendOptions {
-        BackendOptions {
-            adapter: self.adapter.clone(),
-        }
+    pub fn options(&self) -> Options {
+        self.backend.options(self.mode, self.host_memory_limit)
     }
 
     pub fn sweep_config(&self) -> SweepConfig {
@@ -218,10 +365,27 @@ impl BenchArgs {
                     max_noise_percent: self.max_noise,
                     ..Sampling::default()
                 },
-                ..Protocol::new(self.mode, self.iters as usize)
+                ..Protocol::new(self.iters as usize)
             },
             seed: self.seed,
+            host_memory_limit: self.host_memory_limit,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_with_and_without_units() {
+        assert_eq!(super::bytes("4096"), Ok(4096));
+        assert_eq!(super::bytes("1G"), Ok(1 << 30));
+        assert_eq!(super::bytes("300M"), Ok(300 << 20));
+        assert_eq!(super::bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(super::bytes("8kb"), Ok(8 << 10));
+        assert!(super::bytes("1X").is_err());
+        assert!(super::bytes("0").is_err());
+        assert!(super::bytes("-1").is_err());
+        assert!(super::bytes("99999999999T").is_err());
     }
 }
 

@@ -3,6 +3,9 @@
 
 use thiserror::Error;
 
+use crate::backend::Kind;
+use crate::problem::Layout;
+
 /// Everything that can go wrong in a benchmark or verification run.
 #[derive(Debug, Error)]
 pub enum Error {
@@ -47,21 +50,61 @@ pub enum Error {
         hint: String,
     },
 
-    /// The user asked for an implementation that this build or this machine cannot run.
-    #[error("{implementation} is unavailable: {reason}")]
-    Unavailable {
-        implementation: &'static str,
-        reason: String,
-    },
+    /// The user asked for a backend that this build or this machine cannot run.
+    #[error("{backend} is unavailable: {reason}")]
+    Unavailable { backend: Kind, reason: String },
 
-    #[error("CUDA error: {0}")]
-    Cuda(String),
+    /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
+    /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).
+    #[error("CUDA error: {what}")]
+    Cuda { what: String, source: Cause },
 
+    /// wgpu reported an error (validation, out of memory, device lost, a failed mapping).
     #[error("wgpu error: {0}")]
     Wgpu(String),
 
+    /// Reading or writing a file.
+    #[error("{what}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+
+    /// A report or baseline that cannot be read, or a plot that cannot be drawn.
     #[error("{0}")]
-    Io(String),
+    Report(String),
+
+    /// Where a sweep stopped: the backend and the row, with what went wrong as the source.
+    #[error("{backend} at num_tokens={num_tokens} layout={layout}")]
+    Row {
+        backend: Kind,
+        num_tokens: usize,
+        layout: Layout,
+        source: Box<Error>,
+    },
+}
+
+/// The underlying error of a backend failure, kept for callers that inspect it.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl Error {
+    /// The error and its causes as one line, `outer: inner: ...` (what the command line
+    /// prints).
+    pub fn one_line(&self) -> String {
+        chain(self)
+    }
+}
+
+/// Any error and its sources as one line, joined by `: `.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 /// Options for opening backends and for what their calls do.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Options {
+    /// How GPU calls are issued (vLLM's `--mode`; CUDA only).
+    pub mode: Mode,
     /// wgpu: use the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
     pub cuda: CudaTuning,
@@ -34,6 +36,37 @@ impl Options {
             set.push(format!("host_memory_limit={limit}"));
         }
         set
+    }
+}
+
+/// How a GPU call is issued. The names are those of vLLM's `--mode`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+pub enum Mode {
+    /// Capture the call in a CUDA graph once, then replay the graph.
+    #[default]
+    #[value(name = "cudagraph")]
+    #[serde(rename = "cudagraph")]
+    Cudagraph,
+    /// Launch the kernel directly each time.
+    #[value(name = "no_graph")]
+    #[serde(rename = "no_graph")]
+    NoGraph,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Cudagraph => "cudagraph",
+            Mode::NoGraph => "no_graph",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

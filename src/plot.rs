@@ -49,14 +49,14 @@ fn format_number(value: f64) -> String {
 }
 
 fn plot_error(error: impl std::fmt::Display) -> Error {
-    Error::Io(format!("cannot draw the plot: {error}"))
+    Error::Report(format!("cannot draw the plot: {error}"))
 }
 
 /// Renders the plot as an SVG document.
 pub fn render_svg(report: &Report) -> Result<String> {
     let lines = series(report);
     if lines.is_empty() {
-        return Err(Error::Io("cannot draw the plot: no measured rows".into()));
+        return Err(Error::Report("cannot draw the plot: no measured rows".into()));
     }
     let range = |values: &mut dyn Iterator<Item = f64>| {
         values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {

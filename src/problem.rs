@@ -4,7 +4,10 @@
 use crate::error::{Error, Result};
 
 /// Element type of the new keys and values (and of the cache when the cache dtype is `auto`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Dtype {
     #[value(name = "half")]
     Half,
@@ -61,7 +64,10 @@ impl Dtype {
 }
 
 /// Element type of the cache: the input's own type, or float8 e4m3 with a per-tensor scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum CacheDtype {
     #[value(name = "auto")]
     Auto,
@@ -79,7 +85,10 @@ impl CacheDtype {
 }
 
 /// Order of the dimensions inside one cache block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Layout {
     /// `[num_blocks, block_size, num_heads, head_size]`
     #[value(name = "NHD")]
@@ -95,6 +104,24 @@ impl Layout {
             Layout::Nhd => "NHD",
             Layout::Hnd => "HND",
         }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for CacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::options::{Mode, Options};
+use crate::problem::{CacheDtype, Dtype};
 use crate::sweep::Row;
 use crate::timing::Stats;
 
@@ -33,9 +35,9 @@ pub struct RunConfig {
     pub head_size: usize,
     pub block_size: usize,
     pub num_blocks: usize,
-    pub dtype: String,
-    pub kv_cache_dtype: String,
-    pub mode: String,
+    pub dtype: Dtype,
+    pub kv_cache_dtype: CacheDtype,
+    pub mode: Mode,
     pub iters: usize,
     pub warmup_iters: usize,
     pub cold: bool,
@@ -47,6 +49,9 @@ pub struct RunConfig {
     pub max_time_s: f64,
     pub max_noise_percent: f64,
     pub min_samples: usize,
+    /// Every backend option (absent from reports of earlier versions, which ran the defaults).
+    #[serde(default)]
+    pub options: Options,
 }
 
 impl RunConfig {
@@ -146,9 +151,12 @@ impl Report {
     /// Reads a report saved with `--format json`.
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|source| Error::Io {
+                what: format!("cannot read {}", path.display()),
+                source,
+            })?;
         serde_json::from_str(&text).map_err(|e| {
-            Error::Io(format!(
+            Error::Report(format!(
                 "{} is not a paged-kv-bench JSON report: {e}",
                 path.display()
             ))
@@ -213,6 +221,10 @@ impl Report {
                 "{}: {} ({}){copy}; {}",
                 info.name, info.device, info.details, info.mode_note
             ));
+        }
+        let options = c.options.non_default();
+        if !options.is_empty() {
+            lines.push(format!("options: {}", options.join(" ")));
         }
         lines.extend(self.notes.iter().cloned());
         lines.push(

@@ -1,10 +1,10 @@
 //! The benchmark sweep: fit the cache to the memory at hand, then time every chosen backend at
 //! every (layout, num_tokens) row, as vLLM's `benchmark_reshape_and_cache_flash.py` does.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Kind};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
-use crate::timing::{Protocol, Samples};
+use crate::timing::{self, Protocol, Samples};
 use crate::workload::{self, CacheFill, HostInputs};
 
 /// vLLM's default number of cache blocks.
@@ -37,6 +37,8 @@ pub struct SweepConfig {
     pub num_tokens: Vec<usize>,
     pub protocol: Protocol,
     pub seed: u64,
+    /// Bytes of host memory the sweep may plan for, at most.
+    pub host_memory_limit: Option<u64>,
 }
 
 impl SweepConfig {
@@ -89,17 +91,10 @@ impl Constraint {
     }
 }
 
-/// Environment variable that caps the host memory a sweep may plan for, in bytes (to leave
-/// memory to other work, and for tests).
-pub const HOST_MEMORY_LIMIT_VAR: &str = "PAGED_KV_BENCH_HOST_MEMORY_LIMIT";
-
 /// Bytes the host may use: most of what the OS reports available, keeping a margin for the
-/// process itself and the rest of the system, and at most `$PAGED_KV_BENCH_HOST_MEMORY_LIMIT`.
-/// `None` where neither says.
-pub fn host_memory_available() -> Option<u64> {
-    let limit = std::env::var(HOST_MEMORY_LIMIT_VAR)
-        .ok()
-        .and_then(|value| value.trim().parse::<u64>().ok());
+/// process itself and the rest of the system, and at most `limit` (the `--host-memory-limit`
+/// option). `None` where neither says.
+pub fn host_memory_available(limit: Option<u64>) -> Option<u64> {
     let available = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
@@ -154,7 +149,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     let mut constraints = Vec::new();
     let mut host = Constraint {
         device: "the host".into(),
-        available: host_memory_available().unwrap_or(u64::MAX),
+        available: host_memory_available(config.host_memory_limit).unwrap_or(u64::MAX),
         per_block: 0,
         // The host always holds the generated inputs.
         fixed: 2 * input_bytes + 8 * max_tokens as u64,
@@ -298,16 +293,18 @@ pub fn run(
             let inputs = host.inputs(&problem, &slots);
             let mut results = Vec::new();
             for backend in backends.iter_mut() {
-                let name = backend.implementation().name();
-                on_step(&problem, name);
+                let kind = backend.kind();
+                on_step(&problem, kind.name());
                 if !backend.supports(layout) {
                     results.push(None);
                     continue;
                 }
                 let samples = backend
                     .prepare(&problem, inputs, CacheFill::Random { seed: config.seed })
-                    .and_then(|mut call| call.time(&config.protocol))
-                    .map_err(|error| row_error(name, &problem, error))?;
+                    .and_then(|mut call| {
+                        timing::measure(call.as_mut(), &problem, &slots, &config.protocol)
+                    })
+                    .map_err(|error| row_error(kind, &problem, error))?;
                 results.push(Some(samples));
             }
             rows.push(Row { problem, results });
@@ -316,16 +313,12 @@ pub fn run(
     Ok(rows)
 }
 
-/// Names the row and backend where a sweep stopped.
-fn row_error(backend: &str, problem: &Problem, error: Error) -> Error {
-    let context = format!(
-        "{backend} at num_tokens={} layout={}",
-        problem.num_tokens,
-        problem.layout.name()
-    );
-    match error {
-        Error::Cuda(message) => Error::Cuda(format!("{context}: {message}")),
-        Error::Wgpu(message) => Error::Wgpu(format!("{context}: {message}")),
-        other => Error::Io(format!("{context}: {other}")),
+/// Names the row and backend where a sweep stopped, keeping the cause.
+fn row_error(backend: Kind, problem: &Problem, error: Error) -> Error {
+    Error::Row {
+        backend,
+        num_tokens: problem.num_tokens,
+        layout: problem.layout,
+        source: Box::new(error),
     }
 }

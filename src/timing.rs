@@ -1,4 +1,4 @@
-//! Timing protocols and statistics, shared by every backend.
+//! The one timing protocol, shared by every backend, and its statistics.
 //!
 //! Two figures per measurement:
 //! - latency: vLLM's method, the host wall clock of `call(); synchronize()` averaged over
@@ -8,30 +8,18 @@
 //!   clock for the CPU). Each sample is the per-call time of one batch of back-to-back calls;
 //!   samples are taken until their noise is small or the row's time budget is spent
 //!   ([`sample_until_stable`]), and reported as a median with its spread ([`Stats`]).
+//!
+//! [`measure`] is the protocol. A backend supplies only primitives ([`Prepared`]): one call,
+//! a batch of back-to-back calls on its own clock, rotation copies and a cache flush. Warm,
+//! cold and rotating runs, batch sizing and the stopping rule are decided here, the same way
+//! for every backend.
 
 use std::time::{Duration, Instant};
 
+use crate::backend::Prepared;
 use crate::error::Result;
-
-/// How a GPU call is issued. The names are those of vLLM's `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Mode {
-    /// Capture the call in a CUDA graph once, then replay the graph.
-    #[value(name = "cudagraph")]
-    Cudagraph,
-    /// Launch the kernel directly each time.
-    #[value(name = "no_graph")]
-    NoGraph,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Cudagraph => "cudagraph",
-            Mode::NoGraph => "no_graph",
-        }
-    }
-}
+use crate::problem::Problem;
+use crate::workload::rotated_slot_mapping;
 
 /// When to stop taking device-time samples for one row (nvbench's rule): after at least
 /// `min_samples` samples and `min_time`, once the noise is at most `max_noise_percent`;
@@ -62,10 +50,12 @@ impl Default for Sampling {
     }
 }
 
+/// Most calls in one batch, however fast a call looks.
+pub const MAX_BATCH_CALLS: usize = 100_000;
+
 /// How to time one benchmark row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Protocol {
-    pub mode: Mode,
     /// Untimed calls before the latency loop (vLLM uses 3).
     pub warmup_iters: usize,
     /// Calls in the latency loop (vLLM's `--iters`).
@@ -82,9 +72,8 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    pub fn new(mode: Mode, iters: usize) -> Self {
+    pub fn new(iters: usize) -> Self {
         Self {
-            mode,
             warmup_iters: 3,
             iters,
             cold: false,
@@ -94,13 +83,17 @@ impl Protocol {
     }
 
     /// Calls per device-time batch, given an estimate of one call's time: enough for the batch
-    /// to last `sampling.batch_time`, at least 1 (always 1 when cold), at most 1000.
-    pub fn calls_per_batch(&self, estimate: Duration) -> usize {
+    /// to last `sampling.batch_time`, at least 1 and at most [`MAX_BATCH_CALLS`], rounded up to
+    /// a whole number of `unit`s (always 1 when cold).
+    pub fn calls_per_batch(&self, estimate: Duration, unit: usize) -> usize {
         if self.cold {
             return 1;
         }
-        let estimate = estimate.as_secs_f64().max(1e-7);
-        ((self.sampling.batch_time.as_secs_f64() / estimate).ceil() as usize).clamp(1, 1000)
+        let unit = unit.max(1);
+        let estimate = estimate.as_secs_f64().max(1e-9);
+        let calls = ((self.sampling.batch_time.as_secs_f64() / estimate).ceil() as usize)
+            .clamp(1, MAX_BATCH_CALLS);
+        calls.next_multiple_of(unit)
     }
 }
 
@@ -231,31 +224,55 @@ pub fn wall_clock_latency_us(
     Ok(start.elapsed().as_secs_f64() * 1e6 / protocol.iters as f64)
 }
 
-/// Timing for backends whose device clock is the host clock (the CPU): vLLM's latency, then
-/// device-time samples of batches of calls (each cold call preceded by `flush`). `unit`
-/// performs `calls_per_unit` calls (a whole rotation of input copies when rotating, else one);
-/// every figure is per call.
-pub fn host_timed(
+/// Times one prepared call of `problem` (whose host slot mapping is `slot_mapping`):
+/// vLLM's latency, then device-time samples.
+///
+/// - warm: batches of back-to-back calls on the same data; the first batch, sized from the
+///   latency (which overestimates a call's device time), warms up and estimates a call, and
+///   sets the size of the rest;
+/// - cold: one call per sample, each after a cache flush;
+/// - rotating: as warm, the calls cycling over [`rotation_sets`] copies of the inputs, each
+///   writing its own slots ([`rotated_slot_mapping`]).
+pub fn measure(
+    call: &mut dyn Prepared,
+    problem: &Problem,
+    slot_mapping: &[i64],
     protocol: &Protocol,
-    calls_per_unit: usize,
-    mut unit: impl FnMut() -> Result<()>,
-    mut flush: impl FnMut(),
 ) -> Result<Samples> {
-    let per_unit = calls_per_unit.max(1) as f64;
-    let latency_us = wall_clock_latency_us(protocol, &mut unit)? / per_unit;
-    let units = protocol
-        .calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6))
-        .div_ceil(calls_per_unit.max(1));
-    let device_us = sample_until_stable(&protocol.sampling, || {
-        if protocol.cold {
-            flush();
-        }
-        let start = Instant::now();
-        for _ in 0..units {
-            unit()?;
-        }
-        Ok(start.elapsed().as_secs_f64() * 1e6 / (units as f64 * per_unit))
-    })?;
+    let latency_us = wall_clock_latency_us(protocol, || call.run())?;
+    if protocol.cold {
+        let device_us = sample_until_stable(&protocol.sampling, || {
+            call.flush_cache()?;
+            call.time_batch(1)
+        })?;
+        return Ok(Samples {
+            latency_us,
+            device_us,
+        });
+    }
+    if protocol.rotate {
+        let sets = rotation_sets(problem.bytes_moved());
+        let copies: Vec<Vec<i64>> = (1..sets)
+            .map(|set| {
+                rotated_slot_mapping(
+                    slot_mapping,
+                    problem.num_slots(),
+                    problem.block_size,
+                    set,
+                    sets,
+                )
+            })
+            .collect();
+        call.rotate(&copies)?;
+    }
+    let unit = call.batch_unit();
+    let per_call = |call: &mut dyn Prepared, calls: usize| -> Result<f64> {
+        Ok(call.time_batch(calls)? / calls as f64)
+    };
+    let first = protocol.calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6), unit);
+    let estimate = per_call(call, first)?;
+    let calls = protocol.calls_per_batch(Duration::from_secs_f64(estimate.max(0.0) * 1e-6), unit);
+    let device_us = sample_until_stable(&protocol.sampling, || per_call(call, calls))?;
     Ok(Samples {
         latency_us,
         device_us,
@@ -305,12 +322,19 @@ mod tests {
 
     #[test]
     fn batches_fill_the_batch_time() {
-        let mut protocol = Protocol::new(Mode::Cudagraph, 10);
-        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5)), 100);
-        assert_eq!(protocol.calls_per_batch(Duration::from_millis(3)), 1);
-        assert_eq!(protocol.calls_per_batch(Duration::ZERO), 1000);
+        let mut protocol = Protocol::new(10);
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 1), 100);
+        assert_eq!(protocol.calls_per_batch(Duration::from_millis(3), 1), 1);
+        assert_eq!(
+            protocol.calls_per_batch(Duration::ZERO, 1),
+            MAX_BATCH_CALLS
+        );
+        // Whole units: a CUDA graph of 20 calls, a rotation of 3 copies.
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 20), 100);
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(48), 20), 20);
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 3), 102);
         protocol.cold = true;
-        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5)), 1);
+        assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 20), 1);
     }
 
     #[test]
@@ -333,7 +357,7 @@ mod tests {
     #[test]
     fn wall_clock_counts_warmup_and_iters() {
         let mut calls = 0;
-        let protocol = Protocol::new(Mode::NoGraph, 7);
+        let protocol = Protocol::new(7);
         let latency = wall_clock_latency_us(&protocol, || {
             calls += 1;
             std::thread::sleep(Duration::from_micros(200));

@@ -531,7 +531,7 @@ impl Subject {
     /// A backend checked on every case, under its implementation's name.
     pub fn new(backend: Box<dyn Backend>) -> Self {
         Self {
-            label: backend.implementation().name().to_string(),
+            label: backend.kind().name().to_string(),
             backend,
             min_cache_bytes: 0,
         }

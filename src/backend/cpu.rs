@@ -4,12 +4,11 @@
 
 use rayon::prelude::*;
 
-use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
-use crate::error::Result;
+use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
+use crate::error::{Error, Result};
 use crate::problem::{Layout, Problem};
 use crate::reference;
-use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{fill_random, rotated_slot_mapping, CacheFill, Caches, Inputs};
+use crate::workload::{fill_random, CacheFill, Caches, Inputs};
 
 /// Bytes written to evict the CPU's caches before a cold call: larger than any last-level
 /// cache of current server CPUs.
@@ -47,8 +46,8 @@ impl Default for CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    fn implementation(&self) -> Implementation {
-        Implementation::Cpu
+    fn kind(&self) -> Kind {
+        Kind::Cpu
     }
 
     fn device(&self) -> DeviceInfo {
@@ -74,7 +73,7 @@ impl Backend for CpuBackend {
         None
     }
 
-    fn mode_note(&self, _mode: Mode) -> String {
+    fn mode_note(&self) -> String {
         "--mode does not apply: plain calls, timed with the host clock".into()
     }
 
@@ -108,8 +107,13 @@ impl Backend for CpuBackend {
         let bytes = problem.cache_bytes() as usize;
         match fill {
             CacheFill::Copy(caches) => {
-                assert_eq!(caches.key.len(), bytes, "key cache size");
-                assert_eq!(caches.value.len(), bytes, "value cache size");
+                if caches.key.len() != bytes || caches.value.len() != bytes {
+                    return Err(Error::InvalidConfig(format!(
+                        "initial caches hold {} and {} bytes, the problem needs {bytes}",
+                        caches.key.len(),
+                        caches.value.len()
+                    )));
+                }
                 self.caches.key.clone_from(&caches.key);
                 self.caches.value.clone_from(&caches.value);
                 self.random_fill = None;
@@ -127,8 +131,10 @@ impl Backend for CpuBackend {
         Ok(Box::new(CpuCall {
             problem: *problem,
             inputs,
+            copies: Vec::new(),
             caches: &mut self.caches,
             flush_buffer: &mut self.flush_buffer,
+            flush_pass: 0,
         }))
     }
 }
@@ -136,8 +142,12 @@ impl Backend for CpuBackend {
 struct CpuCall<'a> {
     problem: Problem,
     inputs: Inputs<'a>,
+    /// Rotating inputs: further copies of the keys and values, each with its own slots.
+    copies: Vec<(Vec<u8>, Vec<u8>, Vec<i64>)>,
     caches: &'a mut Caches,
     flush_buffer: &'a mut Vec<u8>,
+    /// Changes the flush's byte each time, so that no write can be skipped as a no-op.
+    flush_pass: u8,
 }
 
 /// One call: tokens sorted by slot, grouped by cache block; each touched block is a disjoint
@@ -190,59 +200,50 @@ impl Prepared for CpuCall<'_> {
         Ok(())
     }
 
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        if protocol.cold && self.flush_buffer.is_empty() {
-            self.flush_buffer.resize(FLUSH_BYTES, 0);
-        }
-        let problem = &self.problem;
-        // Rotating inputs: copies 1.. of the inputs, each with its own slots (copy 0 is the
-        // caller's own), cycled call by call, whole rotations at a time.
-        let sets = if protocol.rotate {
-            timing::rotation_sets(problem.bytes_moved())
-        } else {
-            1
-        };
-        let copies: Vec<(Vec<u8>, Vec<u8>, Vec<i64>)> = (1..sets)
-            .map(|set| {
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.copies = slot_mappings
+            .iter()
+            .map(|slots| {
                 (
                     self.inputs.key.to_vec(),
                     self.inputs.value.to_vec(),
-                    rotated_slot_mapping(
-                        self.inputs.slot_mapping,
-                        problem.num_slots(),
-                        problem.block_size,
-                        set,
-                        sets,
-                    ),
+                    slots.clone(),
                 )
             })
             .collect();
+        Ok(())
+    }
+
+    fn batch_unit(&self) -> usize {
+        1 + self.copies.len()
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        let problem = &self.problem;
         let mut rotation = vec![self.inputs];
-        rotation.extend(copies.iter().map(|(key, value, slots)| Inputs {
+        rotation.extend(self.copies.iter().map(|(key, value, slots)| Inputs {
             key,
             value,
             slot_mapping: slots,
             ..self.inputs
         }));
-        let caches = &mut *self.caches;
-        let flush_buffer = &mut *self.flush_buffer;
-        let mut pass = 0u8;
-        timing::host_timed(
-            protocol,
-            rotation.len(),
-            || {
-                for inputs in &rotation {
-                    write_all(problem, inputs, caches);
-                }
-                Ok(())
-            },
-            || {
-                pass = pass.wrapping_add(1);
-                flush_buffer
-                    .par_chunks_mut(1 << 20)
-                    .for_each(|c| c.fill(pass));
-            },
-        )
+        let start = std::time::Instant::now();
+        for inputs in rotation.iter().cycle().take(calls) {
+            write_all(problem, inputs, self.caches);
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        if self.flush_buffer.is_empty() {
+            self.flush_buffer.resize(FLUSH_BYTES, 0);
+        }
+        self.flush_pass = self.flush_pass.wrapping_add(1);
+        let pass = self.flush_pass;
+        self.flush_buffer
+            .par_chunks_mut(1 << 20)
+            .for_each(|c| c.fill(pass));
+        Ok(())
     }
 
     fn read_back(&mut self) -> Result<Caches> {

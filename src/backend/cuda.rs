@@ -19,13 +19,15 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg,
 };
 
-use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
+use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
-use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{rotated_slot_mapping, CacheFill, Caches, Inputs};
+use crate::timing;
+use crate::workload::{CacheFill, Caches, Inputs};
 
 mod compile;
+mod quiet_panics;
 mod shape;
 
 pub use shape::LaunchOverride;
@@ -34,8 +36,6 @@ use shape::{DeviceLimits, InputStrides, Launch};
 /// Calls one graph holds when device time is measured in cudagraph mode: replaying a graph of
 /// many calls keeps the GPU busy however slowly the CPU submits (nvbench's batch idea).
 const GRAPH_BATCH_CALLS: usize = 20;
-/// A batch holds at least this many calls (its length comes from `Sampling::batch_time`).
-const MIN_BATCH_CALLS: usize = 20;
 /// Bytes written before each cold call to evict the L2 cache (50 MB on an H100).
 const FLUSH_BYTES: usize = 256 << 20;
 /// Bytes of each of the two buffers the copy ceiling is measured on (far beyond any L2).
@@ -53,7 +53,7 @@ pub fn driver_present() -> bool {
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable {
-        implementation: "cuda",
+        backend: Kind::Cuda,
         reason: reason.into(),
     }
 }
@@ -70,6 +70,19 @@ fn describe(error: DriverError) -> String {
     }
 }
 
+/// A CUDA driver error, kept as the source of [`Error::Cuda`]: its result code (`.0.0`) and,
+/// when printed, the driver's name and description of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverFailure(pub DriverError);
+
+impl std::fmt::Display for DriverFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(self.0))
+    }
+}
+
+impl std::error::Error for DriverFailure {}
+
 /// Adds what was being done to a driver error.
 trait Context<T> {
     fn during(self, what: &str) -> Result<T>;
@@ -77,7 +90,10 @@ trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, DriverError> {
     fn during(self, what: &str) -> Result<T> {
-        self.map_err(|error| Error::Cuda(format!("{what}: {}", describe(error))))
+        self.map_err(|error| Error::Cuda {
+            what: what.to_string(),
+            source: Box::new(DriverFailure(error)),
+        })
     }
 }
 
@@ -176,41 +192,28 @@ pub struct CudaBackend {
     inputs: Option<DeviceInputs>,
     forced_launch: Option<LaunchOverride>,
     /// Whether calls are launched with programmatic dependent launch (compute capability 9.0
-    /// and later): see [`CudaBackend::set_programmatic_launch`].
+    /// and later, unless `CudaTuning::programmatic_launch` says no).
     programmatic_launch: bool,
+    /// How calls are issued: replays of a captured graph, or plain launches.
+    mode: Mode,
     /// Written before each cold call (allocated on first use).
     flush_buffer: std::cell::OnceCell<CudaSlice<u8>>,
 }
 
 impl CudaBackend {
-    /// Opens device 0 and compiles the kernels. Fails with a one-line
-    /// [`Error::Unavailable`] where there is no driver, no GPU or no NVRTC; never panics.
-    pub fn open() -> Result<Self> {
-        Self::open_with_defines(&[])
-    }
-
-    /// [`CudaBackend::open`] with extra `-D` macros for the kernel source (tuning:
-    /// `RCF_LOAD`, `RCF_STORE`).
-    #[doc(hidden)]
-    pub fn open_with_defines(defines: &[String]) -> Result<Self> {
+    /// Opens device 0 and compiles the kernels (with `options.cuda`'s tuning; calls are issued
+    /// as `options.mode` says). Fails with a one-line [`Error::Unavailable`] where there is no
+    /// driver, no GPU or no NVRTC; never panics.
+    pub fn open(options: &Options) -> Result<Self> {
         if !driver_present() {
             return Err(unavailable(
                 "the NVIDIA driver library (libcuda.so) is not installed or not on the library path",
             ));
         }
         // cudarc resolves driver symbols lazily and panics on one a very old driver lacks:
-        // keep that from escaping as a panic.
-        // The process's panic hook would print the caught panic: silence it meanwhile.
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let opened = std::panic::catch_unwind(|| Self::open_inner(defines));
-        std::panic::set_hook(hook);
-        opened.unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown failure");
+        // keep that from escaping as a panic, without printing it.
+        let opened = quiet_panics::catch(|| Self::open_inner(options));
+        opened.unwrap_or_else(|message| {
             Err(unavailable(format!(
                 "the CUDA driver failed: {}",
                 message.lines().next().unwrap_or("")
@@ -218,7 +221,7 @@ impl CudaBackend {
         })
     }
 
-    fn open_inner(defines: &[String]) -> Result<Self> {
+    fn open_inner(options: &Options) -> Result<Self> {
         cudarc::driver::result::init()
             .map_err(|e| unavailable(format!("the CUDA driver did not start: {}", describe(e))))?;
         let count = CudaContext::device_count()
@@ -244,7 +247,11 @@ impl CudaBackend {
         let name = ctx.name().during("reading the device name")?;
         let total = ctx.total_mem().during("reading the device memory")?;
 
-        let image = compile::compile(major, minor, defines)?;
+        let tuning = &options.cuda;
+        let image = compile::compile(major, minor, &tuning.defines)?;
+        if let Some(path) = &tuning.dump_cubin {
+            image.dump(path)?;
+        }
         let module = ctx.load_module(image.into_ptx()).map_err(|e| {
             unavailable(format!("cannot load the compiled kernels: {}", describe(e)))
         })?;
@@ -295,31 +302,29 @@ impl CudaBackend {
             limits,
             caches: None,
             inputs: None,
-            forced_launch: None,
+            forced_launch: tuning.launch,
+            // Programmatic dependent launch (compute capability 9.0 and later): a call's blocks
+            // may be scheduled while the previous kernel on the stream is still running, and
+            // wait in the kernel (`griddepcontrol.wait`) until it has finished and its writes
+            // are visible, before touching memory; only the launch overlaps, never the work.
             // On an H100 it took a call of 2 tokens from 1.49 to 1.24 us in a graph, and
             // changed nothing for large calls (docs/perf-log.md, v5).
-            programmatic_launch: major >= 9
-                && std::env::var("PKB_CUDA_PDL").map_or(true, |v| v != "0"),
+            programmatic_launch: major >= 9 && tuning.programmatic_launch.unwrap_or(true),
+            mode: options.mode,
             flush_buffer: std::cell::OnceCell::new(),
         })
     }
 
-    /// Launches later calls with programmatic dependent launch (where the device has it,
-    /// compute capability 9.0 and later): a call's blocks may be scheduled while the previous
-    /// kernel on the stream is still running, and wait in the kernel (`griddepcontrol.wait`)
-    /// until it has finished and its writes are visible, before touching memory. Only the
-    /// launch overlaps, never the work. On by default; `PKB_CUDA_PDL=0` turns it off at open.
-    #[doc(hidden)]
-    pub fn set_programmatic_launch(&mut self, on: bool) {
-        let (major, _) = self.ctx.compute_capability().unwrap_or((0, 0));
-        self.programmatic_launch = on && major >= 9;
-    }
-
-    /// Forces threads per block and items per thread for later calls (tuning); `None` restores
-    /// the built-in choice.
+    /// Forces threads per block and items per thread for later calls (tuning, tests); `None`
+    /// restores the built-in choice. (At open, `CudaTuning::launch` sets it.)
     #[doc(hidden)]
     pub fn force_launch(&mut self, forced: Option<LaunchOverride>) {
         self.forced_launch = forced;
+    }
+
+    /// Whether calls are launched with programmatic dependent launch.
+    pub fn programmatic_launch(&self) -> bool {
+        self.programmatic_launch
     }
 
     fn free_memory(&self) -> Result<u64> {
@@ -608,8 +613,8 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
-    fn implementation(&self) -> Implementation {
-        Implementation::Cuda
+    fn kind(&self) -> Kind {
+        Kind::Cuda
     }
 
     fn device(&self) -> DeviceInfo {
@@ -638,31 +643,28 @@ impl Backend for CudaBackend {
         self.free_memory().ok()
     }
 
-    fn mode_note(&self, mode: Mode) -> String {
+    fn mode_note(&self) -> String {
         let pdl = if self.programmatic_launch {
             " (programmatic dependent launch: a call may be scheduled while the previous one \
              drains, but waits for it to finish before touching memory)"
         } else {
             ""
         };
-        match mode {
+        match self.mode {
             Mode::Cudagraph => format!(
                 "cudagraph: latency = mean host wall time of (replay a CUDA graph holding one \
                  call, then synchronize the stream), vLLM's method; device time = CUDA events \
-                 around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls, per \
-                 call (batches of at least {MIN_BATCH_CALLS} calls), so the CPU's launch rate \
-                 does not count{pdl}; cold: one replay of the one-call graph after a {} MiB \
-                 write that evicts L2; rotating: as device time, the graph's calls cycling over \
-                 copies of the inputs",
+                 around replays of a graph holding {GRAPH_BATCH_CALLS} back-to-back calls \
+                 (whole rotations when rotating), per call, so the CPU's launch rate does not \
+                 count{pdl}; cold: one replay of the one-call graph after a {} MiB write that \
+                 evicts L2",
                 FLUSH_BYTES >> 20
             ),
             Mode::NoGraph => format!(
                 "no_graph: latency = mean host wall time of (launch the kernel, then synchronize \
                  the stream), vLLM's method; device time = CUDA events around back-to-back \
-                 launches, per call (batches of at least {MIN_BATCH_CALLS} calls; gaps between \
-                 launches count when the CPU is slower than the kernel){pdl}; cold: one launch after \
-                 a {} MiB write that evicts L2; rotating: launches cycling over copies of the \
-                 inputs",
+                 launches, per call (gaps between launches count when the CPU is slower than \
+                 the kernel){pdl}; cold: one launch after a {} MiB write that evicts L2",
                 FLUSH_BYTES >> 20
             ),
         }
@@ -726,8 +728,10 @@ impl Backend for CudaBackend {
             function: &this.kernels.reshape
                 [kernel_index(problem.dtype, problem.cache_dtype, Variant::of(&launch))],
             launch,
-            args,
-            slot_mapping: inputs.slot_mapping,
+            sets: vec![args],
+            rotation: None,
+            single: None,
+            batch: None,
         }))
     }
 }
@@ -750,28 +754,27 @@ struct CudaCall<'a> {
     problem: Problem,
     function: &'a CudaFunction,
     launch: Launch,
-    args: Args,
-    /// The host slot mapping, from which rotating timing derives its copies' slots.
-    slot_mapping: &'a [i64],
+    /// The call's own arguments first, then one per rotation copy.
+    sets: Vec<Args>,
+    /// The buffers of the rotation copies, freed with the call.
+    rotation: Option<RotationBuffers>,
+    /// cudagraph mode: a graph holding one call (for `run`, latency and cold samples), and one
+    /// holding `batch_unit()` back-to-back calls cycling over `sets` (for batches); captured
+    /// on first use.
+    single: Option<CudaGraph>,
+    batch: Option<CudaGraph>,
 }
 
-/// Copies of a call's inputs for timing with rotating inputs, each with its own slot mapping;
-/// `args[0]` is the call itself. The buffers are freed when the timing ends.
-struct Rotation {
+/// Device copies of a call's inputs for rotating timing.
+struct RotationBuffers {
     _keys: CudaSlice<u8>,
     _values: CudaSlice<u8>,
     _slots: CudaSlice<i64>,
-    args: Vec<Args>,
 }
 
 impl CudaCall<'_> {
     fn stream(&self) -> &Arc<CudaStream> {
         &self.backend.stream
-    }
-
-    /// Enqueues one call.
-    fn enqueue(&self) -> Result<()> {
-        self.enqueue_with(&self.args)
     }
 
     /// Enqueues one call with the given buffers.
@@ -796,7 +799,7 @@ impl CudaCall<'_> {
             .arg(&a.v_scale)
             .arg(&a.params);
         // SAFETY: the pointers are live buffers of the sizes `params` describes (set up in
-        // `prepare`, owned by the backend this call borrows).
+        // `prepare` or `rotate`, owned by the backend this call borrows or by the call).
         unsafe { launch.launch(config) }.during("launching reshape_and_cache_flash")?;
         Ok(())
     }
@@ -857,13 +860,8 @@ impl CudaCall<'_> {
             .during("running reshape_and_cache_flash")
     }
 
-    /// A graph holding `calls` back-to-back calls, uploaded and ready to replay.
-    fn capture(&self, calls: usize) -> Result<CudaGraph> {
-        self.capture_cycling(calls, std::slice::from_ref(&self.args))
-    }
-
     /// A graph holding `calls` back-to-back calls that cycle through `sets`, uploaded.
-    fn capture_cycling(&self, calls: usize, sets: &[Args]) -> Result<CudaGraph> {
+    fn capture(&self, calls: usize, sets: &[Args]) -> Result<CudaGraph> {
         let stream = self.stream();
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
@@ -880,115 +878,53 @@ impl CudaCall<'_> {
             .end_capture(sys::CUgraphInstantiate_flags(0))
             .during("capturing a CUDA graph");
         enqueued?;
-        let graph = graph?.ok_or_else(|| Error::Cuda("the captured CUDA graph is empty".into()))?;
+        let graph = graph?.ok_or_else(|| Error::Cuda {
+            what: "capturing a CUDA graph".into(),
+            source: "the captured graph is empty".into(),
+        })?;
         graph.upload().during("uploading a CUDA graph")?;
         Ok(graph)
     }
 
-    /// Per-call device time of batches, sampled until `protocol.sampling` says stop: `unit`
-    /// enqueues `calls_per_unit` calls; each batch repeats it enough to last
-    /// `sampling.batch_time` and hold `MIN_BATCH_CALLS`. Cold: each sample is one unit after a
-    /// write that evicts L2 (not timed).
-    fn device_samples(
-        &self,
-        protocol: &Protocol,
-        calls_per_unit: usize,
-        unit: impl Fn() -> Result<()>,
-    ) -> Result<Vec<f64>> {
-        let start = self.backend.timing_event()?;
-        let end = self.backend.timing_event()?;
-        let stream = self.stream();
-        let timed = |units: usize| -> Result<f64> {
-            start.record(stream).during("recording an event")?;
-            for _ in 0..units {
-                unit()?;
-            }
-            end.record(stream).during("recording an event")?;
-            let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
-            Ok(ms * 1000.0 / (units * calls_per_unit) as f64)
-        };
-        if protocol.cold {
-            let flush = self.flush_buffer()?;
-            return timing::sample_until_stable(&protocol.sampling, || {
-                // SAFETY: `flush` is a live device buffer of FLUSH_BYTES owned by the backend.
-                unsafe {
-                    cudarc::driver::result::memset_d8_async(
-                        flush.device_ptr(stream).0,
-                        0x5a,
-                        FLUSH_BYTES,
-                        stream.cu_stream(),
-                    )
+    /// Enqueues one call as the mode issues it.
+    fn enqueue_one(&mut self) -> Result<()> {
+        match self.backend.mode {
+            Mode::NoGraph => self.enqueue_with(&self.sets[0]),
+            Mode::Cudagraph => {
+                if self.single.is_none() {
+                    // The call itself, whatever rotation says.
+                    self.single = Some(self.capture(1, &self.sets[..1])?);
                 }
-                .during("flushing L2")?;
-                timed(1)
-            });
+                let graph = self.single.as_ref().expect("captured above");
+                graph.launch().during("replaying a CUDA graph")
+            }
         }
-        // Warm up, then size the batches from a probe.
-        let min_units = MIN_BATCH_CALLS.div_ceil(calls_per_unit);
-        timed(1)?;
-        let per_call = timed(min_units)?;
-        let batch_us = protocol.sampling.batch_time.as_secs_f64() * 1e6;
-        let wanted = (batch_us / (per_call.max(1e-3) * calls_per_unit as f64)).ceil() as usize;
-        // Never more than ~100k calls in one batch, however fast a call looks.
-        let units = wanted.clamp(min_units, (100_000 / calls_per_unit).max(min_units));
-        timing::sample_until_stable(&protocol.sampling, || timed(units))
     }
 
-    /// The input copies for rotating timing: `timing::rotation_sets` sets in all (copies made
-    /// on the device; slots shifted by whole blocks), so that at least `ROTATION_BYTES` of
-    /// traffic pass before a set comes round again.
-    fn rotation(&self) -> Result<Rotation> {
-        let sets = timing::rotation_sets(self.problem.bytes_moved());
-        let copies = sets - 1;
-        // Each copy starts on a 256-byte boundary, as the originals do, for the 16-byte loads.
-        let input_bytes = self.problem.input_bytes() as usize;
-        let stride = input_bytes.next_multiple_of(256);
-        let tokens = self.slot_mapping.len();
-        let backend = self.backend;
-        let mut keys = backend.alloc::<u8>(copies * stride, "copies of the keys (--rotate)")?;
-        let mut values = backend.alloc::<u8>(copies * stride, "copies of the values (--rotate)")?;
-        let mut slots = backend.alloc::<i64>(copies * tokens, "copies of the slots (--rotate)")?;
-        let stream = self.stream();
-        let originals = backend.inputs.as_ref().expect("set in prepare");
-        let mut args = vec![self.args.clone()];
-        for copy in 0..copies {
-            let (at, slot_at) = (copy * stride, copy * tokens);
-            let shifted = rotated_slot_mapping(
-                self.slot_mapping,
-                self.problem.num_slots(),
-                self.problem.block_size,
-                copy + 1,
-                sets,
-            );
-            stream
-                .memcpy_dtod(
-                    &originals.key.slice(..input_bytes),
-                    &mut keys.slice_mut(at..at + input_bytes),
-                )
-                .and_then(|_| {
-                    stream.memcpy_dtod(
-                        &originals.value.slice(..input_bytes),
-                        &mut values.slice_mut(at..at + input_bytes),
-                    )
-                })
-                .and_then(|_| {
-                    stream.memcpy_htod(&shifted, &mut slots.slice_mut(slot_at..slot_at + tokens))
-                })
-                .during("copying the inputs (--rotate)")?;
-            args.push(Args {
-                key: keys.slice(at..).device_ptr(stream).0,
-                value: values.slice(at..).device_ptr(stream).0,
-                slots: slots.slice(slot_at..).device_ptr(stream).0,
-                ..self.args.clone()
-            });
+    /// Enqueues `calls` back-to-back calls (1, or a whole number of `batch_unit()`s).
+    fn enqueue_batch(&mut self, calls: usize) -> Result<()> {
+        if calls == 1 {
+            return self.enqueue_one();
         }
-        self.synchronize()?;
-        Ok(Rotation {
-            _keys: keys,
-            _values: values,
-            _slots: slots,
-            args,
-        })
+        match self.backend.mode {
+            Mode::NoGraph => {
+                for call in 0..calls {
+                    self.enqueue_with(&self.sets[call % self.sets.len()])?;
+                }
+                Ok(())
+            }
+            Mode::Cudagraph => {
+                let unit = self.batch_unit();
+                if self.batch.is_none() {
+                    self.batch = Some(self.capture(unit, &self.sets)?);
+                }
+                let graph = self.batch.as_ref().expect("captured above");
+                for _ in 0..calls.div_ceil(unit) {
+                    graph.launch().during("replaying a CUDA graph")?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The buffer written before each cold call.
@@ -1005,68 +941,98 @@ impl CudaCall<'_> {
 
 impl Prepared for CudaCall<'_> {
     fn run(&mut self) -> Result<()> {
-        self.enqueue()?;
+        self.enqueue_one()?;
         self.synchronize()
     }
 
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        match protocol.mode {
-            Mode::NoGraph => {
-                let latency_us = timing::wall_clock_latency_us(protocol, || {
-                    self.enqueue()?;
-                    self.synchronize()
-                })?;
-                let device_us = if protocol.rotate {
-                    let rotation = self.rotation()?;
-                    let sets = rotation.args.len();
-                    self.device_samples(protocol, sets, || {
-                        rotation
-                            .args
-                            .iter()
-                            .try_for_each(|args| self.enqueue_with(args))
-                    })?
-                } else {
-                    self.device_samples(protocol, 1, || self.enqueue())?
-                };
-                Ok(Samples {
-                    latency_us,
-                    device_us,
-                })
-            }
-            Mode::Cudagraph => {
-                let single = self.capture(1)?;
-                let latency_us = timing::wall_clock_latency_us(protocol, || {
-                    single.launch().during("replaying a CUDA graph")?;
-                    self.synchronize()
-                })?;
-                let device_us = if protocol.cold {
-                    self.device_samples(protocol, 1, || {
-                        single.launch().during("replaying a CUDA graph")
-                    })?
-                } else if protocol.rotate {
-                    drop(single);
-                    let rotation = self.rotation()?;
-                    // Whole rotations, and at least GRAPH_BATCH_CALLS calls, per graph.
-                    let sets = rotation.args.len();
-                    let calls = sets * GRAPH_BATCH_CALLS.div_ceil(sets);
-                    let batch = self.capture_cycling(calls, &rotation.args)?;
-                    self.device_samples(protocol, calls, || {
-                        batch.launch().during("replaying a CUDA graph")
-                    })?
-                } else {
-                    drop(single);
-                    let batch = self.capture(GRAPH_BATCH_CALLS)?;
-                    self.device_samples(protocol, GRAPH_BATCH_CALLS, || {
-                        batch.launch().during("replaying a CUDA graph")
-                    })?
-                };
-                self.synchronize()?;
-                Ok(Samples {
-                    latency_us,
-                    device_us,
-                })
-            }
+    /// Copies of the inputs made on the device, each starting on a 256-byte boundary as the
+    /// originals do (for the 16-byte loads), with the given slots.
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.sets.truncate(1);
+        self.batch = None;
+        self.rotation = None;
+        let copies = slot_mappings.len();
+        if copies == 0 {
+            return Ok(());
         }
+        let input_bytes = self.problem.input_bytes() as usize;
+        let stride = input_bytes.next_multiple_of(256);
+        let tokens = self.problem.num_tokens;
+        let backend = self.backend;
+        let mut keys = backend.alloc::<u8>(copies * stride, "copies of the keys (--rotate)")?;
+        let mut values = backend.alloc::<u8>(copies * stride, "copies of the values (--rotate)")?;
+        let mut slots = backend.alloc::<i64>(copies * tokens, "copies of the slots (--rotate)")?;
+        let stream = self.stream().clone();
+        let originals = backend.inputs.as_ref().expect("set in prepare");
+        for (copy, shifted) in slot_mappings.iter().enumerate() {
+            let (at, slot_at) = (copy * stride, copy * tokens);
+            stream
+                .memcpy_dtod(
+                    &originals.key.slice(..input_bytes),
+                    &mut keys.slice_mut(at..at + input_bytes),
+                )
+                .and_then(|_| {
+                    stream.memcpy_dtod(
+                        &originals.value.slice(..input_bytes),
+                        &mut values.slice_mut(at..at + input_bytes),
+                    )
+                })
+                .and_then(|_| {
+                    stream.memcpy_htod(shifted, &mut slots.slice_mut(slot_at..slot_at + tokens))
+                })
+                .during("copying the inputs (--rotate)")?;
+            let args = Args {
+                key: keys.slice(at..).device_ptr(&stream).0,
+                value: values.slice(at..).device_ptr(&stream).0,
+                slots: slots.slice(slot_at..).device_ptr(&stream).0,
+                ..self.sets[0].clone()
+            };
+            self.sets.push(args);
+        }
+        self.synchronize()?;
+        self.rotation = Some(RotationBuffers {
+            _keys: keys,
+            _values: values,
+            _slots: slots,
+        });
+        Ok(())
+    }
+
+    fn batch_unit(&self) -> usize {
+        let sets = self.sets.len();
+        match self.backend.mode {
+            // Whole rotations, and at least GRAPH_BATCH_CALLS calls, per graph.
+            Mode::Cudagraph => sets * GRAPH_BATCH_CALLS.div_ceil(sets),
+            Mode::NoGraph => sets,
+        }
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        let start = self.backend.timing_event()?;
+        let end = self.backend.timing_event()?;
+        let stream = self.stream().clone();
+        start.record(&stream).during("recording an event")?;
+        self.enqueue_batch(calls)?;
+        end.record(&stream).during("recording an event")?;
+        let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
+        Ok(ms * 1000.0)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        let flush = self.flush_buffer()?;
+        let stream = self.stream();
+        // SAFETY: `flush` is a live device buffer of FLUSH_BYTES owned by the backend.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                flush.device_ptr(stream).0,
+                0x5a,
+                FLUSH_BYTES,
+                stream.cu_stream(),
+            )
+        }
+        .during("flushing L2")?;
+        // Waiting keeps the flush out of the next call's events.
+        self.synchronize()
     }
 
     fn read_back(&mut self) -> Result<Caches> {

@@ -4,13 +4,13 @@
 //! A backend's life cycle keeps timing honest:
 //! 1. [`Backend::prepare`] allocates, uploads and compiles (never timed) and returns a
 //!    [`Prepared`] call;
-//! 2. [`Prepared::run`] performs one call (for checks), [`Prepared::time`] measures many with
-//!    the backend's own clock;
+//! 2. [`Prepared::run`] performs one call (for checks and latency), [`Prepared::time_batch`]
+//!    runs many back to back on the backend's own clock, for [`crate::timing::measure`];
 //! 3. [`Prepared::read_back`] returns the caches for verification.
 
 use crate::error::{Error, Result};
+use crate::options::Options;
 use crate::problem::{Layout, Problem};
-use crate::timing::{Mode, Protocol, Samples};
 use crate::workload::{CacheFill, Caches, Inputs};
 
 pub mod cpu;
@@ -19,35 +19,83 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
-/// Which implementation(s) to run: the `--implementation` flag.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
-pub enum Implementation {
-    /// CUDA if an NVIDIA driver and GPU are present, else a hardware wgpu adapter, else the CPU.
-    #[value(name = "auto")]
-    Auto,
+/// What a backend is: one implementation of the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
     /// The CUDA C++ kernels (NVIDIA GPUs).
-    #[value(name = "cuda")]
     Cuda,
-    /// The WGSL compute shaders on wgpu (any GPU with Vulkan, Metal or DX12).
-    #[value(name = "wgpu")]
+    /// The WGSL compute shaders on wgpu (any GPU with Vulkan, Metal or DX12; NHD only).
     Wgpu,
-    /// The CPU reference, parallel over tokens.
-    #[value(name = "cpu")]
+    /// The CPU reference semantics, parallel over cache blocks.
     Cpu,
-    /// Every implementation available here, side by side.
-    #[value(name = "all")]
-    All,
 }
 
-impl Implementation {
+impl Kind {
+    /// Every kind, in the order `all` runs them.
+    pub const ALL: [Kind; 3] = [Kind::Cuda, Kind::Wgpu, Kind::Cpu];
+
     pub fn name(self) -> &'static str {
         match self {
-            Implementation::Auto => "auto",
-            Implementation::Cuda => "cuda",
-            Implementation::Wgpu => "wgpu",
-            Implementation::Cpu => "cpu",
-            Implementation::All => "all",
+            Kind::Cuda => "cuda",
+            Kind::Wgpu => "wgpu",
+            Kind::Cpu => "cpu",
         }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which backends to open: the `--implementation` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Selection {
+    /// CUDA if an NVIDIA driver and GPU are present, else a hardware wgpu adapter, else the CPU.
+    Auto,
+    /// Every backend available here, side by side.
+    All,
+    /// This one, or an error saying why it cannot run here.
+    Only(Kind),
+}
+
+impl Selection {
+    pub fn name(self) -> &'static str {
+        match self {
+            Selection::Auto => "auto",
+            Selection::All => "all",
+            Selection::Only(kind) => kind.name(),
+        }
+    }
+}
+
+impl clap::ValueEnum for Selection {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Selection::Auto,
+            Selection::Only(Kind::Cuda),
+            Selection::Only(Kind::Wgpu),
+            Selection::Only(Kind::Cpu),
+            Selection::All,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Selection::Auto => {
+                "CUDA if an NVIDIA driver and GPU are present, else a hardware wgpu adapter, \
+                 else the CPU"
+            }
+            Selection::All => "every implementation available here, side by side",
+            Selection::Only(Kind::Cuda) => "the CUDA C++ kernels (NVIDIA GPUs)",
+            Selection::Only(Kind::Wgpu) => {
+                "the WGSL shaders on wgpu (any GPU: Vulkan, Metal, DX12; NHD layout only)"
+            }
+            Selection::Only(Kind::Cpu) => "the CPU reference semantics, parallel over cache blocks",
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
     }
 }
 
@@ -67,17 +115,10 @@ pub struct Footprint {
     pub device: u64,
 }
 
-/// Options for opening backends.
-#[derive(Debug, Clone, Default)]
-pub struct BackendOptions {
-    /// wgpu: use the first adapter whose name contains this (case-insensitive).
-    pub adapter: Option<String>,
-}
-
 /// One implementation of `reshape_and_cache_flash` on one device.
 pub trait Backend {
-    /// Which implementation this is (never `Auto` or `All`).
-    fn implementation(&self) -> Implementation;
+    /// Which implementation this is.
+    fn kind(&self) -> Kind;
 
     fn device(&self) -> DeviceInfo;
 
@@ -91,8 +132,9 @@ pub trait Backend {
     /// Memory free on the backend's own device, or `None` when it computes in host memory.
     fn device_memory(&self) -> Option<u64>;
 
-    /// How `--mode` applies to this backend, for the report header.
-    fn mode_note(&self, mode: Mode) -> String;
+    /// How a call is issued and timed on this backend (and how `--mode` applies), for the
+    /// report header.
+    fn mode_note(&self) -> String;
 
     /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second), measured
     /// with a plain 16-byte copy kernel over a buffer much larger than the caches of the chip:
@@ -112,89 +154,90 @@ pub trait Backend {
 }
 
 /// A call ready to run: buffers allocated, inputs uploaded, kernels compiled.
+///
+/// The methods are the small primitives that [`crate::timing::measure`] drives: the timing
+/// protocol (warm, cold and rotating runs, batch sizing, the stopping rule) is written once
+/// there, the same for every backend.
 pub trait Prepared {
-    /// Performs one call and waits for it to finish.
+    /// Performs one call, issued the way it is timed (on CUDA in `cudagraph` mode, the replay of
+    /// a graph holding the call), and waits for it to finish.
     fn run(&mut self) -> Result<()>;
 
-    /// Measures calls with the backend's own clock (see [`crate::timing`]).
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples>;
+    /// Rotating inputs: later batches cycle over the call itself and one further call per
+    /// given slot mapping, each reading its own copy of the inputs and writing those slots.
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()>;
+
+    /// A batch holds a whole number of this many calls (a CUDA graph's calls, a rotation).
+    fn batch_unit(&self) -> usize;
+
+    /// Runs `calls` back-to-back calls (1, or a whole number of [`Prepared::batch_unit`]s)
+    /// and returns their total time in microseconds on the backend's own clock (CUDA events,
+    /// wgpu timestamps, the host clock for the CPU).
+    fn time_batch(&mut self, calls: usize) -> Result<f64>;
+
+    /// Evicts the call's data from the device's caches, and waits, so that the next call starts
+    /// cold. Not timed.
+    fn flush_cache(&mut self) -> Result<()>;
 
     /// Copies both caches back to the host.
     fn read_back(&mut self) -> Result<Caches>;
 }
 
 /// Backends that could not be opened, with the reason, for `--implementation all` headers.
-pub type Skipped = Vec<(Implementation, String)>;
+pub type Skipped = Vec<(Kind, Error)>;
 
-/// Opens the backend(s) for `choice`. An explicitly named implementation that cannot run here is
+/// Opens the backend(s) for `selection`. An explicitly named backend that cannot run here is
 /// an error; `all` skips what is unavailable (and says why), `auto` takes the first that opens.
 pub fn select(
-    choice: Implementation,
-    options: &BackendOptions,
+    selection: Selection,
+    options: &Options,
 ) -> Result<(Vec<Box<dyn Backend>>, Skipped)> {
-    match choice {
-        Implementation::Cpu | Implementation::Cuda | Implementation::Wgpu => {
-            Ok((vec![open(choice, options, false)?], Vec::new()))
-        }
-        Implementation::All => {
+    match selection {
+        Selection::Only(kind) => Ok((vec![open(kind, options, false)?], Vec::new())),
+        Selection::All => {
             let mut opened = Vec::new();
             let mut skipped = Vec::new();
-            for implementation in [
-                Implementation::Cuda,
-                Implementation::Wgpu,
-                Implementation::Cpu,
-            ] {
-                match open(implementation, options, false) {
+            for kind in Kind::ALL {
+                match open(kind, options, false) {
                     Ok(backend) => opened.push(backend),
-                    Err(error) => skipped.push((implementation, error.to_string())),
+                    Err(error) => skipped.push((kind, error)),
                 }
             }
             Ok((opened, skipped))
         }
-        Implementation::Auto => {
+        Selection::Auto => {
             let mut skipped = Vec::new();
-            for implementation in [Implementation::Cuda, Implementation::Wgpu] {
-                match open(implementation, options, true) {
+            for kind in [Kind::Cuda, Kind::Wgpu] {
+                match open(kind, options, true) {
                     Ok(backend) => return Ok((vec![backend], skipped)),
-                    Err(error) => skipped.push((implementation, error.to_string())),
+                    Err(error) => skipped.push((kind, error)),
                 }
             }
-            Ok((vec![open(Implementation::Cpu, options, true)?], skipped))
+            Ok((vec![open(Kind::Cpu, options, true)?], skipped))
         }
     }
 }
 
 /// Opens one backend. With `hardware_only`, a software wgpu adapter (such as lavapipe) is not
 /// taken: the native CPU path is faster than a software GPU on the same cores.
-fn open(
-    implementation: Implementation,
-    options: &BackendOptions,
-    hardware_only: bool,
-) -> Result<Box<dyn Backend>> {
+pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dyn Backend>> {
     // Not every arm uses every argument in every feature combination.
     let _ = (options, hardware_only);
-    match implementation {
-        Implementation::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+    match kind {
+        Kind::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
         #[cfg(feature = "cuda")]
-        Implementation::Cuda => Ok(Box::new(cuda::CudaBackend::open()?)),
-        #[cfg(not(feature = "cuda"))]
-        Implementation::Cuda => Err(Error::Unavailable {
-            implementation: "cuda",
-            reason: "this binary was built without the `cuda` feature".into(),
-        }),
+        Kind::Cuda => Ok(Box::new(cuda::CudaBackend::open(options)?)),
         #[cfg(feature = "wgpu")]
-        Implementation::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open(
+        Kind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open(
             options.adapter.as_deref(),
             hardware_only,
+            options.wgpu,
         )?)),
-        #[cfg(not(feature = "wgpu"))]
-        Implementation::Wgpu => Err(Error::Unavailable {
-            implementation: "wgpu",
-            reason: "this binary was built without the `wgpu` feature".into(),
+        #[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+        #[allow(unreachable_patterns)]
+        kind => Err(Error::Unavailable {
+            backend: kind,
+            reason: format!("this binary was built without the `{kind}` feature"),
         }),
-        Implementation::Auto | Implementation::All => Err(Error::InvalidConfig(format!(
-            "`{}` names a choice, not one implementation",
-            implementation.name()
-        ))),
     }
 }

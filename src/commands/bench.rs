@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use paged_kv_bench::backend::{self, Implementation};
+use paged_kv_bench::backend::{self, Selection};
 use paged_kv_bench::plot;
 use paged_kv_bench::report::{ImplementationInfo, Report, RunConfig};
 use paged_kv_bench::sweep;
@@ -21,7 +21,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for path in [&args.output, &args.plot].into_iter().flatten() {
         check_writable(path)?;
     }
-    let (mut backends, skipped) = backend::select(args.implementation, &args.backend_options())?;
+    let options = args.options();
+    let (mut backends, skipped) = backend::select(args.implementation, &options)?;
     let plan = sweep::plan(&config, &backends)?;
 
     let progress = if std::io::stderr().is_terminal() {
@@ -36,7 +37,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut implementations = Vec::new();
     for backend in backends.iter_mut() {
-        let name = backend.implementation().name();
+        let name = backend.kind().name();
         progress.set_message(format!("{name}: measuring the copy bandwidth"));
         let copy_bandwidth_gbps = backend
             .copy_bandwidth_gbps()
@@ -46,13 +47,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             name: name.into(),
             device: device.name,
             details: device.details,
-            mode_note: backend.mode_note(config.protocol.mode),
+            mode_note: backend.mode_note(),
             copy_bandwidth_gbps,
         });
     }
     let mut notes: Vec<String> = skipped
         .iter()
-        .map(|(implementation, reason)| format!("{} skipped: {reason}", implementation.name()))
+        .map(|(kind, reason)| format!("{kind} skipped: {}", reason.one_line()))
         .collect();
     notes.extend(plan.note.clone());
 
@@ -69,9 +70,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             head_size: config.head_size,
             block_size: config.block_size,
             num_blocks: plan.num_blocks,
-            dtype: config.dtype.name().into(),
-            kv_cache_dtype: config.cache_dtype.name().into(),
-            mode: protocol.mode.name().into(),
+            dtype: config.dtype,
+            kv_cache_dtype: config.cache_dtype,
+            mode: options.mode,
             iters: protocol.iters,
             warmup_iters: protocol.warmup_iters,
             cold: protocol.cold,
@@ -81,6 +82,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             max_time_s: protocol.sampling.max_time.as_secs_f64(),
             max_noise_percent: protocol.sampling.max_noise_percent,
             min_samples: protocol.sampling.min_samples,
+            options: options.clone(),
         },
         implementations,
         notes,
@@ -119,7 +121,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|i| i.name.as_str())
         .collect();
     let implementation = match args.implementation {
-        Implementation::Auto => format!("{} (auto)", names.join(", ")),
+        Selection::Auto => format!("{} (auto)", names.join(", ")),
         other => other.name().to_string(),
     };
     let formatted = match args.format {

@@ -7,7 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use paged_kv_bench::backend::{self, Backend, BackendOptions, Implementation};
+use paged_kv_bench::backend::{self, Backend, Kind, Selection};
+use paged_kv_bench::options::{Mode, Options, WgpuTuning};
 use paged_kv_bench::verify::{self, Coverage, Subject};
 
 use crate::cli::VerifyArgs;
@@ -32,12 +33,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     .context("cannot write to stdout")?;
     stdout.flush().ok();
 
-    let options = BackendOptions {
-        adapter: args.adapter.clone(),
-    };
+    // Calls are checked as the benchmark issues them by default (CUDA graph replays).
+    let options = args.backend.options(Mode::default(), None);
     // `auto` picks one backend for a benchmark; a check wants every one there is.
     let choice = match args.implementation {
-        Implementation::Auto => Implementation::All,
+        Selection::Auto => Selection::All,
         other => other,
     };
     let (backends, skipped) = backend::select(choice, &options)?;
@@ -46,13 +46,13 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
         writeln!(
             stdout,
             "{}: {} ({})",
-            backend.implementation().name(),
+            backend.kind(),
             device.name,
             device.details
         )?;
     }
-    for (implementation, reason) in &skipped {
-        writeln!(stdout, "{} skipped: {reason}", implementation.name())?;
+    for (kind, reason) in &skipped {
+        writeln!(stdout, "{kind} skipped: {}", reason.one_line())?;
     }
     let mut subjects = variants(&backends, coverage, &options);
     subjects.splice(0..0, backends.into_iter().map(Subject::new));
@@ -126,46 +126,35 @@ fn seed_from_clock() -> u64 {
     (z ^ (z >> 31)) >> 11
 }
 
-/// Backends checked a second time in another internal configuration, as rows of their own
-/// (see [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
+/// Backends checked a second time in another configuration, as rows of their own (see
+/// [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
 ///
-/// Extra subjects for paths the matrix's shapes do not reach on their own. The full matrix
-/// checks the wgpu backend a second time with 256 KiB storage bindings and the plain fp8 encoder, so that caches are split
-/// over several buffers as 32 GiB caches are on a GPU (256 KiB stays above the largest cache
-/// block in the matrix, 160 KiB; smaller caches fit one buffer and are skipped).
-fn variants(
-    opened: &[Box<dyn Backend>],
-    coverage: Coverage,
-    options: &BackendOptions,
-) -> Vec<Subject> {
-    let _ = options;
+/// The full matrix checks the wgpu backend a second time with 256 KiB storage bindings and the
+/// plain fp8 encoder, so that caches are split over several buffers as 32 GiB caches are on a
+/// GPU (256 KiB stays above the largest cache block in the matrix, 160 KiB; smaller caches fit
+/// one buffer and are skipped), and the encoder that the lookup and threshold tables otherwise
+/// replace is covered.
+fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) -> Vec<Subject> {
+    const BINDING_BYTES: u64 = 256 << 10;
     let mut extra = Vec::new();
-    if coverage != Coverage::Full {
+    if coverage != Coverage::Full || !opened.iter().any(|backend| backend.kind() == Kind::Wgpu) {
         return extra;
     }
-    #[cfg(feature = "wgpu")]
-    if opened
-        .iter()
-        .any(|backend| backend.implementation() == Implementation::Wgpu)
-    {
-        use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
-        const BINDING_BYTES: u64 = 256 << 10;
-        // The plain fp8 encoder too, which the default (threshold tables) leaves to scales
-        // the tables do not cover.
-        let overrides = LimitOverrides {
+    let split = Options {
+        wgpu: WgpuTuning {
             max_binding_bytes: Some(BINDING_BYTES),
             fp8_table: Some(false),
             fp8_lut: Some(false),
-            ..LimitOverrides::default()
-        };
-        if let Ok(backend) = WgpuBackend::open_with(options.adapter.as_deref(), false, overrides) {
-            extra.push(Subject {
-                label: "wgpu (256 KiB buffers, plain fp8 encoder)".into(),
-                backend: Box::new(backend),
-                min_cache_bytes: BINDING_BYTES + 1,
-            });
-        }
+            ..options.wgpu
+        },
+        ..options.clone()
+    };
+    if let Ok(backend) = backend::open(Kind::Wgpu, &split, false) {
+        extra.push(Subject {
+            label: "wgpu (256 KiB buffers, plain fp8 encoder)".into(),
+            backend,
+            min_cache_bytes: BINDING_BYTES + 1,
+        });
     }
-    let _ = opened;
     extra
 }

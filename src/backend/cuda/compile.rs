@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 
+use crate::backend::Kind;
 use crate::error::{Error, Result};
 
 /// The kernels, embedded in the binary.
@@ -12,7 +13,7 @@ pub const SOURCE: &str = include_str!("../../../kernels/reshape_and_cache_flash.
 
 fn unavailable(reason: String) -> Error {
     Error::Unavailable {
-        implementation: "cuda",
+        backend: Kind::Cuda,
         reason,
     }
 }
@@ -153,6 +154,18 @@ pub enum Image {
 }
 
 impl Image {
+    /// Writes the machine code (or the PTX) to `path`, for reading with `cuobjdump -sass`.
+    pub fn dump(&self, path: &Path) -> Result<()> {
+        let bytes = match self {
+            Image::Cubin(bytes) => bytes.as_slice(),
+            Image::Ptx(text) => text.as_bytes(),
+        };
+        std::fs::write(path, bytes).map_err(|source| Error::Io {
+            what: format!("cannot write the compiled kernels to {}", path.display()),
+            source,
+        })
+    }
+
     pub fn into_ptx(self) -> Ptx {
         match self {
             Image::Cubin(bytes) => Ptx::from_binary(bytes),
@@ -255,10 +268,6 @@ mod tests {
                 "sm_{major}{minor}: {:?}",
                 image.err().map(|e| e.to_string())
             );
-            // For reading the machine code: PKB_DUMP_CUBIN=/tmp/rcf.cubin, then cuobjdump -sass.
-            if let (Ok(Image::Cubin(bytes)), Ok(path)) = (image, std::env::var("PKB_DUMP_CUBIN")) {
-                std::fs::write(format!("{path}.sm{major}{minor}"), bytes).unwrap();
-            }
         }
     }
 }
