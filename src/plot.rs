@@ -56,7 +56,9 @@ fn plot_error(error: impl std::fmt::Display) -> Error {
 pub fn render_svg(report: &Report) -> Result<String> {
     let lines = series(report);
     if lines.is_empty() {
-        return Err(Error::Report("cannot draw the plot: no measured rows".into()));
+        return Err(Error::Report(
+            "cannot draw the plot: no measured rows".into(),
+        ));
     }
     let range = |values: &mut dyn Iterator<Item = f64>| {
         values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {

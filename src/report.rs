@@ -150,11 +150,10 @@ impl Report {
 
     /// Reads a report saved with `--format json`.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io {
-                what: format!("cannot read {}", path.display()),
-                source,
-            })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("cannot read {}", path.display()),
+            source,
+        })?;
         serde_json::from_str(&text).map_err(|e| {
             Error::Report(format!(
                 "{} is not a paged-kv-bench JSON report: {e}",

@@ -325,10 +325,7 @@ mod tests {
         let mut protocol = Protocol::new(10);
         assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 1), 100);
         assert_eq!(protocol.calls_per_batch(Duration::from_millis(3), 1), 1);
-        assert_eq!(
-            protocol.calls_per_batch(Duration::ZERO, 1),
-            MAX_BATCH_CALLS
-        );
+        assert_eq!(protocol.calls_per_batch(Duration::ZERO, 1), MAX_BATCH_CALLS);
         // Whole units: a CUDA graph of 20 calls, a rotation of 3 copies.
         assert_eq!(protocol.calls_per_batch(Duration::from_micros(5), 20), 100);
         assert_eq!(protocol.calls_per_batch(Duration::from_micros(48), 20), 20);
@@ -352,6 +349,120 @@ mod tests {
             assert!((sets - 1) * bytes < 2 * ROTATION_BYTES, "{bytes}");
             assert!(sets == MAX_ROTATION_SETS as u64 || (sets - 1) * bytes >= ROTATION_BYTES);
         }
+    }
+
+    /// A backend double that records what the protocol asked of it; each call "takes" 2 us.
+    #[derive(Default)]
+    struct Recorder {
+        unit: usize,
+        copies: usize,
+        runs: usize,
+        batches: Vec<usize>,
+        flushes: usize,
+        flushed_before_each_batch: bool,
+    }
+
+    impl Prepared for Recorder {
+        fn run(&mut self) -> Result<()> {
+            self.runs += 1;
+            Ok(())
+        }
+        fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+            self.copies = slot_mappings.len();
+            Ok(())
+        }
+        fn batch_unit(&self) -> usize {
+            self.unit * (1 + self.copies)
+        }
+        fn time_batch(&mut self, calls: usize) -> Result<f64> {
+            if self.flushes != self.batches.len() + 1 {
+                self.flushed_before_each_batch = false;
+            }
+            self.batches.push(calls);
+            Ok(2.0 * calls as f64)
+        }
+        fn flush_cache(&mut self) -> Result<()> {
+            self.flushes += 1;
+            Ok(())
+        }
+        fn read_back(&mut self) -> Result<crate::workload::Caches> {
+            unreachable!()
+        }
+    }
+
+    fn problem(num_tokens: usize) -> Problem {
+        Problem {
+            num_tokens,
+            num_heads: 8,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: 4096,
+            dtype: crate::problem::Dtype::BFloat16,
+            cache_dtype: crate::problem::CacheDtype::Auto,
+            layout: crate::problem::Layout::Nhd,
+        }
+    }
+
+    fn quick() -> Protocol {
+        Protocol {
+            sampling: Sampling {
+                min_time: Duration::ZERO,
+                ..Sampling::default()
+            },
+            ..Protocol::new(4)
+        }
+    }
+
+    #[test]
+    fn warm_batches_are_whole_units_sized_by_the_first() {
+        let mut call = Recorder {
+            unit: 20,
+            ..Recorder::default()
+        };
+        let slots: Vec<i64> = (0..64).collect();
+        let samples = measure(&mut call, &problem(64), &slots, &quick()).unwrap();
+        assert_eq!(call.runs, 3 + 4);
+        // 2 us a call: 500 us batches of 250 calls, rounded up to whole graphs of 20.
+        assert!(call.batches[1..].iter().all(|&calls| calls == 260));
+        assert!(call.batches.iter().all(|&calls| calls % 20 == 0));
+        assert_eq!(samples.device_us.len(), call.batches.len() - 1);
+        assert!(samples.device_us.iter().all(|&us| us == 2.0));
+        assert_eq!(call.flushes, 0);
+    }
+
+    #[test]
+    fn cold_samples_are_single_calls_after_a_flush() {
+        let mut call = Recorder {
+            unit: 20,
+            flushed_before_each_batch: true,
+            ..Recorder::default()
+        };
+        let protocol = Protocol {
+            cold: true,
+            ..quick()
+        };
+        let samples = measure(&mut call, &problem(64), &[0; 64], &protocol).unwrap();
+        assert!(call.batches.iter().all(|&calls| calls == 1));
+        assert!(call.flushed_before_each_batch);
+        assert_eq!(samples.device_us.len(), call.flushes);
+    }
+
+    #[test]
+    fn rotation_hands_shifted_slots_to_the_backend() {
+        let mut call = Recorder {
+            unit: 1,
+            ..Recorder::default()
+        };
+        let protocol = Protocol {
+            rotate: true,
+            ..quick()
+        };
+        let problem = problem(64);
+        let slots: Vec<i64> = (0..64).collect();
+        measure(&mut call, &problem, &slots, &protocol).unwrap();
+        assert_eq!(call.copies + 1, rotation_sets(problem.bytes_moved()));
+        let sets = call.copies + 1;
+        assert!(call.batches.iter().all(|&calls| calls % sets == 0));
     }
 
     #[test]

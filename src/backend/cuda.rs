@@ -1061,7 +1061,7 @@ mod tests {
             eprintln!("libcuda is present here: nothing to check");
             return;
         }
-        match CudaBackend::open() {
+        match CudaBackend::open(&Options::default()) {
             Ok(_) => panic!("opened CUDA without a driver"),
             Err(error) => {
                 assert!(matches!(error, Error::Unavailable { .. }), "{error:?}");

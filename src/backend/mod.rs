@@ -188,10 +188,7 @@ pub type Skipped = Vec<(Kind, Error)>;
 
 /// Opens the backend(s) for `selection`. An explicitly named backend that cannot run here is
 /// an error; `all` skips what is unavailable (and says why), `auto` takes the first that opens.
-pub fn select(
-    selection: Selection,
-    options: &Options,
-) -> Result<(Vec<Box<dyn Backend>>, Skipped)> {
+pub fn select(selection: Selection, options: &Options) -> Result<(Vec<Box<dyn Backend>>, Skipped)> {
     match selection {
         Selection::Only(kind) => Ok((vec![open(kind, options, false)?], Vec::new())),
         Selection::All => {
