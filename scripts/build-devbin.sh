@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Builds the release binary and test executables here (the GPU machine has no Rust) and copies
 # them into .devbin/ (git-ignored) under stable names, to be carried to the GPU machine along
-# with .gl/ (the Vulkan loader: ../shared/tools/fetch-vulkan-loader.sh). See scripts/gpu-session.sh.
+# with .gl/ (the Vulkan loader: scripts/fetch-vulkan-loader.sh). See scripts/gpu-session.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .devbin
-cargo build --release
+cargo build --release --examples --bins
 cp target/release/paged-kv-bench .devbin/
+for example in cpu cuda wgpu tune_cuda; do
+    cp "target/release/examples/$example" ".devbin/example-$example"
+done
 cargo test --release --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, shutil, sys

@@ -2,7 +2,7 @@
 # Runs on the GPU machine (carry .devbin and .gl; see scripts/build-devbin.sh): the checks and
 # measurements the issues ask for, by stage, logs under $OUT. Usage: gpu-session.sh STAGE...
 #   env       GPU, driver, clocks
-#   tests     every ignored (GPU) test: CUDA and the shared suite on CUDA and Vulkan
+#   tests     every ignored (GPU) test: CUDA and the shared suite on CUDA and Vulkan; the examples
 #   verify    paged-kv-bench verify (full) over every implementation
 #   sanitize  compute-sanitizer memcheck and racecheck over a quick CUDA verify run
 #   bench     the default benchmark on CUDA and wgpu, auto and fp8 (JSON, tables, plots)
@@ -36,10 +36,12 @@ for stage in "$@"; do
         ;;
     tests)
         step lib-tests 60 $B/lib-tests
-        step cuda-tests 240 $B/cuda --ignored --test-threads 1 --skip cuda_timings --skip cuda_tuning
+        step cuda-tests 240 $B/cuda --ignored --test-threads 1
         step backends-cuda 240 $B/backends --ignored --test-threads 1 cuda::
         step backends-wgpu 300 $B/backends --test-threads 1 wgpu::
         [ -x $B/wgpu ] && step wgpu-tests 300 $B/wgpu --test-threads 1 --include-ignored
+        step example-cuda 60 $B/example-cuda
+        step example-wgpu 60 $B/example-wgpu
         ;;
     verify)
         step verify 400 $B/paged-kv-bench verify --implementation all --seed 1
