@@ -12,7 +12,52 @@
 //! - [`reference`]: the CPU reference that defines the correct result, with [`fp8`];
 //! - [`workload`]: seeded random inputs, slot mappings, scales and cache contents;
 //! - [`backend`]: the [`backend::Backend`] trait and its implementations (CPU, CUDA, wgpu);
-//! - [`timing`], [`sweep`] and [`report`]: measuring a sweep of token counts and printing it.
+//! - [`options`]: every knob that changes what runs or is measured;
+//! - [`timing`], [`sweep`] and [`report`]: measuring a sweep of token counts and printing it;
+//! - [`verify`]: every backend against the reference, byte for byte.
+//!
+//! ## Using it from a program
+//!
+//! Open a backend ([`backend::open`] or [`backend::select`]), describe the call with a
+//! [`problem::Problem`], hand it the inputs and the caches' current contents, run it and read the
+//! caches back. `examples/` does this for each backend as a serving engine would.
+//!
+//! ```
+//! use paged_kv_bench::backend::{self, Kind};
+//! use paged_kv_bench::options::Options;
+//! use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+//! use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
+//!
+//! let problem = Problem {
+//!     num_tokens: 2,
+//!     num_heads: 8,
+//!     head_size: 128,
+//!     block_size: 16,
+//!     num_blocks: 4,
+//!     dtype: Dtype::BFloat16,
+//!     cache_dtype: CacheDtype::Auto,
+//!     layout: Layout::Nhd,
+//! };
+//! let elements = problem.num_tokens * problem.token_elements();
+//! let (key, value) = (
+//!     workload::random_normal(problem.dtype, elements, 1),
+//!     workload::random_normal(problem.dtype, elements, 2),
+//! );
+//! let slot_mapping = [17, -1]; // block 1, offset 1; the second token is padding
+//! let inputs = Inputs { key: &key, value: &value, slot_mapping: &slot_mapping, k_scale: 1.0, v_scale: 1.0 };
+//! let caches = Caches {
+//!     key: vec![0; problem.cache_bytes() as usize],
+//!     value: vec![0; problem.cache_bytes() as usize],
+//! };
+//!
+//! let mut backend = backend::open(Kind::Cpu, &Options::default(), false)?;
+//! let mut call = backend.prepare(&problem, inputs, CacheFill::Copy(&caches))?;
+//! call.run()?;
+//! let written = call.read_back()?;
+//! let row = problem.token_elements() * 2; // bytes of one token's keys
+//! assert_eq!(&written.key[17 * row..18 * row], &key[..row]);
+//! # Ok::<(), paged_kv_bench::Error>(())
+//! ```
 
 pub mod backend;
 pub mod error;
