@@ -2,8 +2,11 @@
 //! drops a token must fail verification with a mismatch that names the place; special values
 //! follow the reference; and `paged-kv-bench verify` prints its seed and matrix and fails loudly.
 
+mod common;
+
 use std::process::{Command, Output};
 
+use common::problem;
 use paged_kv_bench::backend::cpu::CpuBackend;
 use paged_kv_bench::backend::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
@@ -161,16 +164,16 @@ impl Prepared for FaultyCall<'_> {
 
 fn case(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, seed: u64) -> Case {
     Case {
-        problem: Problem {
-            num_tokens: 9,
-            num_heads: 3,
-            head_size: 32,
-            block_size: 4,
-            num_blocks: 6,
-            dtype,
-            cache_dtype,
-            layout,
-        },
+        problem: problem()
+            .tokens(9)
+            .heads(3)
+            .head_size(32)
+            .block_size(4)
+            .blocks(6)
+            .dtype(dtype)
+            .cache_dtype(cache_dtype)
+            .layout(layout)
+            .build(),
         padding_fraction: 0.2,
         special_values: false,
         seed,
