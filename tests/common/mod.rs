@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests: one builder for problems, so that a test names only
-//! the sizes it cares about.
+//! the sizes it cares about, and one fault-injecting backend wrapper.
 //!
 //! Included with `mod common;` by each test crate.
 
 // Each test crate uses a different part of this module, and every crate compiles all of it: what
 // one crate leaves unused would otherwise warn there (and clippy denies warnings).
 #![allow(dead_code)]
+
+pub mod faulty;
 
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 
