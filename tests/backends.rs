@@ -2,10 +2,13 @@
 //! equal the CPU reference's byte for byte, starting from poisoned caches, over the whole
 //! verification matrix. GPU suites are ignored where they need hardware CI does not have.
 
+mod common;
+
 use std::time::Duration;
 
+use common::problem;
 use paged_kv_bench::backend::Backend;
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Mode, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
@@ -38,16 +41,14 @@ fn check_cases(backend: &mut dyn Backend, cases: &[Case]) {
 /// A case with the benchmark's default head count and shape, at a token count of `num_tokens`.
 fn default_shape(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, num_tokens: usize) -> Case {
     Case {
-        problem: Problem {
-            num_tokens,
-            num_heads: 128,
-            head_size: 128,
-            block_size: 16,
-            num_blocks: 512,
-            dtype,
-            cache_dtype,
-            layout,
-        },
+        problem: problem()
+            .tokens(num_tokens)
+            .heads(128)
+            .blocks(512)
+            .dtype(dtype)
+            .cache_dtype(cache_dtype)
+            .layout(layout)
+            .build(),
         padding_fraction: 0.05,
         special_values: false,
         seed: 42,
@@ -69,16 +70,12 @@ fn check_rotation(backend: &mut dyn Backend) {
             continue;
         }
         checked += 1;
-        let mut problem = Problem {
-            num_tokens: 60,
-            num_heads: 8,
-            head_size: 128,
-            block_size: 16,
-            num_blocks: 1,
-            dtype: Dtype::BFloat16,
-            cache_dtype,
-            layout,
-        };
+        let mut problem = problem()
+            .tokens(60)
+            .blocks(1)
+            .cache_dtype(cache_dtype)
+            .layout(layout)
+            .build();
         let sets = timing::rotation_sets(problem.bytes_moved());
         assert!(sets > 2, "{sets}");
         problem.num_blocks = 8 * sets;

@@ -5,6 +5,9 @@
 //! `cargo test --release --test cuda -- --ignored --test-threads 1`.
 #![cfg(feature = "cuda")]
 
+mod common;
+
+use common::problem;
 use paged_kv_bench::backend::cuda::{CudaBackend, LaunchOverride};
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
@@ -30,19 +33,6 @@ fn case(problem: Problem, special_values: bool) -> Case {
         padding_fraction: 0.1,
         special_values,
         seed: 5,
-    }
-}
-
-fn problem(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, tokens: usize) -> Problem {
-    Problem {
-        num_tokens: tokens,
-        num_heads: 4,
-        head_size: 128,
-        block_size: 16,
-        num_blocks: (2 * tokens).div_ceil(16) + 1,
-        dtype,
-        cache_dtype,
-        layout,
     }
 }
 
@@ -74,7 +64,13 @@ fn graph_and_plain_launches_leave_the_reference_result() {
         backend.set_programmatic_launch(programmatic);
         for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
             for layout in [Layout::Nhd, Layout::Hnd] {
-                let case = case(problem(layout, Dtype::BFloat16, cache_dtype, 300), true);
+                let p = problem()
+                    .tokens(300)
+                    .heads(4)
+                    .cache_dtype(cache_dtype)
+                    .layout(layout)
+                    .build();
+                let case = case(p, true);
                 let data = CaseData::new(&case).unwrap();
                 let got = {
                     let mut call = backend
@@ -137,16 +133,13 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
     for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
         let elements = 65536usize;
         let size = dtype.size();
-        let problem = Problem {
-            num_tokens: elements / 128,
-            num_heads: 1,
-            head_size: 128,
-            block_size: 16,
-            num_blocks: elements / 128 / 16 + 3,
-            dtype,
-            cache_dtype: CacheDtype::Fp8,
-            layout: Layout::Nhd,
-        };
+        let problem = problem()
+            .tokens(elements / 128)
+            .heads(1)
+            .blocks(elements / 128 / 16 + 3)
+            .dtype(dtype)
+            .fp8()
+            .build();
         let (key, value) = if size == 2 {
             let key: Vec<u8> = (0..elements as u32)
                 .flat_map(|i| (i as u16).to_le_bytes())
@@ -255,11 +248,13 @@ fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
     for layout in [Layout::Nhd, Layout::Hnd] {
         for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
             for head_size in [1, 7, 33, 100] {
-                let p = Problem {
-                    head_size,
-                    num_heads: 3,
-                    ..problem(layout, dtype, CacheDtype::Auto, 77)
-                };
+                let p = problem()
+                    .tokens(77)
+                    .heads(3)
+                    .head_size(head_size)
+                    .dtype(dtype)
+                    .layout(layout)
+                    .build();
                 odd.push(case(p, false));
             }
         }
@@ -274,11 +269,14 @@ fn more_than_65535_tokens_in_one_launch() {
     let cases: Vec<Case> = [CacheDtype::Auto, CacheDtype::Fp8]
         .into_iter()
         .map(|cache_dtype| {
-            let p = Problem {
-                num_heads: 1,
-                head_size: 64,
-                ..problem(Layout::Hnd, Dtype::Half, cache_dtype, 70_001)
-            };
+            let p = problem()
+                .tokens(70_001)
+                .heads(1)
+                .head_size(64)
+                .dtype(Dtype::Half)
+                .cache_dtype(cache_dtype)
+                .hnd()
+                .build();
             case(p, false)
         })
         .collect();
@@ -303,7 +301,7 @@ fn more_than_65535_tokens_in_one_launch() {
 #[ignore = "needs an NVIDIA GPU"]
 fn random_fill_is_kept_and_reused() {
     let mut backend = open();
-    let p = problem(Layout::Nhd, Dtype::Half, CacheDtype::Auto, 64);
+    let p = problem().tokens(64).heads(4).dtype(Dtype::Half).build();
     let key = workload::random_bytes(p.input_bytes() as usize, 1);
     let slots: Vec<i64> = vec![-1; p.num_tokens];
     let inputs = Inputs {
@@ -332,16 +330,11 @@ fn random_fill_is_kept_and_reused() {
 fn caches_larger_than_the_gpu_are_a_clean_error() {
     let mut backend = open();
     let free = backend.device_memory().unwrap();
-    let p = Problem {
-        num_tokens: 1,
-        num_heads: 64,
-        head_size: 128,
-        block_size: 16,
-        num_blocks: (free / (16 * 64 * 128 * 4)) as usize + 1000,
-        dtype: Dtype::Float,
-        cache_dtype: CacheDtype::Auto,
-        layout: Layout::Nhd,
-    };
+    let p = problem()
+        .heads(64)
+        .blocks((free / (16 * 64 * 128 * 4)) as usize + 1000)
+        .dtype(Dtype::Float)
+        .build();
     let key = vec![0u8; p.input_bytes() as usize];
     let inputs = Inputs {
         key: &key,
@@ -361,7 +354,12 @@ fn caches_larger_than_the_gpu_are_a_clean_error() {
     check_all(
         &mut backend,
         &[case(
-            problem(Layout::Nhd, Dtype::Half, CacheDtype::Fp8, 10),
+            problem()
+                .tokens(10)
+                .heads(4)
+                .dtype(Dtype::Half)
+                .fp8()
+                .build(),
             false,
         )],
         "after OOM",
@@ -379,20 +377,6 @@ fn copy_bandwidth_is_measured() {
 
 // ---------------------------------------------------------------------------------------------
 // Tables, run by hand on a GPU (they print; they assert nothing about speed).
-
-/// The benchmark's default shape (65536 blocks x 16 slots x 128 heads x 128) at `tokens`.
-fn default_problem(layout: Layout, cache_dtype: CacheDtype, tokens: usize) -> Problem {
-    Problem {
-        num_tokens: tokens,
-        num_heads: 128,
-        head_size: 128,
-        block_size: 16,
-        num_blocks: 65536,
-        dtype: Dtype::BFloat16,
-        cache_dtype,
-        layout,
-    }
-}
 
 struct Bench {
     key: Vec<u8>,
@@ -476,7 +460,14 @@ fn cuda_timings() {
                 if tokens > max_tokens {
                     continue;
                 }
-                let p = default_problem(layout, cache_dtype, tokens);
+                // The benchmark's default shape: 65536 blocks x 16 slots x 128 heads x 128.
+                let p = problem()
+                    .tokens(tokens)
+                    .heads(128)
+                    .blocks(65536)
+                    .cache_dtype(cache_dtype)
+                    .layout(layout)
+                    .build();
                 println!("{}", bench.row(&mut backend, &p, Mode::Cudagraph, copy));
                 if tokens == 2 || tokens == 8192 {
                     println!("{}", bench.row(&mut backend, &p, Mode::NoGraph, copy));
@@ -579,16 +570,16 @@ fn parse_rows(spec: &str) -> Vec<TuneRow> {
             };
             let n = |i: usize| -> usize { c[i].parse().expect("number") };
             rows.push(TuneRow {
-                problem: Problem {
-                    num_tokens: n(3),
-                    num_heads: n(4),
-                    head_size: n(5),
-                    block_size: n(6),
-                    num_blocks: n(7),
-                    dtype,
-                    cache_dtype,
-                    layout,
-                },
+                problem: problem()
+                    .tokens(n(3))
+                    .heads(n(4))
+                    .head_size(n(5))
+                    .block_size(n(6))
+                    .blocks(n(7))
+                    .dtype(dtype)
+                    .cache_dtype(cache_dtype)
+                    .layout(layout)
+                    .build(),
                 cold: c[8] == "c",
                 rotate: c[8] == "r",
                 shape: parse_shape(&c[9]),

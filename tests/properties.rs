@@ -5,8 +5,11 @@
 //! - a backend equals the reference: [`backend_matches_reference_on_random_shapes`] takes any
 //!   `&mut dyn Backend`, so another backend gets the same property with one test calling it.
 
+mod common;
+
 use std::cell::RefCell;
 
+use common::problem;
 use float8::F8E4M3;
 use paged_kv_bench::backend::cpu::CpuBackend;
 use paged_kv_bench::backend::Backend;
@@ -58,19 +61,21 @@ fn problems(layouts: BoxedStrategy<Layout>) -> impl Strategy<Value = Problem> {
                 (1usize..=40).boxed()
             };
             let max_tokens = (num_blocks * block_size).min(50);
-            (head_sizes, 1..=max_tokens).prop_map(move |(head_size, num_tokens)| Problem {
-                num_tokens,
-                num_heads,
-                head_size,
-                block_size,
-                num_blocks,
-                dtype,
-                cache_dtype: if fp8 {
-                    CacheDtype::Fp8
-                } else {
-                    CacheDtype::Auto
-                },
-                layout,
+            (head_sizes, 1..=max_tokens).prop_map(move |(head_size, num_tokens)| {
+                problem()
+                    .tokens(num_tokens)
+                    .heads(num_heads)
+                    .head_size(head_size)
+                    .block_size(block_size)
+                    .blocks(num_blocks)
+                    .dtype(dtype)
+                    .cache_dtype(if fp8 {
+                        CacheDtype::Fp8
+                    } else {
+                        CacheDtype::Auto
+                    })
+                    .layout(layout)
+                    .build()
             })
         })
 }

@@ -1,9 +1,12 @@
 //! The CPU reference on hand-computed cases, and the fp8 encoder checked exhaustively against
 //! the `float8` crate.
 
+mod common;
+
+use common::{problem, ProblemBuilder};
 use float8::F8E4M3;
 use paged_kv_bench::fp8;
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::problem::{Dtype, Layout, Problem};
 use paged_kv_bench::reference::reshape_and_cache;
 use paged_kv_bench::workload::{Caches, Inputs};
 
@@ -23,16 +26,15 @@ fn to_floats(bytes: &[u8]) -> Vec<f32> {
 /// 2 blocks of 2 slots, 2 heads of 2 float elements; token 0 -> slot 3, token 1 is padding,
 /// token 2 -> slot 0.
 fn tiny(layout: Layout) -> (Problem, Caches) {
-    let problem = Problem {
-        num_tokens: 3,
-        num_heads: 2,
-        head_size: 2,
-        block_size: 2,
-        num_blocks: 2,
-        dtype: Dtype::Float,
-        cache_dtype: CacheDtype::Auto,
-        layout,
-    };
+    let problem = problem()
+        .tokens(3)
+        .heads(2)
+        .head_size(2)
+        .block_size(2)
+        .blocks(2)
+        .dtype(Dtype::Float)
+        .layout(layout)
+        .build();
     let key: Vec<f32> = (1..=12).map(|v| v as f32).collect();
     let value: Vec<f32> = key.iter().map(|v| -v).collect();
     let mut caches = Caches {
@@ -79,10 +81,7 @@ fn hnd_hand_computed() {
 
 #[test]
 fn padding_and_out_of_range_slots_write_nothing() {
-    let problem = Problem {
-        num_tokens: 2,
-        ..tiny(Layout::Nhd).0
-    };
+    let problem = ProblemBuilder::from(tiny(Layout::Nhd).0).tokens(2).build();
     let key = floats(&[1.0; 8]);
     let mut caches = Caches {
         key: floats(&[POISON; 16]),
@@ -103,16 +102,13 @@ fn padding_and_out_of_range_slots_write_nothing() {
 #[test]
 fn half_and_bf16_are_copied_bit_for_bit() {
     for dtype in [Dtype::Half, Dtype::BFloat16] {
-        let problem = Problem {
-            num_tokens: 1,
-            num_heads: 1,
-            head_size: 4,
-            block_size: 1,
-            num_blocks: 2,
-            dtype,
-            cache_dtype: CacheDtype::Auto,
-            layout: Layout::Nhd,
-        };
+        let problem = problem()
+            .heads(1)
+            .head_size(4)
+            .block_size(1)
+            .blocks(2)
+            .dtype(dtype)
+            .build();
         // Includes a NaN with payload and a negative zero: a copy must keep them exactly.
         let key: Vec<u8> = [0x7e01u16, 0x8000, 0x3c00, 0x0001]
             .iter()
@@ -137,16 +133,15 @@ fn half_and_bf16_are_copied_bit_for_bit() {
 
 #[test]
 fn fp8_cache_divides_by_the_scale_then_rounds() {
-    let problem = Problem {
-        num_tokens: 1,
-        num_heads: 1,
-        head_size: 16,
-        block_size: 1,
-        num_blocks: 1,
-        dtype: Dtype::Float,
-        cache_dtype: CacheDtype::Fp8,
-        layout: Layout::Hnd,
-    };
+    let problem = problem()
+        .heads(1)
+        .head_size(16)
+        .block_size(1)
+        .blocks(1)
+        .dtype(Dtype::Float)
+        .fp8()
+        .hnd()
+        .build();
     #[rustfmt::skip]
     let key = [
         1.0, -1.0, 0.53125, 0.59375, 300.0, 1.0e9, f32::INFINITY, f32::NAN,

@@ -1,53 +1,14 @@
 //! The sweep's planning and its behaviour when a backend fails part-way.
 
+mod common;
+
+use common::faulty::{Fault, Faulty};
 use paged_kv_bench::backend::cpu::CpuBackend;
-use paged_kv_bench::backend::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::backend::{Backend, Implementation};
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Mode, Protocol, Sampling};
-use paged_kv_bench::workload::{CacheFill, Inputs};
-use paged_kv_bench::{Error, Result};
-
-/// The CPU backend, except that preparing a call of `fail_at` tokens fails as a GPU
-/// allocation would.
-struct FailsAt {
-    inner: CpuBackend,
-    fail_at: usize,
-}
-
-impl Backend for FailsAt {
-    fn implementation(&self) -> Implementation {
-        Implementation::Cuda
-    }
-    fn device(&self) -> DeviceInfo {
-        self.inner.device()
-    }
-    fn supports(&self, layout: Layout) -> bool {
-        self.inner.supports(layout)
-    }
-    fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
-        self.inner.footprint(cache_bytes, input_bytes, num_tokens)
-    }
-    fn device_memory(&self) -> Option<u64> {
-        None
-    }
-    fn mode_note(&self, mode: Mode) -> String {
-        self.inner.mode_note(mode)
-    }
-    fn prepare<'a>(
-        &'a mut self,
-        problem: &Problem,
-        inputs: Inputs<'a>,
-        fill: CacheFill<'_>,
-    ) -> Result<Box<dyn Prepared + 'a>> {
-        if problem.num_tokens == self.fail_at {
-            return Err(Error::Cuda(
-                "out of memory (CUDA_ERROR_OUT_OF_MEMORY)".into(),
-            ));
-        }
-        self.inner.prepare(problem, inputs, fill)
-    }
-}
+use paged_kv_bench::Error;
 
 fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
     SweepConfig {
@@ -74,10 +35,14 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
 #[test]
 fn a_failing_row_is_named_and_stops_the_sweep() {
     let config = config(vec![2, 64, 256], NumBlocks::Explicit(64));
-    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(FailsAt {
-        inner: CpuBackend::new(),
-        fail_at: 64,
-    })];
+    // Posing as CUDA: the CPU backend, failing as a GPU allocation would.
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(
+        Faulty::new(
+            Box::new(CpuBackend::new()),
+            Fault::FailAt { num_tokens: 64 },
+        )
+        .posing_as(Implementation::Cuda),
+    )];
     let plan = sweep::plan(&config, &backends).unwrap();
     let mut steps = Vec::new();
     let error = sweep::run(&config, &plan, &mut backends, |problem, _| {

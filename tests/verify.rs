@@ -2,175 +2,29 @@
 //! drops a token must fail verification with a mismatch that names the place; special values
 //! follow the reference; and `paged-kv-bench verify` prints its seed and matrix and fails loudly.
 
+mod common;
+
 use std::process::{Command, Output};
 
+use common::faulty::{Cache, Fault, Faulty};
+use common::problem;
 use paged_kv_bench::backend::cpu::CpuBackend;
-use paged_kv_bench::backend::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use paged_kv_bench::backend::Backend;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
-use paged_kv_bench::timing::{Mode, Protocol, Samples};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage, Mismatch, Outcome, Subject};
-use paged_kv_bench::workload::{CacheFill, Caches, Inputs};
-use paged_kv_bench::Result;
-
-/// Which cache a fault hits.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Which {
-    Key,
-    Value,
-}
-
-/// What the faulty backend gets wrong.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Fault {
-    /// One byte of (head, element) of a token's slot is flipped: a wrong value.
-    Written {
-        cache: Which,
-        token: usize,
-        head: usize,
-        element: usize,
-    },
-    /// One byte of (head, element) of a slot that no token targets is flipped: a stray write.
-    Untouched {
-        cache: Which,
-        slot: u64,
-        head: usize,
-        element: usize,
-    },
-    /// The token's keys and values are never written.
-    Drop { token: usize },
-}
-
-/// The CPU backend with one fault injected into every call.
-struct Faulty {
-    inner: CpuBackend,
-    fault: Fault,
-    /// Layouts it claims to implement (the wgpu backend implements only NHD).
-    layouts: Vec<Layout>,
-    /// The slot mapping passed on when a token is dropped.
-    slots: Vec<i64>,
-}
-
-impl Faulty {
-    fn new(fault: Fault) -> Self {
-        Self {
-            inner: CpuBackend::new(),
-            fault,
-            layouts: vec![Layout::Nhd, Layout::Hnd],
-            slots: Vec::new(),
-        }
-    }
-}
-
-impl Backend for Faulty {
-    fn implementation(&self) -> Implementation {
-        Implementation::Cpu
-    }
-
-    fn device(&self) -> DeviceInfo {
-        self.inner.device()
-    }
-
-    fn supports(&self, layout: Layout) -> bool {
-        self.layouts.contains(&layout)
-    }
-
-    fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
-        self.inner.footprint(cache_bytes, input_bytes, num_tokens)
-    }
-
-    fn device_memory(&self) -> Option<u64> {
-        None
-    }
-
-    fn mode_note(&self, mode: Mode) -> String {
-        self.inner.mode_note(mode)
-    }
-
-    fn prepare<'a>(
-        &'a mut self,
-        problem: &Problem,
-        mut inputs: Inputs<'a>,
-        fill: CacheFill<'_>,
-    ) -> Result<Box<dyn Prepared + 'a>> {
-        let Faulty {
-            inner,
-            fault,
-            slots,
-            ..
-        } = self;
-        // Flips address the element where the slot's token (or the given slot) lives.
-        let target = match *fault {
-            Fault::Written {
-                cache,
-                token,
-                head,
-                element,
-            } => Some((cache, inputs.slot_mapping[token] as u64, head, element)),
-            Fault::Untouched {
-                cache,
-                slot,
-                head,
-                element,
-            } => Some((cache, slot, head, element)),
-            Fault::Drop { token } => {
-                *slots = inputs.slot_mapping.to_vec();
-                slots[token] = -1;
-                inputs.slot_mapping = slots;
-                None
-            }
-        };
-        let call = inner.prepare(problem, inputs, fill)?;
-        Ok(Box::new(FaultyCall {
-            call,
-            problem: *problem,
-            target,
-        }))
-    }
-}
-
-struct FaultyCall<'a> {
-    call: Box<dyn Prepared + 'a>,
-    problem: Problem,
-    target: Option<(Which, u64, usize, usize)>,
-}
-
-impl Prepared for FaultyCall<'_> {
-    fn run(&mut self) -> Result<()> {
-        self.call.run()
-    }
-
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        self.call.time(protocol)
-    }
-
-    fn read_back(&mut self) -> Result<Caches> {
-        let mut caches = self.call.read_back()?;
-        if let Some((which, slot, head, element)) = self.target {
-            let size = self.problem.cache_element_size();
-            let index = (self.problem.cache_offset(slot, head) as usize + element) * size;
-            let bytes = match which {
-                Which::Key => &mut caches.key,
-                Which::Value => &mut caches.value,
-            };
-            // The element's last byte holds its sign and exponent: any flip changes the value.
-            bytes[index + size - 1] ^= 0x41;
-        }
-        Ok(caches)
-    }
-}
 
 fn case(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, seed: u64) -> Case {
     Case {
-        problem: Problem {
-            num_tokens: 9,
-            num_heads: 3,
-            head_size: 32,
-            block_size: 4,
-            num_blocks: 6,
-            dtype,
-            cache_dtype,
-            layout,
-        },
+        problem: problem()
+            .tokens(9)
+            .heads(3)
+            .head_size(32)
+            .block_size(4)
+            .blocks(6)
+            .dtype(dtype)
+            .cache_dtype(cache_dtype)
+            .layout(layout)
+            .build(),
         padding_fraction: 0.2,
         special_values: false,
         seed,
@@ -195,6 +49,11 @@ fn slots_of(case: &Case) -> Vec<i64> {
     CaseData::new(case).expect("a valid case").slot_mapping
 }
 
+/// The CPU backend with `fault` injected into every call.
+fn faulty_cpu(fault: Fault) -> Faulty {
+    Faulty::new(Box::new(CpuBackend::new()), fault)
+}
+
 fn mismatch_of(backend: &mut dyn Backend, case: &Case) -> Mismatch {
     match verify::check(backend, case) {
         Ok(Some(mismatch)) => mismatch,
@@ -215,8 +74,8 @@ fn a_flipped_element_is_found_and_named() {
             .rposition(|&s| s >= 0)
             .expect("a written token");
         let slot = slots[token] as u64;
-        let mut backend = Faulty::new(Fault::Written {
-            cache: Which::Value,
+        let mut backend = faulty_cpu(Fault::FlipWritten {
+            cache: Cache::Value,
             token,
             head: 2,
             element: 17,
@@ -264,8 +123,8 @@ fn a_stray_write_into_an_untouched_slot_is_found() {
             .rev()
             .find(|s| !slots.contains(&(*s as i64)))
             .expect("the cache has more slots than tokens");
-        let mut backend = Faulty::new(Fault::Untouched {
-            cache: Which::Key,
+        let mut backend = faulty_cpu(Fault::FlipUntouched {
+            cache: Cache::Key,
             slot: free,
             head: 1,
             element: 31,
@@ -314,7 +173,7 @@ fn a_dropped_token_is_found() {
         differing.sort();
         let (_, head, element) = differing[0];
 
-        let mut backend = Faulty::new(Fault::Drop { token });
+        let mut backend = faulty_cpu(Fault::DropToken { token });
         let found = mismatch_of(&mut backend, &case);
         assert_eq!(
             (
@@ -352,15 +211,15 @@ fn a_correct_backend_passes_and_a_faulty_one_fails_every_case() {
         Subject::new(Box::new(CpuBackend::new())),
         Subject {
             label: "faulty".into(),
-            backend: Box::new(Faulty {
-                layouts: vec![Layout::Nhd],
-                ..Faulty::new(Fault::Untouched {
-                    cache: Which::Value,
+            backend: Box::new(
+                faulty_cpu(Fault::FlipUntouched {
+                    cache: Cache::Value,
                     slot: 0,
                     head: 0,
                     element: 0,
                 })
-            }),
+                .only(&[Layout::Nhd]),
+            ),
             min_cache_bytes: 0,
         },
     ];

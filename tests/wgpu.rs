@@ -5,13 +5,16 @@
 //! without a GPU: `apt-get install mesa-vulkan-drivers`).
 #![cfg(feature = "wgpu")]
 
+mod common;
+
 use std::time::Duration;
 
+use common::{problem, ProblemBuilder};
 use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{Mode, Protocol, Sampling};
 use paged_kv_bench::verify::{self, Case, Coverage};
@@ -314,17 +317,13 @@ fn slot_order_one_buffer_and_units_match_reference() {
 /// needs 4 dispatch groups, and many tokens per call need several input ranges.
 #[test]
 fn one_block_per_buffer_matches_reference() {
-    let problem = Problem {
-        num_tokens: 300,
-        num_heads: 2,
-        head_size: 64,
-        block_size: 16,
-        num_blocks: 40,
-        dtype: Dtype::BFloat16,
-        cache_dtype: CacheDtype::Auto,
-        layout: Layout::Nhd,
-    };
     // A block is 16 x 2 x 64 x 2 = 4 KiB (fp8: 2 KiB).
+    let shape = problem()
+        .tokens(300)
+        .heads(2)
+        .head_size(64)
+        .block_size(16)
+        .blocks(40);
     let mut backend = open_limited(4 << 10);
     let mut cases = Vec::new();
     for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
@@ -334,11 +333,7 @@ fn one_block_per_buffer_matches_reference() {
                 continue;
             }
             cases.push(Case {
-                problem: Problem {
-                    dtype,
-                    cache_dtype,
-                    ..problem
-                },
+                problem: shape.dtype(dtype).cache_dtype(cache_dtype).build(),
                 padding_fraction: 0.1,
                 special_values: true,
                 seed: 3,
@@ -347,10 +342,7 @@ fn one_block_per_buffer_matches_reference() {
     }
     check(&mut backend, &cases);
 
-    let too_big = Problem {
-        dtype: Dtype::Float,
-        ..problem
-    };
+    let too_big = shape.dtype(Dtype::Float).build();
     let data = verify::CaseData::new(&Case {
         problem: too_big,
         padding_fraction: 0.0,
@@ -385,16 +377,14 @@ fn two_dimensional_grids_match_reference() {
         .collect();
     // The word kernel.
     cases.push(Case {
-        problem: Problem {
-            num_tokens: 700,
-            num_heads: 3,
-            head_size: 5,
-            block_size: 3,
-            num_blocks: 500,
-            dtype: Dtype::Half,
-            cache_dtype: CacheDtype::Auto,
-            layout: Layout::Nhd,
-        },
+        problem: problem()
+            .tokens(700)
+            .heads(3)
+            .head_size(5)
+            .block_size(3)
+            .blocks(500)
+            .dtype(Dtype::Half)
+            .build(),
         padding_fraction: 0.1,
         special_values: false,
         seed: 4,
@@ -421,16 +411,13 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
                 for num_tokens in [1, 2, 97] {
                     seed += 1;
                     cases.push(Case {
-                        problem: Problem {
-                            num_tokens,
-                            num_heads,
-                            head_size,
-                            block_size,
-                            num_blocks: (2 * num_tokens).div_ceil(block_size) + 1,
-                            dtype,
-                            cache_dtype: CacheDtype::Auto,
-                            layout: Layout::Nhd,
-                        },
+                        problem: problem()
+                            .tokens(num_tokens)
+                            .heads(num_heads)
+                            .head_size(head_size)
+                            .block_size(block_size)
+                            .dtype(dtype)
+                            .build(),
                         padding_fraction: 0.1,
                         special_values: seed % 2 == 0,
                         seed,
@@ -461,16 +448,14 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
 /// either changes), and a call on it writes exactly what the reference writes.
 #[test]
 fn random_fill_is_seeded_reused_and_written_correctly() {
-    let problem = Problem {
-        num_tokens: 50,
-        num_heads: 4,
-        head_size: 64,
-        block_size: 16,
-        num_blocks: 30,
-        dtype: Dtype::Half,
-        cache_dtype: CacheDtype::Fp8,
-        layout: Layout::Nhd,
-    };
+    let problem = problem()
+        .tokens(50)
+        .heads(4)
+        .head_size(64)
+        .blocks(30)
+        .dtype(Dtype::Half)
+        .fp8()
+        .build();
     let mut backend = open_limited(16 << 10);
     let key = workload::random_normal(problem.dtype, 50 * 256, 1);
     let value = workload::random_normal(problem.dtype, 50 * 256, 2);
@@ -551,16 +536,7 @@ fn timing_and_bandwidth_run() {
 
 fn default_case(num_tokens: usize) -> Case {
     Case {
-        problem: Problem {
-            num_tokens,
-            num_heads: 8,
-            head_size: 128,
-            block_size: 16,
-            num_blocks: 64,
-            dtype: Dtype::BFloat16,
-            cache_dtype: CacheDtype::Auto,
-            layout: Layout::Nhd,
-        },
+        problem: problem().tokens(num_tokens).blocks(64).build(),
         padding_fraction: 0.0,
         special_values: false,
         seed: 11,
@@ -591,10 +567,7 @@ fn bad_requests_are_errors() {
     let mut backend = open();
     let case = default_case(10);
     let data = verify::CaseData::new(&case).unwrap();
-    let hnd = Problem {
-        layout: Layout::Hnd,
-        ..case.problem
-    };
+    let hnd = ProblemBuilder::from(case.problem).hnd().build();
     assert!(backend
         .prepare(&hnd, data.inputs(), CacheFill::Random { seed: 1 })
         .is_err());
@@ -683,16 +656,13 @@ fn fp8_lookup_table_matches_reference_in_the_kernels() {
 fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
     // 64 tokens of 8 x 128 elements: 65536 per tensor, then a padding token; fp8 blocks of
     // 16 KiB.
-    let base = Problem {
-        num_tokens: 65,
-        num_heads: 8,
-        head_size: 128,
-        block_size: 16,
-        num_blocks: 9,
-        dtype: Dtype::Half,
-        cache_dtype: CacheDtype::Fp8,
-        layout: Layout::Nhd,
-    };
+    let base = problem()
+        .tokens(65)
+        .heads(8)
+        .head_size(128)
+        .block_size(16)
+        .blocks(9)
+        .fp8();
     let mut patterns: Vec<u16> = (0..=u16::MAX).collect();
     // (An odd multiplier permutes the patterns.)
     let mut shuffled: Vec<u16> = patterns
@@ -730,7 +700,7 @@ fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
     ];
     let mut failures = Vec::new();
     for dtype in [Dtype::Half, Dtype::BFloat16] {
-        let problem = Problem { dtype, ..base };
+        let problem = base.dtype(dtype).build();
         for (i, &k_scale) in scales.iter().enumerate() {
             let v_scale = scales[(i + 4) % scales.len()];
             let inputs = Inputs {

@@ -1,0 +1,135 @@
+//! Helpers shared by the integration tests: one builder for problems, so that a test names only
+//! the sizes it cares about, and one fault-injecting backend wrapper.
+//!
+//! Included with `mod common;` by each test crate.
+
+// Each test crate uses a different part of this module, and every crate compiles all of it: what
+// one crate leaves unused would otherwise warn there (and clippy denies warnings).
+#![allow(dead_code)]
+
+pub mod faulty;
+
+use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+
+/// A problem builder starting from the defaults of [`ProblemBuilder::default`].
+pub fn problem() -> ProblemBuilder {
+    ProblemBuilder::default()
+}
+
+/// Builds a [`Problem`]; each setter replaces one field.
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemBuilder {
+    num_tokens: usize,
+    num_heads: usize,
+    head_size: usize,
+    block_size: usize,
+    /// `None`: room for twice the tokens plus one block (see [`ProblemBuilder::build`]).
+    num_blocks: Option<usize>,
+    dtype: Dtype,
+    cache_dtype: CacheDtype,
+    layout: Layout,
+}
+
+impl Default for ProblemBuilder {
+    /// The defaults, in one place: the benchmark's own head size, block size and dtypes
+    /// (`--head-size 128 --block-size 16 --dtype bfloat16 --cache-dtype auto`), NHD, but 8 heads
+    /// rather than 128 and one token, so that a default call stays cheap on the CPU.
+    fn default() -> Self {
+        Self {
+            num_tokens: 1,
+            num_heads: 8,
+            head_size: 128,
+            block_size: 16,
+            num_blocks: None,
+            dtype: Dtype::BFloat16,
+            cache_dtype: CacheDtype::Auto,
+            layout: Layout::Nhd,
+        }
+    }
+}
+
+/// Starts from an existing problem, to change a few of its fields.
+impl From<Problem> for ProblemBuilder {
+    fn from(p: Problem) -> Self {
+        Self {
+            num_tokens: p.num_tokens,
+            num_heads: p.num_heads,
+            head_size: p.head_size,
+            block_size: p.block_size,
+            num_blocks: Some(p.num_blocks),
+            dtype: p.dtype,
+            cache_dtype: p.cache_dtype,
+            layout: p.layout,
+        }
+    }
+}
+
+impl ProblemBuilder {
+    pub fn tokens(mut self, num_tokens: usize) -> Self {
+        self.num_tokens = num_tokens;
+        self
+    }
+
+    pub fn heads(mut self, num_heads: usize) -> Self {
+        self.num_heads = num_heads;
+        self
+    }
+
+    pub fn head_size(mut self, head_size: usize) -> Self {
+        self.head_size = head_size;
+        self
+    }
+
+    pub fn block_size(mut self, block_size: usize) -> Self {
+        self.block_size = block_size;
+        self
+    }
+
+    pub fn blocks(mut self, num_blocks: usize) -> Self {
+        self.num_blocks = Some(num_blocks);
+        self
+    }
+
+    pub fn dtype(mut self, dtype: Dtype) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    pub fn cache_dtype(mut self, cache_dtype: CacheDtype) -> Self {
+        self.cache_dtype = cache_dtype;
+        self
+    }
+
+    pub fn fp8(self) -> Self {
+        self.cache_dtype(CacheDtype::Fp8)
+    }
+
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    pub fn hnd(self) -> Self {
+        self.layout(Layout::Hnd)
+    }
+
+    /// The problem, not validated: tests also build the problems that must be refused.
+    ///
+    /// Without [`ProblemBuilder::blocks`], the cache gets
+    /// `(2 * num_tokens).div_ceil(block_size) + 1` blocks: twice the slots the tokens need, so
+    /// that random slot mappings scatter and leave untouched slots between written ones.
+    pub fn build(self) -> Problem {
+        Problem {
+            num_tokens: self.num_tokens,
+            num_heads: self.num_heads,
+            head_size: self.head_size,
+            block_size: self.block_size,
+            num_blocks: self
+                .num_blocks
+                .unwrap_or_else(|| (2 * self.num_tokens).div_ceil(self.block_size) + 1),
+            dtype: self.dtype,
+            cache_dtype: self.cache_dtype,
+            layout: self.layout,
+        }
+    }
+}
