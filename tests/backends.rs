@@ -7,10 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::problem;
-use paged_kv_bench::backend::Backend;
+use paged_kv_bench::backend::{self, Backend, Kind};
+use paged_kv_bench::options::{Mode, Options};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
-use paged_kv_bench::timing::{self, Mode, Protocol};
+use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
@@ -61,10 +62,10 @@ fn default_shape(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, num_toke
 /// slots never collide and the order of calls does not matter.
 fn check_rotation(backend: &mut dyn Backend) {
     let mut checked = 0;
-    for (layout, cache_dtype, mode) in [
-        (Layout::Nhd, CacheDtype::Auto, Mode::Cudagraph),
-        (Layout::Nhd, CacheDtype::Fp8, Mode::NoGraph),
-        (Layout::Hnd, CacheDtype::Fp8, Mode::NoGraph),
+    for (layout, cache_dtype) in [
+        (Layout::Nhd, CacheDtype::Auto),
+        (Layout::Nhd, CacheDtype::Fp8),
+        (Layout::Hnd, CacheDtype::Fp8),
     ] {
         if !backend.supports(layout) {
             continue;
@@ -96,7 +97,7 @@ fn check_rotation(backend: &mut dyn Backend) {
             key: workload::random_bytes(bytes, 4),
             value: workload::random_bytes(bytes, 5),
         };
-        let mut protocol = Protocol::new(mode, 2);
+        let mut protocol = Protocol::new(2);
         protocol.rotate = true;
         protocol.sampling.min_samples = 2;
         protocol.sampling.min_time = Duration::ZERO;
@@ -105,7 +106,8 @@ fn check_rotation(backend: &mut dyn Backend) {
             let mut call = backend
                 .prepare(&problem, inputs, CacheFill::Copy(&poisoned))
                 .expect("prepare");
-            let samples = call.time(&protocol).expect("timing with rotating inputs");
+            let samples = timing::measure(call.as_mut(), &problem, &slot_mapping, &protocol)
+                .expect("timing with rotating inputs");
             assert!(samples.device_us.iter().all(|t| *t > 0.0), "{samples:?}");
             call.read_back().expect("read back")
         };
@@ -179,19 +181,30 @@ macro_rules! backend_suite {
     };
 }
 
-backend_suite!(
-    cpu,
-    Box::new(paged_kv_bench::backend::cpu::CpuBackend::new())
-);
+fn open_backend(kind: Kind, options: Options) -> Box<dyn Backend> {
+    backend::open(kind, &options, false)
+        .unwrap_or_else(|error| panic!("{kind}: {}", error.one_line()))
+}
+
+backend_suite!(cpu, open_backend(Kind::Cpu, Options::default()));
+
+// Calls as the benchmark issues them by default (CUDA graph replays), and plain launches.
+#[cfg(feature = "cuda")]
+backend_suite!(cuda, open_backend(Kind::Cuda, Options::default()), #[ignore = "needs an NVIDIA GPU"]);
 
 #[cfg(feature = "cuda")]
-backend_suite!(cuda, Box::new(paged_kv_bench::backend::cuda::CudaBackend::open().expect("CUDA")), #[ignore = "needs an NVIDIA GPU"]);
-
-#[cfg(feature = "wgpu")]
 backend_suite!(
-    wgpu,
-    Box::new(
-        paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false)
-            .expect("a wgpu adapter (install mesa-vulkan-drivers)")
-    )
+    cuda_no_graph,
+    open_backend(
+        Kind::Cuda,
+        Options {
+            mode: Mode::NoGraph,
+            ..Options::default()
+        }
+    ),
+    #[ignore = "needs an NVIDIA GPU"]
 );
+
+// Needs a Vulkan (or Metal, DX12) adapter: lavapipe without a GPU (mesa-vulkan-drivers).
+#[cfg(feature = "wgpu")]
+backend_suite!(wgpu, open_backend(Kind::Wgpu, Options::default()));

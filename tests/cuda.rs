@@ -1,6 +1,6 @@
 //! CUDA-specific checks beyond the shared suite in `tests/backends.rs`: graph and plain
 //! launches, every launch shape and the scalar kernels against the reference, large token
-//! counts, cache reuse, out-of-memory errors; and, run by hand, timing and tuning tables.
+//! counts, cache reuse, out-of-memory errors. (The tuning tables are `examples/tune_cuda.rs`.)
 //! All need an NVIDIA GPU, so they are ignored by default:
 //! `cargo test --release --test cuda -- --ignored --test-threads 1`.
 #![cfg(feature = "cuda")]
@@ -11,20 +11,32 @@ use common::problem;
 use paged_kv_bench::backend::cuda::{CudaBackend, LaunchOverride};
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
+use paged_kv_bench::options::{CudaTuning, Mode, Options};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
-use paged_kv_bench::timing::{Mode, Protocol, Stats};
+use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Inputs};
 
-/// The backend, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES` if set (to
-/// check a tuning variant before it becomes the default).
-fn open() -> CudaBackend {
+/// The backend with `options`, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES`
+/// if set (to check a tuning variant before it becomes the default).
+fn open_with(options: Options) -> CudaBackend {
     let defines: Vec<String> = std::env::var("PKB_TEST_DEFINES")
         .unwrap_or_default()
         .split_whitespace()
         .map(String::from)
         .collect();
-    CudaBackend::open_with_defines(&defines).expect("CUDA")
+    let options = Options {
+        cuda: CudaTuning {
+            defines,
+            ..options.cuda
+        },
+        ..options
+    };
+    CudaBackend::open(&options).expect("CUDA")
+}
+
+fn open() -> CudaBackend {
+    open_with(Options::default())
 }
 
 fn case(problem: Problem, special_values: bool) -> Case {
@@ -52,7 +64,6 @@ fn check_all(backend: &mut CudaBackend, cases: &[Case], label: &str) {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn graph_and_plain_launches_leave_the_reference_result() {
-    let mut backend = open();
     // With and without programmatic dependent launch (the default on compute capability 9.0
     // and later; a no-op request below it).
     for (programmatic, mode) in [
@@ -61,7 +72,15 @@ fn graph_and_plain_launches_leave_the_reference_result() {
         (false, Mode::Cudagraph),
         (false, Mode::NoGraph),
     ] {
-        backend.set_programmatic_launch(programmatic);
+        let mut backend = open_with(Options {
+            mode,
+            cuda: CudaTuning {
+                programmatic_launch: Some(programmatic),
+                ..CudaTuning::default()
+            },
+            ..Options::default()
+        });
+        assert!(!backend.programmatic_launch() || programmatic);
         for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
             for layout in [Layout::Nhd, Layout::Hnd] {
                 let p = problem()
@@ -76,9 +95,12 @@ fn graph_and_plain_launches_leave_the_reference_result() {
                     let mut call = backend
                         .prepare(&case.problem, data.inputs(), CacheFill::Copy(&data.initial))
                         .unwrap();
-                    let samples = call.time(&Protocol::new(mode, 5)).unwrap();
+                    let protocol = Protocol::new(5);
+                    let slots = data.inputs().slot_mapping.to_vec();
+                    let samples =
+                        timing::measure(call.as_mut(), &case.problem, &slots, &protocol).unwrap();
                     assert!(samples.latency_us > 0.0);
-                    assert!(samples.device_us.len() >= Protocol::new(mode, 5).sampling.min_samples);
+                    assert!(samples.device_us.len() >= protocol.sampling.min_samples);
                     assert!(samples.device_us.iter().all(|t| *t > 0.0));
                     call.read_back().unwrap()
                 };
@@ -377,392 +399,6 @@ fn copy_bandwidth_is_measured() {
 
 // ---------------------------------------------------------------------------------------------
 // Tables, run by hand on a GPU (they print; they assert nothing about speed).
-
-struct Bench {
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
-impl Bench {
-    /// Random bits as inputs (fast to make; the values do not change the speed), for up to
-    /// `tokens` tokens of the default shape.
-    fn new(tokens: usize) -> Self {
-        let bytes = tokens * 128 * 128 * 2;
-        Self {
-            key: workload::random_bytes(bytes, 1),
-            value: workload::random_bytes(bytes, 2),
-        }
-    }
-
-    fn row(&self, backend: &mut CudaBackend, p: &Problem, mode: Mode, copy: f64) -> String {
-        let slots = workload::random_slot_mapping(p.num_slots(), p.num_tokens, 0.0, 3);
-        let len = p.input_bytes() as usize;
-        let inputs = Inputs {
-            key: &self.key[..len],
-            value: &self.value[..len],
-            slot_mapping: &slots,
-            k_scale: 0.05,
-            v_scale: 0.07,
-        };
-        let mut call = match backend.prepare(p, inputs, CacheFill::Random { seed: 11 }) {
-            Ok(call) => call,
-            Err(e) => return format!("error: {e}"),
-        };
-        let samples = match call.time(&Protocol::new(mode, 100)) {
-            Ok(samples) => samples,
-            Err(e) => return format!("error: {e}"),
-        };
-        let s: Stats = samples.device_stats();
-        let gbps = p.bytes_moved() as f64 / (s.median * 1e-6) / 1e9;
-        format!(
-            "{:>6} {:>4} {:>5} {:>10} {:>9.2} {:>9.3} {:>6.1}% {:>8.0} {:>6.1}%",
-            p.num_tokens,
-            p.layout.name(),
-            p.cache_dtype.name(),
-            mode.name(),
-            samples.latency_us,
-            s.median,
-            s.noise_percent,
-            gbps,
-            gbps / copy * 100.0
-        )
-    }
-}
-
-const HEADER: &str = "tokens  lay cache       mode   lat_us  device_us  noise     GB/s  %copy";
-
-#[test]
-#[ignore = "prints a timing table; needs an NVIDIA GPU"]
-fn cuda_timings() {
-    let start = std::time::Instant::now();
-    let mut backend = open();
-    println!(
-        "open (context + NVRTC compile + module load): {:.2} s",
-        start.elapsed().as_secs_f64()
-    );
-    let copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
-    println!(
-        "device: {} ({})",
-        backend.device().name,
-        backend.device().details
-    );
-    println!("copy ceiling: {copy:.0} GB/s (read + written)");
-    println!("{}", backend.mode_note(Mode::Cudagraph));
-    let max_tokens = std::env::var("PKB_MAX_TOKENS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(65536);
-    let bench = Bench::new(max_tokens);
-    println!("{HEADER}");
-    for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
-        for layout in [Layout::Nhd, Layout::Hnd] {
-            for tokens in [1, 2, 16, 64, 256, 1024, 8192, 65536] {
-                if tokens > max_tokens {
-                    continue;
-                }
-                // The benchmark's default shape: 65536 blocks x 16 slots x 128 heads x 128.
-                let p = problem()
-                    .tokens(tokens)
-                    .heads(128)
-                    .blocks(65536)
-                    .cache_dtype(cache_dtype)
-                    .layout(layout)
-                    .build();
-                println!("{}", bench.row(&mut backend, &p, Mode::Cudagraph, copy));
-                if tokens == 2 || tokens == 8192 {
-                    println!("{}", bench.row(&mut backend, &p, Mode::NoGraph, copy));
-                }
-            }
-        }
-    }
-}
-
-/// One row of the tuning sweep: a problem and how to cut it.
-#[derive(Debug, Clone)]
-struct TuneRow {
-    problem: Problem,
-    cold: bool,
-    rotate: bool,
-    /// `None`: the built-in shape.
-    shape: Option<LaunchOverride>,
-    label: String,
-    /// The define set (index in `PKB_DEFINES`) the row runs with.
-    set: usize,
-}
-
-/// `d` (built-in), `TxI` (T threads, I items per thread) or `TxIcB` (grid capped at B blocks
-/// per SM).
-fn parse_shape(text: &str) -> Option<LaunchOverride> {
-    if text == "d" {
-        return None;
-    }
-    let (threads, rest) = text.split_once('x').expect("shape TxI[cB]");
-    let (items, cap) = rest.split_once('c').unwrap_or((rest, "0"));
-    Some(LaunchOverride {
-        threads: threads.parse().expect("threads"),
-        items_per_thread: items.parse().expect("items"),
-        scalar: false,
-        blocks_per_sm: cap.parse().expect("blocks per SM"),
-    })
-}
-
-/// Rows from a spec: `;`-separated groups of space-separated `key=value` fields, where a value
-/// may list alternatives with `|` (every combination is a row). Keys (defaults): `lay` (NHD),
-/// `cache` (auto), `dt` (bfloat16), `T` (8192), `H` (128), `D` (128), `bs` (16), `nb`
-/// (65536), `mode` (w: warm, c: cold, r: rotating), `shape` (d; see `parse_shape`), `set` (0: the index of
-/// the define set to run with).
-fn parse_rows(spec: &str) -> Vec<TuneRow> {
-    let mut rows = Vec::new();
-    for group in spec.split(';').map(str::trim).filter(|g| !g.is_empty()) {
-        let mut fields: Vec<(String, Vec<String>)> = [
-            ("lay", "NHD"),
-            ("cache", "auto"),
-            ("dt", "bfloat16"),
-            ("T", "8192"),
-            ("H", "128"),
-            ("D", "128"),
-            ("bs", "16"),
-            ("nb", "65536"),
-            ("mode", "w"),
-            ("shape", "d"),
-            ("set", "0"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
-        .collect();
-        for field in group.split_whitespace() {
-            let (key, value) = field.split_once('=').expect("key=value");
-            let slot = fields
-                .iter_mut()
-                .find(|(k, _)| k == key)
-                .unwrap_or_else(|| panic!("unknown key {key}"));
-            slot.1 = value.split('|').map(String::from).collect();
-        }
-        let mut combos: Vec<Vec<String>> = vec![vec![]];
-        for (_, values) in &fields {
-            combos = combos
-                .into_iter()
-                .flat_map(|c| {
-                    values.iter().map(move |v| {
-                        let mut c = c.clone();
-                        c.push(v.clone());
-                        c
-                    })
-                })
-                .collect();
-        }
-        for c in combos {
-            let layout = match c[0].as_str() {
-                "NHD" => Layout::Nhd,
-                "HND" => Layout::Hnd,
-                other => panic!("layout {other}"),
-            };
-            let cache_dtype = match c[1].as_str() {
-                "auto" => CacheDtype::Auto,
-                "fp8" => CacheDtype::Fp8,
-                other => panic!("cache dtype {other}"),
-            };
-            let dtype = match c[2].as_str() {
-                "half" => Dtype::Half,
-                "bfloat16" | "bf16" => Dtype::BFloat16,
-                "float" => Dtype::Float,
-                other => panic!("dtype {other}"),
-            };
-            let n = |i: usize| -> usize { c[i].parse().expect("number") };
-            rows.push(TuneRow {
-                problem: problem()
-                    .tokens(n(3))
-                    .heads(n(4))
-                    .head_size(n(5))
-                    .block_size(n(6))
-                    .blocks(n(7))
-                    .dtype(dtype)
-                    .cache_dtype(cache_dtype)
-                    .layout(layout)
-                    .build(),
-                cold: c[8] == "c",
-                rotate: c[8] == "r",
-                shape: parse_shape(&c[9]),
-                label: c[9].clone(),
-                set: n(10),
-            });
-        }
-    }
-    rows
-}
-
-/// Tuning table, run by hand on a GPU; everything comes from the environment, so that one
-/// build serves any experiment:
-/// - `PKB_DEFINES`: `;`-separated sets of `-D` macros for the kernel source (an empty set: the
-///   built-in source), each compiled in turn; `PDL_LAUNCH=1` (`=0`) also launches the set's
-///   calls with (without) programmatic dependent launch;
-/// - `PKB_STREAMS`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
-///   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
-///   with H heads, a token's H rows spread as HND puts them, block size 16);
-/// - `PKB_ROWS`: the rows (see `parse_rows`), run for every define set;
-/// - `PKB_DEADLINE`: seconds after which the remaining rows are skipped (default 120).
-///
-/// Device time per row: the median of batches (warm: a graph of 20 calls replayed; cold: one
-/// call after an L2 flush), as in the benchmark; `%copy` against the copy ceiling measured here.
-#[test]
-#[ignore = "prints a tuning table; needs an NVIDIA GPU"]
-fn cuda_tuning() {
-    use std::collections::HashMap;
-    use std::fmt::Write;
-    use std::time::{Duration, Instant};
-    let start = Instant::now();
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.into());
-    let deadline = Duration::from_secs_f64(var("PKB_DEADLINE", "120").parse().unwrap());
-    let define_sets: Vec<Vec<String>> = var("PKB_DEFINES", "")
-        .split(';')
-        .map(|v| v.split_whitespace().map(String::from).collect())
-        .collect();
-    let rows = parse_rows(&var(
-        "PKB_ROWS",
-        "lay=NHD|HND cache=auto|fp8 T=8192 shape=d",
-    ));
-    let streams = var("PKB_STREAMS", "copy");
-    let mut out = String::new();
-    let mut copy = 0.0;
-    let mut inputs: HashMap<(Dtype, usize), workload::HostInputs> = HashMap::new();
-    for (set, defines) in define_sets.iter().enumerate() {
-        let mut backend = CudaBackend::open_with_defines(defines).unwrap();
-        // `PDL_LAUNCH=1` / `=0` in a define set: launch that set's calls with (without)
-        // programmatic dependent launch.
-        for (define, on) in [("PDL_LAUNCH=1", true), ("PDL_LAUNCH=0", false)] {
-            if defines.iter().any(|d| d == define) {
-                backend.set_programmatic_launch(on);
-            }
-        }
-        if set == 0 {
-            println!(
-                "device: {} ({})",
-                backend.device().name,
-                backend.device().details
-            );
-            for stream in streams.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                let gbps = if stream == "copy" {
-                    copy = backend.copy_bandwidth_gbps().unwrap().unwrap();
-                    copy
-                } else {
-                    let fields: Vec<u64> =
-                        stream[1..].split(':').map(|f| f.parse().unwrap()).collect();
-                    let reads = fields[0] as u32;
-                    let out_bytes = 1u64 << 30;
-                    let row = match fields[1] {
-                        0 => out_bytes,
-                        c => c,
-                    };
-                    let heads = fields.get(2).copied().unwrap_or(1);
-                    let mut best: f64 = 0.0;
-                    for _ in 0..2 {
-                        best = best.max(
-                            backend
-                                .measure_stream(reads, out_bytes, row, heads, 5)
-                                .unwrap(),
-                        );
-                    }
-                    best
-                };
-                let line = format!(
-                    "stream {stream:>10}: {gbps:6.0} GB/s ({:.1}% of copy)",
-                    gbps / copy * 100.0
-                );
-                println!("{line}");
-                writeln!(out, "{line}").unwrap();
-            }
-        }
-        println!("== set {set}: {defines:?}");
-        writeln!(out, "== set {set}: {defines:?}").unwrap();
-        for row in rows.iter().filter(|r| r.set == set) {
-            if start.elapsed() > deadline {
-                println!("deadline: skipped the rest");
-                writeln!(out, "deadline: skipped the rest").unwrap();
-                break;
-            }
-            let p = &row.problem;
-            let key = (p.dtype, p.token_elements());
-            let max_tokens = rows
-                .iter()
-                .filter(|r| (r.problem.dtype, r.problem.token_elements()) == key)
-                .map(|r| r.problem.num_tokens)
-                .max()
-                .unwrap();
-            let host = inputs.entry(key).or_insert_with(|| {
-                workload::HostInputs::random(p.dtype, p.token_elements(), max_tokens, 17)
-            });
-            let slots = workload::random_slot_mapping(p.num_slots(), p.num_tokens, 0.0, 3);
-            let call_inputs = host.inputs(p, &slots);
-            backend.force_launch(row.shape);
-            let mut protocol = Protocol::new(Mode::Cudagraph, 10);
-            protocol.cold = row.cold;
-            protocol.rotate = row.rotate;
-            protocol.sampling.max_time = Duration::from_millis(if row.cold { 600 } else { 400 });
-            let result = backend
-                .prepare(p, call_inputs, CacheFill::Random { seed: 11 })
-                .and_then(|mut call| call.time(&protocol));
-            let line = match result {
-                Ok(samples) => {
-                    let s: Stats = samples.device_stats();
-                    let gbps = p.bytes_moved() as f64 / (s.median * 1e-6) / 1e9;
-                    format!(
-                        "{set} {:>6} {} {:>4} {:>8} {:>3}x{:<3} bs{:<3} {} {:>10} {:>9.3} {:>5.1}% {:>6.0} {:>6.1}%",
-                        p.num_tokens,
-                        p.layout.name(),
-                        p.cache_dtype.name(),
-                        p.dtype.name(),
-                        p.num_heads,
-                        p.head_size,
-                        p.block_size,
-                        if row.cold { "c" } else if row.rotate { "r" } else { "w" },
-                        row.label,
-                        s.median,
-                        s.noise_percent,
-                        gbps,
-                        gbps / copy * 100.0
-                    )
-                }
-                Err(e) => format!("{set} {} {}: error: {e}", p.describe(), row.label),
-            };
-            println!("{line}");
-            writeln!(out, "{line}").unwrap();
-        }
-    }
-    println!(
-        "---- summary ({:.0} s): set tokens layout cache dtype HxD block mode shape device_us noise GB/s %copy",
-        start.elapsed().as_secs_f64()
-    );
-    print!("{out}");
-}
-
-#[test]
-fn tuning_specs_parse() {
-    let rows =
-        parse_rows("lay=NHD|HND cache=fp8 T=2|64 shape=d|256x2c4|96x3c1 set=1; dt=half; mode=r|c");
-    assert_eq!(rows.len(), 2 * 2 * 3 + 3);
-    assert!(rows[13].rotate && !rows[13].cold && rows[14].cold && !rows[14].rotate);
-    let r = &rows[1];
-    assert_eq!(r.problem.layout, Layout::Nhd);
-    assert_eq!(r.problem.cache_dtype, CacheDtype::Fp8);
-    assert_eq!(r.problem.num_tokens, 2);
-    assert_eq!(r.set, 1);
-    assert_eq!(
-        r.shape,
-        Some(LaunchOverride {
-            threads: 256,
-            items_per_thread: 2,
-            scalar: false,
-            blocks_per_sm: 4,
-        })
-    );
-    assert_eq!(rows[2].shape.unwrap().blocks_per_sm, 1);
-    assert_eq!(rows[0].shape, None);
-    let last = &rows[12];
-    assert_eq!(
-        (last.problem.dtype, last.set, last.cold),
-        (Dtype::Half, 0, false)
-    );
-}
 
 /// The fp8 kernels' division-free conversion (`quotient4` in the kernel source), replayed on the
 /// CPU with the same IEEE single-precision operations, against the reference's division: every

@@ -53,7 +53,10 @@ fn json_report_round_trips_and_carries_everything() {
     assert_eq!(report.tool, "paged-kv-bench");
     assert_eq!(report.config.num_heads, 8);
     assert_eq!(report.config.seed, 5);
-    assert_eq!(report.config.dtype, "bfloat16");
+    assert_eq!(
+        report.config.dtype,
+        paged_kv_bench::problem::Dtype::BFloat16
+    );
     assert_eq!(report.implementations.len(), 1);
     let cpu = &report.implementations[0];
     assert_eq!(cpu.name, "cpu");

@@ -4,10 +4,10 @@ mod common;
 
 use common::faulty::{Fault, Faulty};
 use paged_kv_bench::backend::cpu::CpuBackend;
-use paged_kv_bench::backend::{Backend, Implementation};
+use paged_kv_bench::backend::{Backend, Kind};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
-use paged_kv_bench::timing::{Mode, Protocol, Sampling};
+use paged_kv_bench::timing::{Protocol, Sampling};
 use paged_kv_bench::Error;
 
 fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
@@ -26,9 +26,10 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
                 max_time: std::time::Duration::from_millis(50),
                 ..Sampling::default()
             },
-            ..Protocol::new(Mode::NoGraph, 2)
+            ..Protocol::new(2)
         },
         seed: 3,
+        host_memory_limit: None,
     }
 }
 
@@ -41,7 +42,7 @@ fn a_failing_row_is_named_and_stops_the_sweep() {
             Box::new(CpuBackend::new()),
             Fault::FailAt { num_tokens: 64 },
         )
-        .posing_as(Implementation::Cuda),
+        .posing_as(Kind::Cuda),
     )];
     let plan = sweep::plan(&config, &backends).unwrap();
     let mut steps = Vec::new();
@@ -49,9 +50,16 @@ fn a_failing_row_is_named_and_stops_the_sweep() {
         steps.push(problem.num_tokens)
     })
     .expect_err("the row of 64 tokens fails");
-    let message = error.to_string();
+    // The row and backend as context, the failure kept as the cause.
     assert!(
-        message.contains("cuda at num_tokens=64 layout=NHD") && message.contains("out of memory"),
+        matches!(&error, Error::Row { num_tokens: 64, layout: Layout::Nhd, source, .. }
+            if matches!(**source, Error::Cuda { .. })),
+        "{error:?}"
+    );
+    let message = error.one_line();
+    assert!(
+        message.starts_with("cuda at num_tokens=64 layout=NHD: CUDA error: allocating")
+            && message.contains("out of memory"),
         "{message}"
     );
     assert_eq!(steps, [2, 64], "the sweep went on after the failure");

@@ -2,9 +2,8 @@
 //! delegation to the wrapped backend is in the one `impl Backend` and the one `impl Prepared`
 //! below, so that a change to either trait is made here once.
 
-use paged_kv_bench::backend::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use paged_kv_bench::backend::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use paged_kv_bench::problem::{Layout, Problem};
-use paged_kv_bench::timing::{Mode, Protocol, Samples};
 use paged_kv_bench::workload::{CacheFill, Caches, Inputs};
 use paged_kv_bench::{Error, Result};
 
@@ -42,8 +41,8 @@ pub enum Fault {
 pub struct Faulty {
     inner: Box<dyn Backend>,
     fault: Fault,
-    /// Reported instead of the inner backend's implementation.
-    implementation: Option<Implementation>,
+    /// Reported instead of the inner backend's kind.
+    kind: Option<Kind>,
     /// Supported instead of the inner backend's layouts.
     layouts: Option<Vec<Layout>>,
     /// The slot mapping passed on when a token is dropped: it must outlive the call.
@@ -55,7 +54,7 @@ impl Faulty {
         Self {
             inner,
             fault,
-            implementation: None,
+            kind: None,
             layouts: None,
             slots: Vec::new(),
         }
@@ -63,8 +62,8 @@ impl Faulty {
 
     /// Poses as `implementation`, so that errors and reports name it (a CPU backend posing as
     /// CUDA fails the way a GPU runs out of memory).
-    pub fn posing_as(mut self, implementation: Implementation) -> Self {
-        self.implementation = Some(implementation);
+    pub fn posing_as(mut self, kind: Kind) -> Self {
+        self.kind = Some(kind);
         self
     }
 
@@ -76,9 +75,8 @@ impl Faulty {
 }
 
 impl Backend for Faulty {
-    fn implementation(&self) -> Implementation {
-        self.implementation
-            .unwrap_or_else(|| self.inner.implementation())
+    fn kind(&self) -> Kind {
+        self.kind.unwrap_or_else(|| self.inner.kind())
     }
 
     fn device(&self) -> DeviceInfo {
@@ -100,8 +98,8 @@ impl Backend for Faulty {
         self.inner.device_memory()
     }
 
-    fn mode_note(&self, mode: Mode) -> String {
-        self.inner.mode_note(mode)
+    fn mode_note(&self) -> String {
+        self.inner.mode_note()
     }
 
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
@@ -124,9 +122,10 @@ impl Backend for Faulty {
         let flip = match *fault {
             Fault::FailAt { num_tokens } => {
                 if problem.num_tokens == num_tokens {
-                    return Err(Error::Cuda(
-                        "out of memory (CUDA_ERROR_OUT_OF_MEMORY)".into(),
-                    ));
+                    return Err(Error::Cuda {
+                        what: "allocating the key cache".into(),
+                        source: "out of memory (CUDA_ERROR_OUT_OF_MEMORY)".into(),
+                    });
                 }
                 None
             }
@@ -170,8 +169,20 @@ impl Prepared for FaultyCall<'_> {
         self.call.run()
     }
 
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        self.call.time(protocol)
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.call.rotate(slot_mappings)
+    }
+
+    fn batch_unit(&self) -> usize {
+        self.call.batch_unit()
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        self.call.time_batch(calls)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        self.call.flush_cache()
     }
 
     fn read_back(&mut self) -> Result<Caches> {
