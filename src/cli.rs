@@ -8,7 +8,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use paged_kv_bench::backend::Selection;
-use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuTuning};
+use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Protocol, Sampling};
@@ -121,6 +121,10 @@ pub struct BackendArgs {
     /// wgpu: print each call's plan to stderr.
     #[arg(long, hide = true)]
     pub wgpu_trace: bool,
+
+    /// wgpu: the graphics API to open adapters on ("native": Vulkan, Metal or DX12).
+    #[arg(long, value_enum, default_value_t = WgpuApi::Native)]
+    pub wgpu_api: WgpuApi,
 }
 
 impl BackendArgs {
@@ -146,6 +150,7 @@ impl BackendArgs {
                 fp8_table: self.wgpu_fp8_table,
                 fp8_lut: self.wgpu_fp8_lut,
                 trace: self.wgpu_trace,
+                api: self.wgpu_api,
             },
             host_memory_limit,
         }

@@ -9,6 +9,13 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start where
+    // it is unset (containers, CI); this program shows no windows, so any directory will do.
+    // Set here, before any thread exists, rather than in the library, where setting the
+    // environment would race with other threads reading it.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
     install_panic_hook();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,

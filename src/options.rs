@@ -157,6 +157,38 @@ pub struct WgpuTuning {
     pub fp8_lut: Option<bool>,
     /// Print each call's plan to stderr.
     pub trace: bool,
+    /// Which graphics APIs to look for adapters on.
+    pub api: WgpuApi,
+}
+
+/// The graphics APIs wgpu may open adapters on.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum WgpuApi {
+    /// The platform's native APIs: Vulkan, Metal, DX12 (OpenGL lacks what the fast paths need:
+    /// many storage bindings, large buffers).
+    #[default]
+    Native,
+    Vulkan,
+    Metal,
+    Dx12,
+    /// OpenGL / OpenGL ES (EGL; Mesa's llvmpipe without a GPU): 16 storage buffers per stage,
+    /// so calls take the one-chunk kernels.
+    Gl,
+}
+
+impl WgpuApi {
+    pub fn name(self) -> &'static str {
+        match self {
+            WgpuApi::Native => "native",
+            WgpuApi::Vulkan => "vulkan",
+            WgpuApi::Metal => "metal",
+            WgpuApi::Dx12 => "dx12",
+            WgpuApi::Gl => "gl",
+        }
+    }
 }
 
 impl WgpuTuning {
@@ -181,6 +213,10 @@ impl WgpuTuning {
         add("fp8_table", self.fp8_table.map(|v| v.to_string()));
         add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
         add("trace", self.trace.then(|| "true".to_string()));
+        add(
+            "api",
+            (self.api != WgpuApi::Native).then(|| self.api.name().to_string()),
+        );
         set
     }
 }

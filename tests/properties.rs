@@ -270,7 +270,8 @@ fn cpu_backend_matches_reference_on_random_shapes() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn wgpu_backend_matches_reference_on_random_shapes() {
-    let mut backend = paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false)
-        .expect("a wgpu adapter (install mesa-vulkan-drivers)");
+    let mut backend =
+        paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false, Default::default())
+            .expect("a wgpu adapter (install mesa-vulkan-drivers)");
     backend_matches_reference_on_random_shapes(&mut backend, 64);
 }

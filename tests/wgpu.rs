@@ -16,12 +16,13 @@ use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
-use paged_kv_bench::timing::{Mode, Protocol, Sampling};
+use paged_kv_bench::timing::{self, Protocol, Sampling};
 use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
 fn open() -> WgpuBackend {
-    WgpuBackend::open(None, false).expect("a wgpu adapter (install mesa-vulkan-drivers)")
+    WgpuBackend::open(None, false, LimitOverrides::default())
+        .expect("a wgpu adapter (install mesa-vulkan-drivers)")
 }
 
 /// A backend that binds at most `max_binding_bytes` per buffer.
@@ -514,9 +515,11 @@ fn timing_and_bandwidth_run() {
                     max_time: Duration::from_secs(2),
                     ..Sampling::default()
                 },
-                ..Protocol::new(Mode::NoGraph, 5)
+                ..Protocol::new(5)
             };
-            let samples = call.time(&protocol).expect("time");
+            let slots = data.inputs().slot_mapping.to_vec();
+            let samples =
+                timing::measure(call.as_mut(), &case.problem, &slots, &protocol).expect("time");
             assert!(samples.latency_us.is_finite() && samples.latency_us > 0.0);
             assert!((1..=4).contains(&samples.device_us.len()));
             assert!(samples.device_us.iter().all(|t| t.is_finite() && *t >= 0.0));
@@ -526,9 +529,7 @@ fn timing_and_bandwidth_run() {
     }
     let bandwidth = backend.copy_bandwidth_gbps().expect("copy bandwidth");
     assert!(bandwidth.is_some_and(|gbps| gbps.is_finite() && gbps > 0.0));
-    assert!(backend
-        .mode_note(Mode::Cudagraph)
-        .contains("does not apply"));
+    assert!(backend.mode_note().contains("does not apply"));
     assert!(!backend.supports(Layout::Hnd) && backend.supports(Layout::Nhd));
     let info = backend.device();
     assert!(!info.name.is_empty() && !info.details.is_empty());
@@ -547,12 +548,13 @@ fn default_case(num_tokens: usize) -> Case {
 /// inputs of the wrong size, caches of the wrong size.
 #[test]
 fn bad_requests_are_errors() {
-    match WgpuBackend::open(Some("no adapter is called this"), false) {
-        Err(Error::Unavailable {
-            implementation,
-            reason,
-        }) => {
-            assert_eq!(implementation, "wgpu");
+    match WgpuBackend::open(
+        Some("no adapter is called this"),
+        false,
+        LimitOverrides::default(),
+    ) {
+        Err(Error::Unavailable { backend, reason }) => {
+            assert_eq!(backend, paged_kv_bench::backend::Kind::Wgpu);
             assert!(reason.contains("no adapter"), "{reason}");
             assert!(!reason.contains('\n'));
         }
@@ -560,7 +562,7 @@ fn bad_requests_are_errors() {
         Ok(_) => panic!("an adapter matched a name no adapter has"),
     }
     // Hardware only: succeeds on a machine with a GPU, is a one-line refusal on lavapipe alone.
-    if let Err(error) = WgpuBackend::open(None, true) {
+    if let Err(error) = WgpuBackend::open(None, true, LimitOverrides::default()) {
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
     }
 

@@ -31,15 +31,16 @@
 
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytemuck::{Pod, Zeroable};
 
-use super::{Backend, DeviceInfo, Footprint, Implementation, Prepared};
+use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
+use crate::options::{WgpuApi, WgpuTuning};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
-use crate::timing::{self, Mode, Protocol, Samples};
-use crate::workload::{rotated_slot_mapping, CacheFill, Caches, Inputs};
+use crate::timing;
+use crate::workload::{CacheFill, Caches, Inputs};
 
 const SHADER: &str = include_str!("../../shaders/reshape_and_cache_flash.wgsl");
 
@@ -79,90 +80,9 @@ const STAGING_BYTES: u64 = 64 << 20;
 /// their bindings.
 const FLUSH_BYTES: u64 = 256 << 20;
 
-/// Limits below the adapter's own and choices the backend would otherwise make itself, for
-/// tests and experiments: small bindings split small caches and inputs over many buffers (as
-/// 32 GiB caches are on a GPU), and few workgroups per grid dimension make every dispatch
-/// two-dimensional (as those of more than 65535 workgroups are).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LimitOverrides {
-    /// Bytes per storage binding (rounded down to 16).
-    pub max_binding_bytes: Option<u64>,
-    /// Workgroups per dispatch dimension.
-    pub max_workgroups_per_dimension: Option<u32>,
-    /// Cache blocks per chunk, at most.
-    pub max_chunk_blocks: Option<u64>,
-    /// Take the tokens in slot order (a bucketing pass on the device in every call) or as they
-    /// come; `None`: by the problem's size.
-    pub slot_order: Option<bool>,
-    /// Buckets of the slot-order pass (slot ranges); `None`: the backend's choice.
-    pub order_buckets: Option<u32>,
-    /// One buffer per cache, its chunks bound as windows of it, or one buffer per chunk;
-    /// `None`: the backend's choice.
-    pub one_buffer: Option<bool>,
-    /// 16-byte units per thread in the 16-byte kernels (1 to 8); `None`: the backend's choice.
-    pub units_per_thread: Option<u32>,
-    /// fp8 through threshold tables where the scales allow (the default), else the plain
-    /// encoder alone.
-    pub fp8_table: Option<bool>,
-    /// fp8 from half and bfloat16 inputs through a lookup table of every 16-bit pattern's
-    /// code, built on the device in each call (replaces both the threshold tables and the
-    /// plain encoder for those calls); on by default.
-    pub fp8_lut: Option<bool>,
-}
-
-impl LimitOverrides {
-    /// The overrides that are set, for the device line ("" when none is).
-    fn describe(&self) -> String {
-        let mut set = Vec::new();
-        let mut add = |name: &str, value: Option<String>| {
-            if let Some(value) = value {
-                set.push(format!("{name}={value}"));
-            }
-        };
-        add("max_binding", self.max_binding_bytes.map(|v| v.to_string()));
-        add(
-            "max_workgroups",
-            self.max_workgroups_per_dimension.map(|v| v.to_string()),
-        );
-        add("chunk_blocks", self.max_chunk_blocks.map(|v| v.to_string()));
-        add("slot_order", self.slot_order.map(|v| v.to_string()));
-        add("order_buckets", self.order_buckets.map(|v| v.to_string()));
-        add("one_buffer", self.one_buffer.map(|v| v.to_string()));
-        add("units", self.units_per_thread.map(|v| v.to_string()));
-        add("fp8_table", self.fp8_table.map(|v| v.to_string()));
-        add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
-        if set.is_empty() {
-            String::new()
-        } else {
-            format!("; overrides: {}", set.join(" "))
-        }
-    }
-
-    /// Overrides from the environment, for experiments on a GPU (the benchmark has no flags
-    /// for them): `PKB_WGPU_MAX_BINDING` (bytes), `PKB_WGPU_CHUNK_BLOCKS`,
-    /// `PKB_WGPU_SLOT_ORDER` (0 or 1), `PKB_WGPU_ORDER_BUCKETS`, `PKB_WGPU_ONE_BUFFER` (0 or 1),
-    /// `PKB_WGPU_UNITS` (1 to 8), `PKB_WGPU_FP8_TABLE` (0 or 1), `PKB_WGPU_FP8_LUT` (0 or 1).
-    /// Unset or unreadable variables leave the backend's own choice. (`PKB_WGPU_TRACE`, set,
-    /// prints each call's plan to stderr.)
-    pub fn from_env() -> Self {
-        fn number(name: &str) -> Option<u64> {
-            std::env::var(name).ok()?.trim().parse().ok()
-        }
-        Self {
-            max_binding_bytes: number("PKB_WGPU_MAX_BINDING"),
-            max_workgroups_per_dimension: None,
-            max_chunk_blocks: number("PKB_WGPU_CHUNK_BLOCKS").filter(|&n| n > 0),
-            slot_order: number("PKB_WGPU_SLOT_ORDER").map(|n| n != 0),
-            order_buckets: number("PKB_WGPU_ORDER_BUCKETS")
-                .filter(|&n| n > 0)
-                .map(|n| n.min(1 << 20) as u32),
-            one_buffer: number("PKB_WGPU_ONE_BUFFER").map(|n| n != 0),
-            units_per_thread: number("PKB_WGPU_UNITS").map(|n| n.clamp(1, MAX_UNITS) as u32),
-            fp8_table: number("PKB_WGPU_FP8_TABLE").map(|n| n != 0),
-            fp8_lut: number("PKB_WGPU_FP8_LUT").map(|n| n != 0),
-        }
-    }
-}
+// Limits below the adapter's own and choices the backend would otherwise make itself (tests,
+// experiments): an option like every other knob.
+pub use crate::options::WgpuTuning as LimitOverrides;
 
 /// The wgpu backend on one adapter.
 pub struct WgpuBackend {
@@ -604,7 +524,7 @@ fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 
 fn unavailable(reason: impl Into<String>) -> Error {
     Error::Unavailable {
-        implementation: "wgpu",
+        backend: Kind::Wgpu,
         reason: reason.into(),
     }
 }
@@ -661,27 +581,28 @@ impl WgpuBackend {
     /// Opens an adapter: the first whose name contains `adapter` (case-insensitive), else the
     /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
     /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU.
-    pub fn open(adapter: Option<&str>, hardware_only: bool) -> Result<Self> {
-        Self::open_with(adapter, hardware_only, LimitOverrides::from_env())
+    /// With `tuning`'s limits and choices where set (tests, experiments), on `tuning.api`.
+    pub fn open(adapter: Option<&str>, hardware_only: bool, tuning: WgpuTuning) -> Result<Self> {
+        Self::open_with(adapter, hardware_only, tuning)
     }
 
-    /// As [`WgpuBackend::open`], with limits below the adapter's (for tests).
+    /// The same as [`WgpuBackend::open`] (kept for callers that name the tuning "overrides").
     pub fn open_with(
         adapter: Option<&str>,
         hardware_only: bool,
-        overrides: LimitOverrides,
+        overrides: WgpuTuning,
     ) -> Result<Self> {
-        // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start
-        // where it is unset (containers, CI); this program shows no windows, so any directory
-        // will do.
-        if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
-            std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
-        }
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        // WGPU_BACKEND picks APIs; by default the native ones (OpenGL lacks what this needs:
-        // large storage bindings, timestamps inside compute passes on many drivers).
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let backends = match overrides.api {
+            WgpuApi::Native => wgpu::Backends::PRIMARY,
+            WgpuApi::Vulkan => wgpu::Backends::VULKAN,
+            WgpuApi::Metal => wgpu::Backends::METAL,
+            WgpuApi::Dx12 => wgpu::Backends::DX12,
+            WgpuApi::Gl => wgpu::Backends::GL,
+        };
+        // No `from_env`: what runs is decided by the options alone.
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
         let adapters = pollster::block_on(instance.enumerate_adapters(backends));
         let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
         let chosen = choose_adapter(&infos, adapter, hardware_only)?;
@@ -1061,7 +982,7 @@ impl WgpuBackend {
                 slots_per_bucket: slots_per_bucket as u32,
             });
         }
-        if std::env::var_os("PKB_WGPU_TRACE").is_some() {
+        if self.overrides.trace {
             eprintln!(
                 "wgpu plan: {:?} chunks={} (max_buffer_size={} storage offset alignment={}) {plan:?}",
                 problem.describe(),
@@ -1933,8 +1854,8 @@ fn memory_budget(_device: &wgpu::Device) -> Option<u64> {
 }
 
 impl Backend for WgpuBackend {
-    fn implementation(&self) -> Implementation {
-        Implementation::Wgpu
+    fn kind(&self) -> Kind {
+        Kind::Wgpu
     }
 
     fn device(&self) -> DeviceInfo {
@@ -1956,7 +1877,14 @@ impl Backend for WgpuBackend {
                 } else {
                     "the host clock (no timestamp queries)"
                 },
-                self.overrides.describe()
+                {
+                    let set = self.overrides.non_default();
+                    if set.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; overrides: {}", set.join(" "))
+                    }
+                }
             ),
         }
     }
@@ -1998,16 +1926,15 @@ impl Backend for WgpuBackend {
         }
     }
 
-    fn mode_note(&self, mode: Mode) -> String {
+    fn mode_note(&self) -> String {
         format!(
-            "--mode {} does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
+            "--mode does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
              command buffers are single-use), so every call records and submits one command \
              buffer (one compute pass, one dispatch per group of up to \
              {WIDE_CHUNKS_PER_DISPATCH} cache chunks, {CHUNKS_PER_DISPATCH} on adapters with few \
              storage bindings); device time: back-to-back calls in one compute pass per sample \
              (one call after a cache flush when cold; calls cycling over copies of the inputs \
              when rotating), {}",
-            mode.name(),
             if self.timestamps {
                 "timed by timestamp queries at the pass boundaries"
             } else {
@@ -2075,6 +2002,7 @@ impl Backend for WgpuBackend {
             inputs,
             dispatches,
             buffers,
+            copies: Vec::new(),
         }))
     }
 }
@@ -2095,6 +2023,19 @@ struct WgpuCall<'a> {
     dispatches: Vec<Dispatch>,
     /// Inputs, slots and parameters, freed when the call is dropped.
     buffers: Vec<wgpu::Buffer>,
+    /// Rotating inputs: further calls built like this one, each with its own upload of the
+    /// inputs and its own slots, recorded in turn.
+    copies: Vec<(Vec<Dispatch>, Vec<wgpu::Buffer>)>,
+}
+
+impl WgpuCall<'_> {
+    fn destroy_copies(&mut self) {
+        for (_, buffers) in self.copies.drain(..) {
+            for buffer in buffers {
+                buffer.destroy();
+            }
+        }
+    }
 }
 
 impl Drop for WgpuCall<'_> {
@@ -2102,6 +2043,7 @@ impl Drop for WgpuCall<'_> {
         for buffer in &self.buffers {
             buffer.destroy();
         }
+        self.destroy_copies();
     }
 }
 
@@ -2140,77 +2082,48 @@ impl Prepared for WgpuCall<'_> {
         self.call()
     }
 
-    fn time(&mut self, protocol: &Protocol) -> Result<Samples> {
-        let latency_us = timing::wall_clock_latency_us(protocol, || self.call())?;
-        if protocol.cold {
-            self.backend.ensure_flush()?;
-        }
-        // Rotating inputs: further calls built like this one, each with its own upload of the
-        // inputs and its own slots (moved by whole blocks), recorded in turn.
-        let sets = if protocol.rotate {
-            timing::rotation_sets(self.problem.bytes_moved())
-        } else {
-            1
-        };
-        let mut copies = Vec::new();
-        for set in 1..sets {
-            let slots = rotated_slot_mapping(
-                self.inputs.slot_mapping,
-                self.problem.num_slots(),
-                self.problem.block_size,
-                set,
-                sets,
-            );
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.destroy_copies();
+        for slots in slot_mappings {
             let inputs = Inputs {
-                slot_mapping: &slots,
+                slot_mapping: slots,
                 ..self.inputs
             };
-            copies.push(
-                self.backend
-                    .build_call(&self.problem, &self.plan, &inputs)?,
-            );
+            let copy = self
+                .backend
+                .build_call(&self.problem, &self.plan, &inputs)?;
+            self.copies.push(copy);
         }
+        Ok(())
+    }
+
+    fn batch_unit(&self) -> usize {
+        1 + self.copies.len()
+    }
+
+    /// Calls in one compute pass between timestamp queries at its boundaries (wgpu inserts a
+    /// barrier between dispatches that write the same buffers, so the calls run one after
+    /// another), cycling over the rotation copies.
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        let unit = self.batch_unit();
         let this = &*self;
-        let backend = &*this.backend;
+        let units = calls.div_ceil(unit);
         let record = |pass: &mut wgpu::ComputePass| {
             this.record(pass);
-            for (dispatches, _) in &copies {
+            for (dispatches, _) in &this.copies {
                 record_dispatches(pass, dispatches);
             }
         };
-        let result = (|| {
-            if protocol.cold {
-                // One call per sample, each after evicting the caches.
-                return timing::sample_until_stable(&protocol.sampling, || {
-                    backend.flush_caches()?;
-                    backend.time_pass(1, &record)
-                });
-            }
-            // Size batches from the device time of a first batch (which also warms up): the
-            // latency includes submission and synchronisation that back-to-back calls do not
-            // pay, and would make batches too short for fast calls. Each unit of a batch is a
-            // whole rotation of `sets` calls.
-            let per_call = |units: usize| -> Result<f64> {
-                Ok(backend.time_pass(units, &record)? / sets as f64)
-            };
-            let units = |per_call_us: f64| {
-                protocol
-                    .calls_per_batch(Duration::from_secs_f64(per_call_us.max(0.0) * 1e-6))
-                    .div_ceil(sets)
-            };
-            let first = per_call(units(latency_us))?;
-            let batch = units(first);
-            timing::sample_until_stable(&protocol.sampling, || per_call(batch))
-        })();
-        for (_, buffers) in &copies {
-            for buffer in buffers {
-                buffer.destroy();
-            }
+        if calls == 1 {
+            let single = |pass: &mut wgpu::ComputePass| this.record(pass);
+            return this.backend.time_pass(1, &single);
         }
-        Ok(Samples {
-            latency_us,
-            device_us: result?,
-        })
+        Ok(this.backend.time_pass(units, &record)? * units as f64)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        self.backend.ensure_flush()?;
+        self.backend.flush_caches()
     }
 
     fn read_back(&mut self) -> Result<Caches> {
@@ -2360,7 +2273,8 @@ mod tests {
     /// wait.
     #[test]
     fn wgpu_errors_are_returned_not_panics() {
-        let backend = WgpuBackend::open(None, false).expect("a wgpu adapter");
+        let backend =
+            WgpuBackend::open(None, false, WgpuTuning::default()).expect("a wgpu adapter");
         let too_big = backend.limits.max_buffer_size + 4;
         let error = backend
             .scoped("allocating an impossible buffer", || {
@@ -2425,7 +2339,7 @@ mod tests {
             assert!(matches!(
                 error,
                 Error::Unavailable {
-                    implementation: "wgpu",
+                    backend: Kind::Wgpu,
                     ..
                 }
             ));
