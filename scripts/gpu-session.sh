@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (carry .devbin and .gl; see scripts/build-devbin.sh): the checks and
-# measurements the issues ask for, by stage, logs under $OUT. Usage: gpu-session.sh STAGE...
+# measurements the issues ask for, by stage, logs under $OUT (the device tool brings back at most
+# 8 files: point OUT elsewhere and tar it). Usage: gpu-session.sh STAGE...
 #   env       GPU, driver, clocks
 #   tests     every ignored (GPU) test: CUDA and the shared suite on CUDA and Vulkan; the examples
 #   verify    paged-kv-bench verify (full) over every implementation
@@ -37,7 +38,8 @@ for stage in "$@"; do
     tests)
         step lib-tests 60 $B/lib-tests
         step cuda-tests 240 $B/cuda --ignored --test-threads 1
-        step backends-cuda 240 $B/backends --ignored --test-threads 1 cuda::
+        # `cuda` matches both CUDA suites: graph replays (cuda::) and plain launches (cuda_no_graph::).
+        step backends-cuda 300 $B/backends --ignored --test-threads 1 cuda
         step backends-wgpu 300 $B/backends --test-threads 1 wgpu::
         [ -x $B/wgpu ] && step wgpu-tests 300 $B/wgpu --test-threads 1 --include-ignored
         step example-cuda 60 $B/example-cuda
