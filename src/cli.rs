@@ -188,6 +188,7 @@ impl BenchArgs {
     pub fn backend_options(&self) -> BackendOptions {
         BackendOptions {
             adapter: self.adapter.clone(),
+            ..BackendOptions::default()
         }
     }
 

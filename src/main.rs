@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    quiet_vulkan_loader();
     install_panic_hook();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
@@ -50,6 +51,16 @@ fn clap_error(error: clap::Error) -> ExitCode {
         .join(" ");
     eprintln!("{line}");
     ExitCode::from(2)
+}
+
+/// Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start where it
+/// is unset (containers, CI); this program shows no windows, so any directory will do. Set
+/// first thing, while this is the only thread: changing the environment while another thread
+/// reads it is undefined behaviour, which is also why the library never does it.
+fn quiet_vulkan_loader() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
+    }
 }
 
 /// A panic is a bug, but the user still gets one line rather than a backtrace.

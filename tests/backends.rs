@@ -194,7 +194,7 @@ backend_suite!(cuda, Box::new(paged_kv_bench::backend::cuda::CudaBackend::open()
 backend_suite!(
     wgpu,
     Box::new(
-        paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false)
+        paged_kv_bench::backend::wgpu::WgpuBackend::open(None, false, Default::default())
             .expect("a wgpu adapter (install mesa-vulkan-drivers)")
     )
 );

@@ -9,6 +9,7 @@
 //! 3. [`Prepared::read_back`] returns the caches for verification.
 
 use crate::error::{Error, Result};
+use crate::options::WgpuTuning;
 use crate::problem::{Layout, Problem};
 use crate::timing::{Mode, Protocol, Samples};
 use crate::workload::{CacheFill, Caches, Inputs};
@@ -72,6 +73,8 @@ pub struct Footprint {
 pub struct BackendOptions {
     /// wgpu: use the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
+    /// wgpu: limits and choices instead of the backend's own.
+    pub wgpu: WgpuTuning,
 }
 
 /// One implementation of `reshape_and_cache_flash` on one device.
@@ -186,6 +189,7 @@ fn open(
         Implementation::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open(
             options.adapter.as_deref(),
             hardware_only,
+            options.wgpu,
         )?)),
         #[cfg(not(feature = "wgpu"))]
         Implementation::Wgpu => Err(Error::Unavailable {

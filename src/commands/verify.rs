@@ -34,6 +34,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
 
     let options = BackendOptions {
         adapter: args.adapter.clone(),
+        ..BackendOptions::default()
     };
     // `auto` picks one backend for a benchmark; a check wants every one there is.
     let choice = match args.implementation {
@@ -148,17 +149,18 @@ fn variants(
         .iter()
         .any(|backend| backend.implementation() == Implementation::Wgpu)
     {
-        use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
+        use paged_kv_bench::backend::wgpu::WgpuBackend;
+        use paged_kv_bench::options::WgpuTuning;
         const BINDING_BYTES: u64 = 256 << 10;
         // The plain fp8 encoder too, which the default (threshold tables) leaves to scales
         // the tables do not cover.
-        let overrides = LimitOverrides {
+        let tuning = WgpuTuning {
             max_binding_bytes: Some(BINDING_BYTES),
             fp8_table: Some(false),
             fp8_lut: Some(false),
-            ..LimitOverrides::default()
+            ..WgpuTuning::default()
         };
-        if let Ok(backend) = WgpuBackend::open_with(options.adapter.as_deref(), false, overrides) {
+        if let Ok(backend) = WgpuBackend::open(options.adapter.as_deref(), false, tuning) {
             extra.push(Subject {
                 label: "wgpu (256 KiB buffers, plain fp8 encoder)".into(),
                 backend: Box::new(backend),
