@@ -386,14 +386,14 @@ impl CallBuilder<'_> {
             ];
             // Chunks past the end of the cache (the one-chunk kernel binds a group of one) are
             // bound to small distinct buffers no thread writes (writable bindings must not
-            // alias).
+            // alias): two for each.
             let group_size = self.plan.kernel.chunks();
             let chunks = caches.chunk_bytes.len();
-            let spares: Vec<wgpu::Buffer> = (0..2
-                * (first_chunk + group_size).saturating_sub(chunks))
+            let missing = (first_chunk + group_size).saturating_sub(chunks);
+            let mut buffers: Vec<wgpu::Buffer> = (0..2 * missing)
                 .map(|_| gpu.buffer("unused chunk", 16, wgpu::BufferUsages::STORAGE))
                 .collect();
-            let mut spare = spares.iter();
+            let mut spare = buffers.iter();
             for slot in 0..group_size {
                 let chunk = first_chunk + slot;
                 let (k, v) = if chunk < chunks {
@@ -407,8 +407,7 @@ impl CallBuilder<'_> {
                 entries.push((VALUE_CHUNK0_BINDING + slot as u32, v));
             }
             let group = gpu.bind_windows(&self.kernel, &entries);
-            let mut buffers = spares;
-            buffers.insert(0, uniform);
+            buffers.push(uniform);
             (group, buffers)
         })?;
         self.work.buffers.append(&mut buffers);
