@@ -38,6 +38,7 @@ fn main() {
         .unwrap_or_else(|error| panic!("cannot write {}: {error}", path.display()));
     let (module, info) = validate(&source, &path);
     check_bindings_are_distinct(&module, &path);
+    check_struct_sizes(&module, &path);
     for entry in &module.entry_points {
         translate(&module, &info, &entry.name);
     }
@@ -179,6 +180,29 @@ fn check_bindings_are_distinct(module: &naga::Module, path: &Path) {
     }
 }
 
+/// The parameter blocks have the sizes their Rust mirrors have (bindings.rs lists them, and a
+/// test in abi.rs checks the Rust side).
+fn check_struct_sizes(module: &naga::Module, path: &Path) {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .unwrap_or_else(|error| panic!("{}: cannot lay out its types: {error}", path.display()));
+    for (name, bytes) in bindings::STRUCT_BYTES {
+        let (handle, _) = module
+            .types
+            .iter()
+            .find(|(_, ty)| ty.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("{}: no struct `{name}` (bindings.rs)", path.display()));
+        let size = layouter[handle].size;
+        assert_eq!(
+            size,
+            bytes,
+            "{}: struct `{name}` has {size} bytes, its Rust mirror (abi.rs) {bytes}",
+            path.display()
+        );
+    }
+}
+
 /// A resource an entry point uses: its binding and what kind of buffer it is.
 struct Resource {
     binding: naga::ResourceBinding,
@@ -236,7 +260,8 @@ fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, name: &str) 
     // The wide kernels bind 2 * WIDE_CHUNKS + 6 storage buffers, far past Metal's 31 buffers
     // per stage: the backend runs them only where the adapter allows that many storage
     // bindings, which wgpu's Metal adapters never do (they report 29), so they are not
-    // translated for Metal. DX12 allows them (resource binding tier 2 and up).
+    // translated for Metal. wgpu's DX12 adapters of resource binding tier 3 allow them (tiers 1
+    // and 2 report 16 storage bindings at most, and take the one-chunk kernels).
     let wide = [
         bindings::WIDE_KERNEL.entry(false),
         bindings::WIDE_KERNEL.entry(true),
@@ -288,9 +313,10 @@ fn translate_msl(
     );
     let restrict = naga::proc::BoundsCheckPolicy::Restrict;
     let options = msl::Options {
-        // MSL 2.0 (macOS 10.13, iOS 11): the oldest that wgpu's Metal backend can be given on
-        // systems with compute shaders that take device-memory atomics.
-        lang_version: (2, 0),
+        // MSL 1.2, that of macOS 10.12 and iOS 10, the oldest systems Rust builds for: wgpu
+        // asks for the system's newest version, and naga refuses what an older one lacks, so
+        // the oldest is the one to prove.
+        lang_version: (1, 2),
         per_entry_point_map: msl::EntryPointResourceMap::from([(
             name.to_string(),
             msl::EntryPointResources {

@@ -109,3 +109,27 @@ pub(super) fn flag(on: bool) -> f64 {
         0.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shader's side of the same check is in build.rs: a field added to one side only
+    /// changes a size.
+    #[test]
+    fn parameter_blocks_are_as_large_as_the_shaders() {
+        for (name, bytes) in STRUCT_BYTES {
+            let size = match name {
+                "Scale" => size_of::<GpuScale>(),
+                "Params" => size_of::<GpuParams>(),
+                "OrderParams" => size_of::<GpuOrderParams>(),
+                "EncodeParams" => size_of::<GpuEncodeParams>(),
+                "FillParams" => size_of::<GpuFillParams>(),
+                "TableParams" => size_of::<GpuTableParams>(),
+                "LutParams" => size_of::<GpuLutParams>(),
+                other => panic!("no Rust mirror of `{other}`"),
+            };
+            assert_eq!(size, bytes as usize, "{name}");
+        }
+    }
+}

@@ -103,6 +103,19 @@ shared_constants! {
     LUT_OUT_BINDING = 161;
 }
 
+/// Bytes of each parameter block, by its name in the shader: `build.rs` checks the shader's
+/// layout of each against these, and a test in `abi.rs` the Rust mirror's size.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const STRUCT_BYTES: [(&str, u32); 7] = [
+    ("Scale", 32),
+    ("Params", 96),
+    ("OrderParams", 16),
+    ("EncodeParams", 48),
+    ("FillParams", 16),
+    ("TableParams", 64),
+    ("LutParams", 80),
+];
+
 /// A 16-byte cache kernel: how many chunks of each cache one dispatch binds, and the entry
 /// points `build.rs` generates for it (with the plain or threshold-table fp8 encoder, and with
 /// the lookup table).
