@@ -48,7 +48,8 @@
 //   the declarations below use;
 // - the cache chunks k0..k31 and v0..v31 (key chunk j at KEY_CHUNK0_BINDING + j, value chunk j
 //   at VALUE_CHUNK0_BINDING + j);
-// - store_unit and store_unit_wide, which store into chunk j of a dispatch's group;
+// - store_unit_<C> for C = CHUNKS and WIDE_CHUNKS (store_unit_11, store_unit_32): a switch that
+//   stores into chunk j of a dispatch's group of C chunks;
 // - the six 16-byte kernels, reshape_and_cache{,_wide,_one}{,_lut}.
 
 // ---------------------------------------------------------------------------------------------
@@ -694,8 +695,8 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //     for (var j = 0u; j < UNITS; j += 1u) {
 //         let place = unit_target(first + j * WORKGROUP, C);
 //         if place.x != NO_SLOT {
-//             // store_unit_wide, store_unit, or k0 / v0 directly for one chunk:
-//             store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+//             // store_unit_<C>, or k0 / v0 directly for one chunk:
+//             store_unit_<C>(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
 //         }
 //     }
 //
