@@ -51,6 +51,26 @@ pub(super) struct CallWork {
     buffers: Vec<wgpu::Buffer>,
 }
 
+impl CallWork {
+    /// The table the kernel reads, and its binding: its build goes first in the call's pass.
+    /// Without one, a dummy nothing reads.
+    fn add_encoder_table(
+        &mut self,
+        gpu: &Gpu,
+        table: Option<(u32, Fp8Table)>,
+    ) -> Result<(u32, wgpu::Buffer)> {
+        let Some((binding, table)) = table else {
+            let dummy = gpu.scoped("allocating a buffer", || {
+                gpu.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
+            })?;
+            return Ok((FP8_THRESHOLDS_BINDING, dummy));
+        };
+        self.dispatches.push(table.build);
+        self.buffers.push(table.params);
+        Ok((binding, table.table))
+    }
+}
+
 impl Drop for CallWork {
     fn drop(&mut self) {
         for buffer in &self.buffers {
@@ -98,20 +118,7 @@ impl WgpuBackend {
             )),
             Fp8Path::Plain => None,
         };
-        // The table the kernel reads, built first in the same pass, or a dummy nothing reads.
-        let encoder_table = match encoder_table {
-            Some((binding, table)) => {
-                work.dispatches.push(table.build);
-                work.buffers.push(table.params);
-                (binding, table.table)
-            }
-            None => {
-                let dummy = gpu.scoped("allocating a buffer", || {
-                    gpu.buffer("no fp8 tables", TABLE_BYTES, wgpu::BufferUsages::UNIFORM)
-                })?;
-                (FP8_THRESHOLDS_BINDING, dummy)
-            }
-        };
+        let encoder_table = work.add_encoder_table(gpu, encoder_table)?;
         let mut builder = CallBuilder {
             gpu: &self.gpu,
             caches: self.caches.as_ref().expect("prepare allocated the caches"),

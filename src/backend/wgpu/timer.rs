@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
-use super::abi::FILL_PARAMS_BINDING;
-use super::abi::{GpuFillParams, COPY_DST_BINDING, COPY_SRC_BINDING, FILL_OUT_BINDING};
+use super::abi::{
+    GpuFillParams, COPY_DST_BINDING, COPY_SRC_BINDING, FILL_OUT_BINDING, FILL_PARAMS_BINDING,
+};
 use super::device::Gpu;
 use super::WgpuBackend;
 use crate::error::{Error, Result};
