@@ -17,6 +17,9 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
     fi
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# Mesa's Vulkan layer complains on every adapter listing without it; the command sets it itself
+# at start-up, the test binaries (which open adapters from many threads) cannot.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings

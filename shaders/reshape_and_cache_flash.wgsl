@@ -39,6 +39,18 @@
 //                            bandwidth probe.
 // Binding numbers differ between entry points that use different variables, so that each
 // pipeline's automatic layout holds exactly the bindings its entry point uses.
+//
+// Generated parts. This file holds the kernels' logic; build.rs appends to it what follows
+// from numbers the host shares (src/backend/wgpu/bindings.rs) or repeats per chunk, and the
+// backend loads the result, $OUT_DIR/reshape_and_cache_flash.wgsl:
+// - a `const` for every number of bindings.rs, under the same name: WORKGROUP, CHUNKS,
+//   WIDE_CHUNKS, TABLE_CODES, LUT_VALUES, SCALE_*, and the binding numbers (`*_BINDING`) that
+//   the declarations below use;
+// - the cache chunks k0..k31 and v0..v31 (key chunk j at KEY_CHUNK0_BINDING + j, value chunk j
+//   at VALUE_CHUNK0_BINDING + j);
+// - store_unit_<C> for C = CHUNKS and WIDE_CHUNKS (store_unit_11, store_unit_32): a switch that
+//   stores into chunk j of a dispatch's group of C chunks;
+// - the six 16-byte kernels, reshape_and_cache{,_wide,_one}{,_lut}.
 
 // ---------------------------------------------------------------------------------------------
 // Shape constants, fixed per pipeline (so that divisions by them compile to multiplications).
@@ -71,16 +83,6 @@ override ROW_WORDS: u32 = 1u;
 // stays exact when the estimate is off (as a GPU's division may be). Always 0 in the kernels.
 override ESTIMATE_SKEW: i32 = 0;
 
-const WORKGROUP: u32 = 256u;
-// Chunks bound by reshape_and_cache: 2 * CHUNKS + 6 storage bindings must fit the adapter's
-// max_storage_buffers_per_shader_stage (32 on lavapipe), and with the 2 uniform buffers within
-// Metal's 31 buffers in all. (reshape_and_cache_lut: 2 * CHUNKS + 7 storage bindings, the
-// lookup table's among them, and 1 uniform buffer.)
-const CHUNKS: u32 = 11u;
-// Chunks bound by reshape_and_cache_wide (70 storage bindings: NVIDIA, AMD and Intel Vulkan
-// drivers and DX12 allow far more).
-const WIDE_CHUNKS: u32 = 32u;
-
 const KIND_HALF: u32 = 0u;
 const KIND_BF16: u32 = 1u;
 
@@ -98,10 +100,7 @@ struct Scale {
     _pad2: u32,
 }
 
-const SCALE_FINITE: u32 = 0u;
-const SCALE_ZERO: u32 = 1u;
-const SCALE_INFINITE: u32 = 2u;
-const SCALE_NAN: u32 = 3u;
+// Scale.kind is SCALE_FINITE, SCALE_ZERO, SCALE_INFINITE or SCALE_NAN (generated constants).
 
 struct Params {
     // Tokens in this dispatch's input buffers.
@@ -124,90 +123,26 @@ struct Params {
     v_scale: Scale,
 }
 
-@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(PARAMS_BINDING) var<uniform> params: Params;
 // [num_tokens, num_heads, head_size] in the input dtype, 16 bytes per element.
-@group(0) @binding(1) var<storage, read> key_in: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> value_in: array<vec4<u32>>;
+@group(0) @binding(KEY_IN_BINDING) var<storage, read> key_in: array<vec4<u32>>;
+@group(0) @binding(VALUE_IN_BINDING) var<storage, read> value_in: array<vec4<u32>>;
 // slot_mapping as int64: (lo, hi) words.
-@group(0) @binding(3) var<storage, read> slots: array<vec2<u32>>;
+@group(0) @binding(SLOTS_BINDING) var<storage, read> slots: array<vec2<u32>>;
 
-// Cache chunks: key chunk j at binding 4 + j, value chunk j at binding 36 + j.
-@group(0) @binding(4) var<storage, read_write> k0: array<vec4<u32>>;
-@group(0) @binding(5) var<storage, read_write> k1: array<vec4<u32>>;
-@group(0) @binding(6) var<storage, read_write> k2: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read_write> k3: array<vec4<u32>>;
-@group(0) @binding(8) var<storage, read_write> k4: array<vec4<u32>>;
-@group(0) @binding(9) var<storage, read_write> k5: array<vec4<u32>>;
-@group(0) @binding(10) var<storage, read_write> k6: array<vec4<u32>>;
-@group(0) @binding(11) var<storage, read_write> k7: array<vec4<u32>>;
-@group(0) @binding(12) var<storage, read_write> k8: array<vec4<u32>>;
-@group(0) @binding(13) var<storage, read_write> k9: array<vec4<u32>>;
-@group(0) @binding(14) var<storage, read_write> k10: array<vec4<u32>>;
-@group(0) @binding(15) var<storage, read_write> k11: array<vec4<u32>>;
-@group(0) @binding(16) var<storage, read_write> k12: array<vec4<u32>>;
-@group(0) @binding(17) var<storage, read_write> k13: array<vec4<u32>>;
-@group(0) @binding(18) var<storage, read_write> k14: array<vec4<u32>>;
-@group(0) @binding(19) var<storage, read_write> k15: array<vec4<u32>>;
-@group(0) @binding(20) var<storage, read_write> k16: array<vec4<u32>>;
-@group(0) @binding(21) var<storage, read_write> k17: array<vec4<u32>>;
-@group(0) @binding(22) var<storage, read_write> k18: array<vec4<u32>>;
-@group(0) @binding(23) var<storage, read_write> k19: array<vec4<u32>>;
-@group(0) @binding(24) var<storage, read_write> k20: array<vec4<u32>>;
-@group(0) @binding(25) var<storage, read_write> k21: array<vec4<u32>>;
-@group(0) @binding(26) var<storage, read_write> k22: array<vec4<u32>>;
-@group(0) @binding(27) var<storage, read_write> k23: array<vec4<u32>>;
-@group(0) @binding(28) var<storage, read_write> k24: array<vec4<u32>>;
-@group(0) @binding(29) var<storage, read_write> k25: array<vec4<u32>>;
-@group(0) @binding(30) var<storage, read_write> k26: array<vec4<u32>>;
-@group(0) @binding(31) var<storage, read_write> k27: array<vec4<u32>>;
-@group(0) @binding(32) var<storage, read_write> k28: array<vec4<u32>>;
-@group(0) @binding(33) var<storage, read_write> k29: array<vec4<u32>>;
-@group(0) @binding(34) var<storage, read_write> k30: array<vec4<u32>>;
-@group(0) @binding(35) var<storage, read_write> k31: array<vec4<u32>>;
-@group(0) @binding(36) var<storage, read_write> v0: array<vec4<u32>>;
-@group(0) @binding(37) var<storage, read_write> v1: array<vec4<u32>>;
-@group(0) @binding(38) var<storage, read_write> v2: array<vec4<u32>>;
-@group(0) @binding(39) var<storage, read_write> v3: array<vec4<u32>>;
-@group(0) @binding(40) var<storage, read_write> v4: array<vec4<u32>>;
-@group(0) @binding(41) var<storage, read_write> v5: array<vec4<u32>>;
-@group(0) @binding(42) var<storage, read_write> v6: array<vec4<u32>>;
-@group(0) @binding(43) var<storage, read_write> v7: array<vec4<u32>>;
-@group(0) @binding(44) var<storage, read_write> v8: array<vec4<u32>>;
-@group(0) @binding(45) var<storage, read_write> v9: array<vec4<u32>>;
-@group(0) @binding(46) var<storage, read_write> v10: array<vec4<u32>>;
-@group(0) @binding(47) var<storage, read_write> v11: array<vec4<u32>>;
-@group(0) @binding(48) var<storage, read_write> v12: array<vec4<u32>>;
-@group(0) @binding(49) var<storage, read_write> v13: array<vec4<u32>>;
-@group(0) @binding(50) var<storage, read_write> v14: array<vec4<u32>>;
-@group(0) @binding(51) var<storage, read_write> v15: array<vec4<u32>>;
-@group(0) @binding(52) var<storage, read_write> v16: array<vec4<u32>>;
-@group(0) @binding(53) var<storage, read_write> v17: array<vec4<u32>>;
-@group(0) @binding(54) var<storage, read_write> v18: array<vec4<u32>>;
-@group(0) @binding(55) var<storage, read_write> v19: array<vec4<u32>>;
-@group(0) @binding(56) var<storage, read_write> v20: array<vec4<u32>>;
-@group(0) @binding(57) var<storage, read_write> v21: array<vec4<u32>>;
-@group(0) @binding(58) var<storage, read_write> v22: array<vec4<u32>>;
-@group(0) @binding(59) var<storage, read_write> v23: array<vec4<u32>>;
-@group(0) @binding(60) var<storage, read_write> v24: array<vec4<u32>>;
-@group(0) @binding(61) var<storage, read_write> v25: array<vec4<u32>>;
-@group(0) @binding(62) var<storage, read_write> v26: array<vec4<u32>>;
-@group(0) @binding(63) var<storage, read_write> v27: array<vec4<u32>>;
-@group(0) @binding(64) var<storage, read_write> v28: array<vec4<u32>>;
-@group(0) @binding(65) var<storage, read_write> v29: array<vec4<u32>>;
-@group(0) @binding(66) var<storage, read_write> v30: array<vec4<u32>>;
-@group(0) @binding(67) var<storage, read_write> v31: array<vec4<u32>>;
+// The cache chunks k0..k31, v0..v31 of the dispatch's group are declared in the generated part.
 // With ORDERED, position p of the dispatch's work is token order[p] (a permutation of the
 // dispatch's tokens); otherwise this is bound to a dummy buffer and not read.
-@group(0) @binding(68) var<storage, read> order: array<u32>;
+@group(0) @binding(ORDER_BINDING) var<storage, read> order: array<u32>;
 // The inputs of the dispatch's tokens past the first binding's worth (see Params.split_input).
-@group(0) @binding(69) var<storage, read> key_in_hi: array<vec4<u32>>;
-@group(0) @binding(70) var<storage, read> value_in_hi: array<vec4<u32>>;
+@group(0) @binding(KEY_IN_HI_BINDING) var<storage, read> key_in_hi: array<vec4<u32>>;
+@group(0) @binding(VALUE_IN_HI_BINDING) var<storage, read> value_in_hi: array<vec4<u32>>;
 
 // reshape_and_cache_words: the same inputs as words, and one chunk of each cache.
-@group(0) @binding(100) var<storage, read> key_words: array<u32>;
-@group(0) @binding(101) var<storage, read> value_words: array<u32>;
-@group(0) @binding(102) var<storage, read_write> key_cache_words: array<atomic<u32>>;
-@group(0) @binding(103) var<storage, read_write> value_cache_words: array<atomic<u32>>;
+@group(0) @binding(KEY_WORDS_BINDING) var<storage, read> key_words: array<u32>;
+@group(0) @binding(VALUE_WORDS_BINDING) var<storage, read> value_words: array<u32>;
+@group(0) @binding(KEY_CACHE_WORDS_BINDING) var<storage, read_write> key_cache_words: array<atomic<u32>>;
+@group(0) @binding(VALUE_CACHE_WORDS_BINDING) var<storage, read_write> value_cache_words: array<atomic<u32>>;
 
 // ---------------------------------------------------------------------------------------------
 // float8 e4m3, bit for bit as src/fp8.rs: e4m3_from_f32(x / scale) with the division in f32,
@@ -435,20 +370,20 @@ fn pack4(a: u32, b: u32, c: u32, d: u32) -> u32 {
 // quotient is below 2^-10 and their code 0 anyway. 1 / |scale| is a normal f32 for exponents up
 // to 125. NaN inputs keep their own path (0x7f with their sign).
 
-// Codes per table (0..=127: T[0] = 0 and T[127] = 0xffffffff, so that c0 + 1 needs no check).
-const TABLE_CODES: u32 = 128u;
+// Each table has TABLE_CODES codes (0..=127: T[0] = 0 and T[127] = 0xffffffff, so that c0 + 1
+// needs no check).
 
 struct TableParams {
     k_scale: Scale,
     v_scale: Scale,
 }
 
-@group(0) @binding(150) var<uniform> table_params: TableParams;
-@group(0) @binding(151) var<storage, read_write> table_out: array<u32>;
+@group(0) @binding(TABLE_PARAMS_BINDING) var<uniform> table_params: TableParams;
+@group(0) @binding(TABLE_OUT_BINDING) var<storage, read_write> table_out: array<u32>;
 // The same buffer, as the encoders read it: T[c] of the keys at word c, of the values at
 // word TABLE_CODES + c.
-@group(0) @binding(72) var<uniform> fp8_thresholds: array<vec4<u32>, 64>;
-var<workgroup> fp8_table: array<u32, 256>;
+@group(0) @binding(FP8_THRESHOLDS_BINDING) var<uniform> fp8_thresholds: array<vec4<u32>, TABLE_CODES / 2u>;
+var<workgroup> fp8_table: array<u32, 2u * TABLE_CODES>;
 
 // One workgroup: thread TABLE_CODES * k + c finds T[c] of table k (0 keys, 1 values).
 @compute @workgroup_size(WORKGROUP)
@@ -533,10 +468,9 @@ fn quantize_table(x: u32, base: u32, reciprocal: f32, scale_sign: u32) -> u32 {
 // 128 KiB: too large for workgroup memory and for a uniform binding (64 KiB), so a storage
 // binding.
 
-// Words of one tensor's table.
-const LUT_WORDS: u32 = 16384u;
-// Index of the values' first code (the keys' table comes first).
-const LUT_VALUES: u32 = 65536u;
+// Words of one tensor's table. (LUT_VALUES, the index of the values' first code, is a generated
+// constant: the keys' table comes first.)
+const LUT_WORDS: u32 = LUT_VALUES / 4u;
 
 struct LutParams {
     // As Params.nan_sign.
@@ -548,12 +482,12 @@ struct LutParams {
     v_scale: Scale,
 }
 
-@group(0) @binding(160) var<uniform> lut_params: LutParams;
-@group(0) @binding(161) var<storage, read_write> lut_out: array<u32>;
+@group(0) @binding(LUT_PARAMS_BINDING) var<uniform> lut_params: LutParams;
+@group(0) @binding(LUT_OUT_BINDING) var<storage, read_write> lut_out: array<u32>;
 // The same buffer, as the *_lut entry points read it. A binding of its own (not 72's uniform
 // slot) that only those entry points use, so that the others' layouts keep the bindings they
 // had.
-@group(0) @binding(73) var<storage, read> fp8_lut: array<u32>;
+@group(0) @binding(FP8_LUT_BINDING) var<storage, read> fp8_lut: array<u32>;
 
 // Thread w (of 2 * LUT_WORDS) packs the codes of patterns 4w .. 4w + 3 of its tensor into
 // word w (IN_KIND says how to read a pattern).
@@ -713,63 +647,6 @@ fn thread_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP + local;
 }
 
-// Stores one unit of each cache into chunk `chunk` of the dispatch's group.
-fn store_unit(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
-    switch chunk {
-        case 0u: { k0[index] = k; v0[index] = v; }
-        case 1u: { k1[index] = k; v1[index] = v; }
-        case 2u: { k2[index] = k; v2[index] = v; }
-        case 3u: { k3[index] = k; v3[index] = v; }
-        case 4u: { k4[index] = k; v4[index] = v; }
-        case 5u: { k5[index] = k; v5[index] = v; }
-        case 6u: { k6[index] = k; v6[index] = v; }
-        case 7u: { k7[index] = k; v7[index] = v; }
-        case 8u: { k8[index] = k; v8[index] = v; }
-        case 9u: { k9[index] = k; v9[index] = v; }
-        case 10u: { k10[index] = k; v10[index] = v; }
-        default: {}
-    }
-}
-
-// The same over WIDE_CHUNKS chunks.
-fn store_unit_wide(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {
-    switch chunk {
-        case 0u: { k0[index] = k; v0[index] = v; }
-        case 1u: { k1[index] = k; v1[index] = v; }
-        case 2u: { k2[index] = k; v2[index] = v; }
-        case 3u: { k3[index] = k; v3[index] = v; }
-        case 4u: { k4[index] = k; v4[index] = v; }
-        case 5u: { k5[index] = k; v5[index] = v; }
-        case 6u: { k6[index] = k; v6[index] = v; }
-        case 7u: { k7[index] = k; v7[index] = v; }
-        case 8u: { k8[index] = k; v8[index] = v; }
-        case 9u: { k9[index] = k; v9[index] = v; }
-        case 10u: { k10[index] = k; v10[index] = v; }
-        case 11u: { k11[index] = k; v11[index] = v; }
-        case 12u: { k12[index] = k; v12[index] = v; }
-        case 13u: { k13[index] = k; v13[index] = v; }
-        case 14u: { k14[index] = k; v14[index] = v; }
-        case 15u: { k15[index] = k; v15[index] = v; }
-        case 16u: { k16[index] = k; v16[index] = v; }
-        case 17u: { k17[index] = k; v17[index] = v; }
-        case 18u: { k18[index] = k; v18[index] = v; }
-        case 19u: { k19[index] = k; v19[index] = v; }
-        case 20u: { k20[index] = k; v20[index] = v; }
-        case 21u: { k21[index] = k; v21[index] = v; }
-        case 22u: { k22[index] = k; v22[index] = v; }
-        case 23u: { k23[index] = k; v23[index] = v; }
-        case 24u: { k24[index] = k; v24[index] = v; }
-        case 25u: { k25[index] = k; v25[index] = v; }
-        case 26u: { k26[index] = k; v26[index] = v; }
-        case 27u: { k27[index] = k; v27[index] = v; }
-        case 28u: { k28[index] = k; v28[index] = v; }
-        case 29u: { k29[index] = k; v29[index] = v; }
-        case 30u: { k30[index] = k; v30[index] = v; }
-        case 31u: { k31[index] = k; v31[index] = v; }
-        default: {}
-    }
-}
-
 // What thread i does: x = the chunk within this dispatch's group it stores into (NO_SLOT when
 // it has nothing to write here), y = the unit index within that chunk, z = the input unit.
 // Thread i writes 16 bytes of each cache: unit i % ROW_UNITS of the token at position
@@ -810,107 +687,25 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP * UNITS + local;
 }
 
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    load_fp8_table(local);
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, CHUNKS);
-        if place.x != NO_SLOT {
-            store_unit(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
-        }
-    }
-}
-
-// As reshape_and_cache, binding WIDE_CHUNKS chunks of each cache (for adapters that allow
-// 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch).
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache_wide(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    load_fp8_table(local);
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
-        if place.x != NO_SLOT {
-            store_unit_wide(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
-        }
-    }
-}
-
-// As reshape_and_cache, for one chunk per dispatch.
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache_one(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    load_fp8_table(local);
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, 1u);
-        if place.x != NO_SLOT {
-            k0[place.y] = cache_unit(false, place.z);
-            v0[place.y] = cache_unit(true, place.z);
-        }
-    }
-}
-
-// The three entry points above for fp8 caches of 16-bit inputs by the lookup table (see
-// cache_unit_lut): the same work, each element's code read from fp8_lut. Entry points of their
-// own, because a binding that a function uses counts against every entry point that calls it
-// (whatever the override constants): the LUT's storage binding stays out of the others.
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache_lut(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, CHUNKS);
-        if place.x != NO_SLOT {
-            store_unit(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
-        }
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache_wide_lut(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, WIDE_CHUNKS);
-        if place.x != NO_SLOT {
-            store_unit_wide(place.x, place.y, cache_unit_lut(false, place.z), cache_unit_lut(true, place.z));
-        }
-    }
-}
-
-@compute @workgroup_size(WORKGROUP)
-fn reshape_and_cache_one_lut(
-    @builtin(workgroup_id) workgroup: vec3<u32>,
-    @builtin(num_workgroups) workgroups: vec3<u32>,
-    @builtin(local_invocation_index) local: u32,
-) {
-    let first = first_unit(workgroup, workgroups, local);
-    for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, 1u);
-        if place.x != NO_SLOT {
-            k0[place.y] = cache_unit_lut(false, place.z);
-            v0[place.y] = cache_unit_lut(true, place.z);
-        }
-    }
-}
+// The 16-byte kernels (generated: see the header). Each is, for the group of C chunks it binds
+// (WIDE_CHUNKS, CHUNKS or 1):
+//
+//     load_fp8_table(local);               // (not in the *_lut kernels)
+//     let first = first_unit(workgroup, workgroups, local);
+//     for (var j = 0u; j < UNITS; j += 1u) {
+//         let place = unit_target(first + j * WORKGROUP, C);
+//         if place.x != NO_SLOT {
+//             // store_unit_<C>, or k0 / v0 directly for one chunk:
+//             store_unit_<C>(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+//         }
+//     }
+//
+// The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, call cache_unit_lut
+// instead of cache_unit: the same work, each element's code read from fp8_lut. Entry points of
+// their own, because a binding that a function uses counts against every entry point that calls
+// it (whatever the override constants): the LUT's storage binding stays out of the others.
+// The wide kernels bind WIDE_CHUNKS chunks of each cache, for adapters that allow
+// 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch.
 
 // ---------------------------------------------------------------------------------------------
 // Slot order: a counting sort of a dispatch's tokens by slot bucket (a bucket being a range of
@@ -931,14 +726,14 @@ struct OrderParams {
     buckets: u32,
 }
 
-@group(0) @binding(140) var<uniform> order_params: OrderParams;
-@group(0) @binding(141) var<storage, read_write> bucket_counts: array<atomic<u32>>;
-@group(0) @binding(142) var<storage, read_write> token_ranks: array<u32>;
-@group(0) @binding(143) var<storage, read_write> scan_counts: array<u32>;
-@group(0) @binding(144) var<storage, read_write> bucket_starts: array<u32>;
-@group(0) @binding(145) var<storage, read> scatter_ranks: array<u32>;
-@group(0) @binding(146) var<storage, read> scatter_starts: array<u32>;
-@group(0) @binding(147) var<storage, read_write> order_out: array<u32>;
+@group(0) @binding(ORDER_PARAMS_BINDING) var<uniform> order_params: OrderParams;
+@group(0) @binding(BUCKET_COUNTS_BINDING) var<storage, read_write> bucket_counts: array<atomic<u32>>;
+@group(0) @binding(TOKEN_RANKS_BINDING) var<storage, read_write> token_ranks: array<u32>;
+@group(0) @binding(SCAN_COUNTS_BINDING) var<storage, read_write> scan_counts: array<u32>;
+@group(0) @binding(BUCKET_STARTS_BINDING) var<storage, read_write> bucket_starts: array<u32>;
+@group(0) @binding(SCATTER_RANKS_BINDING) var<storage, read> scatter_ranks: array<u32>;
+@group(0) @binding(SCATTER_STARTS_BINDING) var<storage, read> scatter_starts: array<u32>;
+@group(0) @binding(ORDER_OUT_BINDING) var<storage, read_write> order_out: array<u32>;
 
 fn bucket_of(t: u32) -> u32 {
     let s = slots[t];
@@ -1113,9 +908,9 @@ struct EncodeParams {
     scale: Scale,
 }
 
-@group(0) @binding(110) var<uniform> encode_params: EncodeParams;
-@group(0) @binding(111) var<storage, read> encode_in: array<u32>;
-@group(0) @binding(112) var<storage, read_write> encode_out: array<u32>;
+@group(0) @binding(ENCODE_PARAMS_BINDING) var<uniform> encode_params: EncodeParams;
+@group(0) @binding(ENCODE_IN_BINDING) var<storage, read> encode_in: array<u32>;
+@group(0) @binding(ENCODE_OUT_BINDING) var<storage, read_write> encode_out: array<u32>;
 
 @compute @workgroup_size(WORKGROUP)
 fn encode_fp8(
@@ -1165,8 +960,8 @@ struct FillParams {
     words: u32,
 }
 
-@group(0) @binding(120) var<uniform> fill_params: FillParams;
-@group(0) @binding(121) var<storage, read_write> fill_out: array<u32>;
+@group(0) @binding(FILL_PARAMS_BINDING) var<uniform> fill_params: FillParams;
+@group(0) @binding(FILL_OUT_BINDING) var<storage, read_write> fill_out: array<u32>;
 
 // An integer finaliser: xor-shifts and odd multipliers, each step a bijection of u32.
 fn mix32(x: u32) -> u32 {
@@ -1196,8 +991,8 @@ fn fill(
 // ---------------------------------------------------------------------------------------------
 // The copy-bandwidth probe: 16 bytes per thread.
 
-@group(0) @binding(130) var<storage, read> copy_src: array<vec4<u32>>;
-@group(0) @binding(131) var<storage, read_write> copy_dst: array<vec4<u32>>;
+@group(0) @binding(COPY_SRC_BINDING) var<storage, read> copy_src: array<vec4<u32>>;
+@group(0) @binding(COPY_DST_BINDING) var<storage, read_write> copy_dst: array<vec4<u32>>;
 
 @compute @workgroup_size(WORKGROUP)
 fn copy(

@@ -228,7 +228,7 @@ proptest! {
 /// implement are not drawn), with random padding, special values and seeds, comparing every
 /// byte of both poisoned caches ([`verify::check`]). Another backend gets this property with
 /// one test that calls it, e.g. for wgpu:
-/// `backend_matches_reference_on_random_shapes(&mut WgpuBackend::open(None, false)?, 32)`.
+/// `backend_matches_reference_on_random_shapes(&mut WgpuBackend::open(None, false, Default::default())?, 32)`.
 fn backend_matches_reference_on_random_shapes(backend: &mut dyn Backend, cases: u32) {
     let supported: Vec<Layout> = [Layout::Nhd, Layout::Hnd]
         .into_iter()

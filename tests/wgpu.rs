@@ -10,10 +10,11 @@ mod common;
 use std::time::Duration;
 
 use common::{problem, ProblemBuilder};
-use paged_kv_bench::backend::wgpu::{LimitOverrides, WgpuBackend};
+use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
+use paged_kv_bench::options::WgpuTuning;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol, Sampling};
@@ -21,16 +22,16 @@ use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
 
 fn open() -> WgpuBackend {
-    WgpuBackend::open(None, false, LimitOverrides::default())
+    WgpuBackend::open(None, false, WgpuTuning::default())
         .expect("a wgpu adapter (install mesa-vulkan-drivers)")
 }
 
 /// A backend that binds at most `max_binding_bytes` per buffer.
 fn open_limited(max_binding_bytes: u64) -> WgpuBackend {
-    WgpuBackend::open_with(
+    WgpuBackend::open(
         None,
         false,
-        LimitOverrides {
+        WgpuTuning {
             max_binding_bytes: Some(max_binding_bytes),
             ..Default::default()
         },
@@ -276,10 +277,10 @@ fn slot_order_one_buffer_and_units_match_reference() {
         (true, 1000, false, 3),
         (false, 0, true, 1),
     ] {
-        let mut backend = WgpuBackend::open_with(
+        let mut backend = WgpuBackend::open(
             None,
             false,
-            LimitOverrides {
+            WgpuTuning {
                 max_binding_bytes: Some(256 << 10),
                 slot_order: Some(slot_order),
                 order_buckets: (order_buckets > 0).then_some(order_buckets),
@@ -297,10 +298,10 @@ fn slot_order_one_buffer_and_units_match_reference() {
     }
     // One chunk (the single-chunk kernel) in slot order, and small chunks set by blocks.
     for max_chunk_blocks in [None, Some(3)] {
-        let mut backend = WgpuBackend::open_with(
+        let mut backend = WgpuBackend::open(
             None,
             false,
-            LimitOverrides {
+            WgpuTuning {
                 slot_order: Some(true),
                 order_buckets: Some(300),
                 max_chunk_blocks,
@@ -362,10 +363,10 @@ fn one_block_per_buffer_matches_reference() {
 /// workgroups per dimension: every kernel, the fill and the encoder.
 #[test]
 fn two_dimensional_grids_match_reference() {
-    let mut backend = WgpuBackend::open_with(
+    let mut backend = WgpuBackend::open(
         None,
         false,
-        LimitOverrides {
+        WgpuTuning {
             max_workgroups_per_dimension: Some(64),
             max_binding_bytes: Some(128 << 10),
             ..Default::default()
@@ -551,7 +552,7 @@ fn bad_requests_are_errors() {
     match WgpuBackend::open(
         Some("no adapter is called this"),
         false,
-        LimitOverrides::default(),
+        WgpuTuning::default(),
     ) {
         Err(Error::Unavailable { backend, reason }) => {
             assert_eq!(backend, paged_kv_bench::backend::Kind::Wgpu);
@@ -562,7 +563,7 @@ fn bad_requests_are_errors() {
         Ok(_) => panic!("an adapter matched a name no adapter has"),
     }
     // Hardware only: succeeds on a machine with a GPU, is a one-line refusal on lavapipe alone.
-    if let Err(error) = WgpuBackend::open(None, true, LimitOverrides::default()) {
+    if let Err(error) = WgpuBackend::open(None, true, WgpuTuning::default()) {
         assert!(matches!(error, Error::Unavailable { .. }), "{error}");
     }
 
@@ -591,14 +592,14 @@ fn bad_requests_are_errors() {
     assert_eq!(verify::check(&mut backend, &case).unwrap(), None);
 }
 
-/// A backend with the fp8 lookup table on, and `overrides` besides.
-fn open_lut(overrides: LimitOverrides) -> WgpuBackend {
-    WgpuBackend::open_with(
+/// A backend with the fp8 lookup table on, and `tuning` besides.
+fn open_lut(tuning: WgpuTuning) -> WgpuBackend {
+    WgpuBackend::open(
         None,
         false,
-        LimitOverrides {
+        WgpuTuning {
             fp8_lut: Some(true),
-            ..overrides
+            ..tuning
         },
     )
     .expect("a wgpu adapter")
@@ -627,16 +628,16 @@ fn fp8_lookup_table_matches_reference_in_the_kernels() {
             });
         }
     }
-    check(&mut open_lut(LimitOverrides::default()), &cases);
+    check(&mut open_lut(WgpuTuning::default()), &cases);
     check(
-        &mut open_lut(LimitOverrides {
+        &mut open_lut(WgpuTuning {
             max_binding_bytes: Some(64 << 10),
             ..Default::default()
         }),
         &cases,
     );
     check(
-        &mut open_lut(LimitOverrides {
+        &mut open_lut(WgpuTuning {
             max_binding_bytes: Some(64 << 10),
             slot_order: Some(true),
             order_buckets: Some(5),
@@ -694,8 +695,8 @@ fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
     // One buffer per cache, and caches and inputs split over several buffers (9 chunks, 8
     // token ranges).
     let mut backends = [
-        open_lut(LimitOverrides::default()),
-        open_lut(LimitOverrides {
+        open_lut(WgpuTuning::default()),
+        open_lut(WgpuTuning {
             max_binding_bytes: Some(16 << 10),
             ..Default::default()
         }),

@@ -1,0 +1,291 @@
+//! The wgpu backend: `shaders/reshape_and_cache_flash.wgsl` on any adapter wgpu opens (Vulkan,
+//! Metal, DX12; lavapipe for machines without a GPU). NHD layout only.
+//!
+//! Design, in short (the shader's header says more):
+//! - Caches are split into chunks of whole cache blocks, one buffer per chunk, each no larger
+//!   than the adapter's storage-binding limit (2 GiB on NVIDIA's Vulkan driver, 128 MiB on
+//!   lavapipe). A dispatch binds up to 32 key and 32 value chunks (11 on adapters that allow
+//!   fewer than 70 storage bindings per stage: lavapipe, Metal) and every thread stores into
+//!   the chunk its slot falls in, so a call is one dispatch per group of chunks: one for the
+//!   default 32 GiB bf16 caches (17 chunks) on an H100.
+//! - Rows (num_heads x head_size) that are a multiple of 16 bytes (every benchmark shape) move
+//!   16 bytes per thread; other rows take a u32-word kernel (with atomics where two slots'
+//!   rows share a word), one chunk per dispatch.
+//! - Inputs larger than one binding are split by tokens into equal ranges, two of them per
+//!   dispatch (bound as two parts) in the 16-byte kernels: the default 65536 bf16 tokens are
+//!   one dispatch.
+//! - Calls whose rows spread over more of the caches than a GPU's address translation caches
+//!   cover (2 x 32 GiB on an H100: the TLB misses, not the bytes, set the time) take their
+//!   tokens in slot order: three small passes in the call bucket the tokens by slot range on
+//!   the device, and the kernel reads them through that order, so that the rows being written
+//!   at any moment lie close together. See docs/perf-log-wgpu.md.
+//! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
+//!   -1 and anything outside the cache itself.
+//! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
+//!   the shader, and the exhaustive test in `tests/wgpu.rs`. Threshold tables built in each
+//!   call cut the encoder's work (float inputs); for half and bfloat16 inputs a lookup table
+//!   of every 16-bit pattern's code, built in each call by that same encoder, replaces it
+//!   altogether (the default; `WgpuTuning::fp8_lut` turns it off).
+//! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
+//!   uncaptured-error handler for the rest) and returned as one line, never a panic.
+//!
+//! Where things are: `adapter` finds the adapter, `device` wraps the device (errors, pipelines,
+//! buffers, transfers), `plan` decides how a problem maps onto buffers and dispatches (pure),
+//! `bindings` and `abi` hold what the host shares with the shader, `caches` the caches on the
+//! device, `call` builds, runs and times one call, `fp8_tables` the encoder's tables and its
+//! test entry points, `timer` device time and the cold-timing flush, `budget` free memory.
+//! The tuning (`crate::options::WgpuTuning`) is the only way to change the backend's choices;
+//! it reads no environment variable.
+
+mod abi;
+mod adapter;
+mod bindings;
+mod budget;
+mod caches;
+mod call;
+mod device;
+mod fp8_tables;
+mod plan;
+mod timer;
+
+use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
+use crate::error::{Bytes, Error, Result};
+use crate::options::WgpuTuning;
+use crate::problem::{Layout, Problem};
+use crate::timing;
+use crate::workload::{CacheFill, Inputs};
+
+use adapter::unavailable;
+use caches::DeviceCaches;
+use call::WgpuCall;
+use device::{Gpu, STAGING_BYTES};
+use plan::{AdapterLimits, Plan};
+use timer::{Flush, Timer, FLUSH_BYTES};
+
+/// The shader as build.rs assembled it from `shaders/reshape_and_cache_flash.wgsl` and
+/// `bindings.rs`.
+const SHADER: &str = include_str!(concat!(env!("OUT_DIR"), "/reshape_and_cache_flash.wgsl"));
+
+/// The wgpu backend on one adapter.
+pub struct WgpuBackend {
+    gpu: Gpu,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    /// Whether TIMESTAMP_QUERY is enabled (device time from the GPU's clock).
+    timestamps: bool,
+    /// The largest buffer bound to one storage binding: the adapter's limits, or smaller when
+    /// the tuning asks for it.
+    max_binding: u64,
+    /// What tests and experiments ask for instead of the backend's own choices.
+    tuning: WgpuTuning,
+    caches: Option<DeviceCaches>,
+    /// The fp8 sign bit of the NaN of an invalid division (see `fp8::quantize` and the shader).
+    nan_sign: u32,
+    /// Timestamp queries for timed passes, where the adapter has them.
+    timer: Option<Timer>,
+    /// The cold-timing cache flush, allocated on first use.
+    flush: Option<Flush>,
+}
+
+impl WgpuBackend {
+    /// Opens an adapter: the first whose name contains `adapter` (case-insensitive), else the
+    /// best one (discrete > integrated > virtual > software). With `hardware_only`, software
+    /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU. `tuning`
+    /// sets limits below the adapter's and choices the backend would otherwise make itself.
+    pub fn open(adapter: Option<&str>, hardware_only: bool, tuning: WgpuTuning) -> Result<Self> {
+        let adapter = adapter::find_adapter(adapter, hardware_only, tuning.api)?;
+        let info = adapter.get_info();
+        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        let gpu = Gpu::open(
+            &adapter,
+            timestamps,
+            tuning.max_workgroups_per_dimension,
+            SHADER,
+        )?;
+        let limits = gpu.device.limits();
+        // Vec4 arrays want 16-byte multiples; the shader's u32 indices want under 4 GiB.
+        let mut max_binding = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size)
+            .min(u32::MAX as u64);
+        if let Some(cap) = tuning.max_binding_bytes {
+            max_binding = max_binding.min(cap);
+        }
+        max_binding &= !15;
+        let timer = if timestamps {
+            Some(Timer::new(&gpu)?)
+        } else {
+            None
+        };
+        let mut backend = Self {
+            gpu,
+            info,
+            limits,
+            timestamps,
+            max_binding,
+            tuning,
+            caches: None,
+            nan_sign: fp8_tables::host_nan_sign(),
+            timer,
+            flush: None,
+        };
+        // Shader compilation errors surface as uncaptured errors: report them now.
+        backend.gpu.check_errors()?;
+        if backend.max_binding < 16 {
+            return Err(unavailable(format!(
+                "{} allows storage bindings of only {} bytes",
+                backend.info.name, backend.max_binding
+            )));
+        }
+        // Building one pipeline up front proves the shader compiles on this driver.
+        backend.gpu.pipeline("copy", &[])?;
+        Ok(backend)
+    }
+
+    /// Whether the adapter is a software rasteriser (its "device memory" is host memory).
+    fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// How `problem` runs on this adapter (see [`Plan::new`]).
+    fn plan(&self, problem: &Problem) -> Result<Plan> {
+        let limits = AdapterLimits {
+            max_binding: self.max_binding,
+            max_storage_bindings: self.limits.max_storage_buffers_per_shader_stage,
+            max_buffer_size: self.limits.max_buffer_size,
+            storage_offset_alignment: self.limits.min_storage_buffer_offset_alignment as u64,
+            software: self.is_software(),
+        };
+        let plan = Plan::new(problem, &limits, &self.tuning, &self.info.name)?;
+        if self.tuning.trace {
+            eprintln!(
+                "wgpu plan: {:?} chunks={} (max_buffer_size={} storage offset alignment={}) {plan:?}",
+                problem.describe(),
+                plan.chunk_bytes.len(),
+                limits.max_buffer_size,
+                limits.storage_offset_alignment.max(1)
+            );
+        }
+        Ok(plan)
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn kind(&self) -> Kind {
+        Kind::Wgpu
+    }
+
+    fn device(&self) -> DeviceInfo {
+        let driver = if self.info.driver.is_empty() {
+            self.info.driver_info.clone()
+        } else {
+            format!("{} {}", self.info.driver, self.info.driver_info)
+        };
+        let tuning = self.tuning.non_default();
+        DeviceInfo {
+            name: self.info.name.clone(),
+            details: format!(
+                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}{}",
+                self.info.backend.to_str(),
+                self.info.device_type,
+                driver.trim(),
+                Bytes(self.max_binding),
+                if self.timestamps {
+                    "timestamp queries"
+                } else {
+                    "the host clock (no timestamp queries)"
+                },
+                if tuning.is_empty() {
+                    String::new()
+                } else {
+                    format!("; overrides: {}", tuning.join(" "))
+                }
+            ),
+        }
+    }
+
+    fn supports(&self, layout: Layout) -> bool {
+        layout == Layout::Nhd
+    }
+
+    fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
+        // Both caches and inputs, the slots, and either the cold-timing flush buffer or the
+        // input copies of rotating timing (under 2 * ROTATION_BYTES, see
+        // `timing::rotation_sets`); uploads stage through host memory.
+        let bytes = 2 * cache_bytes
+            + 2 * input_bytes
+            + 8 * num_tokens as u64
+            + FLUSH_BYTES
+                .min(self.max_binding)
+                .max(2 * timing::ROTATION_BYTES);
+        if self.is_software() {
+            Footprint {
+                host: bytes + STAGING_BYTES,
+                device: 0,
+            }
+        } else {
+            Footprint {
+                host: STAGING_BYTES,
+                device: bytes,
+            }
+        }
+    }
+
+    fn device_memory(&self) -> Option<u64> {
+        // wgpu has no portable way to ask; Vulkan drivers tell a budget (see memory_budget),
+        // other APIs give None and allocation failures are reported as out-of-memory errors.
+        if self.is_software() {
+            None
+        } else {
+            budget::memory_budget(&self.gpu.device)
+        }
+    }
+
+    fn mode_note(&self) -> String {
+        format!(
+            "--mode does not apply to wgpu: WebGPU cannot replay recorded work (no graphs; \
+             command buffers are single-use), so every call records and submits one command \
+             buffer (one compute pass, one dispatch per group of up to {} cache chunks, {} on \
+             adapters with few storage bindings); device time: back-to-back calls in one \
+             compute pass per sample (one call after a cache flush when cold; calls cycling \
+             over copies of the inputs when rotating), {}",
+            abi::WIDE_CHUNKS,
+            abi::CHUNKS,
+            if self.timestamps {
+                "timed by timestamp queries at the pass boundaries"
+            } else {
+                "timed by the host clock (this adapter has no timestamp queries)"
+            }
+        )
+    }
+
+    fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
+        self.measure_copy_bandwidth()
+    }
+
+    fn prepare<'a>(
+        &'a mut self,
+        problem: &Problem,
+        inputs: Inputs<'a>,
+        fill: CacheFill<'_>,
+    ) -> Result<Box<dyn Prepared + 'a>> {
+        inputs.validate_for(problem)?;
+        if problem.layout != Layout::Nhd {
+            return Err(Error::InvalidConfig(
+                "the wgpu path implements the NHD layout only".into(),
+            ));
+        }
+        self.gpu.check_errors()?;
+        let plan = self.plan(problem)?;
+        self.prepare_caches(&plan, problem, fill)?;
+        let work = self.build_call(problem, &plan, &inputs)?;
+        Ok(Box::new(WgpuCall {
+            backend: self,
+            problem: *problem,
+            plan,
+            inputs,
+            work,
+            copies: Vec::new(),
+        }))
+    }
+}
