@@ -6,12 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+# Lavapipe (Vulkan) for the wgpu tests, and Mesa's llvmpipe through EGL (OpenGL) as a second
+# graphics API for the same shaders.
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 ||
+    ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then
     if command -v apt-get >/dev/null 2>&1; then
-        echo "installing mesa-vulkan-drivers (lavapipe, software Vulkan) for the wgpu tests"
+        echo "installing Mesa's software Vulkan (lavapipe) and OpenGL (llvmpipe) for the wgpu tests"
         sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+            mesa-vulkan-drivers libegl1 libgl1-mesa-dri >/dev/null
     else
         echo "warning: no apt-get; install a Vulkan driver (e.g. Mesa's lavapipe) for the wgpu tests" >&2
     fi
@@ -27,3 +31,9 @@ cargo test --release
 # The user-facing cross-backend check over the full matrix (CPU, and WGSL on lavapipe), with a
 # fresh seed each run: a failure prints the seed that replays it.
 cargo run --release --quiet -- verify
+# The same shaders through OpenGL (llvmpipe): 16 storage buffers per stage, so the one-chunk
+# kernels.
+cargo run --release --quiet -- verify --quick --implementation wgpu --wgpu-api gl
+# The library used from a program, as a serving engine would (see examples/).
+cargo run --release --quiet --example cpu
+cargo run --release --quiet --example wgpu
