@@ -303,7 +303,7 @@ fn launch_shape(text: &str) -> Result<LaunchOverride, String> {
         .ok_or_else(|| "expected THREADSxITEMS, e.g. 256x2".to_string())?;
     let threads: u32 = threads.parse().map_err(|_| "threads: expected a number")?;
     let items: u32 = items.parse().map_err(|_| "items: expected a number")?;
-    if !(32..=1024).contains(&threads) || threads % 32 != 0 || !(1..=8).contains(&items) {
+    if !(32..=1024).contains(&threads) || !threads.is_multiple_of(32) || !(1..=8).contains(&items) {
         return Err("expected 32 to 1024 threads (a multiple of 32) and 1 to 8 items".into());
     }
     Ok(LaunchOverride {
@@ -378,6 +378,11 @@ impl BenchArgs {
     }
 }
 
+/// Sizes beyond the address space saturate; validation then refuses them by name.
+fn to_usize(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -392,9 +397,4 @@ mod tests {
         assert!(super::bytes("-1").is_err());
         assert!(super::bytes("99999999999T").is_err());
     }
-}
-
-/// Sizes beyond the address space saturate; validation then refuses them by name.
-fn to_usize(value: u64) -> usize {
-    usize::try_from(value).unwrap_or(usize::MAX)
 }

@@ -1,0 +1,353 @@
+//! One prepared call on the device: its launches (plain, programmatic, or replayed from a
+//! captured graph, as `Options::mode` says), and the primitives the timing protocol drives.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::{self, CUstreamCaptureMode};
+use cudarc::driver::{
+    CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+
+use super::shape::{self, Launch};
+use super::{Context, CudaBackend, FLUSH_BYTES, GRAPH_BATCH_CALLS};
+use crate::backend::Prepared;
+use crate::error::{Error, Result};
+use crate::options::Mode;
+use crate::problem::Problem;
+use crate::workload::Caches;
+
+/// The kernel's arguments, in its parameter order.
+#[derive(Clone)]
+pub(super) struct Args {
+    pub(super) key: u64,
+    pub(super) value: u64,
+    pub(super) key_cache: u64,
+    pub(super) value_cache: u64,
+    pub(super) slots: u64,
+    pub(super) k_scale: u64,
+    pub(super) v_scale: u64,
+    pub(super) params: shape::Params,
+}
+
+pub(super) struct CudaCall<'a> {
+    backend: &'a CudaBackend,
+    problem: Problem,
+    function: &'a CudaFunction,
+    launch: Launch,
+    /// The call's own arguments first, then one per rotation copy.
+    sets: Vec<Args>,
+    /// The buffers of the rotation copies, freed with the call.
+    rotation: Option<RotationBuffers>,
+    /// cudagraph mode: a graph holding one call (for `run`, latency and cold samples), and one
+    /// holding `batch_unit()` back-to-back calls cycling over `sets` (for batches); captured
+    /// on first use.
+    single: Option<CudaGraph>,
+    batch: Option<CudaGraph>,
+}
+
+/// Device copies of a call's inputs for rotating timing.
+struct RotationBuffers {
+    _keys: CudaSlice<u8>,
+    _values: CudaSlice<u8>,
+    _slots: CudaSlice<i64>,
+}
+
+impl<'a> CudaCall<'a> {
+    /// A call of `problem` with kernel `function` cut as `launch`, on `args`' buffers.
+    pub(super) fn new(
+        backend: &'a CudaBackend,
+        problem: Problem,
+        function: &'a CudaFunction,
+        launch: Launch,
+        args: Args,
+    ) -> Self {
+        Self {
+            backend,
+            problem,
+            function,
+            launch,
+            sets: vec![args],
+            rotation: None,
+            single: None,
+            batch: None,
+        }
+    }
+}
+
+impl CudaCall<'_> {
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.backend.stream
+    }
+
+    /// Enqueues one call with the given buffers.
+    fn enqueue_with(&self, args: &Args) -> Result<()> {
+        let config = LaunchConfig {
+            grid_dim: self.launch.grid,
+            block_dim: (self.launch.threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        if self.backend.programmatic_launch {
+            return self.enqueue_programmatic(args, config);
+        }
+        let a = args;
+        let mut launch = self.stream().launch_builder(self.function);
+        launch
+            .arg(&a.key)
+            .arg(&a.value)
+            .arg(&a.key_cache)
+            .arg(&a.value_cache)
+            .arg(&a.slots)
+            .arg(&a.k_scale)
+            .arg(&a.v_scale)
+            .arg(&a.params);
+        // SAFETY: the pointers are live buffers of the sizes `params` describes (set up in
+        // `prepare` or `rotate`, owned by the backend this call borrows or by the call).
+        unsafe { launch.launch(config) }.during("launching reshape_and_cache_flash")?;
+        Ok(())
+    }
+
+    /// One call through `cuLaunchKernelEx` with programmatic stream serialization allowed
+    /// (cudarc's launch builder takes no launch attributes).
+    fn enqueue_programmatic(&self, a: &Args, config: LaunchConfig) -> Result<()> {
+        let stream = self.stream();
+        self.backend
+            .ctx
+            .bind_to_thread()
+            .during("binding the context")?;
+        // SAFETY: all-zero is a valid bit pattern for this plain C struct and union.
+        let mut attribute: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attribute.id =
+            sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attribute.value.programmaticStreamSerializationAllowed = 1;
+        let launch_config = sys::CUlaunchConfig {
+            gridDimX: config.grid_dim.0,
+            gridDimY: config.grid_dim.1,
+            gridDimZ: config.grid_dim.2,
+            blockDimX: config.block_dim.0,
+            blockDimY: config.block_dim.1,
+            blockDimZ: config.block_dim.2,
+            sharedMemBytes: config.shared_mem_bytes,
+            hStream: stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        let mut params: [*mut std::ffi::c_void; 8] = [
+            &a.key as *const u64 as *mut _,
+            &a.value as *const u64 as *mut _,
+            &a.key_cache as *const u64 as *mut _,
+            &a.value_cache as *const u64 as *mut _,
+            &a.slots as *const u64 as *mut _,
+            &a.k_scale as *const u64 as *mut _,
+            &a.v_scale as *const u64 as *mut _,
+            &a.params as *const shape::Params as *mut _,
+        ];
+        // SAFETY: the parameter array points at live values of the kernel's parameter types,
+        // in its order (the driver copies them before returning); the pointers inside are live
+        // buffers of the sizes `params` describes, as for the plain launch.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &launch_config,
+                self.function.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .during("launching reshape_and_cache_flash (programmatic dependent launch)")
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream()
+            .synchronize()
+            .during("running reshape_and_cache_flash")
+    }
+
+    /// A graph holding `calls` back-to-back calls that cycle through `sets`, uploaded.
+    fn capture(&self, calls: usize, sets: &[Args]) -> Result<CudaGraph> {
+        let stream = self.stream();
+        stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .during("starting a graph capture")?;
+        let mut enqueued = Ok(());
+        for call in 0..calls {
+            enqueued = self.enqueue_with(&sets[call % sets.len()]);
+            if enqueued.is_err() {
+                break;
+            }
+        }
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .during("capturing a CUDA graph");
+        enqueued?;
+        let graph = graph?.ok_or_else(|| Error::Cuda {
+            what: "capturing a CUDA graph".into(),
+            source: "the captured graph is empty".into(),
+        })?;
+        graph.upload().during("uploading a CUDA graph")?;
+        Ok(graph)
+    }
+
+    /// Enqueues one call as the mode issues it.
+    fn enqueue_one(&mut self) -> Result<()> {
+        match self.backend.mode {
+            Mode::NoGraph => self.enqueue_with(&self.sets[0]),
+            Mode::Cudagraph => {
+                if self.single.is_none() {
+                    // The call itself, whatever rotation says.
+                    self.single = Some(self.capture(1, &self.sets[..1])?);
+                }
+                let graph = self.single.as_ref().expect("captured above");
+                graph.launch().during("replaying a CUDA graph")
+            }
+        }
+    }
+
+    /// Enqueues `calls` back-to-back calls (1, or a whole number of `batch_unit()`s).
+    fn enqueue_batch(&mut self, calls: usize) -> Result<()> {
+        if calls == 1 {
+            return self.enqueue_one();
+        }
+        match self.backend.mode {
+            Mode::NoGraph => {
+                for call in 0..calls {
+                    self.enqueue_with(&self.sets[call % self.sets.len()])?;
+                }
+                Ok(())
+            }
+            Mode::Cudagraph => {
+                let unit = self.batch_unit();
+                if self.batch.is_none() {
+                    self.batch = Some(self.capture(unit, &self.sets)?);
+                }
+                let graph = self.batch.as_ref().expect("captured above");
+                for _ in 0..calls.div_ceil(unit) {
+                    graph.launch().during("replaying a CUDA graph")?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The buffer written before each cold call.
+    fn flush_buffer(&self) -> Result<&CudaSlice<u8>> {
+        if self.backend.flush_buffer.get().is_none() {
+            let buffer = self
+                .backend
+                .alloc::<u8>(FLUSH_BYTES, "the L2 flush buffer")?;
+            let _ = self.backend.flush_buffer.set(buffer);
+        }
+        Ok(self.backend.flush_buffer.get().expect("set above"))
+    }
+}
+
+impl Prepared for CudaCall<'_> {
+    fn run(&mut self) -> Result<()> {
+        self.enqueue_one()?;
+        self.synchronize()
+    }
+
+    /// Copies of the inputs made on the device, each starting on a 256-byte boundary as the
+    /// originals do (for the 16-byte loads), with the given slots.
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.sets.truncate(1);
+        self.batch = None;
+        self.rotation = None;
+        let copies = slot_mappings.len();
+        if copies == 0 {
+            return Ok(());
+        }
+        let input_bytes = self.problem.input_bytes() as usize;
+        let stride = input_bytes.next_multiple_of(256);
+        let tokens = self.problem.num_tokens;
+        let backend = self.backend;
+        let mut keys = backend.alloc::<u8>(copies * stride, "copies of the keys (--rotate)")?;
+        let mut values = backend.alloc::<u8>(copies * stride, "copies of the values (--rotate)")?;
+        let mut slots = backend.alloc::<i64>(copies * tokens, "copies of the slots (--rotate)")?;
+        let stream = self.stream().clone();
+        let originals = backend.inputs.as_ref().expect("set in prepare");
+        for (copy, shifted) in slot_mappings.iter().enumerate() {
+            let (at, slot_at) = (copy * stride, copy * tokens);
+            stream
+                .memcpy_dtod(
+                    &originals.key.slice(..input_bytes),
+                    &mut keys.slice_mut(at..at + input_bytes),
+                )
+                .and_then(|_| {
+                    stream.memcpy_dtod(
+                        &originals.value.slice(..input_bytes),
+                        &mut values.slice_mut(at..at + input_bytes),
+                    )
+                })
+                .and_then(|_| {
+                    stream.memcpy_htod(shifted, &mut slots.slice_mut(slot_at..slot_at + tokens))
+                })
+                .during("copying the inputs (--rotate)")?;
+            let args = Args {
+                key: keys.slice(at..).device_ptr(&stream).0,
+                value: values.slice(at..).device_ptr(&stream).0,
+                slots: slots.slice(slot_at..).device_ptr(&stream).0,
+                ..self.sets[0].clone()
+            };
+            self.sets.push(args);
+        }
+        self.synchronize()?;
+        self.rotation = Some(RotationBuffers {
+            _keys: keys,
+            _values: values,
+            _slots: slots,
+        });
+        Ok(())
+    }
+
+    fn batch_unit(&self) -> usize {
+        let sets = self.sets.len();
+        match self.backend.mode {
+            // Whole rotations, and at least GRAPH_BATCH_CALLS calls, per graph.
+            Mode::Cudagraph => sets * GRAPH_BATCH_CALLS.div_ceil(sets),
+            Mode::NoGraph => sets,
+        }
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        let start = self.backend.timing_event()?;
+        let end = self.backend.timing_event()?;
+        let stream = self.stream().clone();
+        start.record(&stream).during("recording an event")?;
+        self.enqueue_batch(calls)?;
+        end.record(&stream).during("recording an event")?;
+        let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
+        Ok(ms * 1000.0)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        let flush = self.flush_buffer()?;
+        let stream = self.stream();
+        // SAFETY: `flush` is a live device buffer of FLUSH_BYTES owned by the backend.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                flush.device_ptr(stream).0,
+                0x5a,
+                FLUSH_BYTES,
+                stream.cu_stream(),
+            )
+        }
+        .during("flushing L2")?;
+        // Waiting keeps the flush out of the next call's events.
+        self.synchronize()
+    }
+
+    fn read_back(&mut self) -> Result<Caches> {
+        let caches = self.backend.caches.as_ref().expect("set in prepare");
+        let len = self.problem.cache_bytes() as usize;
+        let stream = self.stream();
+        let key = stream
+            .clone_dtoh(&caches.key.slice(..len))
+            .during("reading the key cache")?;
+        let value = stream
+            .clone_dtoh(&caches.value.slice(..len))
+            .during("reading the value cache")?;
+        self.synchronize()?;
+        Ok(Caches { key, value })
+    }
+}
