@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::problem;
 use paged_kv_bench::backend::{self, Backend, Kind};
-use paged_kv_bench::options::{Mode, Options};
+use paged_kv_bench::options::Options;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol};
@@ -198,7 +198,7 @@ backend_suite!(
     open_backend(
         Kind::Cuda,
         Options {
-            mode: Mode::NoGraph,
+            mode: paged_kv_bench::options::Mode::NoGraph,
             ..Options::default()
         }
     ),
