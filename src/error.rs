@@ -59,9 +59,10 @@ pub enum Error {
     #[error("CUDA error: {what}")]
     Cuda { what: String, source: Cause },
 
-    /// wgpu reported an error (validation, out of memory, device lost, a failed mapping).
-    #[error("wgpu error: {0}")]
-    Wgpu(String),
+    /// wgpu reported an error (validation, out of memory, device lost, a failed mapping) while
+    /// doing `what`. wgpu's own error types are not `Sync`, so the source keeps their message.
+    #[error("wgpu error: {what}")]
+    Wgpu { what: String, source: Cause },
 
     /// Reading or writing a file.
     #[error("{what}")]
@@ -88,6 +89,14 @@ pub enum Error {
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 impl Error {
+    /// A wgpu failure while doing `what`, caused by `cause` (wgpu's message).
+    pub fn wgpu(what: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        Error::Wgpu {
+            what: what.into(),
+            source: cause.to_string().into(),
+        }
+    }
+
     /// The error and its causes as one line, `outer: inner: ...` (what the command line
     /// prints).
     pub fn one_line(&self) -> String {

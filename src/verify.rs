@@ -758,7 +758,7 @@ pub fn run(
                 match check(subject.backend.as_mut(), case) {
                     Ok(None) => Outcome::Passed,
                     Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
-                    Err(error) => Outcome::Error(error.to_string()),
+                    Err(error) => Outcome::Error(error.one_line()),
                 }
             };
             report.record(&subject.label, case, outcome);

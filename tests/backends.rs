@@ -27,7 +27,11 @@ fn check_cases(backend: &mut dyn Backend, cases: &[Case]) {
         match verify::check(backend, case) {
             Ok(None) => {}
             Ok(Some(mismatch)) => failures.push(format!("{}: {mismatch}", case.problem.describe())),
-            Err(error) => failures.push(format!("{}: error: {error}", case.problem.describe())),
+            Err(error) => failures.push(format!(
+                "{}: error: {}",
+                case.problem.describe(),
+                error.one_line()
+            )),
         }
     }
     assert!(checked > 0, "no case was checked");

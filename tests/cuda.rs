@@ -55,7 +55,11 @@ fn check_all(backend: &mut CudaBackend, cases: &[Case], label: &str) {
         .filter_map(|case| match verify::check(backend, case) {
             Ok(None) => None,
             Ok(Some(m)) => Some(format!("{label}: {}: {m}", case.problem.describe())),
-            Err(e) => Some(format!("{label}: {}: error: {e}", case.problem.describe())),
+            Err(e) => Some(format!(
+                "{label}: {}: error: {}",
+                case.problem.describe(),
+                e.one_line()
+            )),
         })
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

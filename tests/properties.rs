@@ -254,7 +254,10 @@ fn backend_matches_reference_on_random_shapes(backend: &mut dyn Backend, cases: 
         match verify::check(&mut **backend, &case) {
             Ok(None) => Ok(()),
             Ok(Some(mismatch)) => Err(TestCaseError::fail(format!("{case}: {mismatch}"))),
-            Err(error) => Err(TestCaseError::fail(format!("{case}: error: {error}"))),
+            Err(error) => Err(TestCaseError::fail(format!(
+                "{case}: error: {}",
+                error.one_line()
+            ))),
         }
     });
     if let Err(error) = result {

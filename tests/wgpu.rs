@@ -236,7 +236,11 @@ fn check(backend: &mut WgpuBackend, cases: &[Case]) {
         match verify::check(backend, case) {
             Ok(None) => {}
             Ok(Some(mismatch)) => failures.push(format!("{}: {mismatch}", case.problem.describe())),
-            Err(error) => failures.push(format!("{}: error: {error}", case.problem.describe())),
+            Err(error) => failures.push(format!(
+                "{}: error: {}",
+                case.problem.describe(),
+                error.one_line()
+            )),
         }
     }
     assert!(

@@ -256,7 +256,7 @@ impl CallBuilder<'_> {
         }
         let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] = parts
             .try_into()
-            .map_err(|_| Error::Wgpu("two input parts".into()))?;
+            .map_err(|_| Error::wgpu("splitting the inputs", "not two parts"))?;
         let slots = gpu.scoped(&what, || {
             gpu.buffer("slot mapping", 8 * batch.tokens as u64, storage)
         })?;

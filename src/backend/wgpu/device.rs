@@ -117,11 +117,14 @@ impl Gpu {
         let first = errors[0].clone();
         let more = errors.len() - 1;
         errors.clear();
-        Err(Error::Wgpu(if more > 0 {
-            format!("{first} (and {more} more error(s))")
-        } else {
-            first
-        }))
+        Err(Error::wgpu(
+            "the device reported",
+            if more > 0 {
+                format!("{first} (and {more} more error(s))")
+            } else {
+                first
+            },
+        ))
     }
 
     /// Runs `f` inside validation, out-of-memory and internal error scopes and turns what they
@@ -136,14 +139,13 @@ impl Gpu {
         let oom = pollster::block_on(oom.pop());
         let internal = pollster::block_on(internal.pop());
         if let Some(error) = oom {
-            return Err(Error::Wgpu(format!(
-                "out of memory on {} while {what}: {}",
-                self.name,
-                one_line(&error)
-            )));
+            return Err(Error::wgpu(
+                format!("out of memory on {} while {what}", self.name),
+                one_line(&error),
+            ));
         }
         if let Some(error) = validation.or(internal) {
-            return Err(Error::Wgpu(format!("{what}: {}", one_line(&error))));
+            return Err(Error::wgpu(what, one_line(&error)));
         }
         self.check_errors()?;
         Ok(value)
@@ -153,7 +155,7 @@ impl Gpu {
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|error| Error::Wgpu(format!("waiting for the GPU: {}", one_line(&error))))?;
+            .map_err(|error| Error::wgpu("waiting for the GPU", one_line(&error)))?;
         self.check_errors()
     }
 
@@ -317,7 +319,7 @@ impl Gpu {
             {
                 let view = staging
                     .get_mapped_range(0..piece)
-                    .map_err(|error| Error::Wgpu(format!("mapping a buffer: {error:?}")))?;
+                    .map_err(|error| Error::wgpu("mapping a buffer", format!("{error:?}")))?;
                 let keep = piece.min(len - offset) as usize;
                 out.extend_from_slice(&view[..keep]);
             }
@@ -343,8 +345,8 @@ impl Gpu {
         self.wait()?;
         receiver
             .recv()
-            .map_err(|_| Error::Wgpu("a buffer mapping was dropped".into()))?
-            .map_err(|error| Error::Wgpu(format!("{what}: {}", one_line(&error))))
+            .map_err(|_| Error::wgpu(what, "the buffer mapping was dropped"))?
+            .map_err(|error| Error::wgpu(what, one_line(&error)))
     }
 }
 
@@ -394,7 +396,7 @@ mod tests {
                 gpu.buffer("too big", too_big, wgpu::BufferUsages::STORAGE)
             })
             .expect_err("a buffer over max_buffer_size is refused");
-        assert!(matches!(error, Error::Wgpu(_)), "{error}");
+        assert!(matches!(error, Error::Wgpu { .. }), "{error}");
         assert!(error
             .to_string()
             .contains("allocating an impossible buffer"));
@@ -409,7 +411,7 @@ mod tests {
         encoder.copy_buffer_to_buffer(&small, 0, &other, 0, 64);
         gpu.queue.submit([encoder.finish()]);
         let error = gpu.wait().expect_err("the invalid copy is reported");
-        assert!(matches!(error, Error::Wgpu(_)), "{error}");
+        assert!(matches!(error, Error::Wgpu { .. }), "{error}");
         assert!(!error.to_string().contains('\n'), "{error}");
         // Reported once; the device still works.
         gpu.queue.submit([]);

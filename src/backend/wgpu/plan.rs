@@ -404,9 +404,10 @@ pub(super) fn grid(threads: u64, max: u32) -> Result<(u32, u32)> {
         (max, workgroups.div_ceil(max))
     };
     if y > max {
-        return Err(Error::Wgpu(format!(
-            "{threads} threads need more than {max} x {max} workgroups"
-        )));
+        return Err(Error::wgpu(
+            format!("laying out {threads} threads"),
+            format!("more than {max} x {max} workgroups needed"),
+        ));
     }
     Ok((x as u32, y as u32))
 }

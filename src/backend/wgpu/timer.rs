@@ -107,7 +107,7 @@ impl WgpuBackend {
             let view = timer
                 .readback
                 .get_mapped_range(..)
-                .map_err(|error| Error::Wgpu(format!("reading timestamps: {error:?}")))?;
+                .map_err(|error| Error::wgpu("reading timestamps", format!("{error:?}")))?;
             view.chunks_exact(8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
                 .collect()
