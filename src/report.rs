@@ -47,7 +47,13 @@ pub struct RunConfig {
     pub seed: u64,
     pub min_time_s: f64,
     pub max_time_s: f64,
+    /// `--max-noise`, in terms of `noise_statistic`.
     pub max_noise_percent: f64,
+    /// What "noise" means in `max_noise_percent` and the stopping rule
+    /// ([`crate::timing::NOISE_STATISTIC`]); empty in reports of earlier versions, whose
+    /// noise was the relative standard deviation.
+    #[serde(default)]
+    pub noise_statistic: String,
     pub min_samples: usize,
     /// Every backend option (absent from reports of earlier versions, which ran the defaults).
     #[serde(default)]
@@ -228,8 +234,9 @@ impl Report {
         lines.extend(self.notes.iter().cloned());
         lines.push(
             "latency (us): wall clock of call + synchronize, mean over --iters (vLLM's method); \
-             device (us): median per-call time on the backend's own clock, noise = its relative \
-             standard deviation; GB/s = bytes moved / device time"
+             device (us): median per-call time on the backend's own clock, noise = its robust \
+             spread (interquartile range / 1.349, in % of the median; sampling stops once it is \
+             under --max-noise); GB/s = bytes moved / device time"
                 .into(),
         );
         lines

@@ -282,3 +282,30 @@ fn wgpu_sweep_measures_nhd_and_shows_nan_for_hnd() {
         }
     }
 }
+
+#[test]
+fn contradicting_flag_ranges_are_refused_before_anything_runs() {
+    for (args, needle) in [
+        (
+            &[
+                "--implementation",
+                "cpu",
+                "--min-time",
+                "2",
+                "--max-time",
+                "1",
+            ][..],
+            "--min-time 2 is longer than --max-time 1",
+        ),
+        (
+            &["--wgpu-slot-order", "off", "--wgpu-order-buckets", "64"][..],
+            "--wgpu-slot-order off",
+        ),
+    ] {
+        assert_refused(args, needle);
+        // A flag error: the parser's exit status, and no report started.
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(stdout(&output).is_empty(), "{args:?}");
+    }
+}

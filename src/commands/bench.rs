@@ -81,6 +81,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             min_time_s: protocol.sampling.min_time.as_secs_f64(),
             max_time_s: protocol.sampling.max_time.as_secs_f64(),
             max_noise_percent: protocol.sampling.max_noise_percent,
+            noise_statistic: paged_kv_bench::timing::NOISE_STATISTIC.into(),
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
         },
