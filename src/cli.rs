@@ -205,7 +205,8 @@ pub struct BenchArgs {
         .map(|s| s.parse::<u32>().expect("the choices are numbers")))]
     pub block_size: u32,
 
-    /// Cache blocks [default: 65536, reduced to the largest power of two that fits].
+    /// Cache blocks [default: 65536 (vLLM's) on GPUs, 1024 (1 GiB of caches) on the CPU,
+    /// reduced to the largest power of two that fits].
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub num_blocks: Option<u64>,
 
@@ -229,7 +230,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mode::Cudagraph)]
     pub mode: Mode,
 
-    /// Token counts to sweep, comma-separated [default: 2,4,...,65536].
+    /// Token counts to sweep, comma-separated [default: 2,4,...,65536, as far as the cache's
+    /// slots go].
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub num_tokens: Vec<u64>,
 
@@ -405,7 +407,8 @@ impl BenchArgs {
     }
 
     pub fn sweep_config(&self) -> SweepConfig {
-        let num_tokens = if self.num_tokens.is_empty() {
+        let default_num_tokens = self.num_tokens.is_empty();
+        let num_tokens = if default_num_tokens {
             sweep::default_token_counts()
         } else {
             self.num_tokens.iter().map(|&n| to_usize(n)).collect()
@@ -417,12 +420,13 @@ impl BenchArgs {
             block_size: self.block_size as usize,
             num_blocks: match self.num_blocks {
                 Some(n) => NumBlocks::Explicit(to_usize(n)),
-                None => NumBlocks::Default(sweep::DEFAULT_NUM_BLOCKS),
+                None => NumBlocks::Default,
             },
             dtype: self.dtype,
             cache_dtype: self.kv_cache_dtype,
             layouts: self.layouts.clone(),
             num_tokens,
+            default_num_tokens,
             protocol: Protocol {
                 cold: self.cold,
                 rotate: self.rotate,

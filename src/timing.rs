@@ -343,19 +343,31 @@ pub fn measure(
             .collect();
         call.rotate(&copies)?;
     }
-    let unit = call.batch_unit();
-    let per_call = |call: &mut dyn Prepared, calls: usize| -> Result<f64> {
-        Ok(call.time_batch(calls)? / calls as f64)
-    };
-    let first = protocol.calls_per_batch(Duration::from_secs_f64(latency_us * 1e-6), unit);
-    let estimate = per_call(call, first)?;
-    let calls = protocol.calls_per_batch(Duration::from_secs_f64(estimate.max(0.0) * 1e-6), unit);
-    let run = sample_until_stable(&protocol.sampling, || per_call(call, calls))?;
+    let run = warm_samples(call, protocol, Duration::from_secs_f64(latency_us * 1e-6))?;
     Ok(Samples {
         latency_us,
         device_us: run.samples,
         met_noise_target: run.met_noise_target,
     })
+}
+
+/// Device-time samples of back-to-back calls: a first batch sized from `first_estimate`
+/// (which should not underestimate a call: the latency does not) warms up and estimates one
+/// call, and sets the size of the batches that are sampled. Copy ceilings that are timed like
+/// the rows go through here too.
+pub fn warm_samples(
+    call: &mut dyn Prepared,
+    protocol: &Protocol,
+    first_estimate: Duration,
+) -> Result<SampleRun> {
+    let unit = call.batch_unit();
+    let per_call = |call: &mut dyn Prepared, calls: usize| -> Result<f64> {
+        Ok(call.time_batch(calls)? / calls as f64)
+    };
+    let first = protocol.calls_per_batch(first_estimate, unit);
+    let estimate = per_call(call, first)?;
+    let calls = protocol.calls_per_batch(Duration::from_secs_f64(estimate.max(0.0) * 1e-6), unit);
+    sample_until_stable(&protocol.sampling, || per_call(call, calls))
 }
 
 #[cfg(test)]

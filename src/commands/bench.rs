@@ -26,7 +26,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let plan = sweep::plan(&config, &backends)?;
 
     let progress = if std::io::stderr().is_terminal() {
-        ProgressBar::new((config.layouts.len() * config.num_tokens.len() * backends.len()) as u64)
+        ProgressBar::new((config.layouts.len() * plan.num_tokens.len() * backends.len()) as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -55,7 +55,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .iter()
         .map(|(kind, reason)| format!("{kind} skipped: {}", reason.one_line()))
         .collect();
-    notes.extend(plan.note.clone());
+    notes.extend(plan.notes.clone());
 
     let protocol = &config.protocol;
     let mut report = Report {
