@@ -251,15 +251,15 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
             n
         }
         NumBlocks::Default => {
-            if let Some(kind) = default_owner.filter(|_| requested < DEFAULT_NUM_BLOCKS) {
-                notes.push(format!(
-                    "num_blocks={requested}, not vLLM's {DEFAULT_NUM_BLOCKS}: the {kind} \
-                     backend's default keeps both caches within {}, so that a first run is \
-                     quick and light (--num-blocks sets it)",
-                    Bytes(2 * block_bytes * requested as u64)
-                ));
-            }
             if requested as u64 <= fits {
+                if let Some(kind) = default_owner.filter(|_| requested < DEFAULT_NUM_BLOCKS) {
+                    notes.push(format!(
+                        "num_blocks={requested}, not vLLM's {DEFAULT_NUM_BLOCKS}: the {kind} \
+                         backend's default keeps both caches within {}, so that a first run is \
+                         quick and light (--num-blocks sets it)",
+                        Bytes(2 * block_bytes * requested as u64)
+                    ));
+                }
                 requested
             } else {
                 if fits == 0 {
@@ -271,11 +271,14 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                         hint: too_big.into(),
                     });
                 }
+                // Memory, not a backend's smaller default, sets the size: the note says so
+                // against vLLM's default, the size a reader compares with.
                 let reduced = 1usize << (63 - fits.leading_zeros());
                 notes.push(format!(
-                    "num_blocks reduced from {requested} to {reduced}: {} need {}, {} available on {}",
-                    what(requested),
-                    Bytes(tightest.need(requested)),
+                    "num_blocks reduced from {DEFAULT_NUM_BLOCKS} to {reduced}: {} need {}, {} \
+                     available on {}",
+                    what(DEFAULT_NUM_BLOCKS),
+                    Bytes(tightest.need(DEFAULT_NUM_BLOCKS)),
                     Bytes(tightest.available),
                     tightest.device
                 ));
