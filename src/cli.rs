@@ -66,6 +66,11 @@ pub struct BackendArgs {
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
 
+    /// The device to run on: the CUDA device ordinal or the wgpu adapter's index (as listed by
+    /// an error for an index that does not exist), or `all` to run on each device in turn.
+    #[arg(long, value_name = "N|all", value_parser = device_choice)]
+    pub device: Option<DeviceChoice>,
+
     /// CUDA: programmatic dependent launch (on by default where the GPU has it).
     #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
     pub cuda_pdl: Option<bool>,
@@ -133,6 +138,10 @@ impl BackendArgs {
         Options {
             mode,
             adapter: self.adapter.clone(),
+            device: match self.device {
+                Some(DeviceChoice::Index(index)) => Some(index),
+                Some(DeviceChoice::All) | None => None,
+            },
             cuda: CudaTuning {
                 programmatic_launch: self.cuda_pdl,
                 defines: self.cuda_define.clone(),
@@ -285,6 +294,22 @@ fn percent(text: &str) -> Result<f64, String> {
         Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
         _ => Err("expected a positive percentage".into()),
     }
+}
+
+/// `--device`: one device by index, or each in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Index(usize),
+    All,
+}
+
+fn device_choice(text: &str) -> Result<DeviceChoice, String> {
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(DeviceChoice::All);
+    }
+    text.parse()
+        .map(DeviceChoice::Index)
+        .map_err(|_| "expected a device index (0, 1, ...) or all".into())
 }
 
 /// `on` / `off` (also `true` / `false`, `1` / `0`).

@@ -215,6 +215,22 @@ pub fn select(selection: Selection, options: &Options) -> Result<(Vec<Box<dyn Ba
     }
 }
 
+/// How many devices `kind` can run on here (`--device` counts from 0): CUDA devices, wgpu
+/// adapters of the chosen API (software ones included), one for the CPU.
+pub fn device_count(kind: Kind, options: &Options) -> usize {
+    let _ = options;
+    match kind {
+        Kind::Cpu => 1,
+        #[cfg(feature = "cuda")]
+        Kind::Cuda => cuda::device_count(),
+        #[cfg(feature = "wgpu")]
+        Kind::Wgpu => wgpu::adapter::list(options.wgpu.api).len(),
+        #[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    }
+}
+
 /// Opens one backend. With `hardware_only`, a software wgpu adapter (such as lavapipe) is not
 /// taken: the native CPU path is faster than a software GPU on the same cores.
 pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dyn Backend>> {
@@ -225,8 +241,9 @@ pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dy
         #[cfg(feature = "cuda")]
         Kind::Cuda => Ok(Box::new(cuda::CudaBackend::open(options)?)),
         #[cfg(feature = "wgpu")]
-        Kind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open(
+        Kind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open_device(
             options.adapter.as_deref(),
+            options.device,
             hardware_only,
             options.wgpu,
         )?)),

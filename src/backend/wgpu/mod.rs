@@ -38,7 +38,7 @@
 //! it reads no environment variable.
 
 mod abi;
-mod adapter;
+pub mod adapter;
 mod bindings;
 mod budget;
 mod caches;
@@ -93,7 +93,18 @@ impl WgpuBackend {
     /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU. `tuning`
     /// sets limits below the adapter's and choices the backend would otherwise make itself.
     pub fn open(adapter: Option<&str>, hardware_only: bool, tuning: WgpuTuning) -> Result<Self> {
-        let adapter = adapter::find_adapter(adapter, hardware_only, tuning.api)?;
+        Self::open_device(adapter, None, hardware_only, tuning)
+    }
+
+    /// As [`WgpuBackend::open`], on the adapter at `index` in the order wgpu lists those of
+    /// `tuning.api` (see [`adapter::list`]) when given.
+    pub fn open_device(
+        adapter: Option<&str>,
+        index: Option<usize>,
+        hardware_only: bool,
+        tuning: WgpuTuning,
+    ) -> Result<Self> {
+        let adapter = adapter::find_adapter(adapter, index, hardware_only, tuning.api)?;
         let info = adapter.get_info();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let gpu = Gpu::open(
