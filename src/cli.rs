@@ -238,7 +238,13 @@ pub struct BenchArgs {
     pub num_tokens: Vec<u64>,
 
     /// Cache layouts to sweep, in order, comma-separated (wgpu implements NHD only).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "NHD,HND", ignore_case = true)]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "NHD,HND",
+        ignore_case = true
+    )]
     pub layouts: Vec<Layout>,
 
     /// Seed of the random inputs, slot mappings and cache contents.

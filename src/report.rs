@@ -267,10 +267,26 @@ impl Report {
                 differences.push(format!("{name} ({then} vs {now})"));
             }
         };
-        differ("num_heads", then.num_heads.to_string(), now.num_heads.to_string());
-        differ("head_size", then.head_size.to_string(), now.head_size.to_string());
-        differ("block_size", then.block_size.to_string(), now.block_size.to_string());
-        differ("num_blocks", then.num_blocks.to_string(), now.num_blocks.to_string());
+        differ(
+            "num_heads",
+            then.num_heads.to_string(),
+            now.num_heads.to_string(),
+        );
+        differ(
+            "head_size",
+            then.head_size.to_string(),
+            now.head_size.to_string(),
+        );
+        differ(
+            "block_size",
+            then.block_size.to_string(),
+            now.block_size.to_string(),
+        );
+        differ(
+            "num_blocks",
+            then.num_blocks.to_string(),
+            now.num_blocks.to_string(),
+        );
         differ("dtype", then.dtype.to_string(), now.dtype.to_string());
         differ(
             "kv_cache_dtype",
@@ -410,7 +426,10 @@ impl Report {
             "GB/s: bytes moved / device time; % of copy: GB/s over the device's copy bandwidth"
                 .to_string(),
         ]);
-        lines.iter().flat_map(|line| wrap(line, HEADER_WIDTH)).collect()
+        lines
+            .iter()
+            .flat_map(|line| wrap(line, HEADER_WIDTH))
+            .collect()
     }
 
     /// The title line of vLLM's script, `Benchmark results for implementation X (measuring
@@ -548,7 +567,10 @@ impl Report {
         for (index, info) in self.implementations.iter().enumerate() {
             let mut missing: Vec<&str> = Vec::new();
             for row in &self.rows {
-                if row.results.get(index).is_some_and(|r| r.device_us.is_none())
+                if row
+                    .results
+                    .get(index)
+                    .is_some_and(|r| r.device_us.is_none())
                     && !missing.contains(&row.layout.as_str())
                 {
                     missing.push(&row.layout);
@@ -594,7 +616,10 @@ impl Report {
         if let Some(stopped) = &self.stopped {
             notes.push(format!("stopped: {stopped}"));
         }
-        notes.iter().flat_map(|line| wrap(line, HEADER_WIDTH)).collect()
+        notes
+            .iter()
+            .flat_map(|line| wrap(line, HEADER_WIDTH))
+            .collect()
     }
 
     /// What comes before the first row: for the table, the header, title and column heads; for
@@ -723,7 +748,8 @@ fn csv_lines(row: &RowReport) -> String {
             opt(s.map(|s| s.max)),
             opt(s.map(|s| s.noise_percent)),
             opt(s.map(|s| s.robust_noise_percent)),
-            s.map(|s| s.met_noise_target.to_string()).unwrap_or_default(),
+            s.map(|s| s.met_noise_target.to_string())
+                .unwrap_or_default(),
             s.map(|s| s.samples.to_string()).unwrap_or_default(),
             opt(r.bandwidth_gbps),
             opt(r.percent_of_copy),
@@ -886,7 +912,10 @@ impl Table {
     }
 
     fn markdown_line(&self, values: &[String], widths: &[usize]) -> String {
-        format!("| {} |\n", pad_all(values, widths, &self.columns).join(" | "))
+        format!(
+            "| {} |\n",
+            pad_all(values, widths, &self.columns).join(" | ")
+        )
     }
 
     fn markdown_head_with(&self, widths: &[usize]) -> String {
@@ -1013,9 +1042,8 @@ num_tokens  layout  latency (us)
     fn rows_one_at_a_time_line_up_with_the_head() {
         let mut table = table();
         table.columns[2].width = 14;
-        let streamed = table.text_head()
-            + &table.text_row(&table.rows[0])
-            + &table.text_row(&table.rows[1]);
+        let streamed =
+            table.text_head() + &table.text_row(&table.rows[0]) + &table.text_row(&table.rows[1]);
         assert_eq!(streamed, table.render_text());
         assert!(streamed.lines().nth(1).unwrap().ends_with(&"-".repeat(14)));
     }

@@ -291,9 +291,7 @@ pub enum End {
     Complete,
     /// The stop check said stop, or the caller declined further rows; `at` is the row that was
     /// not measured (its backend, where one had started on it).
-    Stopped {
-        at: Option<(Problem, Option<Kind>)>,
-    },
+    Stopped { at: Option<(Problem, Option<Kind>)> },
     /// A row failed ([`Error::Row`], naming it); the sweep went no further.
     Failed(Error),
 }

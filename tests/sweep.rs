@@ -205,6 +205,10 @@ fn a_caller_that_declines_more_rows_ends_the_sweep() {
         || false,
     );
     assert_eq!(sweep.rows.len(), 1);
-    assert!(matches!(sweep.end, End::Stopped { at: None }), "{:?}", sweep.end);
+    assert!(
+        matches!(sweep.end, End::Stopped { at: None }),
+        "{:?}",
+        sweep.end
+    );
     assert!(matches!(sweep.into_result(), Err(Error::Stopped)));
 }

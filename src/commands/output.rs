@@ -88,10 +88,7 @@ fn may_write(path: &Path, directory: bool) -> std::io::Result<()> {
         std::fs::File::create(&probe)?;
         std::fs::remove_file(&probe)
     } else {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map(drop)
+        std::fs::OpenOptions::new().write(true).open(path).map(drop)
     }
 }
 
