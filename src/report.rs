@@ -267,32 +267,20 @@ impl Report {
                 differences.push(format!("{name} ({then} vs {now})"));
             }
         };
-        differ(
-            "num_heads",
-            then.num_heads.to_string(),
-            now.num_heads.to_string(),
-        );
-        differ(
-            "head_size",
-            then.head_size.to_string(),
-            now.head_size.to_string(),
-        );
-        differ(
-            "block_size",
-            then.block_size.to_string(),
-            now.block_size.to_string(),
-        );
-        differ(
-            "num_blocks",
-            then.num_blocks.to_string(),
-            now.num_blocks.to_string(),
-        );
         differ("dtype", then.dtype.to_string(), now.dtype.to_string());
         differ(
             "kv_cache_dtype",
             then.kv_cache_dtype.to_string(),
             now.kv_cache_dtype.to_string(),
         );
+        for (name, then, now) in [
+            ("num_heads", then.num_heads, now.num_heads),
+            ("head_size", then.head_size, now.head_size),
+            ("block_size", then.block_size, now.block_size),
+            ("num_blocks", then.num_blocks, now.num_blocks),
+        ] {
+            differ(name, then.to_string(), now.to_string());
+        }
         differ(
             "layouts",
             baseline.swept_layouts().join(","),

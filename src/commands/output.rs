@@ -20,7 +20,12 @@ pub fn check_writable(path: &Path) -> Result<()> {
                 return refuse(format!("the file is {}", denial(&error)));
             }
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        // The directory check below names which part of the path is missing or not a folder.
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) => {}
         Err(error) => return refuse(error.to_string()),
     }
     // The report is written beside the file and renamed over it: its directory must take new
