@@ -424,27 +424,31 @@ impl Report {
     /// with cudagraph):`, with each implementation's own way of timing in the parentheses
     /// (left out where several would not fit on one line).
     pub fn title(&self, implementation: &str) -> String {
-        let how: Vec<String> = self
+        // Reports of earlier versions did not record the summary; only CUDA's is known.
+        let how: Vec<(&str, String)> = self
             .implementations
             .iter()
-            .map(|info| {
-                if info.mode_summary.is_empty() {
+            .filter_map(|info| {
+                let how = if !info.mode_summary.is_empty() {
+                    info.mode_summary.clone()
+                } else if info.name == "cuda" {
                     format!("measuring with {}", self.config.mode)
                 } else {
-                    info.mode_summary.clone()
-                }
+                    return None;
+                };
+                Some((info.name.as_str(), how))
             })
             .collect();
         let plain = format!("Benchmark results for implementation {implementation}:");
         let titled = match how.as_slice() {
             [] => return plain,
-            [one] => format!("Benchmark results for implementation {implementation} ({one}):"),
+            [(_, how)] if self.implementations.len() == 1 => {
+                format!("Benchmark results for implementation {implementation} ({how}):")
+            }
             several => {
-                let each: Vec<String> = self
-                    .implementations
+                let each: Vec<String> = several
                     .iter()
-                    .zip(several)
-                    .map(|(info, how)| format!("{}: {how}", info.name))
+                    .map(|(name, how)| format!("{name}: {how}"))
                     .collect();
                 format!(
                     "Benchmark results for implementation {implementation} ({}):",
@@ -452,7 +456,7 @@ impl Report {
                 )
             }
         };
-        if self.implementations.len() > 1 && titled.len() > HEADER_WIDTH {
+        if titled.chars().count() > HEADER_WIDTH {
             plain
         } else {
             titled

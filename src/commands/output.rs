@@ -20,11 +20,14 @@ pub fn check_writable(path: &Path) -> Result<()> {
                 return refuse(format!("the file is {}", denial(&error)));
             }
         }
-        // The directory check below names which part of the path is missing or not a folder.
+        // The directory check below names which part of the path is missing, not a folder, or
+        // closed to this user.
         Err(error)
             if matches!(
                 error.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::PermissionDenied
             ) => {}
         Err(error) => return refuse(error.to_string()),
     }
@@ -43,6 +46,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             refuse(format!("directory {} does not exist", dir.display()))
         }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => refuse(format!(
+            "directory {} cannot be reached by this user{}",
+            dir.display(),
+            user()
+        )),
         Err(error) => refuse(format!("{}: {error}", dir.display())),
     }
 }
@@ -50,18 +58,27 @@ pub fn check_writable(path: &Path) -> Result<()> {
 /// Why writing was refused, after "the file is" or "directory D is".
 fn denial(error: &std::io::Error) -> String {
     #[cfg(unix)]
-    {
-        match error.raw_os_error() {
-            Some(libc::EACCES) | Some(libc::EPERM) => {
-                // SAFETY: geteuid cannot fail and touches no memory.
-                let uid = unsafe { libc::geteuid() };
-                return format!("not writable by this user (uid {uid})");
-            }
-            Some(libc::EROFS) => return "on a read-only file system".into(),
-            _ => {}
+    match error.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            return format!("not writable by this user{}", user());
         }
+        Some(libc::EROFS) => return "on a read-only file system".into(),
+        _ => {}
     }
     format!("not writable: {error}")
+}
+
+/// ` (uid N)`: which user was refused, since it is not always the one the reader thinks of
+/// (sudo, containers, setpriv).
+fn user() -> String {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let uid = unsafe { libc::geteuid() };
+        format!(" (uid {uid})")
+    }
+    #[cfg(not(unix))]
+    String::new()
 }
 
 /// Asks the kernel whether this process's effective user may write `path` (and, for a
