@@ -664,6 +664,11 @@ impl Report {
             TextFormat::Markdown if !notes.is_empty() => {
                 out.push('\n');
                 for line in notes {
+                    // A leading `*` would read as emphasis.
+                    let line = match line.strip_prefix('*') {
+                        Some(rest) => format!("\\*{rest}"),
+                        None => line,
+                    };
                     let _ = writeln!(out, "{}", markdown_item(&line));
                 }
             }

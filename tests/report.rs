@@ -263,6 +263,7 @@ fn unmet_noise_targets_and_missing_layouts_are_marked_and_explained() {
         markdown.contains("- nan: cpu implements the NHD layout only"),
         "{markdown}"
     );
+    assert!(markdown.contains("- \\*: noise still above"), "{markdown}");
 
     let csv = report.to_csv();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
