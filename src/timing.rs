@@ -145,6 +145,14 @@ pub struct Stats {
     pub mean: f64,
     /// Relative standard deviation, in percent.
     pub noise_percent: f64,
+    /// The noise figure reports show (placeholder: the relative standard deviation until the
+    /// robust figure lands).
+    #[serde(default)]
+    pub robust_noise_percent: f64,
+    /// False where sampling stopped at its time or sample limit before the noise target was met
+    /// (placeholder: always true until the sampler reports it).
+    #[serde(default)]
+    pub met_noise_target: bool,
 }
 
 impl Stats {
@@ -168,6 +176,11 @@ impl Stats {
         } else {
             0.0
         };
+        let noise_percent = if sorted.is_empty() {
+            f64::NAN
+        } else {
+            variance.sqrt() / mean * 100.0
+        };
         Self {
             samples: sorted.len(),
             min: quantile(0.0),
@@ -176,11 +189,9 @@ impl Stats {
             p90: quantile(0.9),
             max: quantile(1.0),
             mean,
-            noise_percent: if sorted.is_empty() {
-                f64::NAN
-            } else {
-                variance.sqrt() / mean * 100.0
-            },
+            noise_percent,
+            robust_noise_percent: noise_percent,
+            met_noise_target: true,
         }
     }
 }

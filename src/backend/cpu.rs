@@ -77,6 +77,10 @@ impl Backend for CpuBackend {
         "--mode does not apply: plain calls, timed with the host clock".into()
     }
 
+    fn mode_summary(&self) -> String {
+        "host clock".into()
+    }
+
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         let source = vec![1u8; COPY_BYTES];
         let mut target = vec![0u8; COPY_BYTES];

@@ -564,6 +564,10 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn mode_summary(&self) -> String {
+        format!("measuring with {}", self.mode)
+    }
+
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         // Two buffers of 2 GiB where memory allows; less next to large caches, but never so
         // little that the L2 cache (50 MB on an H100) would hold them.

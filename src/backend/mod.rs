@@ -136,6 +136,10 @@ pub trait Backend {
     /// report header.
     fn mode_note(&self) -> String;
 
+    /// How device time is taken, in a few words, for the table's title: vLLM's `measuring
+    /// with cudagraph` on CUDA, the clock elsewhere (where `--mode` does not apply).
+    fn mode_summary(&self) -> String;
+
     /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second), measured
     /// with a plain 16-byte copy kernel over a buffer much larger than the caches of the chip:
     /// the ceiling that benchmark rows are compared with. `None` where not measured.

@@ -196,16 +196,11 @@ impl Backend for WgpuBackend {
         DeviceInfo {
             name: self.info.name.clone(),
             details: format!(
-                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}{}",
+                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}{}",
                 self.info.backend.to_str(),
                 self.info.device_type,
                 driver.trim(),
                 Bytes(self.max_binding),
-                if self.timestamps {
-                    "timestamp queries"
-                } else {
-                    "the host clock (no timestamp queries)"
-                },
                 if tuning.is_empty() {
                     String::new()
                 } else {
@@ -268,6 +263,14 @@ impl Backend for WgpuBackend {
                 "timed by the host clock (this adapter has no timestamp queries)"
             }
         )
+    }
+
+    fn mode_summary(&self) -> String {
+        if self.timestamps {
+            "device time from timestamp queries".into()
+        } else {
+            "host clock: the adapter has no timestamp queries".into()
+        }
     }
 
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
