@@ -8,7 +8,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use paged_kv_bench::backend::Selection;
+use paged_kv_bench::backend::{Kind, Selection};
 use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
@@ -61,9 +61,9 @@ pub enum Command {
 /// Flags of the `verify` subcommand.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Which implementation(s) to check ("auto" and "all" check every available one).
-    #[arg(long, value_enum, default_value_t = Selection::All)]
-    pub implementation: Selection,
+    /// Which implementation(s) to check.
+    #[arg(long, value_enum, default_value_t = Checked(Selection::All))]
+    pub implementation: Checked,
 
     /// A subset of the matrix that finishes in seconds.
     #[arg(long)]
@@ -77,6 +77,40 @@ pub struct VerifyArgs {
     pub backend: BackendArgs,
 }
 
+/// `verify --implementation`: the benchmark's choices, where `auto` means every implementation
+/// (a check wants every one there is), so its help says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked(pub Selection);
+
+impl clap::ValueEnum for Checked {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [Checked; 5] = [
+            Checked(Selection::Auto),
+            Checked(Selection::Only(Kind::Cuda)),
+            Checked(Selection::Only(Kind::Wgpu)),
+            Checked(Selection::Only(Kind::Cpu)),
+            Checked(Selection::All),
+        ];
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let value = self.0.to_possible_value()?;
+        Some(match self.0 {
+            Selection::Auto | Selection::All => {
+                value.help("every implementation available here (auto and all are the same)")
+            }
+            _ => value,
+        })
+    }
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
 /// Flags that choose and tune backends, shared by the benchmark and `verify`. The tuning flags
 /// are hidden from `--help`: they are for experiments, and a report names any that is set.
 #[derive(Debug, Args)]
@@ -84,6 +118,11 @@ pub struct BackendArgs {
     /// wgpu: use the first adapter whose name contains this text (case-insensitive).
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
+
+    /// The device to run on: the CUDA device ordinal or the wgpu adapter's index (as listed by
+    /// an error for an index that does not exist), or `all` to run on each device in turn.
+    #[arg(long, value_name = "N|all", value_parser = device_choice)]
+    pub device: Option<DeviceChoice>,
 
     /// CUDA: programmatic dependent launch (on by default where the GPU has it).
     #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
@@ -163,6 +202,10 @@ impl BackendArgs {
         Options {
             mode,
             adapter: self.adapter.clone(),
+            device: match self.device {
+                Some(DeviceChoice::Index(index)) => Some(index),
+                Some(DeviceChoice::All) | None => None,
+            },
             cuda: CudaTuning {
                 programmatic_launch: self.cuda_pdl,
                 defines: self.cuda_define.clone(),
@@ -222,7 +265,7 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub iters: u32,
 
-    /// Which implementation(s) to run.
+    /// Which implementation(s) to run (wgpu implements the NHD layout only).
     #[arg(long, value_enum, default_value_t = Selection::Auto)]
     pub implementation: Selection,
 
@@ -235,8 +278,14 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub num_tokens: Vec<u64>,
 
-    /// Cache layouts to sweep, in order, comma-separated.
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Layout::Nhd, Layout::Hnd], ignore_case = true)]
+    /// Cache layouts to sweep, in order, comma-separated (wgpu implements NHD only).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "NHD,HND",
+        ignore_case = true
+    )]
     pub layouts: Vec<Layout>,
 
     /// Seed of the random inputs, slot mappings and cache contents.
@@ -277,21 +326,28 @@ pub struct BenchArgs {
     #[arg(long, allow_negative_numbers = true, default_value_t = 1.0, value_name = "PERCENT", value_parser = percent)]
     pub max_noise: f64,
 
-    /// Output format on stdout (or in --output).
+    /// Output format on stdout, or in --output's file (stdout then shows the table).
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
-    /// Write the report (in --format) to this file instead of stdout; the table still goes to
-    /// stdout.
+    /// Also write the report, in --format, to this file (when the run ends, also early, with
+    /// the rows measured); stdout shows the table meanwhile.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
     /// Compare with a report saved with --format json: adds a speed-up column per
-    /// implementation ("~" marks a difference within the noise).
+    /// implementation ("~" marks a difference within the noise). A baseline measured with
+    /// another shape, dtype, cache state, device or option is refused (see --compare-any).
     #[arg(long, value_name = "BASELINE.json")]
     pub compare: Option<PathBuf>,
 
-    /// Draw device time and bandwidth against num_tokens into an SVG file.
+    /// Compare with a --compare baseline even where its configuration differs (the header
+    /// says how).
+    #[arg(long, requires = "compare")]
+    pub compare_any: bool,
+
+    /// Draw device time and bandwidth against num_tokens into an SVG file (when the run ends,
+    /// also early, with the rows measured).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
 }
@@ -320,6 +376,22 @@ fn percent(text: &str) -> Result<f64, String> {
         Ok(value) if value.is_finite() && value > 0.0 => Ok(value),
         _ => Err("expected a positive percentage".into()),
     }
+}
+
+/// `--device`: one device by index, or each in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Index(usize),
+    All,
+}
+
+fn device_choice(text: &str) -> Result<DeviceChoice, String> {
+    if text.eq_ignore_ascii_case("all") {
+        return Ok(DeviceChoice::All);
+    }
+    text.parse()
+        .map(DeviceChoice::Index)
+        .map_err(|_| "expected a device index (0, 1, ...) or all".into())
 }
 
 /// `on` / `off` (also `true` / `false`, `1` / `0`).

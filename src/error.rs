@@ -89,6 +89,10 @@ pub enum Error {
     #[error("{0}")]
     Report(String),
 
+    /// A sweep's stop check said stop (an interrupt) while a row was being measured.
+    #[error("stopped on request")]
+    Stopped,
+
     /// Where a sweep stopped: the backend and the row, with what went wrong as the source.
     #[error("{backend} at num_tokens={num_tokens} layout={layout}")]
     Row {

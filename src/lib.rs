@@ -13,7 +13,8 @@
 //! - [`workload`]: seeded random inputs, slot mappings, scales and cache contents;
 //! - [`backend`]: the [`backend::Backend`] trait and its implementations (CPU, CUDA, wgpu);
 //! - [`options`]: every knob that changes what runs or is measured;
-//! - [`timing`], [`sweep`] and [`report`]: measuring a sweep of token counts and printing it;
+//! - [`timing`], [`sweep`] and [`report`]: measuring a sweep of token counts and printing it row
+//!   by row as it goes;
 //! - [`verify`]: every backend against the reference, byte for byte.
 //!
 //! ## Using it from a program

@@ -1,5 +1,6 @@
 //! The `paged-kv-bench` command: parse flags, run the sweep, print the report. Every failure
-//! is one line on stderr and a non-zero exit status.
+//! is one line on stderr and a non-zero exit status (130 and 143 for a run ended by SIGINT or
+//! SIGTERM, 141 for one whose stdout was closed).
 
 mod cli;
 mod commands;
@@ -23,10 +24,10 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         None => commands::bench::run(&cli.bench),
-        Some(cli::Command::Verify(args)) => commands::verify::run(args),
+        Some(cli::Command::Verify(args)) => commands::verify::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

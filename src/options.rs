@@ -16,6 +16,10 @@ pub struct Options {
     pub mode: Mode,
     /// wgpu: use the first adapter whose name contains this (case-insensitive).
     pub adapter: Option<String>,
+    /// The device to run on: the CUDA device ordinal, the wgpu adapter's index in the order
+    /// wgpu lists the adapters of the chosen API (`None`: device 0 for CUDA, the best adapter
+    /// for wgpu).
+    pub device: Option<usize>,
     pub cuda: CudaTuning,
     pub wgpu: WgpuTuning,
     /// Bytes of host memory the sweep may plan for, at most (`None`: what the OS reports
@@ -29,6 +33,9 @@ impl Options {
         let mut set = Vec::new();
         if let Some(adapter) = &self.adapter {
             set.push(format!("adapter={adapter}"));
+        }
+        if let Some(device) = self.device {
+            set.push(format!("device={device}"));
         }
         set.extend(self.cuda.non_default());
         set.extend(self.wgpu.non_default());

@@ -1,11 +1,13 @@
 //! The benchmark sweep: fit the cache to the memory at hand, then time every chosen backend at
 //! every (layout, num_tokens) row, as vLLM's `benchmark_reshape_and_cache_flash.py` does.
 
-use crate::backend::{Backend, Kind};
+use std::ops::ControlFlow;
+
+use crate::backend::{Backend, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Protocol, Samples};
-use crate::workload::{self, CacheFill, HostInputs};
+use crate::workload::{self, CacheFill, Caches, HostInputs};
 
 /// vLLM's default number of cache blocks.
 pub const DEFAULT_NUM_BLOCKS: usize = 65536;
@@ -334,14 +336,63 @@ pub struct Row {
     pub results: Vec<Option<Samples>>,
 }
 
+/// What a sweep tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// `backend` starts on `problem`; `done` steps (one backend at one row) came before.
+    Step {
+        problem: &'a Problem,
+        backend: Kind,
+        done: usize,
+    },
+    /// Every backend has measured this row.
+    Row(&'a Row),
+}
+
+/// How a sweep ended.
+#[derive(Debug)]
+pub enum End {
+    /// Every row was measured.
+    Complete,
+    /// The stop check said stop, or the caller declined further rows; `at` is the row that was
+    /// not measured (its backend, where one had started on it).
+    Stopped { at: Option<(Problem, Option<Kind>)> },
+    /// A row failed ([`Error::Row`], naming it); the sweep went no further.
+    Failed(Error),
+}
+
+/// The rows a sweep measured, and how it ended.
+#[derive(Debug)]
+pub struct Sweep {
+    pub rows: Vec<Row>,
+    pub end: End,
+}
+
+impl Sweep {
+    /// The rows if every one was measured, else why not (a stop is [`Error::Stopped`]).
+    pub fn into_result(self) -> Result<Vec<Row>> {
+        match self.end {
+            End::Complete => Ok(self.rows),
+            End::Stopped { .. } => Err(Error::Stopped),
+            End::Failed(error) => Err(error),
+        }
+    }
+}
+
 /// Runs the sweep: layouts in order, token counts in order, every backend at each row.
-/// `on_row` is called after each (row, backend) for progress reporting.
+///
+/// `on_event` hears of each step as it starts and of each row as soon as it is measured, so
+/// that a caller can show rows while later ones run; `ControlFlow::Break` ends the sweep there
+/// (a reader that went away). `stop` is asked between rows and between a row's samples and
+/// calls; once it says true the sweep ends, dropping the row under way. A row that fails ends
+/// the sweep too. Either way the rows measured so far are returned, with how it ended.
 pub fn run(
     config: &SweepConfig,
     plan: &Plan,
     backends: &mut [Box<dyn Backend>],
-    mut on_step: impl FnMut(&Problem, &str),
-) -> Result<Vec<Row>> {
+    mut on_event: impl FnMut(Event<'_>) -> ControlFlow<()>,
+    stop: impl Fn() -> bool,
+) -> Sweep {
     let max_tokens = plan.num_tokens.iter().copied().max().unwrap_or(0);
     let token_elements = config.num_heads * config.head_size;
     // Inputs are generated in fixed-size streams: a row's tokens are the same whatever the
@@ -350,15 +401,26 @@ pub fn run(
     for backend in backends.iter_mut() {
         if let Some(&layout) = config.layouts.iter().find(|&&l| backend.supports(l)) {
             let largest = config.problem(max_tokens, layout, plan.num_blocks);
-            backend
-                .reserve(&largest)
-                .map_err(|error| row_error(backend.kind(), &largest, error))?;
+            if let Err(error) = backend.reserve(&largest) {
+                return Sweep {
+                    rows: Vec::new(),
+                    end: End::Failed(row_error(backend.kind(), &largest, error)),
+                };
+            }
         }
     }
     let mut rows = Vec::new();
+    let mut done = 0;
     for &layout in &config.layouts {
         for &num_tokens in &plan.num_tokens {
             let problem = config.problem(num_tokens, layout, plan.num_blocks);
+            if stop() {
+                let at = Some((problem, None));
+                return Sweep {
+                    rows,
+                    end: End::Stopped { at },
+                };
+            }
             let slots = workload::random_slot_mapping(
                 problem.num_slots(),
                 num_tokens,
@@ -369,23 +431,111 @@ pub fn run(
             let mut results = Vec::new();
             for backend in backends.iter_mut() {
                 let kind = backend.kind();
-                on_step(&problem, kind.name());
+                let step = Event::Step {
+                    problem: &problem,
+                    backend: kind,
+                    done,
+                };
+                if on_event(step).is_break() {
+                    let at = Some((problem, Some(kind)));
+                    return Sweep {
+                        rows,
+                        end: End::Stopped { at },
+                    };
+                }
+                done += 1;
                 if !backend.supports(layout) {
                     results.push(None);
                     continue;
                 }
-                let samples = backend
+                let measured = backend
                     .prepare(&problem, inputs, CacheFill::Random { seed: config.seed })
-                    .and_then(|mut call| {
-                        timing::measure(call.as_mut(), &problem, &slots, &config.protocol)
-                    })
-                    .map_err(|error| row_error(kind, &problem, error))?;
-                results.push(Some(samples));
+                    .and_then(|call| {
+                        let mut call = Stoppable { call, stop: &stop };
+                        timing::measure(&mut call, &problem, &slots, &config.protocol)
+                    });
+                match measured {
+                    Ok(samples) => results.push(Some(samples)),
+                    Err(Error::Stopped) => {
+                        let at = Some((problem, Some(kind)));
+                        return Sweep {
+                            rows,
+                            end: End::Stopped { at },
+                        };
+                    }
+                    Err(error) => {
+                        return Sweep {
+                            rows,
+                            end: End::Failed(row_error(kind, &problem, error)),
+                        }
+                    }
+                }
             }
             rows.push(Row { problem, results });
+            let row = rows.last().expect("just pushed");
+            if on_event(Event::Row(row)).is_break() {
+                let last = rows.len() == config.layouts.len() * plan.num_tokens.len();
+                let end = if last {
+                    End::Complete
+                } else {
+                    End::Stopped { at: None }
+                };
+                return Sweep { rows, end };
+            }
         }
     }
-    Ok(rows)
+    Sweep {
+        rows,
+        end: End::Complete,
+    }
+}
+
+/// A prepared call that asks `stop` before each of its primitives, so that a stop request ends
+/// a row between two samples (or two latency calls) instead of after the row's whole time
+/// budget; the timing protocol itself knows nothing of it.
+struct Stoppable<'a, 's, S: Fn() -> bool> {
+    call: Box<dyn Prepared + 'a>,
+    stop: &'s S,
+}
+
+impl<S: Fn() -> bool> Stoppable<'_, '_, S> {
+    fn go_on(&self) -> Result<()> {
+        if (self.stop)() {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<S: Fn() -> bool> Prepared for Stoppable<'_, '_, S> {
+    fn run(&mut self) -> Result<()> {
+        self.go_on()?;
+        self.call.run()
+    }
+
+    fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        self.go_on()?;
+        self.call.rotate(slot_mappings)
+    }
+
+    fn batch_unit(&self) -> usize {
+        self.call.batch_unit()
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        self.go_on()?;
+        self.call.time_batch(calls)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        self.go_on()?;
+        self.call.flush_cache()
+    }
+
+    fn read_back(&mut self) -> Result<Caches> {
+        self.call.read_back()
+    }
 }
 
 /// Names the row and backend where a sweep stopped, keeping the cause.

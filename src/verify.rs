@@ -695,10 +695,7 @@ impl Report {
                 .collect()
             })
             .collect();
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows,
-        }
+        Table::from_cells(&headers, rows)
     }
 
     /// The first `limit` failures, one line each, then "... and N more" if there are more.

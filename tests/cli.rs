@@ -22,16 +22,18 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A refusal: non-zero exit, exactly one line on stderr that contains `needle`, no panic.
-/// The cells of the printed table's rows (after its header line and rule).
+/// The cells of the printed table's rows (after its header line and rule, before the
+/// footnotes, which start at the line's first column as the right-aligned rows do not).
 fn table_rows(out: &str) -> Vec<Vec<&str>> {
     out.lines()
         .skip_while(|l| !l.starts_with("num_tokens"))
         .skip(2)
+        .take_while(|l| l.starts_with(' ') || l.starts_with(|c: char| c.is_ascii_digit()))
         .map(|l| l.split_whitespace().collect())
         .collect()
 }
 
+/// A refusal: non-zero exit, exactly one line on stderr that contains `needle`, no panic.
 fn assert_refused(args: &[&str], needle: &str) {
     let output = run(args);
     let err = stderr(&output);
@@ -71,7 +73,7 @@ fn cpu_sweep_prints_title_and_table() {
     assert!(output.status.success(), "{}", stderr(&output));
     let out = stdout(&output);
     assert!(
-        out.contains("Benchmark results for implementation cpu (measuring with cudagraph):"),
+        out.contains("Benchmark results for implementation cpu (host clock):"),
         "{out}"
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -183,11 +185,15 @@ fn rotating_inputs_are_measured_by_every_implementation() {
     let rows = table_rows(&out);
     assert_eq!(rows.len(), 2, "{out}");
     for row in &rows {
-        // num_tokens, layout, then a (latency, device) pair per implementation.
-        assert!(row.len() >= 4, "{row:?}");
+        // num_tokens, layout, then latency, device, noise, GB/s and % of copy per
+        // implementation (noise may be 0, and marked `*` where it stayed above --max-noise).
+        assert_eq!((row.len() - 2) % 5, 0, "{row:?}");
         for cell in &row[2..] {
-            let value: f64 = cell.parse().unwrap_or_else(|_| panic!("{row:?}"));
-            assert!(value.is_finite() && value > 0.0, "{row:?}");
+            let value: f64 = cell
+                .trim_end_matches('*')
+                .parse()
+                .unwrap_or_else(|_| panic!("{row:?}"));
+            assert!(value.is_finite() && value >= 0.0, "{row:?}");
         }
     }
 }
@@ -273,6 +279,11 @@ fn wgpu_sweep_measures_nhd_and_shows_nan_for_hnd() {
     assert!(adapter.contains("driver"), "{adapter}");
     let rows = table_rows(&out);
     assert_eq!(rows.len(), 8, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l == "nan: wgpu implements the NHD layout only"),
+        "{out}"
+    );
     for row in &rows {
         let latency: f64 = row[2].parse().unwrap();
         match row[1] {
@@ -283,6 +294,378 @@ fn wgpu_sweep_measures_nhd_and_shows_nan_for_hnd() {
     }
 }
 
+/// A tiny, quick CPU sweep; `tokens` and the sampling time decide how long it runs.
+fn tiny(tokens: &str, seconds: &str) -> Vec<String> {
+    [
+        "--implementation",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--num-heads",
+        "4",
+        "--head-size",
+        "64",
+        "--iters",
+        "3",
+        "--num-tokens",
+        tokens,
+        "--min-time",
+        seconds,
+        "--max-time",
+        seconds,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn spawn(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_paged-kv-bench"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary starts")
+}
+
+/// Reads the child's stdout up to and including its first table row; returns what was read.
+fn read_to_first_row(reader: &mut impl std::io::BufRead) -> String {
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).expect("stdout reads");
+        assert!(read > 0, "stdout ended before any row:\n{seen}");
+        seen.push_str(&line);
+        if !table_rows(&seen).is_empty() {
+            return seen;
+        }
+    }
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("paged-kv-bench-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn rows_are_printed_as_they_are_measured() {
+    // Each row samples for a second: the first is on stdout while the second is measured.
+    let mut child = spawn(&tiny("2,16", "1"));
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let head = read_to_first_row(&mut stdout);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the process ended before its first row was read:\n{head}"
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(table_rows(&(head + &rest)).len(), 4);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_signal_keeps_the_measured_rows_and_says_where_the_run_stopped() {
+    for (signal, name, status) in [
+        (libc::SIGINT, "SIGINT", 130),
+        (libc::SIGTERM, "SIGTERM", 143),
+    ] {
+        let dir = temp_dir(&format!("signal-{name}"));
+        let path = dir.join("run.json");
+        let mut args = tiny("2,16,32,64", "1");
+        args.extend(["--format", "json", "--output", path.to_str().unwrap()].map(String::from));
+        let mut child = spawn(&args);
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let head = read_to_first_row(&mut stdout);
+        // SAFETY: kill(2) on our own child's id.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(status), "{name}: {err}");
+        // The table on stdout ends with the note; stderr says it in one line.
+        let shown = head + &rest;
+        let rows = table_rows(&shown).len();
+        assert!((1..8).contains(&rows), "{shown}");
+        assert!(
+            shown.contains(&format!("stopped: interrupted by {name} at num_tokens=")),
+            "{shown}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("interrupted by {name}")), "{err}");
+        // The file holds the same rows, and the note.
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(report["rows"].as_array().unwrap().len(), rows);
+        let stopped = report["stopped"].as_str().unwrap();
+        assert!(
+            stopped.starts_with(&format!("interrupted by {name} at num_tokens="))
+                && stopped.ends_with(&format!("{rows} of 8 rows measured")),
+            "{stopped}"
+        );
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_the_run_quietly() {
+    let mut child = spawn(&tiny("2,16,32,64,128,256", "0.3"));
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    read_to_first_row(&mut stdout);
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    // 141 as a shell reports a process ended by SIGPIPE; nothing on stderr.
+    assert!(
+        matches!(output.status.code(), Some(0 | 141)),
+        "{}",
+        output.status
+    );
+    assert_eq!(stderr(&output), "");
+}
+
+/// Runs `binary`; `as_nobody` runs it as user and group 65534 through setpriv.
+fn run_as(binary: &std::path::Path, args: &[&str], as_nobody: bool) -> Output {
+    let mut command = if as_nobody {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        command.arg(binary);
+        command
+    } else {
+        Command::new(binary)
+    };
+    command.args(args).output().expect("the binary runs")
+}
+
+#[test]
+fn outputs_that_cannot_be_written_are_refused_before_measuring() {
+    let dir = temp_dir("unwritable");
+    let file = dir.join("file");
+    std::fs::write(&file, "").unwrap();
+    let quick: Vec<String> = tiny("2", "0");
+    let with = |flag: &str, path: &std::path::Path| -> Vec<String> {
+        let mut args = quick.clone();
+        args.extend([flag.to_string(), path.to_str().unwrap().to_string()]);
+        args
+    };
+    let cases = [
+        (with("--output", &dir), "it is a directory".to_string()),
+        (with("--plot", &dir), "it is a directory".to_string()),
+        (
+            with("--output", &dir.join("missing").join("run.json")),
+            format!("directory {} does not exist", dir.join("missing").display()),
+        ),
+        (
+            with("--plot", &file.join("run.svg")),
+            format!("{} is not a directory", file.display()),
+        ),
+        (
+            with("--compare", &dir),
+            format!("cannot read {}", dir.display()),
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, &needle);
+        assert!(run(&args).stdout.is_empty(), "{args:?} measured first");
+    }
+}
+
+/// A directory and a file that only root may write: refused for another user, with the
+/// reason, and accepted for root. Runs the other user through setpriv where the tests run as
+/// root (as in CI).
+#[cfg(unix)]
+#[test]
+fn write_permission_is_judged_for_the_user_who_runs() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("permissions");
+    // Root's own directory, which others may enter but not write, and a shared directory
+    // holding a file that only its owner may write.
+    let closed = dir.join("closed");
+    let shared = dir.join("shared");
+    std::fs::create_dir(&closed).unwrap();
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let kept = shared.join("kept.json");
+    std::fs::write(&kept, "").unwrap();
+    std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let into_closed = closed.join("run.json");
+    // A copy of the binary that the other user may run, wherever the build tree lies (CI's may
+    // be under /root, closed to others).
+    let binary = dir.join("paged-kv-bench");
+    std::fs::copy(env!("CARGO_BIN_EXE_paged-kv-bench"), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let quick = tiny("2", "0");
+    let args = |path: &std::path::Path| -> Vec<String> {
+        let mut args = quick.clone();
+        args.extend(["--output".into(), path.to_str().unwrap().to_string()]);
+        args
+    };
+
+    // Another user than root: 65534 through setpriv where the tests run as root, else this one.
+    if root && !setpriv {
+        println!("skipped the user other than root: running as root without setpriv");
+    } else {
+        for (path, needle) in [
+            (
+                &into_closed,
+                format!(
+                    "directory {} is not writable by this user",
+                    closed.display()
+                ),
+            ),
+            (&kept, "the file is not writable by this user".to_string()),
+        ] {
+            let args = args(path);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = run_as(&binary, &args, root);
+            let err = stderr(&output);
+            if err.contains("setpriv:") {
+                println!("skipped the other user: {err}");
+                break;
+            }
+            assert_eq!(output.status.code(), Some(1), "{err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            assert!(err.contains(&needle), "{err:?} lacks {needle:?}");
+            assert!(output.stdout.is_empty(), "measured before refusing");
+        }
+    }
+    // Root may write both.
+    if !root {
+        println!("skipped root: not running as root");
+    } else {
+        for path in [&into_closed, &kept] {
+            let args = args(path);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let output = run_as(&binary, &args, false);
+            assert!(output.status.success(), "{}", stderr(&output));
+            assert!(std::fs::read_to_string(path)
+                .unwrap()
+                .contains("num_tokens"));
+        }
+    }
+}
+
+#[test]
+fn compare_refuses_an_unlike_baseline_unless_told_otherwise() {
+    let dir = temp_dir("compare");
+    let baseline = dir.join("base.json");
+    let mut args = tiny("2,16", "0");
+    args.extend(["--format", "json", "--output", baseline.to_str().unwrap()].map(String::from));
+    let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    let mut unlike = tiny("2,16", "0");
+    unlike[3] = "128".into(); // --num-blocks
+    unlike.extend(["--dtype", "half", "--compare", baseline.to_str().unwrap()].map(String::from));
+    let unlike: Vec<&str> = unlike.iter().map(String::as_str).collect();
+    assert_refused(
+        &unlike,
+        &format!(
+            "--compare {}: baseline differs in dtype (bfloat16 vs half), num_blocks (64 vs 128); \
+             pass --compare-any to compare anyway",
+            baseline.display()
+        ),
+    );
+    assert!(run(&unlike).stdout.is_empty(), "measured before refusing");
+
+    let mut anyway = unlike.clone();
+    anyway.push("--compare-any");
+    let output = run(&anyway);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(
+        out.contains("--compare-any:") && out.contains("differs in dtype (bfloat16 vs half)"),
+        "{out}"
+    );
+    let rows = table_rows(&out);
+    assert_eq!(rows.len(), 4, "{out}");
+    assert!(rows.iter().all(|row| row[7].ends_with('x')), "{out}");
+
+    // Like with like, but no row in common: the column stays, and the table says why it is
+    // empty.
+    let mut elsewhere = tiny("32", "0");
+    elsewhere.extend(["--compare".into(), baseline.to_str().unwrap().to_string()]);
+    let output = run(&elsewhere.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out
+        .lines()
+        .any(|l| l.starts_with("num_tokens") && l.ends_with("vs baseline")));
+    assert!(table_rows(&out).iter().all(|row| row[7] == "-"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "vs baseline: no row of {} matches this run",
+            baseline.display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn header_and_footnote_lines_fit_in_100_columns() {
+    // Every implementation there is, with its notes (CUDA skipped, say) and options.
+    let mut args = tiny("2,16", "0");
+    args[1] = "all".into();
+    args.extend(["--wgpu-units", "2", "--host-memory-limit", "20G"].map(String::from));
+    let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    let table = out
+        .lines()
+        .position(|l| l.starts_with("num_tokens"))
+        .unwrap();
+    let rows = table_rows(&out).len();
+    let lines: Vec<&str> = out.lines().collect();
+    for line in lines[..table].iter().chain(&lines[table + 2 + rows..]) {
+        assert!(
+            line.chars().count() <= 100,
+            "{} characters: {line}",
+            line.len()
+        );
+    }
+    // Every implementation shows every column.
+    for name in ["cpu"] {
+        for column in [
+            "latency (us)",
+            "device (us)",
+            "noise %",
+            "GB/s",
+            "% of copy",
+        ] {
+            assert!(
+                lines[table].contains(&format!("{name} {column}")),
+                "{}",
+                lines[table]
+            );
+        }
+    }
+}
+
+#[test]
+fn help_says_what_each_choice_does_here() {
+    let help = stdout(&run(&["--help"]));
+    assert!(help.contains("[default: NHD,HND]"), "{help}");
+    assert!(
+        help.contains("wgpu implements the NHD layout only"),
+        "{help}"
+    );
+    assert!(help.contains("parallel over cache blocks"), "{help}");
+    assert!(!help.contains("instead of stdout"), "{help}");
+    let verify = stdout(&run(&["verify", "--help"]));
+    assert!(
+        verify.contains("auto: every implementation available here"),
+        "{verify}"
+    );
+    assert!(!verify.contains("CUDA if an NVIDIA driver"), "{verify}");
+}
 #[test]
 fn contradicting_flag_ranges_are_refused_before_anything_runs() {
     for (args, needle) in [

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -45,7 +46,15 @@ fn run<B: Backend + 'static>(backend: B, resources: fn(&B) -> usize, config: &Sw
     let (recording, log) = Recording::new(backend, resources);
     let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(recording)];
     let plan = sweep::plan(config, &backends).expect("plan");
-    sweep::run(config, &plan, &mut backends, |_, _| {}).expect("sweep");
+    sweep::run(
+        config,
+        &plan,
+        &mut backends,
+        |_| ControlFlow::Continue(()),
+        || false,
+    )
+    .into_result()
+    .expect("sweep");
     drop(backends);
     Rc::try_unwrap(log)
         .expect("the backend is gone")

@@ -132,7 +132,17 @@ fn compare_against_itself_is_one_within_noise() {
         .skip_while(|l| !l.starts_with("num_tokens"))
         .collect();
     assert!(table[0].ends_with("vs baseline"), "{stdout}");
-    for line in &table[2..] {
+    // The rows, then footnotes (which start at the line's first column), one saying what the
+    // column means.
+    let rows: Vec<&&str> = table[2..]
+        .iter()
+        .take_while(|l| l.starts_with(' '))
+        .collect();
+    assert_eq!(rows.len(), 6, "{stdout}");
+    assert!(table
+        .iter()
+        .any(|l| l.starts_with("vs baseline: median device time in")));
+    for line in rows {
         let speedup = line.split_whitespace().nth(7).unwrap();
         assert!(speedup.ends_with('x'), "{line}");
         assert!(speedup.trim_end_matches('x').parse::<f64>().unwrap() > 0.0);
@@ -193,4 +203,98 @@ fn unreadable_or_malformed_baselines_and_unwritable_outputs_are_refused() {
         );
     }
     assert!(!unwritable.parent().unwrap().exists());
+}
+
+#[test]
+fn unmet_noise_targets_and_missing_layouts_are_marked_and_explained() {
+    let output = quick(&["--format", "json"]);
+    let mut report: Report = serde_json::from_slice(&output.stdout).unwrap();
+    // The first row's noise target was not met (the others' are set as met, whatever this
+    // quick run's sampling reached); the cpu "implements" NHD only, so its HND rows are empty.
+    for row in report.rows.iter_mut() {
+        if let Some(stats) = row.results[0].device_us.as_mut() {
+            stats.met_noise_target = true;
+        }
+    }
+    report.rows[0].results[0]
+        .device_us
+        .as_mut()
+        .unwrap()
+        .met_noise_target = false;
+    report.implementations[0].layouts = vec![paged_kv_bench::problem::Layout::Nhd];
+    for row in report.rows.iter_mut().filter(|r| r.layout == "HND") {
+        let result = &mut row.results[0];
+        (result.latency_us, result.device_us) = (None, None);
+        (result.bandwidth_gbps, result.percent_of_copy) = (None, None);
+    }
+    let noise = |row: &paged_kv_bench::report::RowReport| {
+        format!(
+            "{:.1}",
+            row.results[0].device_us.unwrap().robust_noise_percent
+        )
+    };
+
+    let text = report.to_text("cpu");
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("num_tokens"))
+        .unwrap()
+        + 2;
+    let cells: Vec<&str> = lines[first].split_whitespace().collect();
+    assert_eq!(cells[4], format!("{}*", noise(&report.rows[0])), "{text}");
+    let second: Vec<&str> = lines[first + 1].split_whitespace().collect();
+    assert_eq!(second[4], noise(&report.rows[1]), "{text}");
+    assert!(lines
+        .iter()
+        .any(|l| l.starts_with("*: noise still above --max-noise")));
+    assert!(
+        lines.contains(&"nan: cpu implements the NHD layout only"),
+        "{text}"
+    );
+    // The marks do not shift the numbers: every row is as long as the column heads.
+    let width = lines[first - 1].len();
+    assert!(
+        lines[first..first + 3].iter().all(|l| l.len() == width),
+        "{text}"
+    );
+
+    let markdown = report.to_markdown("cpu");
+    assert!(
+        markdown.contains(&format!("{}\\*", noise(&report.rows[0]))),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("- nan: cpu implements the NHD layout only"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("- \\*: noise still above"), "{markdown}");
+
+    let csv = report.to_csv();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = header
+        .iter()
+        .position(|c| *c == "met_noise_target")
+        .unwrap();
+    let marks: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(column).unwrap())
+        .collect();
+    assert_eq!(marks, ["false", "true", "true", "", "", ""]);
+}
+
+#[test]
+fn a_stopped_run_says_where_in_every_format() {
+    let output = quick(&["--format", "json"]);
+    let mut report: Report = serde_json::from_slice(&output.stdout).unwrap();
+    report.rows.truncate(2);
+    report.stopped = Some("interrupted by SIGINT at num_tokens=256 layout=NHD (cpu)".into());
+    let note = "stopped: interrupted by SIGINT at num_tokens=256 layout=NHD (cpu)";
+    assert!(report.to_text("cpu").lines().any(|l| l == note));
+    assert!(report.to_markdown("cpu").contains(&format!("- {note}")));
+    let again: Report = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(again.stopped, report.stopped);
+    let svg = paged_kv_bench::plot::render_svg(&report).unwrap();
+    assert!(svg.contains("run stopped early"));
 }

@@ -2,11 +2,14 @@
 
 mod common;
 
+use std::cell::Cell;
+use std::ops::ControlFlow;
+
 use common::faulty::{Fault, Faulty};
 use paged_kv_bench::backend::cpu::CpuBackend;
 use paged_kv_bench::backend::{Backend, Kind};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
-use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
+use paged_kv_bench::sweep::{self, End, Event, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Protocol, Sampling};
 use paged_kv_bench::Error;
 
@@ -47,10 +50,24 @@ fn a_failing_row_is_named_and_stops_the_sweep() {
     )];
     let plan = sweep::plan(&config, &backends).unwrap();
     let mut steps = Vec::new();
-    let error = sweep::run(&config, &plan, &mut backends, |problem, _| {
-        steps.push(problem.num_tokens)
-    })
-    .expect_err("the row of 64 tokens fails");
+    let sweep = sweep::run(
+        &config,
+        &plan,
+        &mut backends,
+        |event| {
+            if let Event::Step { problem, .. } = event {
+                steps.push(problem.num_tokens);
+            }
+            ControlFlow::Continue(())
+        },
+        || false,
+    );
+    // The row measured before the failure is kept.
+    assert_eq!(sweep.rows.len(), 1);
+    assert_eq!(sweep.rows[0].problem.num_tokens, 2);
+    let End::Failed(error) = sweep.end else {
+        panic!("the row of 64 tokens fails: {:?}", sweep.end)
+    };
     // The row and backend as context, the failure kept as the cause.
     assert!(
         matches!(&error, Error::Row { num_tokens: 64, layout: Layout::Nhd, source, .. }
@@ -79,7 +96,21 @@ fn every_row_is_measured_in_order() {
             notes: Vec::new(),
         }
     );
-    let rows = sweep::run(&config, &plan, &mut backends, |_, _| {}).unwrap();
+    let mut streamed = Vec::new();
+    let rows = sweep::run(
+        &config,
+        &plan,
+        &mut backends,
+        |event| {
+            if let Event::Row(row) = event {
+                streamed.push((row.problem.num_tokens, row.problem.layout));
+            }
+            ControlFlow::Continue(())
+        },
+        || false,
+    )
+    .into_result()
+    .unwrap();
     let order: Vec<(usize, Layout)> = rows
         .iter()
         .map(|r| (r.problem.num_tokens, r.problem.layout))
@@ -95,6 +126,7 @@ fn every_row_is_measured_in_order() {
             (100, Layout::Hnd)
         ]
     );
+    assert_eq!(streamed, order, "each row is handed on as it is measured");
     for row in &rows {
         let samples = row.results[0].as_ref().expect("the CPU runs every layout");
         assert!(samples.latency_us > 0.0 && !samples.device_us.is_empty());
@@ -122,4 +154,63 @@ fn refusals_come_before_anything_runs() {
     ));
     let empty = config(vec![], NumBlocks::Explicit(64));
     assert!(sweep::plan(&empty, &backends).is_err());
+}
+
+#[test]
+fn a_stop_request_ends_the_sweep_within_a_row_and_keeps_the_rows_before() {
+    // Each row would sample for a long time; the stop comes during the second row.
+    let mut config = config(vec![2, 16, 64], NumBlocks::Explicit(64));
+    config.protocol.sampling.min_time = std::time::Duration::from_secs(600);
+    config.protocol.sampling.max_time = std::time::Duration::from_secs(600);
+    config.protocol.sampling.max_samples = 20;
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    let plan = sweep::plan(&config, &backends).unwrap();
+    let checks = Cell::new(0usize);
+    let rows_seen = Cell::new(0usize);
+    let sweep = sweep::run(
+        &config,
+        &plan,
+        &mut backends,
+        |event| {
+            if let Event::Row(_) = event {
+                rows_seen.set(rows_seen.get() + 1);
+            }
+            ControlFlow::Continue(())
+        },
+        || {
+            checks.set(checks.get() + 1);
+            rows_seen.get() == 1 && checks.get() > 40
+        },
+    );
+    assert_eq!(sweep.rows.len(), 1, "{:?}", sweep.end);
+    match sweep.end {
+        End::Stopped {
+            at: Some((problem, Some(Kind::Cpu))),
+        } => assert_eq!((problem.num_tokens, problem.layout), (16, Layout::Nhd)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_caller_that_declines_more_rows_ends_the_sweep() {
+    let config = config(vec![2, 16], NumBlocks::Explicit(64));
+    let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    let plan = sweep::plan(&config, &backends).unwrap();
+    let sweep = sweep::run(
+        &config,
+        &plan,
+        &mut backends,
+        |event| match event {
+            Event::Row(_) => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+        || false,
+    );
+    assert_eq!(sweep.rows.len(), 1);
+    assert!(
+        matches!(sweep.end, End::Stopped { at: None }),
+        "{:?}",
+        sweep.end
+    );
+    assert!(matches!(sweep.into_result(), Err(Error::Stopped)));
 }

@@ -128,6 +128,10 @@ impl Backend for CpuBackend {
         "--mode does not apply: plain calls, timed with the host clock".into()
     }
 
+    fn mode_summary(&self) -> String {
+        "host clock".into()
+    }
+
     /// Timed as the rows are ([`timing::warm_samples`]: warm-up calls, then batches of
     /// back-to-back copies on the host clock until the noise is small, the median), on buffers
     /// the warm-up has faulted in, with the rows' thread pool and granularity.

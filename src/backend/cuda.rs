@@ -49,6 +49,21 @@ const STREAM_THREADS: u32 = 256;
 /// Threads per block of the copy kernel (the fastest on an H100, by a fraction of a percent).
 const COPY_THREADS: u32 = 1024;
 
+/// How many CUDA devices this machine has (0 where the driver is missing or fails).
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    quiet_panics::catch(|| {
+        cudarc::driver::result::init()
+            .ok()
+            .and_then(|()| CudaContext::device_count().ok())
+            .unwrap_or(0)
+    })
+    .unwrap_or(0)
+    .max(0) as usize
+}
+
 /// Whether the NVIDIA driver library can be loaded here (cudarc panics on first use otherwise).
 pub fn driver_present() -> bool {
     // SAFETY: only tries to open the library.
@@ -233,8 +248,19 @@ impl CudaBackend {
         if count < 1 {
             return Err(unavailable("no CUDA device found"));
         }
-        let ctx = CudaContext::new(0)
-            .map_err(|e| unavailable(format!("cannot open CUDA device 0: {}", describe(e))))?;
+        let ordinal = options.device.unwrap_or(0);
+        if ordinal >= count as usize {
+            return Err(unavailable(format!(
+                "no CUDA device {ordinal}: this machine has {count} (0 to {})",
+                count - 1
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| {
+            unavailable(format!(
+                "cannot open CUDA device {ordinal}: {}",
+                describe(e)
+            ))
+        })?;
         // SAFETY: every buffer of this backend is used on its one stream only, so cudarc's
         // cross-stream events are not needed; with them, graph capture fails (see module docs).
         unsafe { ctx.disable_event_tracking() };
@@ -536,6 +562,10 @@ impl Backend for CudaBackend {
                 FLUSH_BYTES >> 20
             ),
         }
+    }
+
+    fn mode_summary(&self) -> String {
+        format!("measuring with {}", self.mode)
     }
 
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {

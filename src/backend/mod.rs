@@ -145,6 +145,10 @@ pub trait Backend {
     /// report header.
     fn mode_note(&self) -> String;
 
+    /// How device time is taken, in a few words, for the table's title: vLLM's `measuring
+    /// with cudagraph` on CUDA, the clock elsewhere (where `--mode` does not apply).
+    fn mode_summary(&self) -> String;
+
     /// The device's copy bandwidth in GB/s (bytes read plus bytes written per second), measured
     /// with a plain 16-byte copy kernel over a buffer much larger than the caches of the chip:
     /// the ceiling that benchmark rows are compared with. `None` where not measured.
@@ -233,6 +237,22 @@ pub fn select(selection: Selection, options: &Options) -> Result<(Vec<Box<dyn Ba
     }
 }
 
+/// How many devices `kind` can run on here (`--device` counts from 0): CUDA devices, wgpu
+/// adapters of the chosen API (software ones included), one for the CPU.
+pub fn device_count(kind: Kind, options: &Options) -> usize {
+    let _ = options;
+    match kind {
+        Kind::Cpu => 1,
+        #[cfg(feature = "cuda")]
+        Kind::Cuda => cuda::device_count(),
+        #[cfg(feature = "wgpu")]
+        Kind::Wgpu => wgpu::adapter::list(options.wgpu.api).len(),
+        #[cfg(not(all(feature = "cuda", feature = "wgpu")))]
+        #[allow(unreachable_patterns)]
+        _ => 0,
+    }
+}
+
 /// Opens one backend. With `hardware_only`, a software wgpu adapter (such as lavapipe) is not
 /// taken: the native CPU path is faster than a software GPU on the same cores.
 pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dyn Backend>> {
@@ -243,8 +263,9 @@ pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dy
         #[cfg(feature = "cuda")]
         Kind::Cuda => Ok(Box::new(cuda::CudaBackend::open(options)?)),
         #[cfg(feature = "wgpu")]
-        Kind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open(
+        Kind::Wgpu => Ok(Box::new(wgpu::WgpuBackend::open_device(
             options.adapter.as_deref(),
+            options.device,
             hardware_only,
             options.wgpu,
         )?)),

@@ -1,56 +1,218 @@
-//! The benchmark command: plan the sweep, say what runs where, run it, then print and save the
-//! report in the chosen formats.
+//! The benchmark command: check everything that can be refused, say what runs where, then
+//! print each row as soon as it is measured, and save the report in the chosen format.
+//!
+//! A run that ends early keeps what it measured: on SIGINT or SIGTERM, or when a row fails, the
+//! rows so far are printed and saved with a note saying where it stopped, and the exit status
+//! says why (130, 143, or 1 with the error). A reader that closes stdout ends the run quietly.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::ops::ControlFlow;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use paged_kv_bench::backend::{self, Selection};
+use paged_kv_bench::backend::{self, Backend, Selection, Skipped};
+use paged_kv_bench::options::Options;
 use paged_kv_bench::plot;
-use paged_kv_bench::report::{ImplementationInfo, Report, RunConfig};
-use paged_kv_bench::sweep;
+use paged_kv_bench::problem::{Layout, Problem};
+use paged_kv_bench::report::{ImplementationInfo, Report, RowReport, RunConfig, TextFormat};
+use paged_kv_bench::sweep::{self, End, Event, Plan, SweepConfig};
 
+use super::output::{self, Interrupt, Stdout};
 use crate::cli::{BenchArgs, Format};
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+/// What a shell reports for a process that a closed pipe ended (128 + SIGPIPE).
+const CLOSED_PIPE_STATUS: u8 = 141;
+
+pub fn run(args: &BenchArgs) -> Result<ExitCode> {
+    let interrupt = Interrupt::install()?;
     let config = args.sweep_config();
     // Everything that can be refused is refused before the first measurement.
-    let baseline = args.compare.as_deref().map(Report::load).transpose()?;
     for path in [&args.output, &args.plot].into_iter().flatten() {
-        check_writable(path)?;
+        output::check_writable(path)?;
     }
+    let baseline = args.compare.as_deref().map(Report::load).transpose()?;
     let options = args.options();
     let (mut backends, skipped) = backend::select(args.implementation, &options)?;
     let plan = sweep::plan(&config, &backends)?;
-
-    let progress = if std::io::stderr().is_terminal() {
-        ProgressBar::new((config.layouts.len() * plan.num_tokens.len() * backends.len()) as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    progress.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}]")
-            .expect("a valid progress template"),
-    );
-
-    let mut implementations = Vec::new();
-    for backend in backends.iter_mut() {
-        let name = backend.kind().name();
-        progress.set_message(format!("{name}: measuring the copy bandwidth"));
-        let copy_bandwidth_gbps = backend
-            .copy_bandwidth_gbps()
-            .with_context(|| format!("{name}: measuring the copy bandwidth"))?;
-        let device = backend.device();
-        implementations.push(ImplementationInfo {
-            name: name.into(),
-            device: device.name,
-            details: device.details,
-            mode_note: backend.mode_note(),
-            copy_bandwidth_gbps,
-        });
+    let mut report = new_report(&config, &plan, &options, &backends, &skipped);
+    if let (Some(baseline), Some(path)) = (&baseline, &args.compare) {
+        let differences = report.baseline_differences(baseline).join(", ");
+        if !differences.is_empty() {
+            if !args.compare_any {
+                bail!(
+                    "--compare {}: baseline differs in {differences}; pass --compare-any to \
+                     compare anyway",
+                    path.display()
+                );
+            }
+            report.notes.push(format!(
+                "--compare-any: {} differs in {differences}",
+                path.display()
+            ));
+        }
+        report.compared_with = Some(path.display().to_string());
     }
+
+    let steps = config.layouts.len() * plan.num_tokens.len() * backends.len();
+    let progress = progress_bar(steps);
+    for (backend, info) in backends.iter_mut().zip(&mut report.implementations) {
+        if interrupt.requested() {
+            break;
+        }
+        progress.set_message(format!("{}: measuring the copy bandwidth", info.name));
+        info.copy_bandwidth_gbps = backend
+            .copy_bandwidth_gbps()
+            .with_context(|| format!("{}: measuring the copy bandwidth", info.name))?;
+    }
+
+    // With --output, stdout shows the table while the file gets --format; JSON is one
+    // document, printed whole at the end.
+    let shown = match (args.output.is_some(), args.format) {
+        (true, _) | (false, Format::Table) => Some(TextFormat::Table),
+        (false, Format::Markdown) => Some(TextFormat::Markdown),
+        (false, Format::Csv) => Some(TextFormat::Csv),
+        (false, Format::Json) => None,
+    };
+    let label = implementation_label(args.implementation, &report);
+    let mut stdout = Stdout::default();
+    if let Some(format) = shown {
+        progress.suspend(|| stdout.write(&report.head(format, &label)));
+    }
+
+    let mut rows: Vec<RowReport> = Vec::new();
+    let sweep = if stdout.open() {
+        sweep::run(
+            &config,
+            &plan,
+            &mut backends,
+            |event| match event {
+                Event::Step {
+                    problem,
+                    backend,
+                    done,
+                } => {
+                    progress.set_position(done as u64);
+                    progress.set_message(format!(
+                        "{backend} {} num_tokens={}",
+                        problem.layout, problem.num_tokens
+                    ));
+                    ControlFlow::Continue(())
+                }
+                Event::Row(row) => {
+                    let mut row = Report::row_from_sweep(&report.implementations, row);
+                    if let Some(baseline) = &baseline {
+                        Report::compare_row(&mut row, baseline);
+                    }
+                    if let Some(format) = shown {
+                        progress.suspend(|| stdout.write(&report.row_text(format, &row)));
+                    }
+                    rows.push(row);
+                    progress.set_position((rows.len() * report.implementations.len()) as u64);
+                    if stdout.open() {
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(())
+                    }
+                }
+            },
+            || interrupt.requested(),
+        )
+    } else {
+        sweep::Sweep {
+            rows: Vec::new(),
+            end: End::Stopped { at: None },
+        }
+    };
+    progress.finish_and_clear();
+    report.rows = rows;
+
+    let total = config.layouts.len() * plan.num_tokens.len();
+    let measured = format!("{} of {total} rows measured", report.rows.len());
+    let mut failure = None;
+    let mut status = ExitCode::SUCCESS;
+    match sweep.end {
+        End::Complete => {}
+        End::Stopped { at } => {
+            let (why, code) = if stdout.closed() {
+                ("stdout was closed".to_string(), CLOSED_PIPE_STATUS)
+            } else if let Some((number, name)) = interrupt.received() {
+                (format!("interrupted by {name}"), (128 + number) as u8)
+            } else {
+                ("writing to stdout failed".to_string(), 1)
+            };
+            report.stopped = Some(format!("{why}{}; {measured}", place(at)));
+            status = ExitCode::from(code);
+            // Said on stderr too: stdout may be a file, or JSON that the user does not read.
+            if interrupt.requested() && !stdout.closed() {
+                eprintln!("{why}{}: {measured}", place(at));
+            }
+        }
+        End::Failed(error) => {
+            report.stopped = Some(format!("failed: {}; {measured}", error.one_line()));
+            failure = Some(error);
+        }
+    }
+
+    if let Some(format) = shown {
+        stdout.write(&report.foot(format));
+    } else {
+        stdout.write(&report.to_json());
+    }
+    if let Some(path) = &args.output {
+        let formatted = match args.format {
+            Format::Table => report.to_text(&label),
+            Format::Markdown => report.to_markdown(&label),
+            Format::Csv => report.to_csv(),
+            Format::Json => report.to_json(),
+        };
+        output::write_atomically(path, &formatted)?;
+    }
+    if let Some(path) = &args.plot {
+        if report.rows.is_empty() && report.stopped.is_some() {
+            eprintln!("{} not written: no row was measured", path.display());
+        } else {
+            output::write_atomically(path, &plot::render_svg(&report)?)?;
+        }
+    }
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    if let Some(error) = stdout.failure() {
+        return Err(error);
+    }
+    Ok(status)
+}
+
+/// The report before any measurement: configuration, implementations (their copy bandwidth
+/// still to measure) and notes.
+fn new_report(
+    config: &SweepConfig,
+    plan: &Plan,
+    options: &Options,
+    backends: &[Box<dyn Backend>],
+    skipped: &Skipped,
+) -> Report {
+    let implementations = backends
+        .iter()
+        .map(|backend| {
+            let device = backend.device();
+            ImplementationInfo {
+                name: backend.kind().name().into(),
+                device: device.name,
+                details: device.details,
+                mode_note: backend.mode_note(),
+                mode_summary: backend.mode_summary(),
+                layouts: [Layout::Nhd, Layout::Hnd]
+                    .into_iter()
+                    .filter(|&layout| backend.supports(layout))
+                    .collect(),
+                copy_bandwidth_gbps: None,
+            }
+        })
+        .collect();
     let mut notes: Vec<String> = skipped
         .iter()
         .map(|(kind, reason)| format!("{kind} skipped: {}", reason.one_line()))
@@ -58,7 +220,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     notes.extend(plan.notes.clone());
 
     let protocol = &config.protocol;
-    let mut report = Report {
+    Report {
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),
         timestamp_unix: std::time::SystemTime::now()
@@ -72,6 +234,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             num_blocks: plan.num_blocks,
             dtype: config.dtype,
             kv_cache_dtype: config.cache_dtype,
+            layouts: config.layouts.clone(),
+            num_tokens: plan.num_tokens.clone(),
             mode: options.mode,
             iters: protocol.iters,
             warmup_iters: protocol.warmup_iters,
@@ -88,91 +252,50 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         implementations,
         notes,
         rows: Vec::new(),
-    };
-
-    // The plain table shows its header at once, so the user sees what runs where while it runs.
-    let table_on_stdout = args.format == Format::Table || args.output.is_some();
-    let mut stdout = std::io::stdout().lock();
-    if table_on_stdout {
-        writeln!(stdout, "{}", report.header_lines().join("\n")).context("writing to stdout")?;
-        stdout.flush().ok();
+        stopped: None,
+        compared_with: None,
     }
+}
 
-    let rows = sweep::run(&config, &plan, &mut backends, |problem, name| {
-        progress.set_message(format!(
-            "{name} {} num_tokens={}",
-            problem.layout.name(),
-            problem.num_tokens
-        ));
-        progress.inc(1);
-    })?;
-    progress.finish_and_clear();
-    report.rows = Report::rows_from_sweep(&report.implementations, &rows);
-    if let Some(baseline) = &baseline {
-        if report.compare_with(baseline) == 0 {
-            report
-                .notes
-                .push("--compare: no row of the baseline matches this run".into());
-        }
-    }
-
-    let names: Vec<&str> = report
-        .implementations
-        .iter()
-        .map(|i| i.name.as_str())
-        .collect();
-    let implementation = match args.implementation {
-        Selection::Auto => format!("{} (auto)", names.join(", ")),
+/// The implementation named in the title: what ran, for `auto`.
+fn implementation_label(selection: Selection, report: &Report) -> String {
+    match selection {
+        Selection::Auto => report
+            .implementations
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         other => other.name().to_string(),
-    };
-    let formatted = match args.format {
-        Format::Table => report.to_text(&implementation),
-        Format::Markdown => report.to_markdown(&implementation),
-        Format::Csv => report.to_csv(),
-        Format::Json => report.to_json(),
-    };
-    if table_on_stdout {
-        write!(
-            stdout,
-            "{}\n{}",
-            report.title(&implementation),
-            report.table().render_text()
+    }
+}
+
+/// ` at num_tokens=N layout=L (backend)` for the row a sweep did not finish.
+fn place(at: Option<(Problem, Option<paged_kv_bench::backend::Kind>)>) -> String {
+    match at {
+        Some((problem, backend)) => format!(
+            " at num_tokens={} layout={}{}",
+            problem.num_tokens,
+            problem.layout,
+            backend.map(|b| format!(" ({b})")).unwrap_or_default()
+        ),
+        None => String::new(),
+    }
+}
+
+/// A bar on stderr (where it is a terminal) that ticks on its own, so that its clock runs
+/// while a long row is measured, with an estimate of the time left.
+fn progress_bar(steps: usize) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let progress = ProgressBar::new(steps as u64);
+    progress.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {msg} [{elapsed_precise}, about {eta} left]",
         )
-        .context("writing to stdout")?;
-    } else {
-        write!(stdout, "{formatted}").context("writing to stdout")?;
-    }
-    if let Some(path) = &args.output {
-        write_atomically(path, &formatted)?;
-    }
-    if let Some(path) = &args.plot {
-        write_atomically(path, &plot::render_svg(&report)?)?;
-    }
-    Ok(())
-}
-
-/// Fails early, with the reason, when `path` cannot be created.
-fn check_writable(path: &Path) -> Result<()> {
-    let probe = temporary_path(path);
-    std::fs::File::create(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Writes a sibling temporary file, then renames it over `path`, so that a failure never
-/// leaves a half-written file behind.
-fn write_atomically(path: &Path, contents: &str) -> Result<()> {
-    let temporary = temporary_path(path);
-    let result =
-        std::fs::write(&temporary, contents).and_then(|()| std::fs::rename(&temporary, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
-fn temporary_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
+        .expect("a valid progress template"),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+    progress
 }

@@ -36,7 +36,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     // Calls are checked as the benchmark issues them by default (CUDA graph replays).
     let options = args.backend.options(Mode::default(), None);
     // `auto` picks one backend for a benchmark; a check wants every one there is.
-    let choice = match args.implementation {
+    let choice = match args.implementation.0 {
         Selection::Auto => Selection::All,
         other => other,
     };

@@ -106,6 +106,10 @@ impl Backend for Faulty {
         self.inner.mode_note()
     }
 
+    fn mode_summary(&self) -> String {
+        self.inner.mode_summary()
+    }
+
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         self.inner.copy_bandwidth_gbps()
     }

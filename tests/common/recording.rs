@@ -104,6 +104,10 @@ impl<B: Backend> Backend for Recording<B> {
         self.inner.mode_note()
     }
 
+    fn mode_summary(&self) -> String {
+        self.inner.mode_summary()
+    }
+
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         self.inner.copy_bandwidth_gbps()
     }

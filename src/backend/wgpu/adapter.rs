@@ -25,9 +25,22 @@ pub(super) fn describe_adapter(info: &wgpu::AdapterInfo) -> String {
 /// one (see [`choose_adapter`]).
 pub(super) fn find_adapter(
     name: Option<&str>,
+    index: Option<usize>,
     hardware_only: bool,
     api: WgpuApi,
 ) -> Result<wgpu::Adapter> {
+    let mut adapters = enumerate(api);
+    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
+    let chosen = choose_adapter(&infos, name, index, hardware_only)?;
+    Ok(adapters.swap_remove(chosen))
+}
+
+/// The adapters of `api`, in the order wgpu lists them (what `--device N` counts).
+pub fn list(api: WgpuApi) -> Vec<wgpu::AdapterInfo> {
+    enumerate(api).iter().map(|a| a.get_info()).collect()
+}
+
+fn enumerate(api: WgpuApi) -> Vec<wgpu::Adapter> {
     // The API comes from the options (`--wgpu-api`), never from wgpu's environment variables
     // (WGPU_BACKEND): what runs must be what the report says. By default the native APIs:
     // OpenGL lacks what the fast paths need (many storage bindings per stage).
@@ -41,10 +54,7 @@ pub(super) fn find_adapter(
     let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle();
     descriptor.backends = backends;
     let instance = wgpu::Instance::new(descriptor);
-    let mut adapters = pollster::block_on(instance.enumerate_adapters(backends));
-    let infos: Vec<wgpu::AdapterInfo> = adapters.iter().map(|a| a.get_info()).collect();
-    let chosen = choose_adapter(&infos, name, hardware_only)?;
-    Ok(adapters.swap_remove(chosen))
+    pollster::block_on(instance.enumerate_adapters(backends))
 }
 
 /// Preference among adapters: real GPUs first, software last.
@@ -67,6 +77,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 fn choose_adapter(
     adapters: &[wgpu::AdapterInfo],
     name: Option<&str>,
+    index: Option<usize>,
     hardware_only: bool,
 ) -> Result<usize> {
     if adapters.is_empty() {
@@ -78,17 +89,30 @@ fn choose_adapter(
     let found = || {
         adapters
             .iter()
-            .map(describe_adapter)
+            .enumerate()
+            .map(|(i, info)| format!("{i}: {}", describe_adapter(info)))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut candidates: Vec<usize> = (0..adapters.len()).collect();
+    let mut candidates: Vec<usize> = match index {
+        Some(i) if i < adapters.len() => vec![i],
+        Some(i) => {
+            return Err(unavailable(format!(
+                "no adapter {i}; adapters found: {}",
+                found()
+            )))
+        }
+        None => (0..adapters.len()).collect(),
+    };
     if let Some(name) = name {
         let wanted = name.to_lowercase();
         candidates.retain(|&i| adapters[i].name.to_lowercase().contains(&wanted));
         if candidates.is_empty() {
             return Err(unavailable(format!(
-                "no adapter's name contains `{name}`; adapters found: {}",
+                "no adapter{} contains `{name}` in its name; adapters found: {}",
+                index
+                    .map(|i| format!(" (of device {i})"))
+                    .unwrap_or_default(),
                 found()
             )));
         }
@@ -97,7 +121,7 @@ fn choose_adapter(
         candidates.retain(|&i| adapters[i].device_type != wgpu::DeviceType::Cpu);
         if candidates.is_empty() {
             return Err(unavailable(format!(
-                "only software adapters were found ({}); the CPU backend is faster",
+                "only software adapters were found or chosen ({}); the CPU backend is faster",
                 found()
             )));
         }
@@ -136,15 +160,25 @@ mod tests {
             wgpu::Backend::Vulkan,
         );
         let all = [lavapipe.clone(), igpu, h100_gl, h100];
-        assert_eq!(choose_adapter(&all, None, false).unwrap(), 3);
-        assert_eq!(choose_adapter(&all, Some("intel"), true).unwrap(), 1);
-        assert_eq!(choose_adapter(&all, Some("LLVM"), false).unwrap(), 0);
+        assert_eq!(choose_adapter(&all, None, None, false).unwrap(), 3);
+        assert_eq!(choose_adapter(&all, Some("intel"), None, true).unwrap(), 1);
+        assert_eq!(choose_adapter(&all, Some("LLVM"), None, false).unwrap(), 0);
+        // An index picks that adapter, whatever its rank; out of range, or software with
+        // hardware_only, it is refused.
+        assert_eq!(choose_adapter(&all, None, Some(1), false).unwrap(), 1);
+        assert_eq!(choose_adapter(&all, None, Some(0), false).unwrap(), 0);
+        assert!(choose_adapter(&all, None, Some(4), false).is_err());
+        assert!(choose_adapter(&all, None, Some(0), true).is_err());
+        assert!(choose_adapter(&all, Some("intel"), Some(3), false).is_err());
         let only_software = [lavapipe];
-        assert_eq!(choose_adapter(&only_software, None, false).unwrap(), 0);
+        assert_eq!(
+            choose_adapter(&only_software, None, None, false).unwrap(),
+            0
+        );
         for error in [
-            choose_adapter(&[], None, false).unwrap_err(),
-            choose_adapter(&only_software, None, true).unwrap_err(),
-            choose_adapter(&all, Some("radeon"), false).unwrap_err(),
+            choose_adapter(&[], None, None, false).unwrap_err(),
+            choose_adapter(&only_software, None, None, true).unwrap_err(),
+            choose_adapter(&all, Some("radeon"), None, false).unwrap_err(),
         ] {
             assert!(matches!(
                 error,
@@ -155,7 +189,7 @@ mod tests {
             ));
             assert!(!error.to_string().contains('\n'), "{error}");
         }
-        assert!(choose_adapter(&[], None, false)
+        assert!(choose_adapter(&[], None, None, false)
             .unwrap_err()
             .to_string()
             .contains("mesa-vulkan-drivers"));

@@ -38,7 +38,7 @@
 //! it reads no environment variable.
 
 mod abi;
-mod adapter;
+pub mod adapter;
 mod bindings;
 mod budget;
 mod caches;
@@ -97,7 +97,18 @@ impl WgpuBackend {
     /// adapters (lavapipe) are refused: the native CPU backend beats a software GPU. `tuning`
     /// sets limits below the adapter's and choices the backend would otherwise make itself.
     pub fn open(adapter: Option<&str>, hardware_only: bool, tuning: WgpuTuning) -> Result<Self> {
-        let adapter = adapter::find_adapter(adapter, hardware_only, tuning.api)?;
+        Self::open_device(adapter, None, hardware_only, tuning)
+    }
+
+    /// As [`WgpuBackend::open`], on the adapter at `index` in the order wgpu lists those of
+    /// `tuning.api` (see [`adapter::list`]) when given.
+    pub fn open_device(
+        adapter: Option<&str>,
+        index: Option<usize>,
+        hardware_only: bool,
+        tuning: WgpuTuning,
+    ) -> Result<Self> {
+        let adapter = adapter::find_adapter(adapter, index, hardware_only, tuning.api)?;
         let info = adapter.get_info();
         let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let gpu = Gpu::open(
@@ -197,16 +208,11 @@ impl Backend for WgpuBackend {
         DeviceInfo {
             name: self.info.name.clone(),
             details: format!(
-                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}; device time from {}{}",
+                "{} ({:?}), driver {}, wgpu 30; storage bindings up to {}{}",
                 self.info.backend.to_str(),
                 self.info.device_type,
                 driver.trim(),
                 Bytes(self.max_binding),
-                if self.timestamps {
-                    "timestamp queries"
-                } else {
-                    "the host clock (no timestamp queries)"
-                },
                 if tuning.is_empty() {
                     String::new()
                 } else {
@@ -278,6 +284,14 @@ impl Backend for WgpuBackend {
                 "timed by the host clock (this adapter has no timestamp queries)"
             }
         )
+    }
+
+    fn mode_summary(&self) -> String {
+        if self.timestamps {
+            "device time from timestamp queries".into()
+        } else {
+            "host clock: the adapter has no timestamp queries".into()
+        }
     }
 
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
