@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use paged_kv_bench::backend::{Kind, Selection};
 use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
@@ -31,6 +32,24 @@ pub struct Cli {
 
     #[command(flatten)]
     pub bench: BenchArgs,
+}
+
+impl Cli {
+    /// Refuses flags that parse one by one but contradict each other, before anything runs
+    /// (an error clap would give, so it prints and exits the same way).
+    pub fn check(&self) -> Result<(), clap::Error> {
+        match &self.command {
+            None => {
+                self.bench.check()?;
+                self.bench.backend.check()
+            }
+            Some(Command::Verify(args)) => args.backend.check(),
+        }
+    }
+}
+
+fn conflict(message: String) -> clap::Error {
+    Cli::command().error(ErrorKind::ArgumentConflict, message)
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +186,17 @@ pub struct BackendArgs {
 }
 
 impl BackendArgs {
+    fn check(&self) -> Result<(), clap::Error> {
+        if self.wgpu_order_buckets.is_some() && self.wgpu_slot_order == Some(false) {
+            return Err(conflict(
+                "--wgpu-order-buckets sets the buckets of the slot-order pass, which \
+                 --wgpu-slot-order off turns off"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The backend options these flags set (the mode and memory limit come from the caller).
     pub fn options(&self, mode: Mode, host_memory_limit: Option<u64>) -> Options {
         Options {
@@ -218,7 +248,8 @@ pub struct BenchArgs {
         .map(|s| s.parse::<u32>().expect("the choices are numbers")))]
     pub block_size: u32,
 
-    /// Cache blocks [default: 65536, reduced to the largest power of two that fits].
+    /// Cache blocks [default: 65536 (vLLM's) on GPUs, 1024 (1 GiB of caches) on the CPU,
+    /// reduced to the largest power of two that fits].
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub num_blocks: Option<u64>,
 
@@ -242,7 +273,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Mode::Cudagraph)]
     pub mode: Mode,
 
-    /// Token counts to sweep, comma-separated [default: 2,4,...,65536].
+    /// Token counts to sweep, comma-separated [default: 2,4,...,65536, as far as the cache's
+    /// slots go].
     #[arg(long, allow_negative_numbers = true, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..))]
     pub num_tokens: Vec<u64>,
 
@@ -279,15 +311,18 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "cold")]
     pub rotate: bool,
 
-    /// Seconds of device-time sampling per row, at least.
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1, value_name = "SECONDS", value_parser = seconds)]
-    pub min_time: f64,
+    /// Seconds of device-time sampling per row, at least [default: 0.1, or --max-time if
+    /// that is shorter].
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = seconds)]
+    pub min_time: Option<f64>,
 
-    /// Seconds of device-time sampling per row, at most (the row's time budget).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 5.0, value_name = "SECONDS", value_parser = seconds)]
-    pub max_time: f64,
+    /// Seconds of device-time sampling per row, at most (the row's time budget) [default: 5,
+    /// or --min-time if that is longer].
+    #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = seconds)]
+    pub max_time: Option<f64>,
 
-    /// Stop sampling a row once the relative standard deviation of its samples is below this.
+    /// Stop sampling a row once the robust noise of its samples (interquartile range / 1.349,
+    /// in % of the median) is at most this.
     #[arg(long, allow_negative_numbers = true, default_value_t = 1.0, value_name = "PERCENT", value_parser = percent)]
     pub max_noise: f64,
 
@@ -410,35 +445,66 @@ pub fn bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{text}` is not a size between 1 byte and 16 EiB"))
 }
 
+/// `--min-time` and `--max-time` when not given.
+const DEFAULT_MIN_TIME: f64 = 0.1;
+const DEFAULT_MAX_TIME: f64 = 5.0;
+
 impl BenchArgs {
+    /// Flags that contradict each other (see [`Cli::check`]).
+    fn check(&self) -> Result<(), clap::Error> {
+        if let (Some(min), Some(max)) = (self.min_time, self.max_time) {
+            if min > max {
+                return Err(conflict(format!(
+                    "--min-time {min} is longer than --max-time {max}: a row's sampling \
+                     cannot last at least {min} s and at most {max} s"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds of sampling per row, at least and at most: a flag given alone moves the other's
+    /// default out of its way rather than contradicting it.
+    pub fn sampling_times(&self) -> (f64, f64) {
+        match (self.min_time, self.max_time) {
+            (Some(min), Some(max)) => (min, max),
+            (Some(min), None) => (min, DEFAULT_MAX_TIME.max(min)),
+            (None, Some(max)) => (DEFAULT_MIN_TIME.min(max), max),
+            (None, None) => (DEFAULT_MIN_TIME, DEFAULT_MAX_TIME),
+        }
+    }
+
     pub fn options(&self) -> Options {
         self.backend.options(self.mode, self.host_memory_limit)
     }
 
     pub fn sweep_config(&self) -> SweepConfig {
-        let num_tokens = if self.num_tokens.is_empty() {
+        let default_num_tokens = self.num_tokens.is_empty();
+        let num_tokens = if default_num_tokens {
             sweep::default_token_counts()
         } else {
             self.num_tokens.iter().map(|&n| to_usize(n)).collect()
         };
+        let (min_time, max_time) = self.sampling_times();
         SweepConfig {
             num_heads: self.num_heads as usize,
             head_size: self.head_size as usize,
             block_size: self.block_size as usize,
             num_blocks: match self.num_blocks {
                 Some(n) => NumBlocks::Explicit(to_usize(n)),
-                None => NumBlocks::Default(sweep::DEFAULT_NUM_BLOCKS),
+                None => NumBlocks::Default,
             },
             dtype: self.dtype,
             cache_dtype: self.kv_cache_dtype,
             layouts: self.layouts.clone(),
             num_tokens,
+            default_num_tokens,
             protocol: Protocol {
                 cold: self.cold,
                 rotate: self.rotate,
                 sampling: Sampling {
-                    min_time: Duration::from_secs_f64(self.min_time),
-                    max_time: Duration::from_secs_f64(self.max_time.max(self.min_time)),
+                    min_time: Duration::from_secs_f64(min_time),
+                    max_time: Duration::from_secs_f64(max_time),
                     max_noise_percent: self.max_noise,
                     ..Sampling::default()
                 },

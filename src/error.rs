@@ -27,6 +27,20 @@ pub enum Error {
         block_size: usize,
     },
 
+    /// Explicit token counts beyond the default cache, which does not grow with them (so that a
+    /// row's cache, and with it its slots, never depends on the other rows of the sweep).
+    #[error(
+        "{num_tokens} tokens do not fit in the default cache of {num_slots} slots \
+         ({num_blocks} blocks x {block_size}); --num-blocks {needed_blocks} holds them"
+    )]
+    TooManyTokensForDefault {
+        num_tokens: usize,
+        num_slots: u64,
+        num_blocks: usize,
+        block_size: usize,
+        needed_blocks: usize,
+    },
+
     #[error("slot_mapping[{token}] = {slot} is out of range: slots run from 0 to {last_slot} (or -1 for padding)")]
     SlotOutOfRange {
         token: usize,

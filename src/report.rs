@@ -64,7 +64,13 @@ pub struct RunConfig {
     pub seed: u64,
     pub min_time_s: f64,
     pub max_time_s: f64,
+    /// `--max-noise`, in terms of `noise_statistic`.
     pub max_noise_percent: f64,
+    /// What "noise" means in `max_noise_percent` and the stopping rule
+    /// ([`crate::timing::NOISE_STATISTIC`]); empty in reports of earlier versions, whose
+    /// noise was the relative standard deviation.
+    #[serde(default)]
+    pub noise_statistic: String,
     pub min_samples: usize,
     /// Every backend option (absent from reports of earlier versions, which ran the defaults).
     #[serde(default)]
@@ -408,8 +414,9 @@ impl Report {
         lines.extend([
             "latency (us): wall clock of call + synchronize, mean of --iters calls (vLLM's method)"
                 .to_string(),
-            "device (us): median per-call time on the backend's own clock; noise %: the samples' \
-             relative spread"
+            "device (us): median per-call time on the backend's own clock; noise %: the robust \
+             spread of the samples (interquartile range / 1.349, in % of the median; sampling \
+             stops once it is under --max-noise)"
                 .to_string(),
             "GB/s: bytes moved / device time; % of copy: GB/s over the device's copy bandwidth"
                 .to_string(),

@@ -20,8 +20,11 @@ pub fn default_token_counts() -> Vec<usize> {
 /// How many cache blocks to allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NumBlocks {
-    /// The default: shrunk to the largest power of two that fits, with a note.
-    Default(usize),
+    /// Not given: the smallest of the backends' defaults ([`Backend::default_num_blocks`]:
+    /// vLLM's [`DEFAULT_NUM_BLOCKS`] on GPUs, less on the CPU), shrunk to the largest power of
+    /// two that fits, with a note either way. It never grows with the token counts, so that a
+    /// row's cache and slots do not depend on the other rows of the sweep.
+    Default,
     /// Given by the user: used as is, or refused if it does not fit.
     Explicit(usize),
 }
@@ -37,6 +40,9 @@ pub struct SweepConfig {
     pub cache_dtype: CacheDtype,
     pub layouts: Vec<Layout>,
     pub num_tokens: Vec<usize>,
+    /// `num_tokens` is the default list ([`default_token_counts`]) rather than the user's:
+    /// counts beyond the cache's slots are left out, with a note, rather than refused.
+    pub default_num_tokens: bool,
     pub protocol: Protocol,
     pub seed: u64,
     /// Bytes of host memory the sweep may plan for, at most.
@@ -56,18 +62,17 @@ impl SweepConfig {
             layout,
         }
     }
-
-    fn max_tokens(&self) -> usize {
-        self.num_tokens.iter().copied().max().unwrap_or(0)
-    }
 }
 
 /// The sizes a sweep will use, decided before anything is allocated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub num_blocks: usize,
-    /// Set when the default number of blocks was reduced to fit: one line for the report.
-    pub note: Option<String>,
+    /// The token counts to sweep, in order: the config's, less default ones that do not fit.
+    pub num_tokens: Vec<usize>,
+    /// One line each for the report: a default cache smaller than vLLM's and why, or reduced
+    /// to fit memory.
+    pub notes: Vec<String>,
 }
 
 /// A memory limit: where, how much is available, and how the need grows with num_blocks.
@@ -128,22 +133,38 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     if config.protocol.iters == 0 {
         return Err(Error::InvalidConfig("--iters must be at least 1".into()));
     }
-    let requested = match config.num_blocks {
-        NumBlocks::Default(n) | NumBlocks::Explicit(n) => n,
+    let block_bytes = config.problem(1, config.layouts[0], 1).cache_bytes();
+    let (requested, default_owner) = match config.num_blocks {
+        NumBlocks::Explicit(n) => (n, None),
+        NumBlocks::Default => backends
+            .iter()
+            .map(|b| (b.default_num_blocks(block_bytes), Some(b.kind())))
+            .min_by_key(|(n, _)| *n)
+            .unwrap_or((DEFAULT_NUM_BLOCKS, None)),
     };
-    let max_tokens = config.max_tokens();
+    let is_default = matches!(config.num_blocks, NumBlocks::Default);
     // Validate every row with the requested size first, so that size-independent mistakes (fp8
     // with head size 120, zero heads) are named as such rather than as a memory problem.
     for &layout in &config.layouts {
         for &num_tokens in &config.num_tokens {
             let problem = config.problem(num_tokens, layout, requested);
             match problem.validate() {
-                Err(Error::TooManyTokens { .. })
-                    if matches!(config.num_blocks, NumBlocks::Default(_)) => {}
+                Err(Error::TooManyTokens { .. }) if is_default => {}
                 other => other?,
             }
         }
     }
+    let fitting = |num_blocks: usize| -> Vec<usize> {
+        let slots = num_blocks as u64 * config.block_size as u64;
+        config
+            .num_tokens
+            .iter()
+            .copied()
+            .filter(|&n| !config.default_num_tokens || n as u64 <= slots)
+            .collect()
+    };
+    // Memory is planned for the rows that can run in the requested cache.
+    let max_tokens = fitting(requested).into_iter().max().unwrap_or(0);
 
     let unit = config.problem(max_tokens, config.layouts[0], 1);
     let cache_per_block = unit.cache_bytes();
@@ -213,7 +234,8 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         )
     };
     let too_big = "; even one cache block does not fit: use fewer --num-tokens, fewer --num-heads or a smaller --head-size or --block-size";
-    let (num_blocks, note) = match config.num_blocks {
+    let mut notes = Vec::new();
+    let num_blocks = match config.num_blocks {
         NumBlocks::Explicit(n) => {
             if n as u64 > fits {
                 return Err(Error::DoesNotFit {
@@ -228,11 +250,19 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                     },
                 });
             }
-            (n, None)
+            n
         }
-        NumBlocks::Default(n) => {
-            if n as u64 <= fits {
-                (n, None)
+        NumBlocks::Default => {
+            if requested as u64 <= fits {
+                if let Some(kind) = default_owner.filter(|_| requested < DEFAULT_NUM_BLOCKS) {
+                    notes.push(format!(
+                        "num_blocks={requested}, not vLLM's {DEFAULT_NUM_BLOCKS}: the {kind} \
+                         backend's default keeps both caches within {}, so that a first run is \
+                         quick and light (--num-blocks sets it)",
+                        Bytes(2 * block_bytes * requested as u64)
+                    ));
+                }
+                requested
             } else {
                 if fits == 0 {
                     return Err(Error::DoesNotFit {
@@ -243,24 +273,59 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                         hint: too_big.into(),
                     });
                 }
+                // Memory, not a backend's smaller default, sets the size: the note says so
+                // against vLLM's default, the size a reader compares with.
                 let reduced = 1usize << (63 - fits.leading_zeros());
-                let note = format!(
-                    "num_blocks reduced from {n} to {reduced}: {} need {}, {} available on {}",
-                    what(n),
-                    Bytes(tightest.need(n)),
+                notes.push(format!(
+                    "num_blocks reduced from {DEFAULT_NUM_BLOCKS} to {reduced}: {} need {}, {} \
+                     available on {}",
+                    what(DEFAULT_NUM_BLOCKS),
+                    Bytes(tightest.need(DEFAULT_NUM_BLOCKS)),
                     Bytes(tightest.available),
                     tightest.device
-                );
-                (reduced, Some(note))
+                ));
+                reduced
             }
         }
     };
+    let num_tokens = fitting(num_blocks);
+    let slots = num_blocks as u64 * config.block_size as u64;
+    if num_tokens.len() < config.num_tokens.len() {
+        notes.push(format!(
+            "num_tokens stops at {}: the {slots} slots of the cache hold no more",
+            num_tokens.iter().max().copied().unwrap_or(0)
+        ));
+    }
+    if num_tokens.is_empty() {
+        return Err(Error::TooManyTokens {
+            num_tokens: config.num_tokens.iter().copied().min().unwrap_or(0),
+            num_slots: slots,
+            num_blocks,
+            block_size: config.block_size,
+        });
+    }
     for &layout in &config.layouts {
-        for &num_tokens in &config.num_tokens {
-            config.problem(num_tokens, layout, num_blocks).validate()?;
+        for &n in &num_tokens {
+            match config.problem(n, layout, num_blocks).validate() {
+                Err(Error::TooManyTokens { .. }) if is_default => {
+                    let needed = n.div_ceil(config.block_size).next_power_of_two();
+                    return Err(Error::TooManyTokensForDefault {
+                        num_tokens: n,
+                        num_slots: slots,
+                        num_blocks,
+                        block_size: config.block_size,
+                        needed_blocks: needed,
+                    });
+                }
+                other => other?,
+            }
         }
     }
-    Ok(Plan { num_blocks, note })
+    Ok(Plan {
+        num_blocks,
+        num_tokens,
+        notes,
+    })
 }
 
 /// One row of the results: one (layout, num_tokens), one entry per backend (`None` where the
@@ -328,13 +393,26 @@ pub fn run(
     mut on_event: impl FnMut(Event<'_>) -> ControlFlow<()>,
     stop: impl Fn() -> bool,
 ) -> Sweep {
-    let max_tokens = config.max_tokens();
+    let max_tokens = plan.num_tokens.iter().copied().max().unwrap_or(0);
     let token_elements = config.num_heads * config.head_size;
+    // Inputs are generated in fixed-size streams: a row's tokens are the same whatever the
+    // largest row of the sweep.
     let host = HostInputs::random(config.dtype, token_elements, max_tokens, config.seed);
+    for backend in backends.iter_mut() {
+        if let Some(&layout) = config.layouts.iter().find(|&&l| backend.supports(l)) {
+            let largest = config.problem(max_tokens, layout, plan.num_blocks);
+            if let Err(error) = backend.reserve(&largest) {
+                return Sweep {
+                    rows: Vec::new(),
+                    end: End::Failed(row_error(backend.kind(), &largest, error)),
+                };
+            }
+        }
+    }
     let mut rows = Vec::new();
     let mut done = 0;
     for &layout in &config.layouts {
-        for &num_tokens in &config.num_tokens {
+        for &num_tokens in &plan.num_tokens {
             let problem = config.problem(num_tokens, layout, plan.num_blocks);
             if stop() {
                 let at = Some((problem, None));
@@ -396,7 +474,7 @@ pub fn run(
             rows.push(Row { problem, results });
             let row = rows.last().expect("just pushed");
             if on_event(Event::Row(row)).is_break() {
-                let last = rows.len() == config.layouts.len() * config.num_tokens.len();
+                let last = rows.len() == config.layouts.len() * plan.num_tokens.len();
                 let end = if last {
                     End::Complete
                 } else {

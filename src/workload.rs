@@ -93,15 +93,39 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-/// Overwrites `bytes` with uniformly random bytes.
+/// Bytes of each independent stream of [`fill_random`].
+const FILL_STREAM_BYTES: usize = CHUNK_ELEMENTS * 8;
+
+/// Overwrites `bytes` with uniformly random bytes (in parallel: this also faults a new
+/// buffer's pages in on every core).
 pub fn fill_random(bytes: &mut [u8], seed: u64) {
     bytes
-        .par_chunks_mut(CHUNK_ELEMENTS * 8)
+        .par_chunks_mut(FILL_STREAM_BYTES)
         .enumerate()
-        .for_each(|(chunk, out)| {
-            let mut rng = SmallRng::seed_from_u64(stream_seed(seed, chunk as u64));
-            rng.fill(out);
-        });
+        .for_each(|(chunk, out)| fill_stream(out, seed, chunk));
+}
+
+fn fill_stream(out: &mut [u8], seed: u64, chunk: usize) {
+    let mut rng = SmallRng::seed_from_u64(stream_seed(seed, chunk as u64));
+    rng.fill(out);
+}
+
+/// Puts back what [`fill_random`] wrote with `seed` into the byte ranges `touched` of `bytes`
+/// (and the rest of the streams that cover them), leaving the other bytes alone: undoing a
+/// call's writes costs about what the call wrote, not a whole cache.
+pub fn restore_random(bytes: &mut [u8], seed: u64, touched: &[std::ops::Range<usize>]) {
+    let mut streams = vec![false; bytes.len().div_ceil(FILL_STREAM_BYTES)];
+    for range in touched.iter().filter(|r| !r.is_empty()) {
+        let last = (range.end.min(bytes.len()) - 1) / FILL_STREAM_BYTES;
+        for stream in &mut streams[range.start / FILL_STREAM_BYTES..=last] {
+            *stream = true;
+        }
+    }
+    bytes
+        .par_chunks_mut(FILL_STREAM_BYTES)
+        .enumerate()
+        .filter(|(chunk, _)| streams[*chunk])
+        .for_each(|(chunk, out)| fill_stream(out, seed, chunk));
 }
 
 /// A slot for each of `num_tokens` tokens: distinct slots drawn uniformly from the whole cache
@@ -221,6 +245,33 @@ mod tests {
             "{mean} {var}"
         );
         assert!(values.iter().filter(|x| **x == 0.0).count() < 5);
+    }
+
+    #[test]
+    fn restoring_touched_ranges_gives_back_the_fill() {
+        let len = 3 * FILL_STREAM_BYTES + 1000;
+        let fill = random_bytes(len, 9);
+        let mut written = fill.clone();
+        let touched = [
+            10..20,
+            FILL_STREAM_BYTES + 5..FILL_STREAM_BYTES + 6,
+            len - 3..len,
+        ];
+        for range in &touched {
+            written[range.clone()].fill(0);
+        }
+        // Bytes outside the touched streams that the fill did not produce stay as they are.
+        written[2 * FILL_STREAM_BYTES] ^= 1;
+        restore_random(&mut written, 9, &touched);
+        assert_eq!(
+            written[..2 * FILL_STREAM_BYTES],
+            fill[..2 * FILL_STREAM_BYTES]
+        );
+        assert_ne!(written[2 * FILL_STREAM_BYTES], fill[2 * FILL_STREAM_BYTES]);
+        assert_eq!(
+            written[3 * FILL_STREAM_BYTES..],
+            fill[3 * FILL_STREAM_BYTES..]
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
         cache_dtype: CacheDtype::Auto,
         layouts: vec![Layout::Nhd, Layout::Hnd],
         num_tokens,
+        default_num_tokens: false,
         protocol: Protocol {
             sampling: Sampling {
                 min_time: std::time::Duration::ZERO,
@@ -91,7 +92,8 @@ fn every_row_is_measured_in_order() {
         plan,
         sweep::Plan {
             num_blocks: 32,
-            note: None
+            num_tokens: vec![1, 17, 100],
+            notes: Vec::new(),
         }
     );
     let mut streamed = Vec::new();

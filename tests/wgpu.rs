@@ -450,8 +450,9 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
     }
 }
 
-/// A random fill happens on the device, is reused when seed and size match (and redone when
-/// either changes), and a call on it writes exactly what the reference writes.
+/// A random fill happens on the device, gives the same bytes for the same seed whatever calls
+/// wrote before (it is redone for each call), and a call on it writes exactly what the
+/// reference writes.
 #[test]
 fn random_fill_is_seeded_reused_and_written_correctly() {
     let problem = problem()
@@ -487,13 +488,14 @@ fn random_fill_is_seeded_reused_and_written_correctly() {
     assert!(initial.key.iter().filter(|b| **b == 0).count() < initial.key.len() / 64);
     let mut expected = initial.clone();
     reference::reshape_and_cache(&problem, &inputs, &mut expected);
-    // Same seed and size: the fill is kept, so the call lands on the same contents.
+    // Same seed and size: the call lands on the same contents.
     let written = fill(&mut backend, 7, true);
     assert!(
         written == expected,
         "a call on a random fill differs from the reference"
     );
-    // Another seed refills; going back to seed 7 refills the same bytes.
+    // Another seed fills other bytes; seed 7 again gives the same bytes, the written ones
+    // included.
     let other = fill(&mut backend, 8, false);
     assert_ne!(other.key, initial.key);
     assert_eq!(fill(&mut backend, 7, false), initial);

@@ -2,26 +2,58 @@
 //! `--implementation cpu` a complete benchmark on any machine, and is the baseline the GPU
 //! backends are checked against.
 
+use std::time::{Duration, Instant};
+
 use rayon::prelude::*;
 
 use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use crate::error::{Error, Result};
 use crate::problem::{Layout, Problem};
 use crate::reference;
-use crate::workload::{fill_random, CacheFill, Caches, Inputs};
+use crate::timing::{self, Protocol, Sampling, Stats};
+use crate::workload::{self, fill_random, CacheFill, Caches, Inputs};
 
 /// Bytes written to evict the CPU's caches before a cold call: larger than any last-level
 /// cache of current server CPUs.
 const FLUSH_BYTES: usize = 512 << 20;
 
-/// Bytes of each buffer in the copy-bandwidth measurement.
+/// Bytes of each buffer of the copy ceiling: 16 times a 32 MiB last-level cache, so that the
+/// copy streams from and to memory as large rows do.
 const COPY_BYTES: usize = 512 << 20;
+
+/// The copy ceiling's work items and pieces: one cache block and one head's row of the default
+/// shape (16 slots x 128 heads x 128 bf16 elements; 128 bf16 elements). Rows hand rayon one
+/// cache block per work item and copy a head's row at a time, and the ceiling must copy the
+/// same way: one `memcpy` of megabytes takes glibc's large-copy path, which on the AMD EPYC
+/// development machine is a third slower than the same bytes in 256-byte pieces, and made rows
+/// read as 105-143% of "copy".
+const COPY_ITEM_BYTES: usize = 512 << 10;
+const COPY_PIECE_BYTES: usize = 256;
+
+/// Both caches together hold at most this by default (`--num-blocks` not given): vLLM's
+/// 65536 blocks are 2 x 32 GiB in the default shape, which few machines without a GPU have,
+/// and the rows that fill them take minutes on a few cores. 1 GiB is still 32 times a 32 MiB
+/// last-level cache, so the rows stream from memory as on a GPU.
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+
+/// The largest power of two of blocks (of `block_bytes` each) whose two caches fit
+/// [`DEFAULT_CACHE_BYTES`], at least one and at most vLLM's default: 1024 in the default shape.
+/// Also the default of backends that compute on the CPU (wgpu on a software adapter).
+pub fn default_num_blocks(block_bytes: u64) -> usize {
+    let blocks = (DEFAULT_CACHE_BYTES / 2 / block_bytes.max(1)).max(1);
+    (1usize << (63 - blocks.leading_zeros())).min(crate::sweep::DEFAULT_NUM_BLOCKS)
+}
 
 /// Caches live in host memory and are kept between calls of the same size.
 pub struct CpuBackend {
     caches: Caches,
-    /// The seed of the random fill the caches hold, if they hold one unchanged in size.
+    /// The seed of the random fill the caches hold, if they hold one unchanged in size (but
+    /// for `written`).
     random_fill: Option<u64>,
+    /// Byte ranges of both caches (whole cache blocks) that calls prepared since the fill may
+    /// have written: the next call that asks for the fill gets them back from it, so that a
+    /// row's cache holds the same bytes whatever rows ran before it.
+    written: Vec<std::ops::Range<usize>>,
     /// Written before each cold call to evict the caches (allocated on first use).
     flush_buffer: Vec<u8>,
 }
@@ -34,9 +66,24 @@ impl CpuBackend {
                 value: Vec::new(),
             },
             random_fill: None,
+            written: Vec::new(),
             flush_buffer: Vec::new(),
         }
     }
+}
+
+/// The byte ranges of the cache blocks that `slot_mapping` writes (padding and slots outside
+/// the cache write nothing).
+fn written_blocks(problem: &Problem, slot_mapping: &[i64]) -> Vec<std::ops::Range<usize>> {
+    let block_bytes = problem.strides().block as usize * problem.cache_element_size();
+    slot_mapping
+        .iter()
+        .filter(|&&slot| slot >= 0 && (slot as u64) < problem.num_slots())
+        .map(|&slot| {
+            let start = (slot as usize / problem.block_size) * block_bytes;
+            start..start + block_bytes
+        })
+        .collect()
 }
 
 impl Default for CpuBackend {
@@ -69,6 +116,10 @@ impl Backend for CpuBackend {
         }
     }
 
+    fn default_num_blocks(&self, block_bytes: u64) -> usize {
+        default_num_blocks(block_bytes)
+    }
+
     fn device_memory(&self) -> Option<u64> {
         None
     }
@@ -81,24 +132,29 @@ impl Backend for CpuBackend {
         "host clock".into()
     }
 
+    /// Timed as the rows are ([`timing::warm_samples`]: warm-up calls, then batches of
+    /// back-to-back copies on the host clock until the noise is small, the median), on buffers
+    /// the warm-up has faulted in, with the rows' thread pool and granularity.
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
-        let source = vec![1u8; COPY_BYTES];
-        let mut target = vec![0u8; COPY_BYTES];
-        let chunk = 4 << 20;
-        let mut seconds: Vec<f64> = (0..6)
-            .map(|_| {
-                let start = std::time::Instant::now();
-                target
-                    .par_chunks_mut(chunk)
-                    .zip(source.par_chunks(chunk))
-                    .for_each(|(to, from)| to.copy_from_slice(from));
-                start.elapsed().as_secs_f64()
-            })
-            .skip(1) // The first pass also faults the target's pages in.
-            .collect();
-        seconds.sort_by(f64::total_cmp);
-        let median = seconds[seconds.len() / 2];
-        Ok(Some(2.0 * COPY_BYTES as f64 / median / 1e9))
+        let mut copy = CopyCall {
+            source: vec![1u8; COPY_BYTES],
+            target: vec![0u8; COPY_BYTES],
+        };
+        let protocol = Protocol {
+            sampling: Sampling {
+                max_time: Duration::from_secs(2),
+                ..Sampling::default()
+            },
+            ..Protocol::new(3)
+        };
+        let latency_us = timing::wall_clock_latency_us(&protocol, || copy.run())?;
+        let run = timing::warm_samples(
+            &mut copy,
+            &protocol,
+            Duration::from_secs_f64(latency_us * 1e-6),
+        )?;
+        let median_us = Stats::from_samples(&run.samples).median;
+        Ok((median_us > 0.0).then(|| 2.0 * COPY_BYTES as f64 / (median_us * 1e-6) / 1e9))
     }
 
     fn prepare<'a>(
@@ -123,20 +179,38 @@ impl Backend for CpuBackend {
                 self.random_fill = None;
             }
             CacheFill::Random { seed } => {
-                if self.random_fill != Some(seed) || self.caches.key.len() != bytes {
-                    self.caches.key.resize(bytes, 0);
-                    self.caches.value.resize(bytes, 0);
+                if self.random_fill == Some(seed) && self.caches.key.len() == bytes {
+                    workload::restore_random(&mut self.caches.key, seed, &self.written);
+                    let value_seed = seed.wrapping_add(1);
+                    workload::restore_random(&mut self.caches.value, value_seed, &self.written);
+                } else {
+                    self.random_fill = None;
+                    if self.caches.key.len() != bytes {
+                        // Dropped before allocating, and allocated zeroed rather than resized:
+                        // fresh pages cost nothing until the parallel fill touches them,
+                        // where a resize would write every byte once more on one core.
+                        self.caches = Caches {
+                            key: Vec::new(),
+                            value: Vec::new(),
+                        };
+                        self.caches = Caches {
+                            key: vec![0; bytes],
+                            value: vec![0; bytes],
+                        };
+                    }
                     fill_random(&mut self.caches.key, seed);
                     fill_random(&mut self.caches.value, seed.wrapping_add(1));
                     self.random_fill = Some(seed);
                 }
             }
         }
+        self.written = written_blocks(problem, inputs.slot_mapping);
         Ok(Box::new(CpuCall {
             problem: *problem,
             inputs,
             copies: Vec::new(),
             caches: &mut self.caches,
+            written: &mut self.written,
             flush_buffer: &mut self.flush_buffer,
             flush_pass: 0,
         }))
@@ -149,6 +223,8 @@ struct CpuCall<'a> {
     /// Rotating inputs: further copies of the keys and values, each with its own slots.
     copies: Vec<(Vec<u8>, Vec<u8>, Vec<i64>)>,
     caches: &'a mut Caches,
+    /// The backend's record of what calls may have written (rotation copies add theirs).
+    written: &'a mut Vec<std::ops::Range<usize>>,
     flush_buffer: &'a mut Vec<u8>,
     /// Changes the flush's byte each time, so that no write can be skipped as a no-op.
     flush_pass: u8,
@@ -205,6 +281,9 @@ impl Prepared for CpuCall<'_> {
     }
 
     fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
+        for slots in slot_mappings {
+            self.written.extend(written_blocks(&self.problem, slots));
+        }
         self.copies = slot_mappings
             .iter()
             .map(|slots| {
@@ -231,7 +310,7 @@ impl Prepared for CpuCall<'_> {
             slot_mapping: slots,
             ..self.inputs
         }));
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         for inputs in rotation.iter().cycle().take(calls) {
             write_all(problem, inputs, self.caches);
         }
@@ -252,6 +331,63 @@ impl Prepared for CpuCall<'_> {
 
     fn read_back(&mut self) -> Result<Caches> {
         Ok(self.caches.clone())
+    }
+}
+
+/// The copy ceiling as a call, so that the timing protocol drives it as it drives the rows.
+struct CopyCall {
+    source: Vec<u8>,
+    target: Vec<u8>,
+}
+
+impl CopyCall {
+    fn copy(&mut self) {
+        self.target
+            .par_chunks_mut(COPY_ITEM_BYTES)
+            .zip(self.source.par_chunks(COPY_ITEM_BYTES))
+            .for_each(|(to, from)| {
+                for (to, from) in to
+                    .chunks_mut(COPY_PIECE_BYTES)
+                    .zip(from.chunks(COPY_PIECE_BYTES))
+                {
+                    to.copy_from_slice(from);
+                }
+            });
+    }
+}
+
+impl Prepared for CopyCall {
+    fn run(&mut self) -> Result<()> {
+        self.copy();
+        Ok(())
+    }
+
+    fn rotate(&mut self, _slot_mappings: &[Vec<i64>]) -> Result<()> {
+        Err(Error::InvalidConfig(
+            "the copy ceiling does not rotate".into(),
+        ))
+    }
+
+    fn batch_unit(&self) -> usize {
+        1
+    }
+
+    fn time_batch(&mut self, calls: usize) -> Result<f64> {
+        let start = Instant::now();
+        for _ in 0..calls {
+            self.copy();
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6)
+    }
+
+    fn flush_cache(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn read_back(&mut self) -> Result<Caches> {
+        Err(Error::InvalidConfig(
+            "the copy ceiling has no caches to read back".into(),
+        ))
     }
 }
 

@@ -129,6 +129,15 @@ pub trait Backend {
     /// (plus `num_tokens` slots), by where it lives.
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint;
 
+    /// Cache blocks a sweep allocates when `--num-blocks` is not given, for blocks of
+    /// `block_bytes` (one cache's): vLLM's [`crate::sweep::DEFAULT_NUM_BLOCKS`] unless the
+    /// backend has a reason to differ (the CPU's caches are kept small). The sweep takes the
+    /// smallest of its backends' defaults, then shrinks it to fit memory.
+    fn default_num_blocks(&self, block_bytes: u64) -> usize {
+        let _ = block_bytes;
+        crate::sweep::DEFAULT_NUM_BLOCKS
+    }
+
     /// Memory free on the backend's own device, or `None` when it computes in host memory.
     fn device_memory(&self) -> Option<u64>;
 
@@ -145,6 +154,15 @@ pub trait Backend {
     /// the ceiling that benchmark rows are compared with. `None` where not measured.
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         Ok(None)
+    }
+
+    /// A hint before a sweep's first row: `largest` is its largest call. A backend that keeps
+    /// buffers between calls allocates them for it now, so that every row of the sweep uses
+    /// the same allocations rather than ones that depend on the rows before it. Nothing
+    /// by default.
+    fn reserve(&mut self, largest: &Problem) -> Result<()> {
+        let _ = largest;
+        Ok(())
     }
 
     /// Allocates, uploads and compiles everything a call of `problem` needs. Never timed.

@@ -56,7 +56,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         report.compared_with = Some(path.display().to_string());
     }
 
-    let steps = config.layouts.len() * config.num_tokens.len() * backends.len();
+    let steps = config.layouts.len() * plan.num_tokens.len() * backends.len();
     let progress = progress_bar(steps);
     for (backend, info) in backends.iter_mut().zip(&mut report.implementations) {
         if interrupt.requested() {
@@ -129,7 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     progress.finish_and_clear();
     report.rows = rows;
 
-    let total = config.layouts.len() * config.num_tokens.len();
+    let total = config.layouts.len() * plan.num_tokens.len();
     let measured = format!("{} of {total} rows measured", report.rows.len());
     let mut failure = None;
     let mut status = ExitCode::SUCCESS;
@@ -217,7 +217,8 @@ fn new_report(
         .iter()
         .map(|(kind, reason)| format!("{kind} skipped: {}", reason.one_line()))
         .collect();
-    notes.extend(plan.note.clone());
+    notes.extend(plan.notes.iter().cloned());
+
     let protocol = &config.protocol;
     Report {
         tool: env!("CARGO_PKG_NAME").into(),
@@ -234,7 +235,7 @@ fn new_report(
             dtype: config.dtype,
             kv_cache_dtype: config.cache_dtype,
             layouts: config.layouts.clone(),
-            num_tokens: config.num_tokens.clone(),
+            num_tokens: plan.num_tokens.clone(),
             mode: options.mode,
             iters: protocol.iters,
             warmup_iters: protocol.warmup_iters,
@@ -244,6 +245,7 @@ fn new_report(
             min_time_s: protocol.sampling.min_time.as_secs_f64(),
             max_time_s: protocol.sampling.max_time.as_secs_f64(),
             max_noise_percent: protocol.sampling.max_noise_percent,
+            noise_statistic: paged_kv_bench::timing::NOISE_STATISTIC.into(),
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
         },

@@ -94,6 +94,10 @@ impl Backend for Faulty {
         self.inner.footprint(cache_bytes, input_bytes, num_tokens)
     }
 
+    fn default_num_blocks(&self, block_bytes: u64) -> usize {
+        self.inner.default_num_blocks(block_bytes)
+    }
+
     fn device_memory(&self) -> Option<u64> {
         self.inner.device_memory()
     }
@@ -108,6 +112,10 @@ impl Backend for Faulty {
 
     fn copy_bandwidth_gbps(&mut self) -> Result<Option<f64>> {
         self.inner.copy_bandwidth_gbps()
+    }
+
+    fn reserve(&mut self, largest: &Problem) -> Result<()> {
+        self.inner.reserve(largest)
     }
 
     fn prepare<'a>(

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod faulty;
+pub mod recording;
 
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 

@@ -1,6 +1,8 @@
 //! Both caches on the device, chunk by chunk: allocated for a plan, filled with exact contents
 //! or a seeded random fill (on the device), read back; kept between prepares of the same
-//! shape, with the fill they hold.
+//! shape. The random fill is redone for every call that asks for it: calls write into it, and
+//! a row's cache must hold the same bytes whatever rows ran before it (on the device the fill
+//! costs about one call of the largest rows).
 
 use super::abi::{GpuFillParams, FILL_OUT_BINDING, FILL_PARAMS_BINDING};
 use super::device::{Gpu, Window};
@@ -17,8 +19,6 @@ pub(super) struct DeviceCaches {
     one_buffer: bool,
     key: Vec<wgpu::Buffer>,
     value: Vec<wgpu::Buffer>,
-    /// The seed of the random fill the caches hold, if they hold one.
-    random_fill: Option<u64>,
 }
 
 impl Drop for DeviceCaches {
@@ -62,7 +62,6 @@ impl DeviceCaches {
                 one_buffer: plan.one_buffer,
                 key: make("key"),
                 value: make("value"),
-                random_fill: None,
             }
         })
     }
@@ -92,8 +91,6 @@ impl DeviceCaches {
                 )));
             }
         }
-        // (Before the first upload: one that fails leaves neither fill.)
-        self.random_fill = None;
         let mut offset = 0usize;
         for (i, &size) in self.chunk_bytes.iter().enumerate() {
             let len = (size as usize).min(bytes - offset);
@@ -104,12 +101,8 @@ impl DeviceCaches {
         Ok(())
     }
 
-    /// Fills both caches with random words from `seed` on the device, unless they already
-    /// hold that fill.
+    /// Fills both caches with random words from `seed` on the device.
     fn fill(&mut self, gpu: &mut Gpu, seed: u64) -> Result<()> {
-        if self.random_fill == Some(seed) {
-            return Ok(());
-        }
         let pipeline = gpu.pipeline("fill", &[])?;
         let gpu = &*gpu;
         let mut jobs = Vec::new();
@@ -146,9 +139,7 @@ impl DeviceCaches {
             });
             keep
         })?;
-        gpu.wait()?;
-        self.random_fill = Some(seed);
-        Ok(())
+        gpu.wait()
     }
 
     /// Both caches, their first `total` bytes (the chunks' padding left out).
@@ -168,7 +159,7 @@ impl DeviceCaches {
 
 impl WgpuBackend {
     /// Makes sure both caches exist with the plan's chunks, reusing the current ones if they
-    /// match (their contents stay, and with them a random fill that need not be redone).
+    /// match.
     fn ensure_caches(&mut self, plan: &Plan) -> Result<()> {
         if self.caches.as_ref().is_some_and(|caches| {
             caches.chunk_bytes == plan.chunk_bytes && caches.one_buffer == plan.one_buffer

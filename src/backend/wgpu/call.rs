@@ -17,10 +17,11 @@ use super::abi::{
 use super::caches::DeviceCaches;
 use super::device::{Gpu, Window};
 use super::fp8_tables::Fp8Table;
+use super::inputs::{self, Input, InputPool, Role};
 use super::plan::{Batch, Fp8Path, Kernel, Plan};
 use super::WgpuBackend;
 use crate::backend::Prepared;
-use crate::error::{Bytes, Error, Result};
+use crate::error::{Error, Result};
 use crate::problem::Problem;
 use crate::workload::{Caches, Inputs};
 
@@ -80,11 +81,14 @@ impl WgpuBackend {
     /// Builds the dispatches of one call of `problem` on the current caches: the encoder's
     /// table, then batch by batch the inputs' upload, the token order and the kernel's bind
     /// groups.
+    /// The main call (`kept`) takes its input buffers from the backend's pool; rotation copies
+    /// allocate their own.
     pub(super) fn build_call(
         &mut self,
         problem: &Problem,
         plan: &Plan,
         inputs: &Inputs,
+        kept: bool,
     ) -> Result<CallWork> {
         let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
         let fp8 = plan.fp8_path(
@@ -137,9 +141,10 @@ impl WgpuBackend {
                 v_scale,
             },
             work,
+            pool: kept.then_some(&mut self.input_pool),
         };
-        for batch in plan.batches(problem) {
-            builder.add_batch(&batch)?;
+        for (index, batch) in plan.batches(problem).iter().enumerate() {
+            builder.add_batch(index, batch)?;
         }
         let CallBuilder {
             mut work,
@@ -166,24 +171,26 @@ struct CallBuilder<'a> {
     /// The kernel's parameters but those of a batch and a group.
     params: GpuParams,
     work: CallWork,
+    /// The backend's kept input buffers; `None` for a rotation copy, which uploads its own.
+    pool: Option<&'a mut InputPool>,
 }
 
-/// A batch's inputs on the device: keys and values in two parts (the second a small unused
-/// buffer when the batch has one range), and the slots.
+/// A batch's inputs on the device: keys and values in two parts (the second unused when the
+/// batch has one range), and the slots.
 struct BatchInputs {
-    key: wgpu::Buffer,
-    value: wgpu::Buffer,
-    key_hi: wgpu::Buffer,
-    value_hi: wgpu::Buffer,
-    slots: wgpu::Buffer,
+    key: Input,
+    value: Input,
+    key_hi: Input,
+    value_hi: Input,
+    slots: Input,
     split_input: u32,
 }
 
 impl CallBuilder<'_> {
-    /// The dispatches of one batch: its token order's passes, then one kernel dispatch per
-    /// group of chunks.
-    fn add_batch(&mut self, batch: &Batch) -> Result<()> {
-        let inputs = self.upload_inputs(batch)?;
+    /// The dispatches of one batch (the `index`th of the call): its token order's passes, then
+    /// one kernel dispatch per group of chunks.
+    fn add_batch(&mut self, index: usize, batch: &Batch) -> Result<()> {
+        let inputs = self.upload_inputs(index, batch)?;
         let order = self.token_order(batch, &inputs.slots)?;
         let grid = self
             .gpu
@@ -212,60 +219,67 @@ impl CallBuilder<'_> {
             slots,
             ..
         } = inputs;
-        self.work
-            .buffers
-            .extend([key, value, key_hi, value_hi, slots, order]);
+        // Kept buffers belong to the pool; the call frees only its own.
+        for input in [key, value, key_hi, value_hi, slots] {
+            if !input.kept {
+                self.work.buffers.push(input.buffer);
+            }
+        }
+        self.work.buffers.push(order);
         Ok(())
+    }
+
+    /// A buffer for `role` of batch `index`: from the backend's pool for the main call, a new
+    /// one (freed with the call) for a rotation copy, which must not share the main call's.
+    fn input_buffer(&mut self, index: usize, role: Role, size: u64) -> Result<Input> {
+        let gpu = self.gpu;
+        match self.pool.as_deref_mut() {
+            Some(pool) => pool.get(gpu, index, role, size),
+            None => {
+                let size = size.max(16).next_multiple_of(16);
+                let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+                let buffer = gpu.scoped("allocating the input buffers", || {
+                    gpu.buffer("rotation input", size, usage)
+                })?;
+                Ok(Input {
+                    buffer,
+                    size,
+                    kept: false,
+                })
+            }
+        }
     }
 
     /// Uploads the batch's keys, values and slots (int64, which the shader reads as (lo, hi)
     /// pairs).
-    fn upload_inputs(&self, batch: &Batch) -> Result<BatchInputs> {
+    fn upload_inputs(&mut self, index: usize, batch: &Batch) -> Result<BatchInputs> {
         let (gpu, problem) = (self.gpu, self.problem);
         let input_row = problem.token_elements() * problem.dtype.size();
-        let what = format!(
-            "uploading inputs for {} tokens ({} each for keys and values)",
-            problem.num_tokens,
-            Bytes(problem.input_bytes())
-        );
-        let storage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let mut parts = Vec::new();
-        for (start, count) in batch.parts() {
+        // The same buffers and sizes that `Backend::reserve` allocates for the largest call.
+        let mut buffers = Vec::new();
+        for (role, bytes) in inputs::batch_buffers(problem, batch) {
+            buffers.push(self.input_buffer(index, role, bytes)?);
+        }
+        let [key, value, key_hi, value_hi, slots]: [Input; 5] = buffers
+            .try_into()
+            .map_err(|_| Error::wgpu("splitting the inputs", "not five buffers"))?;
+        for (part, (start, count)) in batch.parts().enumerate() {
             let begin = batch.first_token + start;
             let bytes = begin * input_row..(begin + count) * input_row;
-            let padded = (count * input_row).next_multiple_of(16) as u64;
-            let (key, value) = gpu.scoped(&what, || {
-                (
-                    gpu.buffer("key input", padded, storage),
-                    gpu.buffer("value input", padded, storage),
-                )
-            })?;
-            gpu.upload(&key, &self.inputs.key[bytes.clone()])?;
-            gpu.upload(&value, &self.inputs.value[bytes])?;
-            parts.push((key, value));
+            let (key, value) = if part == 0 {
+                (&key, &value)
+            } else {
+                (&key_hi, &value_hi)
+            };
+            gpu.upload(&key.buffer, &self.inputs.key[bytes.clone()])?;
+            gpu.upload(&value.buffer, &self.inputs.value[bytes])?;
         }
-        if parts.len() < 2 {
-            // Nothing reads the second part then; bind small distinct buffers.
-            let spare = gpu.scoped("allocating a buffer", || {
-                (
-                    gpu.buffer("no key input", 16, wgpu::BufferUsages::STORAGE),
-                    gpu.buffer("no value input", 16, wgpu::BufferUsages::STORAGE),
-                )
-            })?;
-            parts.push(spare);
-        }
-        let [(key, value), (key_hi, value_hi)]: [(wgpu::Buffer, wgpu::Buffer); 2] = parts
-            .try_into()
-            .map_err(|_| Error::wgpu("splitting the inputs", "not two parts"))?;
-        let slots = gpu.scoped(&what, || {
-            gpu.buffer("slot mapping", 8 * batch.tokens as u64, storage)
-        })?;
         let slot_bytes: Vec<u8> = self.inputs.slot_mapping
             [batch.first_token..batch.first_token + batch.tokens]
             .iter()
             .flat_map(|slot| slot.to_le_bytes())
             .collect();
-        gpu.upload(&slots, &slot_bytes)?;
+        gpu.upload(&slots.buffer, &slot_bytes)?;
         Ok(BatchInputs {
             key,
             value,
@@ -278,7 +292,7 @@ impl CallBuilder<'_> {
 
     /// The batch's token order: the output of the slot-order passes (added to the call), or
     /// a dummy nothing reads.
-    fn token_order(&mut self, batch: &Batch, slots: &wgpu::Buffer) -> Result<wgpu::Buffer> {
+    fn token_order(&mut self, batch: &Batch, slots: &Input) -> Result<wgpu::Buffer> {
         let gpu = self.gpu;
         let (Some(order_plan), Some([count, scan, scatter])) =
             (self.plan.order, &self.order_passes)
@@ -306,13 +320,13 @@ impl CallBuilder<'_> {
             let passes = [
                 Dispatch {
                     pipeline: count.clone(),
-                    bind_group: gpu.bind_group(
+                    bind_group: gpu.bind_windows(
                         count,
                         &[
-                            (SLOTS_BINDING, slots),
-                            (ORDER_PARAMS_BINDING, &uniform),
-                            (BUCKET_COUNTS_BINDING, &counts),
-                            (TOKEN_RANKS_BINDING, &ranks),
+                            (SLOTS_BINDING, slots.window()),
+                            (ORDER_PARAMS_BINDING, Window::whole(&uniform)),
+                            (BUCKET_COUNTS_BINDING, Window::whole(&counts)),
+                            (TOKEN_RANKS_BINDING, Window::whole(&ranks)),
                         ],
                     ),
                     grid: token_grid,
@@ -331,14 +345,14 @@ impl CallBuilder<'_> {
                 },
                 Dispatch {
                     pipeline: scatter.clone(),
-                    bind_group: gpu.bind_group(
+                    bind_group: gpu.bind_windows(
                         scatter,
                         &[
-                            (SLOTS_BINDING, slots),
-                            (ORDER_PARAMS_BINDING, &uniform),
-                            (SCATTER_RANKS_BINDING, &ranks),
-                            (SCATTER_STARTS_BINDING, &starts),
-                            (ORDER_OUT_BINDING, &order),
+                            (SLOTS_BINDING, slots.window()),
+                            (ORDER_PARAMS_BINDING, Window::whole(&uniform)),
+                            (SCATTER_RANKS_BINDING, Window::whole(&ranks)),
+                            (SCATTER_STARTS_BINDING, Window::whole(&starts)),
+                            (ORDER_OUT_BINDING, Window::whole(&order)),
                         ],
                     ),
                     grid: token_grid,
@@ -368,9 +382,9 @@ impl CallBuilder<'_> {
                     &self.kernel,
                     &[
                         (PARAMS_BINDING, Window::whole(&uniform)),
-                        (SLOTS_BINDING, Window::whole(&inputs.slots)),
-                        (KEY_WORDS_BINDING, Window::whole(&inputs.key)),
-                        (VALUE_WORDS_BINDING, Window::whole(&inputs.value)),
+                        (SLOTS_BINDING, inputs.slots.window()),
+                        (KEY_WORDS_BINDING, inputs.key.window()),
+                        (VALUE_WORDS_BINDING, inputs.value.window()),
                         (KEY_CACHE_WORDS_BINDING, caches.chunk(false, first_chunk)),
                         (VALUE_CACHE_WORDS_BINDING, caches.chunk(true, first_chunk)),
                     ],
@@ -380,12 +394,12 @@ impl CallBuilder<'_> {
             let (table_binding, table) = &self.encoder_table;
             let mut entries: Vec<(u32, Window)> = vec![
                 (PARAMS_BINDING, Window::whole(&uniform)),
-                (KEY_IN_BINDING, Window::whole(&inputs.key)),
-                (VALUE_IN_BINDING, Window::whole(&inputs.value)),
-                (SLOTS_BINDING, Window::whole(&inputs.slots)),
+                (KEY_IN_BINDING, inputs.key.window()),
+                (VALUE_IN_BINDING, inputs.value.window()),
+                (SLOTS_BINDING, inputs.slots.window()),
                 (ORDER_BINDING, Window::whole(order)),
-                (KEY_IN_HI_BINDING, Window::whole(&inputs.key_hi)),
-                (VALUE_IN_HI_BINDING, Window::whole(&inputs.value_hi)),
+                (KEY_IN_HI_BINDING, inputs.key_hi.window()),
+                (VALUE_IN_HI_BINDING, inputs.value_hi.window()),
                 (*table_binding, Window::whole(table)),
             ];
             // Chunks past the end of the cache (the one-chunk kernel binds a group of one) are
@@ -466,7 +480,7 @@ impl Prepared for WgpuCall<'_> {
             };
             let copy = self
                 .backend
-                .build_call(&self.problem, &self.plan, &inputs)?;
+                .build_call(&self.problem, &self.plan, &inputs, false)?;
             self.copies.push(copy);
         }
         Ok(())

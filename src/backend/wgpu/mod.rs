@@ -45,6 +45,7 @@ mod caches;
 mod call;
 mod device;
 mod fp8_tables;
+mod inputs;
 mod plan;
 mod timer;
 
@@ -59,6 +60,7 @@ use adapter::unavailable;
 use caches::DeviceCaches;
 use call::WgpuCall;
 use device::{Gpu, STAGING_BYTES};
+use inputs::InputPool;
 use plan::{AdapterLimits, Plan};
 use timer::{Flush, Timer, FLUSH_BYTES};
 
@@ -85,6 +87,8 @@ pub struct WgpuBackend {
     timer: Option<Timer>,
     /// The cold-timing cache flush, allocated on first use.
     flush: Option<Flush>,
+    /// The main call's input buffers, kept between calls (see `inputs`).
+    input_pool: InputPool,
 }
 
 impl WgpuBackend {
@@ -139,6 +143,7 @@ impl WgpuBackend {
             nan_sign: fp8_tables::host_nan_sign(),
             timer,
             flush: None,
+            input_pool: InputPool::default(),
         };
         // Shader compilation errors surface as uncaptured errors: report them now.
         backend.gpu.check_errors()?;
@@ -151,6 +156,13 @@ impl WgpuBackend {
         // Building one pipeline up front proves the shader compiles on this driver.
         backend.gpu.pipeline("copy", &[])?;
         Ok(backend)
+    }
+
+    /// Input buffers allocated so far: a sweep's rows allocate none after
+    /// [`Backend::reserve`] (for tests).
+    #[doc(hidden)]
+    pub fn input_allocations(&self) -> usize {
+        self.input_pool.allocations()
     }
 
     /// Whether the adapter is a software rasteriser (its "device memory" is host memory).
@@ -237,6 +249,15 @@ impl Backend for WgpuBackend {
         }
     }
 
+    /// A software adapter computes on the CPU: it takes the CPU backend's small default.
+    fn default_num_blocks(&self, block_bytes: u64) -> usize {
+        if self.is_software() {
+            super::cpu::default_num_blocks(block_bytes)
+        } else {
+            crate::sweep::DEFAULT_NUM_BLOCKS
+        }
+    }
+
     fn device_memory(&self) -> Option<u64> {
         // wgpu has no portable way to ask; Vulkan drivers tell a budget (see memory_budget),
         // other APIs give None and allocation failures are reported as out-of-memory errors.
@@ -277,6 +298,24 @@ impl Backend for WgpuBackend {
         self.measure_copy_bandwidth()
     }
 
+    /// Allocates the kept input buffers of the largest call (inputs do not depend on the
+    /// layout; the plan is NHD's, the only one this backend runs).
+    fn reserve(&mut self, largest: &Problem) -> Result<()> {
+        let problem = Problem {
+            layout: Layout::Nhd,
+            ..*largest
+        };
+        problem.validate()?;
+        self.gpu.check_errors()?;
+        let plan = self.plan(&problem)?;
+        for (index, batch) in plan.batches(&problem).iter().enumerate() {
+            for (role, bytes) in inputs::batch_buffers(&problem, batch) {
+                self.input_pool.get(&self.gpu, index, role, bytes)?;
+            }
+        }
+        Ok(())
+    }
+
     fn prepare<'a>(
         &'a mut self,
         problem: &Problem,
@@ -292,7 +331,7 @@ impl Backend for WgpuBackend {
         self.gpu.check_errors()?;
         let plan = self.plan(problem)?;
         self.prepare_caches(&plan, problem, fill)?;
-        let work = self.build_call(problem, &plan, &inputs)?;
+        let work = self.build_call(problem, &plan, &inputs, true)?;
         Ok(Box::new(WgpuCall {
             backend: self,
             problem: *problem,
