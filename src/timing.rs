@@ -221,11 +221,6 @@ impl Stats {
         } else {
             0.0
         };
-        let noise_percent = if sorted.is_empty() {
-            f64::NAN
-        } else {
-            variance.sqrt() / mean * 100.0
-        };
         Self {
             samples: sorted.len(),
             min: quantile(0.0),
@@ -234,7 +229,11 @@ impl Stats {
             p90: quantile(0.9),
             max: quantile(1.0),
             mean,
-            noise_percent,
+            noise_percent: if sorted.is_empty() {
+                f64::NAN
+            } else {
+                variance.sqrt() / mean * 100.0
+            },
             robust_noise_percent: robust_noise(&sorted),
             met_noise_target: true,
         }

@@ -186,9 +186,10 @@ fn rotating_inputs_are_measured_by_every_implementation() {
     assert_eq!(rows.len(), 2, "{out}");
     for row in &rows {
         // num_tokens, layout, then latency, device, noise, GB/s and % of copy per
-        // implementation (noise may be 0, and marked `*` where it stayed above --max-noise).
+        // implementation (noise may be 0).
         assert_eq!((row.len() - 2) % 5, 0, "{row:?}");
         for cell in &row[2..] {
+            // A noise figure may carry the mark of a row that missed --max-noise.
             let value: f64 = cell
                 .trim_end_matches('*')
                 .parse()
@@ -691,4 +692,63 @@ fn contradicting_flag_ranges_are_refused_before_anything_runs() {
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         assert!(stdout(&output).is_empty(), "{args:?}");
     }
+}
+
+/// `--device all` runs the chosen implementation on each of its devices: the CPU is one device,
+/// so one report in the JSON array (and per-device files); an index beyond the devices, and
+/// `all` with every implementation, are one-line refusals.
+#[test]
+fn every_device_in_turn_and_unknown_devices_refused() {
+    let dir = std::env::temp_dir().join(format!("pkb-devices-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("run.json");
+    let mut args = tiny("2,16", "0.05");
+    args.extend(["--device", "all", "--format", "json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let reports: Vec<paged_kv_bench::report::Report> =
+        serde_json::from_slice(&output.stdout).expect("a JSON array of reports");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].config.options.device, Some(0));
+    assert_eq!(reports[0].rows.len(), 4);
+
+    let mut to_file = args.clone();
+    let out_arg = out.to_string_lossy().into_owned();
+    to_file.extend(["--output", &out_arg]);
+    let output = run(&to_file);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let saved = std::fs::read_to_string(dir.join("run.device0.json")).expect("per-device file");
+    let report: paged_kv_bench::report::Report = serde_json::from_str(&saved).unwrap();
+    assert_eq!(report.config.options.device, Some(0));
+    assert!(!out.exists(), "the undivided name is not written");
+    std::fs::remove_dir_all(&dir).ok();
+
+    assert_refused(
+        &["--implementation", "all", "--device", "all"],
+        "--device all runs one implementation",
+    );
+    assert_refused(
+        &[
+            "--implementation",
+            "wgpu",
+            "--device",
+            "9",
+            "--num-tokens",
+            "2",
+        ],
+        "no adapter 9",
+    );
+    assert_refused(&["--device", "x"], "expected a device index");
+    assert_refused(
+        &[
+            "--implementation",
+            "cpu",
+            "--device",
+            "1",
+            "--num-tokens",
+            "2",
+        ],
+        "no CPU device 1",
+    );
 }

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -47,15 +46,17 @@ fn run<B: Backend + 'static>(backend: B, resources: fn(&B) -> usize, config: &Sw
     let (recording, log) = Recording::new(backend, resources);
     let mut backends: Vec<Box<dyn Backend>> = vec![Box::new(recording)];
     let plan = sweep::plan(config, &backends).expect("plan");
-    sweep::run(
+    let sweep = sweep::run(
         config,
         &plan,
         &mut backends,
-        |_| ControlFlow::Continue(()),
+        |_| std::ops::ControlFlow::Continue(()),
         || false,
-    )
-    .into_result()
-    .expect("sweep");
+    );
+    assert!(
+        matches!(sweep.end, sweep::End::Complete),
+        "the sweep ended early"
+    );
     drop(backends);
     Rc::try_unwrap(log)
         .expect("the backend is gone")

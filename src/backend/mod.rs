@@ -266,7 +266,13 @@ pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dy
     // Not every arm uses every argument in every feature combination.
     let _ = (options, hardware_only);
     match kind {
-        Kind::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        Kind::Cpu => match options.device {
+            Some(device) if device > 0 => Err(Error::Unavailable {
+                backend: Kind::Cpu,
+                reason: format!("no CPU device {device}: the CPU backend is device 0"),
+            }),
+            _ => Ok(Box::new(cpu::CpuBackend::new())),
+        },
         #[cfg(feature = "cuda")]
         Kind::Cuda => Ok(Box::new(cuda::CudaBackend::open(options)?)),
         #[cfg(feature = "wgpu")]

@@ -7,6 +7,7 @@
 
 use std::io::IsTerminal;
 use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -21,20 +22,119 @@ use paged_kv_bench::report::{ImplementationInfo, Report, RowReport, RunConfig, T
 use paged_kv_bench::sweep::{self, End, Event, Plan, SweepConfig};
 
 use super::output::{self, Interrupt, Stdout};
-use crate::cli::{BenchArgs, Format};
+use crate::cli::{BenchArgs, DeviceChoice, Format};
 
 /// What a shell reports for a process that a closed pipe ended (128 + SIGPIPE).
 const CLOSED_PIPE_STATUS: u8 = 141;
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     let interrupt = Interrupt::install()?;
+    match args.backend.device {
+        Some(DeviceChoice::All) => run_every_device(args, &interrupt),
+        _ => {
+            let target = Target {
+                device: None,
+                output: args.output.clone(),
+                plot: args.plot.clone(),
+                json_on_stdout: true,
+            };
+            run_on(args, &interrupt, &target).map(|(status, _)| status)
+        }
+    }
+}
+
+/// Where one sweep runs and where its report goes.
+struct Target {
+    /// `--device all`: this device's index (otherwise `--device N` is in the options already).
+    device: Option<usize>,
+    output: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    /// Print the JSON report on stdout (with `--format json` and no `--output`); `--device
+    /// all` prints one array of every device's report instead.
+    json_on_stdout: bool,
+}
+
+/// `--device all`: the sweep on each device of the chosen implementation in turn, one table
+/// per device on stdout; `--output` and `--plot` get one file per device (`out.json` becomes
+/// `out.device0.json`, ...), and JSON on stdout is one array holding every device's report.
+fn run_every_device(args: &BenchArgs, interrupt: &Interrupt) -> Result<ExitCode> {
+    let options = args.options();
+    let kind = match args.implementation {
+        Selection::Only(kind) => kind,
+        Selection::All => bail!(
+            "--device all runs one implementation on each of its devices: name it with \
+             --implementation cuda, wgpu or cpu"
+        ),
+        Selection::Auto => {
+            let (backends, _) = backend::select(Selection::Auto, &options)?;
+            backends
+                .first()
+                .map(|backend| backend.kind())
+                .context("no implementation is available")?
+        }
+    };
+    let count = backend::device_count(kind, &options);
+    if count == 0 {
+        bail!("--device all: {kind} finds no device here");
+    }
+    let per_device = |path: &Option<PathBuf>, device: usize| {
+        path.as_ref().map(|path| {
+            let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+            let name = match path.extension() {
+                Some(extension) => {
+                    format!("{stem}.device{device}.{}", extension.to_string_lossy())
+                }
+                None => format!("{stem}.device{device}"),
+            };
+            path.with_file_name(name)
+        })
+    };
+    let json_array = args.format == Format::Json && args.output.is_none();
+    let mut reports = Vec::new();
+    let mut status = ExitCode::SUCCESS;
+    for device in 0..count {
+        let target = Target {
+            device: Some(device),
+            output: per_device(&args.output, device),
+            plot: per_device(&args.plot, device),
+            json_on_stdout: !json_array,
+        };
+        let (device_status, report) = run_on(args, interrupt, &target)?;
+        reports.extend(report);
+        if device_status != ExitCode::SUCCESS {
+            status = device_status;
+            break;
+        }
+    }
+    if json_array {
+        let mut stdout = Stdout::default();
+        stdout.write(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&reports).context("writing the reports as JSON")?
+        ));
+        if let Some(error) = stdout.failure() {
+            return Err(error);
+        }
+    }
+    Ok(status)
+}
+
+/// One sweep on one set of backends; returns the exit status and the report.
+fn run_on(
+    args: &BenchArgs,
+    interrupt: &Interrupt,
+    target: &Target,
+) -> Result<(ExitCode, Option<Report>)> {
     let config = args.sweep_config();
     // Everything that can be refused is refused before the first measurement.
-    for path in [&args.output, &args.plot].into_iter().flatten() {
+    for path in [&target.output, &target.plot].into_iter().flatten() {
         output::check_writable(path)?;
     }
     let baseline = args.compare.as_deref().map(Report::load).transpose()?;
-    let options = args.options();
+    let mut options = args.options();
+    if target.device.is_some() {
+        options.device = target.device;
+    }
     let (mut backends, skipped) = backend::select(args.implementation, &options)?;
     let plan = sweep::plan(&config, &backends)?;
     let mut report = new_report(&config, &plan, &options, &backends, &skipped);
@@ -70,7 +170,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 
     // With --output, stdout shows the table while the file gets --format; JSON is one
     // document, printed whole at the end.
-    let shown = match (args.output.is_some(), args.format) {
+    let shown = match (target.output.is_some(), args.format) {
         (true, _) | (false, Format::Table) => Some(TextFormat::Table),
         (false, Format::Markdown) => Some(TextFormat::Markdown),
         (false, Format::Csv) => Some(TextFormat::Csv),
@@ -158,10 +258,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
 
     if let Some(format) = shown {
         stdout.write(&report.foot(format));
-    } else {
+    } else if target.json_on_stdout {
         stdout.write(&report.to_json());
     }
-    if let Some(path) = &args.output {
+    if let Some(path) = &target.output {
         let formatted = match args.format {
             Format::Table => report.to_text(&label),
             Format::Markdown => report.to_markdown(&label),
@@ -170,7 +270,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         };
         output::write_atomically(path, &formatted)?;
     }
-    if let Some(path) = &args.plot {
+    if let Some(path) = &target.plot {
         if report.rows.is_empty() && report.stopped.is_some() {
             eprintln!("{} not written: no row was measured", path.display());
         } else {
@@ -183,7 +283,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     if let Some(error) = stdout.failure() {
         return Err(error);
     }
-    Ok(status)
+    Ok((status, Some(report)))
 }
 
 /// The report before any measurement: configuration, implementations (their copy bandwidth
@@ -217,7 +317,7 @@ fn new_report(
         .iter()
         .map(|(kind, reason)| format!("{kind} skipped: {}", reason.one_line()))
         .collect();
-    notes.extend(plan.notes.clone());
+    notes.extend(plan.notes.iter().cloned());
 
     let protocol = &plan.protocol;
     Report {
