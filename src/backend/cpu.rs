@@ -25,8 +25,8 @@ const COPY_BYTES: usize = 512 << 20;
 /// shape (16 slots x 128 heads x 128 bf16 elements; 128 bf16 elements). Rows hand rayon one
 /// cache block per work item and copy a head's row at a time, and the ceiling must copy the
 /// same way: one `memcpy` of megabytes takes glibc's large-copy path, which on the AMD EPYC
-/// development machine is a third slower than the same bytes in 256-byte pieces, and made rows
-/// read as 105-143% of "copy".
+/// development machine is about a third slower than the same bytes in 256-byte pieces, and
+/// made large rows read as 105-143% of "copy".
 const COPY_ITEM_BYTES: usize = 512 << 10;
 const COPY_PIECE_BYTES: usize = 256;
 
@@ -34,14 +34,14 @@ const COPY_PIECE_BYTES: usize = 256;
 /// 65536 blocks are 2 x 32 GiB in the default shape, which few machines without a GPU have,
 /// and rows that large take minutes each on a few cores (the latency loop alone runs 103
 /// calls). 512 MiB is still 16 times a 32 MiB last-level cache, so rows stream from memory as
-/// on a GPU, and its 8192 slots keep the default sweep on 2 cores within about a minute.
+/// on a GPU, and its 8192 slots keep the default sweep on 2 cores within two minutes.
 pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
 
 /// `--max-time` when not given: a host clock timing rows that stream from memory rarely gets
 /// under 1% on a shared machine (on the 2-core development VM, whose memory bandwidth moves
 /// with its neighbours', rows of 16 tokens and more stayed at 3-10%, and each spent the whole
-/// 5 s). 2 s still takes 30 samples or more in every default row, and keeps the default sweep
-/// within two minutes there.
+/// 5 s). 2 s still takes a dozen samples or more in every default row, and keeps the default
+/// sweep within two minutes there.
 pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(2);
 
 /// The largest power of two of blocks (of `block_bytes` each) whose two caches fit
