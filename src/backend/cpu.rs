@@ -23,10 +23,11 @@ const COPY_BYTES: usize = 512 << 20;
 
 /// The copy ceiling's work items and pieces: one cache block and one head's row of the default
 /// shape (16 slots x 128 heads x 128 bf16 elements; 128 bf16 elements). Rows hand rayon one
-/// cache block per work item and copy a head's row at a time, and the ceiling must copy the
-/// same way: one `memcpy` of megabytes takes glibc's large-copy path, which on the AMD EPYC
-/// development machine is about a third slower than the same bytes in 256-byte pieces, and
-/// made large rows read as 105-143% of "copy".
+/// cache block per work item and copy a head's row at a time, and the ceiling copies the same
+/// way, so that it differs from a large row only in where the rows land. The old ceiling, five
+/// passes of 4 MiB `memcpy` calls, took glibc's large-copy path (up to a third slower than
+/// 256-byte pieces on the AMD EPYC development machine) and too few samples for a machine whose
+/// bandwidth moves with its neighbours': large rows read as 105-143% of it.
 const COPY_ITEM_BYTES: usize = 512 << 10;
 const COPY_PIECE_BYTES: usize = 256;
 
