@@ -11,6 +11,7 @@ use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype};
 use crate::sweep::Row;
 use crate::timing::Stats;
+use crate::workload::WorkloadConfig;
 
 /// Everything needed to reproduce and compare a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +53,10 @@ pub struct RunConfig {
     /// Every backend option (absent from reports of earlier versions, which ran the defaults).
     #[serde(default)]
     pub options: Options,
+    /// Fused QKV inputs, per-head scales, the slot pattern and the model preset (absent from
+    /// reports of earlier versions, which ran vLLM's workload).
+    #[serde(default)]
+    pub workload: WorkloadConfig,
 }
 
 impl RunConfig {
@@ -211,6 +216,10 @@ impl Report {
             c.seed,
             c.cache_state()
         )];
+        let workload = c.workload.non_default();
+        if !workload.is_empty() {
+            lines[0].push_str(&format!(" {}", workload.join(" ")));
+        }
         for info in &self.implementations {
             let copy = info
                 .copy_bandwidth_gbps

@@ -5,7 +5,7 @@ use crate::backend::{Backend, Kind};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Protocol, Samples};
-use crate::workload::{self, CacheFill, HostInputs};
+use crate::workload::{self, CacheFill, HostInputs, Scaling, WorkloadConfig};
 
 /// vLLM's default number of cache blocks.
 pub const DEFAULT_NUM_BLOCKS: usize = 65536;
@@ -39,6 +39,8 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Bytes of host memory the sweep may plan for, at most.
     pub host_memory_limit: Option<u64>,
+    /// Fused QKV inputs, per-head scales, the slot pattern (default: vLLM's benchmark).
+    pub workload: WorkloadConfig,
 }
 
 impl SweepConfig {
@@ -52,6 +54,7 @@ impl SweepConfig {
             dtype: self.dtype,
             cache_dtype: self.cache_dtype,
             layout,
+            input_strides: self.workload.input_strides(self.num_heads, self.head_size),
         }
     }
 
@@ -130,6 +133,13 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         NumBlocks::Default(n) | NumBlocks::Explicit(n) => n,
     };
     let max_tokens = config.max_tokens();
+    if config.workload.scale == Scaling::PerHead && !config.cache_dtype.is_fp8() {
+        return Err(Error::InvalidConfig(
+            "--scale per-head needs an fp8 cache (--kv-cache-dtype fp8 or fp8_e5m2): an auto \
+             cache stores the inputs unscaled"
+                .into(),
+        ));
+    }
     // Validate every row with the requested size first, so that size-independent mistakes (fp8
     // with head size 120, zero heads) are named as such rather than as a memory problem.
     for &layout in &config.layouts {
@@ -139,6 +149,15 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                 Err(Error::TooManyTokens { .. })
                     if matches!(config.num_blocks, NumBlocks::Default(_)) => {}
                 other => other?,
+            }
+            if let NumBlocks::Explicit(n) = config.num_blocks {
+                config
+                    .workload
+                    .slots
+                    .check_fits(num_tokens, config.block_size, n)?;
+            }
+            for backend in backends.iter().filter(|b| b.supports(layout)) {
+                backend.check_support(&problem, config.workload.scale)?;
             }
         }
     }
@@ -256,6 +275,10 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     for &layout in &config.layouts {
         for &num_tokens in &config.num_tokens {
             config.problem(num_tokens, layout, num_blocks).validate()?;
+            config
+                .workload
+                .slots
+                .check_fits(num_tokens, config.block_size, num_blocks)?;
         }
     }
     Ok(Plan { num_blocks, note })
@@ -278,19 +301,28 @@ pub fn run(
     mut on_step: impl FnMut(&Problem, &str),
 ) -> Result<Vec<Row>> {
     let max_tokens = config.max_tokens();
-    let token_elements = config.num_heads * config.head_size;
-    let host = HostInputs::random(config.dtype, token_elements, max_tokens, config.seed);
+    let host = HostInputs::for_workload(
+        config.dtype,
+        config.num_heads,
+        config.head_size,
+        &config.workload,
+        max_tokens,
+        config.seed,
+    );
     let mut rows = Vec::new();
     for &layout in &config.layouts {
         for &num_tokens in &config.num_tokens {
             let problem = config.problem(num_tokens, layout, plan.num_blocks);
-            let slots = workload::random_slot_mapping(
-                problem.num_slots(),
+            let slots = workload::slot_mapping(
+                config.workload.slots,
+                problem.num_blocks,
+                problem.block_size,
                 num_tokens,
                 0.0,
                 config.seed ^ num_tokens as u64,
-            );
-            let inputs = host.inputs(&problem, &slots);
+            )?;
+            let scales = host.scales(&problem, config.workload.scale);
+            let inputs = host.inputs_with(&problem, &slots, &scales);
             let mut results = Vec::new();
             for backend in backends.iter_mut() {
                 let kind = backend.kind();

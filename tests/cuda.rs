@@ -15,7 +15,7 @@ use paged_kv_bench::options::{CudaTuning, Mode, Options};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
-use paged_kv_bench::workload::{self, CacheFill, Inputs};
+use paged_kv_bench::workload::{self, CacheFill, Inputs, Scaling, SlotPattern};
 
 /// The backend with `options`, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES`
 /// if set (to check a tuning variant before it becomes the default).
@@ -45,6 +45,9 @@ fn case(problem: Problem, special_values: bool) -> Case {
         padding_fraction: 0.1,
         special_values,
         seed: 5,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     }
 }
 
@@ -192,6 +195,8 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
                 slot_mapping: slot_mapping.clone(),
                 k_scale,
                 v_scale: k_scale * 1.5,
+                k_head_scales: Vec::new(),
+                v_head_scales: Vec::new(),
                 expected: initial.clone(),
                 initial,
             };
@@ -334,8 +339,8 @@ fn random_fill_is_kept_and_reused() {
         key: &key,
         value: &key,
         slot_mapping: &slots,
-        k_scale: 1.0,
-        v_scale: 1.0,
+        k_scale: 1.0.into(),
+        v_scale: 1.0.into(),
     };
     let read = |backend: &mut CudaBackend, seed| {
         let mut call = backend
@@ -366,8 +371,8 @@ fn caches_larger_than_the_gpu_are_a_clean_error() {
         key: &key,
         value: &key,
         slot_mapping: &[0],
-        k_scale: 1.0,
-        v_scale: 1.0,
+        k_scale: 1.0.into(),
+        v_scale: 1.0.into(),
     };
     let error = backend
         .prepare(&p, inputs, CacheFill::Random { seed: 1 })

@@ -24,7 +24,7 @@ use crate::error::{Bytes, Error, Result};
 use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing;
-use crate::workload::{CacheFill, Inputs};
+use crate::workload::{CacheFill, Inputs, Scaling};
 
 mod call;
 mod ceilings;
@@ -488,7 +488,11 @@ impl CudaBackend {
                     &mut device.slots.slice_mut(..inputs.slot_mapping.len()),
                 )
             })
-            .and_then(|_| stream.memcpy_htod(&[inputs.k_scale, inputs.v_scale], &mut device.scales))
+            .and_then(|_| {
+                // Per-head scales are refused by `check_support` before this.
+                let scales = [inputs.k_scale.of_head(0), inputs.v_scale.of_head(0)];
+                stream.memcpy_htod(&scales, &mut device.scales)
+            })
             .during("uploading the inputs")
     }
 
@@ -517,6 +521,22 @@ impl Backend for CudaBackend {
 
     fn supports(&self, _layout: Layout) -> bool {
         true
+    }
+
+    fn check_support(&self, problem: &Problem, scaling: Scaling) -> Result<()> {
+        let unsupported = |what: &str| {
+            Err(Error::Unsupported {
+                backend: Kind::Cuda,
+                what: what.into(),
+            })
+        };
+        if !CACHE_DTYPES.contains(&problem.cache_dtype) {
+            return unsupported(&format!("{} caches", problem.cache_dtype));
+        }
+        if scaling == Scaling::PerHead {
+            return unsupported("per-head scales");
+        }
+        Ok(())
     }
 
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
@@ -590,9 +610,15 @@ impl Backend for CudaBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
+        let scaling = if inputs.per_head_scales() {
+            Scaling::PerHead
+        } else {
+            Scaling::PerTensor
+        };
+        self.check_support(problem, scaling)?;
         let launch = shape::plan(
             problem,
-            &InputStrides::contiguous(problem),
+            &InputStrides::of(problem),
             self.limits,
             self.forced_launch,
         )?;

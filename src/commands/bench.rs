@@ -83,6 +83,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             max_noise_percent: protocol.sampling.max_noise_percent,
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
+            workload: config.workload.clone(),
         },
         implementations,
         notes,

@@ -1,4 +1,5 @@
 //! The subcommands' glue: flags in, library calls, text out.
 
 pub mod bench;
+pub mod models;
 pub mod verify;

@@ -86,7 +86,11 @@ impl WgpuBackend {
         plan: &Plan,
         inputs: &Inputs,
     ) -> Result<CallWork> {
-        let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
+        // Per-head scales are refused by `check_support` before this.
+        let (k_scale, v_scale) = (
+            GpuScale::new(inputs.k_scale.of_head(0)),
+            GpuScale::new(inputs.v_scale.of_head(0)),
+        );
         let fp8 = plan.fp8_path(
             problem,
             k_scale.table_applies() && v_scale.table_applies(),

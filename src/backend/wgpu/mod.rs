@@ -51,9 +51,9 @@ mod timer;
 use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::options::WgpuTuning;
-use crate::problem::{Layout, Problem};
+use crate::problem::{CacheDtype, Layout, Problem};
 use crate::timing;
-use crate::workload::{CacheFill, Inputs};
+use crate::workload::{CacheFill, Inputs, Scaling};
 
 use adapter::unavailable;
 use caches::DeviceCaches;
@@ -219,6 +219,25 @@ impl Backend for WgpuBackend {
         layout == Layout::Nhd
     }
 
+    fn check_support(&self, problem: &Problem, scaling: Scaling) -> Result<()> {
+        let unsupported = |what: &str| {
+            Err(Error::Unsupported {
+                backend: Kind::Wgpu,
+                what: what.into(),
+            })
+        };
+        if problem.cache_dtype == CacheDtype::Fp8E5m2 {
+            return unsupported("fp8_e5m2 caches");
+        }
+        if !problem.contiguous_inputs() {
+            return unsupported("strided (fused QKV) inputs");
+        }
+        if scaling == Scaling::PerHead {
+            return unsupported("per-head scales");
+        }
+        Ok(())
+    }
+
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
         // Both caches and inputs, the slots, and either the cold-timing flush buffer or the
         // input copies of rotating timing (under 2 * ROTATION_BYTES, see
@@ -281,6 +300,12 @@ impl Backend for WgpuBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
+        let scaling = if inputs.per_head_scales() {
+            Scaling::PerHead
+        } else {
+            Scaling::PerTensor
+        };
+        self.check_support(problem, scaling)?;
         if problem.layout != Layout::Nhd {
             return Err(Error::InvalidConfig(
                 "the wgpu path implements the NHD layout only".into(),

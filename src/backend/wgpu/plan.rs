@@ -451,6 +451,7 @@ mod tests {
             dtype,
             cache_dtype,
             layout: Layout::Nhd,
+            input_strides: None,
         }
     }
 
