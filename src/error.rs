@@ -68,6 +68,11 @@ pub enum Error {
     #[error("{backend} is unavailable: {reason}")]
     Unavailable { backend: Kind, reason: String },
 
+    /// A backend that runs here but does not implement this kind of call (`what`: e.g.
+    /// "fp8_e5m2 caches"); verification reports it as n/a rather than as a failure.
+    #[error("{backend} does not implement {what}")]
+    Unsupported { backend: Kind, what: String },
+
     /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
     /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).
     #[error("CUDA error: {what}")]

@@ -31,7 +31,9 @@ pub(super) struct GpuParams {
     pub num_units: u32,
     pub nan_sign: u32,
     pub split_input: u32,
-    pub _pad: [u32; 2],
+    /// `PER_HEAD`: where the per-head scales start in the slots buffer, in 8-byte pairs.
+    pub scales_at: u32,
+    pub _pad: u32,
     pub k_scale: GpuScale,
     pub v_scale: GpuScale,
 }
