@@ -251,7 +251,7 @@ pub struct BenchArgs {
         .map(|s| s.parse::<u32>().expect("the choices are numbers")))]
     pub block_size: u32,
 
-    /// Cache blocks [default: 65536 (vLLM's) on GPUs, 1024 (1 GiB of caches) on the CPU,
+    /// Cache blocks [default: 65536 (vLLM's) on GPUs, 512 (512 MiB of caches) on the CPU,
     /// reduced to the largest power of two that fits].
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub num_blocks: Option<u64>,
@@ -321,7 +321,7 @@ pub struct BenchArgs {
     pub min_time: Option<f64>,
 
     /// Seconds of device-time sampling per row, at most (the row's time budget) [default: 5,
-    /// or --min-time if that is longer].
+    /// 2 on the CPU, or --min-time if that is longer].
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = seconds)]
     pub max_time: Option<f64>,
 
@@ -584,6 +584,7 @@ impl BenchArgs {
             layouts: self.layouts.clone(),
             num_tokens,
             default_num_tokens,
+            default_max_time: self.max_time.is_none(),
             protocol: Protocol {
                 cold: self.cold,
                 rotate: self.rotate,

@@ -44,6 +44,9 @@ pub struct SweepConfig {
     /// counts beyond the cache's slots are left out, with a note, rather than refused.
     pub default_num_tokens: bool,
     pub protocol: Protocol,
+    /// `--max-time` was not given: `protocol`'s is the protocol's default, which a backend
+    /// may lower ([`Backend::default_max_time`]), never below `--min-time`.
+    pub default_max_time: bool,
     pub seed: u64,
     /// Bytes of host memory the sweep may plan for, at most.
     pub host_memory_limit: Option<u64>,
@@ -68,14 +71,17 @@ impl SweepConfig {
 }
 
 /// The sizes a sweep will use, decided before anything is allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub num_blocks: usize,
     /// The token counts to sweep, in order: the config's, less default ones that do not fit.
     pub num_tokens: Vec<usize>,
-    /// One line each for the report: a default cache smaller than vLLM's and why, or reduced
-    /// to fit memory.
+    /// One line each for the report: a backend's defaults that differ from vLLM's and the
+    /// protocol's, or a cache reduced to fit memory.
     pub notes: Vec<String>,
+    /// The timing protocol the rows run: the config's, with the backends' default
+    /// `--max-time` where none was given.
+    pub protocol: Protocol,
 }
 
 /// A memory limit: where, how much is available, and how the need grows with num_blocks.
@@ -254,6 +260,8 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     };
     let too_big = "; even one cache block does not fit: use fewer --num-tokens, fewer --num-heads or a smaller --head-size or --block-size";
     let mut notes = Vec::new();
+    // (backend, setting) for each default a backend lowered: one line says why.
+    let mut smaller_defaults: Vec<(Kind, String)> = Vec::new();
     let num_blocks = match config.num_blocks {
         NumBlocks::Explicit(n) => {
             if n as u64 > fits {
@@ -273,13 +281,17 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         }
         NumBlocks::Default => {
             if requested as u64 <= fits {
-                if let Some(kind) = default_owner.filter(|_| requested < DEFAULT_NUM_BLOCKS) {
-                    notes.push(format!(
-                        "num_blocks={requested}, not vLLM's {DEFAULT_NUM_BLOCKS}: the {kind} \
-                         backend's default keeps both caches within {}, so that a first run is \
-                         quick and light (--num-blocks sets it)",
-                        Bytes(2 * block_bytes * requested as u64)
-                    ));
+                if requested < DEFAULT_NUM_BLOCKS {
+                    if let Some(kind) = default_owner {
+                        smaller_defaults.push((
+                            kind,
+                            format!(
+                                "num_blocks={requested} (not vLLM's {DEFAULT_NUM_BLOCKS}: {} of \
+                                 caches)",
+                                Bytes(2 * block_bytes * requested as u64)
+                            ),
+                        ));
+                    }
                 }
                 requested
             } else {
@@ -307,6 +319,36 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
             }
         }
     };
+    let mut protocol = config.protocol;
+    if config.default_max_time {
+        let sampling = &mut protocol.sampling;
+        if let Some((max_time, kind)) = backends
+            .iter()
+            .map(|b| (b.default_max_time(), b.kind()))
+            .min_by_key(|(t, _)| *t)
+            .filter(|(t, _)| *t < sampling.max_time)
+        {
+            sampling.max_time = max_time.max(sampling.min_time);
+            smaller_defaults.push((
+                kind,
+                format!(
+                    "--max-time {} (not {})",
+                    sampling.max_time.as_secs_f64(),
+                    config.protocol.sampling.max_time.as_secs_f64()
+                ),
+            ));
+        }
+    }
+    if let Some((kind, _)) = smaller_defaults.first() {
+        let settings: Vec<&str> = smaller_defaults.iter().map(|(_, s)| s.as_str()).collect();
+        notes.insert(
+            0,
+            format!(
+                "{kind} defaults: {}, so that a first run is quick and light",
+                settings.join(" and ")
+            ),
+        );
+    }
     let num_tokens = fitting(num_blocks);
     let slots = num_blocks as u64 * config.block_size as u64;
     if num_tokens.len() < config.num_tokens.len() {
@@ -348,6 +390,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         num_blocks,
         num_tokens,
         notes,
+        protocol,
     })
 }
 
@@ -493,7 +536,7 @@ pub fn run(
                     .prepare(&problem, inputs, CacheFill::Random { seed: config.seed })
                     .and_then(|call| {
                         let mut call = Stoppable { call, stop: &stop };
-                        timing::measure(&mut call, &problem, &slots, &config.protocol)
+                        timing::measure(&mut call, &problem, &slots, &plan.protocol)
                     });
                 match measured {
                     Ok(samples) => results.push(Some(samples)),

@@ -27,6 +27,7 @@ fn config(num_tokens: &[usize], layouts: &[Layout]) -> SweepConfig {
         layouts: layouts.to_vec(),
         num_tokens: num_tokens.to_vec(),
         default_num_tokens: false,
+        default_max_time: false,
         protocol: Protocol {
             sampling: Sampling {
                 min_time: Duration::ZERO,

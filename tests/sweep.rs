@@ -24,6 +24,7 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
         layouts: vec![Layout::Nhd, Layout::Hnd],
         num_tokens,
         default_num_tokens: false,
+        default_max_time: false,
         protocol: Protocol {
             sampling: Sampling {
                 min_time: std::time::Duration::ZERO,
@@ -95,6 +96,7 @@ fn every_row_is_measured_in_order() {
             num_blocks: 32,
             num_tokens: vec![1, 17, 100],
             notes: Vec::new(),
+            protocol: config.protocol,
         }
     );
     let mut streamed = Vec::new();
@@ -214,4 +216,53 @@ fn a_caller_that_declines_more_rows_ends_the_sweep() {
         sweep.end
     );
     assert!(matches!(sweep.into_result(), Err(Error::Stopped)));
+}
+
+#[test]
+fn the_cpu_defaults_are_small_fixed_and_said_in_one_note() {
+    // The default shape: 512 KiB blocks, so 512 MiB of caches are 512 blocks of 8192 slots.
+    let mut config = config(sweep::default_token_counts(), NumBlocks::Default);
+    (config.num_heads, config.head_size) = (128, 128);
+    config.default_num_tokens = true;
+    config.default_max_time = true;
+    config.protocol.sampling.max_time = std::time::Duration::from_secs(5);
+    let backends: Vec<Box<dyn Backend>> = vec![Box::new(CpuBackend::new())];
+    let plan = sweep::plan(&config, &backends).unwrap();
+    assert_eq!(plan.num_blocks, 512);
+    assert_eq!(*plan.num_tokens.last().unwrap(), 8192);
+    assert_eq!(plan.protocol.sampling.max_time.as_secs_f64(), 2.0);
+    assert_eq!(
+        plan.notes[0],
+        "cpu defaults: num_blocks=512 (not vLLM's 65536: 512.0 MiB of caches) and --max-time 2 \
+         (not 5), so that a first run is quick and light"
+    );
+    assert!(
+        plan.notes[1].starts_with("num_tokens stops at 8192"),
+        "{:?}",
+        plan.notes
+    );
+
+    // The cache does not grow with explicit token counts (a row's slots would then depend on
+    // the others): counts beyond it are refused, naming the size that holds them.
+    let mut explicit = config.clone();
+    explicit.num_tokens = vec![2, 65536];
+    explicit.default_num_tokens = false;
+    let error = sweep::plan(&explicit, &backends).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::TooManyTokensForDefault {
+                num_tokens: 65536,
+                needed_blocks: 4096,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    // Given flags are kept, and the note names only what is still a backend's default.
+    let mut given = config.clone();
+    given.default_max_time = false;
+    let plan = sweep::plan(&given, &backends).unwrap();
+    assert_eq!(plan.protocol.sampling.max_time.as_secs_f64(), 5.0);
+    assert!(!plan.notes[0].contains("--max-time"), "{:?}", plan.notes);
 }

@@ -25,19 +25,27 @@ const COPY_BYTES: usize = 512 << 20;
 /// shape (16 slots x 128 heads x 128 bf16 elements; 128 bf16 elements). Rows hand rayon one
 /// cache block per work item and copy a head's row at a time, and the ceiling must copy the
 /// same way: one `memcpy` of megabytes takes glibc's large-copy path, which on the AMD EPYC
-/// development machine is a third slower than the same bytes in 256-byte pieces, and made rows
-/// read as 105-143% of "copy".
+/// development machine is about a third slower than the same bytes in 256-byte pieces, and
+/// made large rows read as 105-143% of "copy".
 const COPY_ITEM_BYTES: usize = 512 << 10;
 const COPY_PIECE_BYTES: usize = 256;
 
 /// Both caches together hold at most this by default (`--num-blocks` not given): vLLM's
 /// 65536 blocks are 2 x 32 GiB in the default shape, which few machines without a GPU have,
-/// and the rows that fill them take minutes on a few cores. 1 GiB is still 32 times a 32 MiB
-/// last-level cache, so the rows stream from memory as on a GPU.
-pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
+/// and rows that large take minutes each on a few cores (the latency loop alone runs 103
+/// calls). 512 MiB is still 16 times a 32 MiB last-level cache, so rows stream from memory as
+/// on a GPU, and its 8192 slots keep the default sweep on 2 cores within two minutes.
+pub const DEFAULT_CACHE_BYTES: u64 = 512 << 20;
+
+/// `--max-time` when not given: a host clock timing rows that stream from memory rarely gets
+/// under 1% on a shared machine (on the 2-core development VM, whose memory bandwidth moves
+/// with its neighbours', rows of 16 tokens and more stayed at 3-10%, and each spent the whole
+/// 5 s). 2 s still takes a dozen samples or more in every default row, and keeps the default
+/// sweep within two minutes there.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(2);
 
 /// The largest power of two of blocks (of `block_bytes` each) whose two caches fit
-/// [`DEFAULT_CACHE_BYTES`], at least one and at most vLLM's default: 1024 in the default shape.
+/// [`DEFAULT_CACHE_BYTES`], at least one and at most vLLM's default: 512 in the default shape.
 /// Also the default of backends that compute on the CPU (wgpu on a software adapter).
 pub fn default_num_blocks(block_bytes: u64) -> usize {
     let blocks = (DEFAULT_CACHE_BYTES / 2 / block_bytes.max(1)).max(1);
@@ -118,6 +126,10 @@ impl Backend for CpuBackend {
 
     fn default_num_blocks(&self, block_bytes: u64) -> usize {
         default_num_blocks(block_bytes)
+    }
+
+    fn default_max_time(&self) -> Duration {
+        DEFAULT_MAX_TIME
     }
 
     fn device_memory(&self) -> Option<u64> {
@@ -230,8 +242,15 @@ struct CpuCall<'a> {
     flush_pass: u8,
 }
 
+/// Bytes that one rayon task moves at least (keys and values read, cache written). Handing a
+/// few tokens to another thread costs more than it saves: on the 2-core development machine a
+/// call of 2 tokens took 16 us over two threads and 5 us on one, 32 tokens 98 us and 80 us;
+/// 1 MiB is about 50 us of one core's copying, several times a thread's wake-up.
+const MIN_TASK_BYTES: usize = 1 << 20;
+
 /// One call: tokens sorted by slot, grouped by cache block; each touched block is a disjoint
-/// part of both caches, so blocks are written in parallel.
+/// part of both caches, so blocks are written in parallel (a task taking at least
+/// [`MIN_TASK_BYTES`] of them).
 fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
     let block_size = problem.block_size as u64;
     let mut order: Vec<(u64, usize)> = inputs
@@ -259,7 +278,11 @@ fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
         next_block = block + 1;
         work.push((block * block_elements, key_block, value_block, group));
     }
+    let token_bytes =
+        2 * problem.token_elements() * (problem.dtype.size() + problem.cache_element_size());
+    let item_bytes = (order.len() * token_bytes / work.len().max(1)).max(1);
     work.into_par_iter()
+        .with_min_len(MIN_TASK_BYTES.div_ceil(item_bytes))
         .for_each(|(first_element, key_block, value_block, group)| {
             for &(_, token) in group {
                 reference::write_token(

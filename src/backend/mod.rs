@@ -146,6 +146,13 @@ pub trait Backend {
         crate::sweep::DEFAULT_NUM_BLOCKS
     }
 
+    /// Seconds of device-time sampling per row, at most, when `--max-time` is not given: the
+    /// protocol's default unless the backend has a reason to differ (the CPU's). The sweep
+    /// takes the smallest of its backends'.
+    fn default_max_time(&self) -> std::time::Duration {
+        crate::timing::Sampling::default().max_time
+    }
+
     /// Memory free on the backend's own device, or `None` when it computes in host memory.
     fn device_memory(&self) -> Option<u64>;
 

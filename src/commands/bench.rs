@@ -319,7 +319,7 @@ fn new_report(
         .collect();
     notes.extend(plan.notes.iter().cloned());
 
-    let protocol = &config.protocol;
+    let protocol = &plan.protocol;
     Report {
         tool: env!("CARGO_PKG_NAME").into(),
         version: env!("CARGO_PKG_VERSION").into(),

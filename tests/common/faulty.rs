@@ -98,6 +98,10 @@ impl Backend for Faulty {
         self.inner.default_num_blocks(block_bytes)
     }
 
+    fn default_max_time(&self) -> std::time::Duration {
+        self.inner.default_max_time()
+    }
+
     fn device_memory(&self) -> Option<u64> {
         self.inner.device_memory()
     }

@@ -97,6 +97,10 @@ impl<B: Backend> Backend for Recording<B> {
         self.inner.default_num_blocks(block_bytes)
     }
 
+    fn default_max_time(&self) -> std::time::Duration {
+        self.inner.default_max_time()
+    }
+
     fn device_memory(&self) -> Option<u64> {
         self.inner.device_memory()
     }

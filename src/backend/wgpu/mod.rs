@@ -287,6 +287,15 @@ impl Backend for WgpuBackend {
         }
     }
 
+    /// A software adapter times with the host's clock and memory, as the CPU backend does.
+    fn default_max_time(&self) -> std::time::Duration {
+        if self.is_software() {
+            super::cpu::DEFAULT_MAX_TIME
+        } else {
+            timing::Sampling::default().max_time
+        }
+    }
+
     fn device_memory(&self) -> Option<u64> {
         // wgpu has no portable way to ask; Vulkan drivers tell a budget (see memory_budget),
         // other APIs give None and allocation failures are reported as out-of-memory errors.
