@@ -2,7 +2,8 @@
 // cache[s / block_size][s % block_size][h][d] = key[t][h][d] (and likewise for values), either
 // bit for bit (cache dtype auto) or encoded as float8 (e4m3, or e5m2 with E5M2) after dividing
 // by a scale (fp8), one per tensor or one per head (PER_HEAD). Keys and values may be slices
-// of a fused QKV tensor: token t's row starts IN_TOKEN_UNITS 16-byte units after token t - 1's.
+// of a fused QKV tensor (STRIDED): token t's row then starts Params.in_token_stride 16-byte units
+// (elements, in the word kernel) after token t - 1's.
 //
 // Core WGSL only, so that every adapter (lavapipe included) runs it: there is no f16, bf16, fp8
 // or 64-bit integer type, so all data moves as u32 words (16-bit elements two to a word) and the
@@ -70,10 +71,11 @@ override IN_KIND: u32 = 0u;
 override FP8: bool = false;
 // fp8: whether the format is e5m2 (else e4m3).
 override E5M2: bool = false;
-// reshape_and_cache*: 16-byte units from one token's keys (or values) to the next token's in
-// the input: ROW_UNITS times the input units per cache unit for contiguous inputs, more for
-// slices of a fused QKV tensor. (Heads within a token are always contiguous here.)
-override IN_TOKEN_UNITS: u32 = 1u;
+// Whether keys and values are slices of a larger tensor (a fused QKV projection), whose token
+// stride Params.in_token_stride gives; otherwise they are contiguous, with the stride implied
+// by the row (the kernels compiled as they were before strides). One pipeline serves every
+// strided shape. (Heads within a token are always contiguous here.)
+override STRIDED: bool = false;
 // fp8: one scale per head (read from the slots buffer, see head_scale) rather than per
 // tensor; HEADS heads per token, HEAD_UNITS 16-byte cache units per head.
 override PER_HEAD: bool = false;
@@ -92,8 +94,6 @@ override FP8_TABLE: bool = false;
 override ROW_ELEMENTS: u32 = 1u;
 override ELEMENT_BYTES: u32 = 4u;
 override ROW_WORDS: u32 = 1u;
-// reshape_and_cache_words: input elements from one token's keys (or values) to the next's.
-override IN_TOKEN_ELEMENTS: u32 = 1u;
 // Test only: moves the fp8 quotient estimate by this many f32 ULP, to show that the encoder
 // stays exact when the estimate is off (as a GPU's division may be). Always 0 in the kernels.
 override ESTIMATE_SKEW: i32 = 0;
@@ -135,7 +135,9 @@ struct Params {
     // PER_HEAD: where the per-head scales start in `slots`, in its (lo, hi) pairs: after the
     // slots of the dispatch's tokens, 2 * HEADS Scales (keys, then values), 4 pairs each.
     scales_at: u32,
-    _pad2: u32,
+    // STRIDED: input units (16 bytes; elements in the word kernel) from one token's keys (or
+    // values) to the next token's.
+    in_token_stride: u32,
     k_scale: Scale,
     v_scale: Scale,
 }
@@ -789,7 +791,11 @@ fn position_target(position: u32, u: u32, group_chunks: u32) -> vec4<u32> {
     if chunk >= group_chunks {
         return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
     }
-    let input = t * IN_TOKEN_UNITS + u * input_units_per_unit();
+    var token_units = ROW_UNITS * input_units_per_unit();
+    if STRIDED {
+        token_units = params.in_token_stride;
+    }
+    let input = t * token_units + u * input_units_per_unit();
     return vec4<u32>(chunk, place.y * ROW_UNITS + u, input, u);
 }
 
@@ -956,8 +962,12 @@ fn store_word(is_value: bool, index: u32, bits: u32, mask: u32) {
 }
 
 fn write_words(is_value: bool, t: u32, row: u32, u: u32) {
+    var token_elements = ROW_ELEMENTS;
+    if STRIDED {
+        token_elements = params.in_token_stride;
+    }
     if ELEMENT_BYTES == 4u {
-        let e = t * IN_TOKEN_ELEMENTS + u;
+        let e = t * token_elements + u;
         var bits: u32;
         if is_value {
             bits = value_words[e];
@@ -976,7 +986,7 @@ fn write_words(is_value: bool, t: u32, row: u32, u: u32) {
     for (var half = 0u; half < 2u; half += 1u) {
         let e = 2u * w + half;
         if e >= first && e < first + ROW_ELEMENTS {
-            bits |= input_half(is_value, t * IN_TOKEN_ELEMENTS + (e - first)) << (16u * half);
+            bits |= input_half(is_value, t * token_elements + (e - first)) << (16u * half);
             mask |= 0xffffu << (16u * half);
         }
     }

@@ -13,7 +13,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    #[error("--kv-cache-dtype fp8 needs a head size that is a multiple of 16, got {head_size}")]
+    #[error(
+        "--kv-cache-dtype fp8 (and fp8_e5m2) needs a head size that is a multiple of 16, got {head_size}"
+    )]
     Fp8HeadSize { head_size: usize },
 
     #[error(

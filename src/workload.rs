@@ -263,12 +263,17 @@ pub enum SlotPattern {
     /// A few requests, each writing a contiguous run of slots through whole blocks from a
     /// block's start, the last block partly filled (prompts).
     Prefill,
-    /// One prefill run after many decode tokens (a chunked-prefill batch).
+    /// One prefill run after many decode tokens (a chunked-prefill batch): a quarter of the
+    /// tokens, at most 256, are decodes.
     Mixed,
 }
 
 /// Requests of a prefill call, at most.
 const PREFILL_REQUESTS: usize = 4;
+/// Decode tokens of a mixed call, at most: the requests a vLLM engine schedules at once by
+/// default (`max_num_seqs`), so that larger calls grow their prefill run, as chunked prefill
+/// batches do.
+const MIXED_DECODES: usize = 256;
 
 impl SlotPattern {
     pub const ALL: [SlotPattern; 4] = [
@@ -287,12 +292,13 @@ impl SlotPattern {
         }
     }
 
-    /// Decode tokens of a mixed call of `num_tokens` tokens (the rest is the prefill run).
+    /// Decode tokens of a mixed call of `num_tokens` tokens (the rest is the prefill run): a
+    /// quarter, at least one (from 2 tokens on) and at most `MIXED_DECODES`.
     fn mixed_decodes(num_tokens: usize) -> usize {
         if num_tokens < 2 {
             0
         } else {
-            (num_tokens / 4).max(1)
+            (num_tokens / 4).clamp(1, MIXED_DECODES)
         }
     }
 
@@ -913,6 +919,10 @@ mod tests {
         let padded = slot_mapping(SlotPattern::Decode, blocks, 16, 300, 0.2, 1).unwrap();
         let padding = padded.iter().filter(|&&s| s == -1).count();
         assert!((30..100).contains(&padding), "{padding}");
+        // Mixed: a quarter decodes, at most 256.
+        assert_eq!(SlotPattern::mixed_decodes(17), 4);
+        assert_eq!(SlotPattern::mixed_decodes(4097), 256);
+        assert_eq!(SlotPattern::Mixed.blocks_needed(4096, 16), 256 + 240);
         // Too few blocks for a block per request.
         assert!(slot_mapping(SlotPattern::Decode, 10, 16, 11, 0.0, 1).is_err());
         assert!(slot_mapping(SlotPattern::Decode, 10, 16, 10, 0.0, 1).is_ok());

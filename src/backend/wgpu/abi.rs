@@ -33,7 +33,8 @@ pub(super) struct GpuParams {
     pub split_input: u32,
     /// `PER_HEAD`: where the per-head scales start in the slots buffer, in 8-byte pairs.
     pub scales_at: u32,
-    pub _pad: u32,
+    /// `STRIDED`: 16-byte input units (elements in the word kernel) from one token to the next.
+    pub in_token_stride: u32,
     pub k_scale: GpuScale,
     pub v_scale: GpuScale,
 }

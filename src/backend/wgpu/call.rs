@@ -170,7 +170,7 @@ impl WgpuBackend {
                 nan_sign: self.nan_sign,
                 split_input: u32::MAX,
                 scales_at: 0,
-                _pad: 0,
+                in_token_stride: plan.in_token_stride(problem),
                 k_scale,
                 v_scale,
             },

@@ -32,7 +32,8 @@
 //!   to pay for building it, and the threshold tables (per tensor) are not used.
 //! - Keys and values may be slices of a fused QKV tensor: each token range is uploaded from
 //!   its first token's keys to its last's (the span, as the kernel reads it) and rows are
-//!   found through the token stride (`IN_TOKEN_UNITS`); heads within a row are contiguous.
+//!   found through the token stride (a parameter, with the `STRIDED` override: one pipeline for
+//!   every strided shape); heads within a row are contiguous.
 //! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 //!

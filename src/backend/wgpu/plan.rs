@@ -367,10 +367,12 @@ impl Plan {
                     ("ORDERED", flag(self.order.is_some())),
                     ("UNITS", self.units as f64),
                     ("FP8_TABLE", flag(fp8 == Fp8Path::Thresholds)),
-                    ("IN_TOKEN_UNITS", (input_token_bytes(problem) / 16) as f64),
                 ];
                 // Only where set, so that the default kernels are compiled as they always
                 // were.
+                if !problem.contiguous_inputs() {
+                    constants.push(("STRIDED", 1.0));
+                }
                 if problem.cache_dtype == CacheDtype::Fp8E5m2 {
                     constants.push(("E5M2", 1.0));
                 }
@@ -383,14 +385,28 @@ impl Plan {
                 }
                 constants
             }
-            Kernel::Words => vec![
-                block,
-                chunk,
-                ("ROW_ELEMENTS", problem.token_elements() as f64),
-                ("ELEMENT_BYTES", problem.dtype.size() as f64),
-                ("ROW_WORDS", row_words(problem) as f64),
-                ("IN_TOKEN_ELEMENTS", problem.inputs().token as f64),
-            ],
+            Kernel::Words => {
+                let mut constants = vec![
+                    block,
+                    chunk,
+                    ("ROW_ELEMENTS", problem.token_elements() as f64),
+                    ("ELEMENT_BYTES", problem.dtype.size() as f64),
+                    ("ROW_WORDS", row_words(problem) as f64),
+                ];
+                if !problem.contiguous_inputs() {
+                    constants.push(("STRIDED", 1.0));
+                }
+                constants
+            }
+        }
+    }
+
+    /// `Params::in_token_stride`: the input's token stride in 16-byte units, or in elements for
+    /// the word kernel (read by the kernels only for strided inputs).
+    pub fn in_token_stride(&self, problem: &Problem) -> u32 {
+        match self.kernel {
+            Kernel::Words => problem.inputs().token as u32,
+            _ => (input_token_bytes(problem) / 16) as u32,
         }
     }
 
@@ -712,10 +728,10 @@ mod tests {
         let constants = plan.constants(&p, Fp8Path::Thresholds, false);
         assert!(constants.contains(&("FP8_TABLE", 1.0)));
         assert!(constants.contains(&("ROW_UNITS", 16.0)));
-        assert!(constants.contains(&("IN_TOKEN_UNITS", 32.0)));
         assert!(!constants
             .iter()
-            .any(|(name, _)| *name == "PER_HEAD" || *name == "E5M2"));
+            .any(|(name, _)| ["PER_HEAD", "E5M2", "STRIDED"].contains(name)));
+        assert_eq!(plan.in_token_stride(&p), 32);
         // Auto caches encode nothing.
         let auto = problem(Dtype::BFloat16, CacheDtype::Auto, 2, 128);
         assert_eq!(
@@ -760,7 +776,8 @@ mod tests {
         };
         assert!(plan
             .constants(&fused, Fp8Path::Plain, false)
-            .contains(&("IN_TOKEN_UNITS", 160.0)));
+            .contains(&("STRIDED", 1.0)));
+        assert_eq!(plan.in_token_stride(&fused), 160);
     }
 
     #[test]
