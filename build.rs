@@ -122,12 +122,12 @@ $STORE        }
     };
     let store = if kernel.chunks == 1 {
         format!(
-            "            k0[place.y] = {unit}(false, place.z);\n            \
-                         v0[place.y] = {unit}(true, place.z);\n"
+            "            k0[place.y] = {unit}(false, place.z, place.w);\n            \
+                         v0[place.y] = {unit}(true, place.z, place.w);\n"
         )
     } else {
         format!(
-            "            {}(place.x, place.y, {unit}(false, place.z), {unit}(true, place.z));\n",
+            "            {}(place.x, place.y, {unit}(false, place.z, place.w), {unit}(true, place.z, place.w));\n",
             store_function(kernel.chunks)
         )
     };

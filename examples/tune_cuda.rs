@@ -163,6 +163,7 @@ fn parse_rows(spec: &str) -> Result<Vec<TuneRow>, String> {
                     dtype,
                     cache_dtype,
                     layout,
+                    input_strides: None,
                 },
                 cold: c[8] == "c",
                 rotate: c[8] == "r",

@@ -9,7 +9,9 @@
 // nothing is written when s is -1 or outside [0, num_slots); otherwise, with block = s /
 // block_size and offset = s % block_size, every element d of every head h goes to
 // cache[block * block_stride + offset * slot_stride + h * head_stride + d]. The three strides
-// select the layout (NHD or HND), so one kernel serves both.
+// select the layout (NHD or HND), so one kernel serves both; the input's token and head strides
+// let keys and values be slices of a fused QKV tensor. fp8 caches hold e4m3 or e5m2 codes of
+// the input divided by one scale per tensor, or (the _per_head instances) one per head.
 //
 // Work decomposition. An "item" is the unit one thread moves at a time: 16 bytes of input for
 // the auto cache dtype (8 half/bfloat16 or 4 float elements), 16 input elements (one 16-byte fp8
@@ -227,6 +229,105 @@ __device__ __forceinline__ u32 fix_nan_signs(u32 packed, u32 signs) {
     return (packed & ~nan) | (signs & nan);
 }
 
+// ---------------------------------------------------------------------------------------------
+// float -> e5m2: round to nearest even, finite and infinite values saturate to +-57344 (0x7b),
+// NaN gives 0x7f (src/fp8.rs::e5m2_from_f32). The hardware conversion's NaN code is not ours
+// (CUDA's own software conversion keeps part of the payload: 0x7e or 0x7f), so every NaN byte
+// is rewritten (e5m2_nan_to_7f); its sign is fixed up by the callers as for e4m3.
+
+#if __CUDA_ARCH__ < 890
+__device__ __forceinline__ u32 e5m2_soft(float x) {
+    const u32 bits = __float_as_uint(x);
+    const u32 sign = (bits >> 24) & 0x80u;
+    const u32 magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u) return sign | 0x7fu;
+    if (magnitude >= 0x47600000u) return sign | 0x7bu;  // 57344 and above, infinity too
+    if (magnitude < 0x38800000u) {
+        // Subnormal result: a multiple of 2^-16. Scaling by 2^16 is exact, so rounding the
+        // scaled value to an integer (ties to even) is the e5m2 rounding.
+        return sign | (u32)__float2uint_rn(__uint_as_float(magnitude) * 65536.0f);
+    }
+    const u32 mantissa = magnitude & 0x7fffffu;
+    u32 encoded = (((magnitude >> 23) - 112u) << 2) | (mantissa >> 21);
+    const u32 dropped = mantissa & 0x1fffffu;
+    if (dropped > 0x100000u || (dropped == 0x100000u && (encoded & 1u))) encoded += 1u;
+    return sign | encoded;
+}
+#endif
+
+// Four floats to four e5m2 bytes, element 0 in the lowest byte (NaN bytes as the hardware
+// gives them: see e5m2_nan_to_7f).
+__device__ __forceinline__ u32 e5m2x4(float a, float b, float c, float d) {
+#if __CUDA_ARCH__ >= 890
+    u32 out;
+    // As e4m3x2: the first source goes to the upper byte.
+    asm("{\n\t.reg .b16 lo, hi;\n\t"
+        "cvt.rn.satfinite.e5m2x2.f32 lo, %2, %1;\n\t"
+        "cvt.rn.satfinite.e5m2x2.f32 hi, %4, %3;\n\t"
+        "mov.b32 %0, {lo, hi};\n\t}"
+        : "=r"(out) : "f"(a), "f"(b), "f"(c), "f"(d));
+    return out;
+#else
+    return e5m2_soft(a) | (e5m2_soft(b) << 8) | (e5m2_soft(c) << 16) | (e5m2_soft(d) << 24);
+#endif
+}
+
+__device__ __forceinline__ u32 e5m2x1(float a) {
+#if __CUDA_ARCH__ >= 890
+    u16 pair;
+    asm("cvt.rn.satfinite.e5m2x2.f32 %0, %2, %1;" : "=h"(pair) : "f"(a), "f"(0.0f));
+    return pair & 0xffu;
+#else
+    return e5m2_soft(a);
+#endif
+}
+
+// The NaN bytes of four e5m2 bytes set to 0x7f, sign bits cleared. With .satfinite (and in
+// e5m2_soft) a byte is NaN exactly when its low seven bits are 0x7c or more: finite and
+// saturated codes are at most 0x7b, and no infinity (0x7c) comes out. Adding 4 to each 7-bit
+// field then carries into bit 7 and never beyond it. `whole` is 0xff in each NaN byte.
+__device__ __forceinline__ u32 e5m2_nan_to_7f(u32 packed) {
+    const u32 nan = ((packed & 0x7f7f7f7fu) + 0x04040404u) & 0x80808080u;
+    const u32 whole = nan | (nan - (nan >> 7));
+    return (packed & ~whole) | (0x7f7f7f7fu & whole);
+}
+
+// The two fp8 formats as types, so that one kernel body serves both: four and one floats to
+// codes, the NaN sign fix-up, the canonical NaN of the fast path's magnitudes, and the range of
+// scales for which the fast conversion below is exact.
+struct E4M3 {
+    static __device__ __forceinline__ u32 x4(float a, float b, float c, float d) {
+        return e4m3x4(a, b, c, d);
+    }
+    static __device__ __forceinline__ u32 x1(float a) { return e4m3x1(a); }
+    static __device__ __forceinline__ u32 fix_nan(u32 packed, u32 signs) {
+        return fix_nan_signs(packed, signs);
+    }
+    // The hardware's (and e4m3_soft's) NaN is already 0x7f.
+    static __device__ __forceinline__ u32 magnitudes(u32 packed) { return packed; }
+    static __device__ __forceinline__ bool fast(float scale) {
+        return scale >= 0x1p-89f && scale <= 0x1p100f;
+    }
+};
+
+struct E5M2 {
+    static __device__ __forceinline__ u32 x4(float a, float b, float c, float d) {
+        return e5m2_nan_to_7f(e5m2x4(a, b, c, d));
+    }
+    static __device__ __forceinline__ u32 x1(float a) { return e5m2_nan_to_7f(e5m2x1(a)); }
+    // After x4 / x1 NaN bytes are 0x7f or 0xff: the e4m3 fix-up applies.
+    static __device__ __forceinline__ u32 fix_nan(u32 packed, u32 signs) {
+        return fix_nan_signs(packed, signs);
+    }
+    static __device__ __forceinline__ u32 magnitudes(u32 packed) { return packed; }
+    // e5m2 tells apart quotients from 2^-18 to 2^17: a narrower range of scales than e4m3's
+    // keeps each of them, times the scale, at 2^-100 or more, as the e4m3 range does for its
+    // quotients (see below).
+    static __device__ __forceinline__ bool fast(float scale) {
+        return scale >= 0x1p-82f && scale <= 0x1p100f;
+    }
+};
+
 // The fp8 divisor of one tensor, with what the fast conversion needs.
 struct Fp8Scale {
     float scale;
@@ -244,18 +345,19 @@ __device__ __forceinline__ float load_scale(const float* p) {
     return scale;
 }
 
+template <class Fmt>
 __device__ __forceinline__ Fp8Scale make_scale(float scale) {
     Fp8Scale s;
     s.scale = scale;
     // rcp.rn is the IEEE reciprocal (what __frcp_rn compiles to). Volatile, so that the compiler
     // does not hoist it (and the wait for the scale it implies) above the loads of the items.
     asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));
-    s.fast = scale >= 0x1p-89f && scale <= 0x1p100f;
+    s.fast = Fmt::fast(scale);
     return s;
 }
 
 // Inputs to e4m3 bytes exactly as the reference computes them: e4m3(RN(x / scale)), NaN as
-// 0x7f with the input's sign.
+// 0x7f with the input's sign. (e5m2 the same way: its scale range is in struct E5M2.)
 //
 // The IEEE division costs about fifteen instructions and a branch per element, three times the
 // budget of a bandwidth-bound kernel. Instead, with y = RN(1 / scale) computed once and
@@ -274,7 +376,8 @@ __device__ __forceinline__ Fp8Scale make_scale(float scale) {
 // against the division for every half and bfloat16 input at every half and bfloat16 scale in
 // the range, and on the GPU by tests/cuda.rs.
 
-// The magnitudes of four inputs divided by the scale, as e4m3 bytes (as above).
+// The magnitudes of four inputs divided by the scale, as fp8 bytes (as above).
+template <class Fmt>
 __device__ __forceinline__ u32 quotient4(const float* x, const Fp8Scale& s) {
     float q[4];
 #pragma unroll
@@ -284,7 +387,7 @@ __device__ __forceinline__ u32 quotient4(const float* x, const Fp8Scale& s) {
         const float r = __fmaf_rn(-q0, s.scale, a);
         q[i] = __fmaf_rn(r, s.inverse, q0);
     }
-    return e4m3x4(q[0], q[1], q[2], q[3]);
+    return Fmt::x4(q[0], q[1], q[2], q[3]);
 }
 
 // The sign bit (at bit 7) of a NaN quotient in the reference, which divides on an x86 host: a
@@ -298,15 +401,16 @@ __device__ __forceinline__ u32 nan_sign(float x, u32 input_sign, float scale) {
 }
 
 // The slow, always exact way: x / scale rounded correctly (IEEE), as the reference divides.
+template <class Fmt>
 __device__ RCF_DIVIDE_INLINING u32 divide4(float x0, float x1, float x2, float x3, u32 signs,
                                     float scale) {
-    const u32 exact = e4m3x4(__fdiv_rn(x0, scale), __fdiv_rn(x1, scale), __fdiv_rn(x2, scale),
-                             __fdiv_rn(x3, scale));
+    const u32 exact = Fmt::x4(__fdiv_rn(x0, scale), __fdiv_rn(x1, scale), __fdiv_rn(x2, scale),
+                              __fdiv_rn(x3, scale));
     const u32 nan_signs = nan_sign(x0, signs & 0x80u, scale) |
                           (nan_sign(x1, (signs >> 8) & 0x80u, scale) << 8) |
                           (nan_sign(x2, (signs >> 16) & 0x80u, scale) << 16) |
                           (nan_sign(x3, (signs >> 24) & 0x80u, scale) << 24);
-    return fix_nan_signs(exact, nan_signs);
+    return Fmt::fix_nan(exact, nan_signs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,6 +422,7 @@ template <class In>
 struct AutoVector {
     enum { ELEMS = 16 / In::SIZE };
     typedef uint4 Loaded;
+    typedef E4M3 Format;  // (unused: nothing is encoded)
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return load16(base + elem * In::SIZE);
     }
@@ -332,6 +437,7 @@ template <class In>
 struct AutoScalar {
     enum { ELEMS = 1 };
     typedef typename In::Bits Loaded;
+    typedef E4M3 Format;  // (unused: nothing is encoded)
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return ((const Loaded*)base)[elem];
     }
@@ -341,11 +447,12 @@ struct AutoScalar {
     }
 };
 
-// fp8 cache dtype, 16 elements per item: In::SIZE 16-byte loads (32 or 64 bytes of input), one
-// 16-byte store.
-template <class In>
+// fp8 cache dtype (format Fmt), 16 elements per item: In::SIZE 16-byte loads (32 or 64 bytes of
+// input), one 16-byte store.
+template <class In, class Fmt = E4M3>
 struct Fp8Vector {
     enum { ELEMS = 16 };
+    typedef Fmt Format;
     struct Loaded {
         uint4 part[In::SIZE];
     };
@@ -385,27 +492,31 @@ struct Fp8Vector {
 #pragma unroll
         for (int e = 0; e < 16; ++e) x[e] = In::to_float(bits(v, e));
         u32 out[4];
-        // The scale is the same for every element of the item (and of the tensor): no
-        // divergence, and the division only for scales outside the fast range.
+        // The scale is the same for every element of the item (of the tensor, or of the head:
+        // an item never straddles two heads): no divergence, and the division only for scales
+        // outside the fast range.
         if (scale.fast) {
 #pragma unroll
-            for (int g = 0; g < 4; ++g) out[g] = quotient4(x + 4 * g, scale) | signs(v, g);
+            for (int g = 0; g < 4; ++g) {
+                out[g] = Fmt::magnitudes(quotient4<Fmt>(x + 4 * g, scale)) | signs(v, g);
+            }
         } else {
 #pragma unroll
             for (int g = 0; g < 4; ++g) {
-                out[g] = divide4(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3], signs(v, g),
-                                 scale.scale);
+                out[g] = divide4<Fmt>(x[4 * g], x[4 * g + 1], x[4 * g + 2], x[4 * g + 3],
+                                      signs(v, g), scale.scale);
             }
         }
         store16(base + elem, make_uint4(out[0], out[1], out[2], out[3]));
     }
 };
 
-// fp8 cache dtype, one element per item.
-template <class In>
+// fp8 cache dtype (format Fmt), one element per item.
+template <class In, class Fmt = E4M3>
 struct Fp8Scalar {
     enum { ELEMS = 1 };
     typedef typename In::Bits Loaded;
+    typedef Fmt Format;
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
         return ((const Loaded*)base)[elem];
     }
@@ -413,9 +524,9 @@ struct Fp8Scalar {
                                                  const Fp8Scale& scale) {
         // Rarely used: the plain IEEE division.
         const float x = In::to_float(v);
-        const u32 b = e4m3x1(__fdiv_rn(x, scale.scale));
+        const u32 b = Fmt::x1(__fdiv_rn(x, scale.scale));
         const u32 sign = ((u32)v >> (8 * In::SIZE - 8)) & 0x80u;
-        ((u8*)base)[elem] = (u8)fix_nan_signs(b, nan_sign(x, sign, scale.scale));
+        ((u8*)base)[elem] = (u8)Fmt::fix_nan(b, nan_sign(x, sign, scale.scale));
     }
 };
 
@@ -424,8 +535,9 @@ struct Fp8Scalar {
 
 // One pass: the items of block index `b`. MAX_ITEMS: the most items one thread moves per pass
 // (the host passes the actual count, at most this). Small calls use the MAX_ITEMS = 1
-// instances: less code to fetch, fewer registers.
-template <class Item, bool SCALED, int MAX_ITEMS>
+// instances: less code to fetch, fewer registers. PER_HEAD (fp8 only): the scales are arrays of
+// num_heads, head h's at index h; otherwise one per tensor.
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
 __device__ __forceinline__ void one_pass(
     u64 b, const char* __restrict__ key, const char* __restrict__ value,
     char* __restrict__ key_cache, char* __restrict__ value_cache,
@@ -484,7 +596,8 @@ __device__ __forceinline__ void one_pass(
         // register. (Loaded once per thread, the compiler kept both scales in uniform registers
         // and moved them there right after loading them, which waits for them: that held back
         // every other load by a round trip to memory, 0.1 us on a small call.)
-        divisor[k] = SCALED ? load_scale(v ? v_scale_ptr : k_scale_ptr) : 1.0f;
+        divisor[k] =
+            SCALED ? load_scale((v ? v_scale_ptr : k_scale_ptr) + (PER_HEAD ? head[k] : 0u)) : 1.0f;
         // Padding tokens are read too: their inputs are valid memory, and not waiting for the
         // slot before loading saves a round trip to memory on small calls.
         data[k] = Item::load(v ? value : key,
@@ -511,12 +624,12 @@ __device__ __forceinline__ void one_pass(
         Fp8Scale scale;
         scale.scale = scale.inverse = 1.0f;
         scale.fast = true;
-        if (SCALED) scale = make_scale(divisor[k]);
+        if (SCALED) scale = make_scale<typename Item::Format>(divisor[k]);
         Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
     }
 }
 
-template <class Item, bool SCALED, int MAX_ITEMS>
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
 __device__ __forceinline__ void reshape_and_cache_flash(
     const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
@@ -535,20 +648,23 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop
         // bookkeeping before the first loads (small calls are all latency).
         if (blockIdx.x >= blocks) return;
-        one_pass<Item, SCALED, MAX_ITEMS>(blockIdx.x, key, value, key_cache, value_cache,
-                                          slot_mapping, k_scale_ptr, v_scale_ptr, p);
+        one_pass<Item, SCALED, PER_HEAD, MAX_ITEMS>(blockIdx.x, key, value, key_cache,
+                                                    value_cache, slot_mapping, k_scale_ptr,
+                                                    v_scale_ptr, p);
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) walk the
         // rest.
         for (u64 b = (u64)blockIdx.x + gridDim.x; b < blocks; b += gridDim.x) {
-            one_pass<Item, SCALED, MAX_ITEMS>(b, key, value, key_cache, value_cache,
-                                              slot_mapping, k_scale_ptr, v_scale_ptr, p);
+            one_pass<Item, SCALED, PER_HEAD, MAX_ITEMS>(b, key, value, key_cache, value_cache,
+                                                        slot_mapping, k_scale_ptr, v_scale_ptr,
+                                                        p);
         }
     } else {
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
         // walked in a loop.
         for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {
-            one_pass<Item, SCALED, MAX_ITEMS>(b, key, value, key_cache, value_cache,
-                                              slot_mapping, k_scale_ptr, v_scale_ptr, p);
+            one_pass<Item, SCALED, PER_HEAD, MAX_ITEMS>(b, key, value, key_cache, value_cache,
+                                                        slot_mapping, k_scale_ptr, v_scale_ptr,
+                                                        p);
         }
     }
 }
@@ -589,15 +705,18 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #else
 #define RCF_FLOAT_FP8_X1_ATTRIBUTES __launch_bounds__(512)
 #endif
-#define RCF_KERNEL(NAME, ITEM, SCALED, ATTRIBUTES, MAX_ITEMS)                                   \
+#define RCF_KERNEL_SCALES(NAME, ITEM, SCALED, PER_HEAD, ATTRIBUTES, MAX_ITEMS)                \
     extern "C" __global__ void ATTRIBUTES NAME(                                                  \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
         const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, MAX_ITEMS>(key, value, key_cache, value_cache,   \
-                                                         slot_mapping, k_scale, v_scale, p);   \
+        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS>(                            \
+            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
     }
+// Per-tensor scales (or none).
+#define RCF_KERNEL(NAME, ITEM, SCALED, ATTRIBUTES, MAX_ITEMS)                                   \
+    RCF_KERNEL_SCALES(NAME, ITEM, SCALED, false, ATTRIBUTES, MAX_ITEMS)
 
 // Named reshape_and_cache_flash_<input dtype>_<cache dtype>[_x1 | _scalar].
 RCF_KERNEL(reshape_and_cache_flash_half_auto, AutoVector<Half>, false, RCF_BOUNDS, 4)
@@ -619,6 +738,67 @@ RCF_KERNEL(reshape_and_cache_flash_float_auto_scalar, AutoScalar<Float>, false, 
 RCF_KERNEL(reshape_and_cache_flash_half_fp8_scalar, Fp8Scalar<Half>, true, RCF_BOUNDS, 4)
 RCF_KERNEL(reshape_and_cache_flash_bfloat16_fp8_scalar, Fp8Scalar<BFloat16>, true, RCF_BOUNDS, 4)
 RCF_KERNEL(reshape_and_cache_flash_float_fp8_scalar, Fp8Scalar<Float>, true, RCF_BOUNDS, 4)
+
+// fp8 e5m2, and both fp8 formats with per-head scales: the same shapes and attributes as the
+// e4m3 per-tensor instances above, named
+// reshape_and_cache_flash_<input dtype>_<cache dtype>[_per_head][_x1 | _scalar]. (COMMA keeps
+// the item's template arguments one macro argument.)
+#define COMMA ,
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2,
+                  Fp8Vector<Half COMMA E5M2>, true, false, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2,
+                  Fp8Vector<BFloat16 COMMA E5M2>, true, false, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2,
+                  Fp8Vector<Float COMMA E5M2>, true, false, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2_x1,
+                  Fp8Vector<Half COMMA E5M2>, true, false, RCF_HALF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_x1,
+                  Fp8Vector<BFloat16 COMMA E5M2>, true, false, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_x1,
+                  Fp8Vector<Float COMMA E5M2>, true, false, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2_scalar,
+                  Fp8Scalar<Half COMMA E5M2>, true, false, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_scalar,
+                  Fp8Scalar<BFloat16 COMMA E5M2>, true, false, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_scalar,
+                  Fp8Scalar<Float COMMA E5M2>, true, false, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_per_head,
+                  Fp8Vector<Half COMMA E4M3>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_per_head,
+                  Fp8Vector<BFloat16 COMMA E4M3>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_per_head,
+                  Fp8Vector<Float COMMA E4M3>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_per_head_x1,
+                  Fp8Vector<Half COMMA E4M3>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_per_head_x1,
+                  Fp8Vector<BFloat16 COMMA E4M3>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_per_head_x1,
+                  Fp8Vector<Float COMMA E4M3>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_per_head_scalar,
+                  Fp8Scalar<Half COMMA E4M3>, true, true, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_per_head_scalar,
+                  Fp8Scalar<BFloat16 COMMA E4M3>, true, true, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_per_head_scalar,
+                  Fp8Scalar<Float COMMA E4M3>, true, true, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2_per_head,
+                  Fp8Vector<Half COMMA E5M2>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head,
+                  Fp8Vector<BFloat16 COMMA E5M2>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_per_head,
+                  Fp8Vector<Float COMMA E5M2>, true, true, RCF_FP8_ATTRIBUTES, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2_per_head_x1,
+                  Fp8Vector<Half COMMA E5M2>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_x1,
+                  Fp8Vector<BFloat16 COMMA E5M2>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_per_head_x1,
+                  Fp8Vector<Float COMMA E5M2>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_half_fp8_e5m2_per_head_scalar,
+                  Fp8Scalar<Half COMMA E5M2>, true, true, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_scalar,
+                  Fp8Scalar<BFloat16 COMMA E5M2>, true, true, RCF_BOUNDS, 4)
+RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_per_head_scalar,
+                  Fp8Scalar<Float COMMA E5M2>, true, true, RCF_BOUNDS, 4)
+#undef COMMA
 
 // ---------------------------------------------------------------------------------------------
 // The copy ceiling: 16 bytes per thread per load, each block copying blockDim.x * 4 contiguous

@@ -8,6 +8,10 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over a quick CUDA verify run
 #   bench     the default benchmark on CUDA and wgpu, auto and fp8 (JSON, tables, plots)
 #   bench-more  rotating inputs, cold caches, half input, no_graph, other shapes
+#   independence  the same rows alone and inside a longer sweep (CUDA and WGSL); with .oldbin/
+#               (an older build) too, for before/after
+#   workloads   two model presets x the four slot patterns, auto and fp8, CUDA (NHD, HND), WGSL
+#   devices     --device all on CUDA and wgpu (a machine with several GPUs)
 set -u
 cd "$(dirname "$0")/.."
 B=.devbin
@@ -73,6 +77,32 @@ for stage in "$@"; do
         step cuda-no-graph 300 $P --implementation cuda --mode no_graph --num-tokens 2,64,1024,65536 --format json --output "$OUT/cuda-no-graph.json"
         step cuda-8-heads 300 $P --implementation cuda --num-heads 8 --num-tokens 2,17,1000,4097,65536 --format json --output "$OUT/cuda-8-heads.json"
         step cuda-float-block32 300 $P --implementation cuda --dtype float --block-size 32 --num-blocks 16384 --num-tokens 2,17,1000,4097,65536 --format json --output "$OUT/cuda-float-block32.json"
+        ;;
+    independence)
+        for bin in .oldbin .devbin; do
+            [ -x $bin/paged-kv-bench ] || continue
+            tag=${bin#.}
+            for impl in cuda wgpu; do
+                step ind-$tag-$impl-alone 200 $bin/paged-kv-bench --implementation $impl --layouts NHD --num-tokens 1024,8192 --format json --output "$OUT/ind-$tag-$impl-alone.json"
+                step ind-$tag-$impl-sweep 300 $bin/paged-kv-bench --implementation $impl --layouts NHD --num-tokens 2,8,32,64,128,256,1024,8192 --format json --output "$OUT/ind-$tag-$impl-sweep.json"
+            done
+        done
+        ;;
+    workloads)
+        P=$B/paged-kv-bench
+        for model in llama-3.1-8b llama-3.1-70b-tp8; do
+            for slots in random decode prefill mixed; do
+                for cache in auto fp8; do
+                    step wl-$model-$slots-$cache-cuda 120 $P --implementation cuda --model $model --slots $slots --kv-cache-dtype $cache --num-tokens 256,4096 --format json --output "$OUT/wl-$model-$slots-$cache-cuda.json"
+                    step wl-$model-$slots-$cache-wgpu 120 $P --implementation wgpu --layouts NHD --model $model --slots $slots --kv-cache-dtype $cache --num-tokens 256,4096 --format json --output "$OUT/wl-$model-$slots-$cache-wgpu.json"
+                done
+            done
+        done
+        ;;
+    devices)
+        P=$B/paged-kv-bench
+        step devices-cuda 200 $P --implementation cuda --device all --layouts NHD --num-tokens 1024,65536
+        step devices-wgpu 200 $P --implementation wgpu --device all --layouts NHD --num-tokens 1024,65536
         ;;
     *)
         echo "unknown stage $stage" >&2

@@ -1,6 +1,9 @@
 // reshape_and_cache_flash for wgpu, NHD layout: for token t with slot s = slot_mapping[t],
 // cache[s / block_size][s % block_size][h][d] = key[t][h][d] (and likewise for values), either
-// bit for bit (cache dtype auto) or encoded as float8 e4m3 after dividing by a scale (fp8).
+// bit for bit (cache dtype auto) or encoded as float8 (e4m3, or e5m2 with E5M2) after dividing
+// by a scale (fp8), one per tensor or one per head (PER_HEAD). Keys and values may be slices
+// of a fused QKV tensor (STRIDED): token t's row then starts Params.in_token_stride 16-byte units
+// (elements, in the word kernel) after token t - 1's.
 //
 // Core WGSL only, so that every adapter (lavapipe included) runs it: there is no f16, bf16, fp8
 // or 64-bit integer type, so all data moves as u32 words (16-bit elements two to a word) and the
@@ -66,6 +69,18 @@ override ROW_UNITS: u32 = 1u;
 override IN_KIND: u32 = 0u;
 // Whether the cache is fp8 (else auto: the input's bits).
 override FP8: bool = false;
+// fp8: whether the format is e5m2 (else e4m3).
+override E5M2: bool = false;
+// Whether keys and values are slices of a larger tensor (a fused QKV projection), whose token
+// stride Params.in_token_stride gives; otherwise they are contiguous, with the stride implied
+// by the row (the kernels compiled as they were before strides). One pipeline serves every
+// strided shape. (Heads within a token are always contiguous here.)
+override STRIDED: bool = false;
+// fp8: one scale per head (read from the slots buffer, see head_scale) rather than per
+// tensor; HEADS heads per token, HEAD_UNITS 16-byte cache units per head.
+override PER_HEAD: bool = false;
+override HEADS: u32 = 1u;
+override HEAD_UNITS: u32 = 1u;
 // reshape_and_cache*: whether tokens are taken in the order `order` gives (slot order, from the
 // order_* passes) rather than as they come. Either way every token is written; the order only
 // decides which tokens' rows are written at the same time.
@@ -117,8 +132,12 @@ struct Params {
     // Input units (16 bytes) in key_in / value_in: units from here on are in key_in_hi /
     // value_in_hi (0xffffffff: all in the first part).
     split_input: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // PER_HEAD: where the per-head scales start in `slots`, in its (lo, hi) pairs: after the
+    // slots of the dispatch's tokens, 2 * HEADS Scales (keys, then values), 4 pairs each.
+    scales_at: u32,
+    // STRIDED: input units (16 bytes; elements in the word kernel) from one token's keys (or
+    // values) to the next token's.
+    in_token_stride: u32,
     k_scale: Scale,
     v_scale: Scale,
 }
@@ -147,7 +166,9 @@ struct Params {
 // ---------------------------------------------------------------------------------------------
 // float8 e4m3, bit for bit as src/fp8.rs: e4m3_from_f32(x / scale) with the division in f32,
 // correctly rounded, then rounded to nearest even; +-448 and beyond (infinity too) saturate to
-// 0x7e / 0xfe; NaN gives 0x7f with the NaN's sign.
+// 0x7e / 0xfe; NaN gives 0x7f with the NaN's sign. With E5M2, e5m2_from_f32 likewise: +-57344
+// and beyond saturate to 0x7b / 0xfb, NaN gives 0x7f. Everything below holds for both formats
+// with the format's constants (fp8_* below): its largest value, subnormal range and grid.
 //
 // WGSL only promises f32 division within 2.5 ULP (and GPUs may flush subnormals), so a plain
 // x / scale can land on the other side of an e4m3 rounding boundary than the correctly rounded
@@ -165,6 +186,57 @@ struct Params {
 //    Q > T with T = N * 2^f is mx * 2^(e - f) > N * ms, compared as 64-bit integers.
 // Only f32 multiplications by powers of two, floor and subtraction of nearby values are used
 // on the way, all exact in the normal range the values live in.
+
+// The format's constants: the f32 bits of its largest finite value (where saturation starts),
+// that value's code, the f32 bits of its smallest normal value, the exponent of its subnormal
+// grid, and its mantissa bits.
+fn fp8_max_bits() -> u32 {
+    return select(0x43e00000u, 0x47600000u, E5M2);
+}
+
+fn fp8_max_code() -> u32 {
+    return select(0x7eu, 0x7bu, E5M2);
+}
+
+fn fp8_min_normal_bits() -> u32 {
+    return select(0x3c800000u, 0x38800000u, E5M2);
+}
+
+fn fp8_subnormal_exponent() -> i32 {
+    return select(-9, -16, E5M2);
+}
+
+fn fp8_mantissa_bits() -> i32 {
+    return select(3, 2, E5M2);
+}
+
+// The format's code of a non-negative finite f32 (its bits).
+fn fp8_magnitude(magnitude: u32) -> u32 {
+    if E5M2 {
+        return e5m2_magnitude(magnitude);
+    }
+    return e4m3_magnitude(magnitude);
+}
+
+// e5m2 code of a non-negative finite f32 (its bits), as src/fp8.rs::e5m2_from_f32.
+fn e5m2_magnitude(magnitude: u32) -> u32 {
+    if magnitude >= 0x47600000u {
+        return 0x7bu;
+    }
+    if magnitude < 0x38800000u {
+        // Below 2^-14: multiples of 2^-16; the scaling by 2^16 is exact and round() ties to
+        // even. (A flushed f32 subnormal here is far below 2^-17 and encodes as 0 either way.)
+        return u32(round(bitcast<f32>(magnitude) * 65536.0));
+    }
+    let exponent = (magnitude >> 23u) - 112u;
+    let mantissa = magnitude & 0x7fffffu;
+    var encoded = (exponent << 2u) | (mantissa >> 21u);
+    let dropped = mantissa & 0x1fffffu;
+    if dropped > 0x100000u || (dropped == 0x100000u && (encoded & 1u) == 1u) {
+        encoded += 1u;
+    }
+    return encoded;
+}
 
 // e4m3 code of a non-negative finite f32 (its bits), as src/fp8.rs::e4m3_from_f32.
 fn e4m3_magnitude(magnitude: u32) -> u32 {
@@ -221,20 +293,25 @@ fn compare_wide(a: vec2<u32>, b: vec2<u32>) -> i32 {
     return 0;
 }
 
-// e4m3 code of the magnitude of Q = (mx / ms) * 2^e for e in [-10, 9].
+// The format's code of the magnitude of Q = (mx / ms) * 2^e for e in [-10, 9] (e4m3) or
+// [-17, 16] (e5m2).
 fn quantize_magnitude(mx: u32, scale: Scale, e: i32) -> u32 {
     // Both factors are exact f32s; the product is within about 1.5 ULP of mx / ms.
     let estimate = f32(mx) * scale.reciprocal * pow2(e);
     let y0 = bitcast<f32>(u32(i32(bitcast<u32>(estimate)) + ESTIMATE_SKEW));
     let y0_bits = bitcast<u32>(y0);
-    if y0_bits >= 0x43e00000u {
-        return 0x7eu;
+    if y0_bits >= fp8_max_bits() {
+        return fp8_max_code();
     }
-    let code = e4m3_magnitude(y0_bits);
+    let code = fp8_magnitude(y0_bits);
 
-    // The e4m3 grid spacing at y0 and the rounding boundary (midpoint) nearest to y0.
+    // The format's grid spacing at y0 and the rounding boundary (midpoint) nearest to y0.
     let y0_exponent = i32(y0_bits >> 23u) - 127;
-    let grid_exponent = select(y0_exponent - 3, -9, y0_bits < 0x3c800000u);
+    let grid_exponent = select(
+        y0_exponent - fp8_mantissa_bits(),
+        fp8_subnormal_exponent(),
+        y0_bits < fp8_min_normal_bits(),
+    );
     let below = floor(y0 * pow2(-grid_exponent));
     let m = (below + 0.5) * pow2(grid_exponent);
     if abs(y0 - m) > pow2(y0_exponent - 15) {
@@ -242,7 +319,7 @@ fn quantize_magnitude(mx: u32, scale: Scale, e: i32) -> u32 {
     }
 
     // y0 is within 256 ULP of m: decide exactly where RN(Q) lies relative to m.
-    let lower = e4m3_magnitude(bitcast<u32>(below * pow2(grid_exponent)));
+    let lower = fp8_magnitude(bitcast<u32>(below * pow2(grid_exponent)));
     let upper = lower + 1u;
     let m_bits = bitcast<u32>(m);
     let m_exponent = i32(m_bits >> 23u) - 127;
@@ -269,7 +346,7 @@ fn quantize_magnitude(mx: u32, scale: Scale, e: i32) -> u32 {
     return select(upper, lower, (lower & 1u) == 0u);
 }
 
-// e4m3 code (in the low byte) of x / scale, x given as f32 bits.
+// The format's code (in the low byte) of x / scale, x given as f32 bits.
 fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
     let x_sign = (x >> 24u) & 0x80u;
     let magnitude = x & 0x7fffffffu;
@@ -284,7 +361,7 @@ fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
         }
         case SCALE_ZERO: {
             // 0 / 0 is an invalid operation; anything else over zero is infinite.
-            return select(sign | 0x7eu, nan_sign | 0x7fu, magnitude == 0u);
+            return select(sign | fp8_max_code(), nan_sign | 0x7fu, magnitude == 0u);
         }
         case SCALE_INFINITE: {
             return select(sign, nan_sign | 0x7fu, magnitude == 0x7f800000u);
@@ -295,7 +372,7 @@ fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
         return sign;
     }
     if magnitude == 0x7f800000u {
-        return sign | 0x7eu;
+        return sign | fp8_max_code();
     }
     // x = mx * 2^(ex - 23) with mx in [2^23, 2^24), subnormal inputs included.
     var mx: u32;
@@ -310,13 +387,13 @@ fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
     }
     // Q = (mx / ms) * 2^e with mx / ms in (1/2, 2).
     let e = ex - scale.exponent;
-    if e <= -11 {
-        // Q < 2^-10: rounds to 0 (2^-10 itself ties to even, 0).
+    // e4m3: Q < 2^-10 rounds to 0 (2^-10 itself ties to even, 0), Q > 512 saturates; e5m2:
+    // Q < 2^-17 and Q > 2^16 likewise.
+    if e <= select(-11, -18, E5M2) {
         return sign;
     }
-    if e >= 10 {
-        // Q > 512: saturates.
-        return sign | 0x7eu;
+    if e >= select(10, 17, E5M2) {
+        return sign | fp8_max_code();
     }
     return sign | quantize_magnitude(mx, scale, e);
 }
@@ -355,11 +432,11 @@ fn pack4(a: u32, b: u32, c: u32, d: u32) -> u32 {
 
 // ---------------------------------------------------------------------------------------------
 // fp8 by threshold tables: the same codes as quantize, for finite scales whose exponent lies in
-// [-116, 125], with far fewer operations per element.
+// [-116, 125] (e4m3) or [-109, 125] (e5m2), with far fewer operations per element.
 //
 // For a fixed scale, the code of |x| / |scale| never decreases as |x| grows, so it is the number
-// of codes c in 1..=126 whose threshold T[c] (the smallest f32 magnitude, as bits, whose code is
-// at least c) is at most |x|. fp8_table_build finds the 2 x 126 thresholds of a call (keys and
+// of codes c in 1..=126 (1..=123 for e5m2) whose threshold T[c] (the smallest f32 magnitude, as
+// bits, whose code is at least c) is at most |x|. fp8_table_build finds the 2 x 126 thresholds of a call (keys and
 // values) by binary search with quantize itself, on the device in each call; each workgroup
 // copies them into workgroup memory. An element then takes:
 // 1. a first code c0 from y = |x| * RN(1 / |scale|), within a few f32 ULP of the correctly
@@ -367,11 +444,12 @@ fn pack4(a: u32, b: u32, c: u32, d: u32) -> u32 {
 //    the exact code is c0 - 1, c0 or c0 + 1;
 // 2. two integer comparisons of |x| with T[c0] and T[c0 + 1], which pick the exact one.
 // Subnormal |x| may be flushed to zero by the multiplication: with |scale| >= 2^-116 their
-// quotient is below 2^-10 and their code 0 anyway. 1 / |scale| is a normal f32 for exponents up
-// to 125. NaN inputs keep their own path (0x7f with their sign).
+// quotient is below 2^-10 and their code 0 anyway (e5m2: with |scale| >= 2^-109, below 2^-17).
+// 1 / |scale| is a normal f32 for exponents up to 125. NaN inputs keep their own path (0x7f
+// with their sign).
 
-// Each table has TABLE_CODES codes (0..=127: T[0] = 0 and T[127] = 0xffffffff, so that c0 + 1
-// needs no check).
+// Each table has TABLE_CODES codes (0..=127: T[0] = 0, and T[c] = 0xffffffff past the largest
+// code, so that c0 + 1 needs no check).
 
 struct TableParams {
     k_scale: Scale,
@@ -394,7 +472,7 @@ fn fp8_table_build(@builtin(local_invocation_index) local: u32) {
         scale = table_params.v_scale;
     }
     var threshold = 0u;
-    if c == TABLE_CODES - 1u {
+    if c == TABLE_CODES - 1u || c > fp8_max_code() {
         threshold = 0xffffffffu;
     } else if c > 0u {
         // Infinity encodes as 0x7e, so the answer lies in [0, 0x7f800000].
@@ -441,9 +519,9 @@ fn quantize_table(x: u32, base: u32, reciprocal: f32, scale_sign: u32) -> u32 {
     let estimate = bitcast<u32>(bitcast<f32>(magnitude) * reciprocal);
     // (ESTIMATE_SKEW is 0 but in tests.)
     let y_bits = u32(max(i32(estimate) + ESTIMATE_SKEW, 0));
-    var code = 0x7eu;
-    if y_bits < 0x43e00000u {
-        code = min(e4m3_magnitude(y_bits), 0x7eu);
+    var code = fp8_max_code();
+    if y_bits < fp8_max_bits() {
+        code = min(fp8_magnitude(y_bits), fp8_max_code());
     }
     if magnitude >= fp8_table[base + code + 1u] {
         code += 1u;
@@ -466,7 +544,8 @@ fn quantize_table(x: u32, base: u32, reciprocal: f32, scale_sign: u32) -> u32 {
 // 65536 one-byte codes per tensor, four to a word (little-endian, as pack4): code of pattern p
 // of tensor k (0 keys, 1 values) at byte (p & 3) of word (k * 65536 + p) >> 2. Both tables are
 // 128 KiB: too large for workgroup memory and for a uniform binding (64 KiB), so a storage
-// binding.
+// binding. With PER_HEAD, one table per head and tensor: table k * HEADS + h (keys' heads,
+// then values'), each built with its own head's scale.
 
 // Words of one tensor's table. (LUT_VALUES, the index of the values' first code, is a generated
 // constant: the keys' table comes first.)
@@ -484,13 +563,15 @@ struct LutParams {
 
 @group(0) @binding(LUT_PARAMS_BINDING) var<uniform> lut_params: LutParams;
 @group(0) @binding(LUT_OUT_BINDING) var<storage, read_write> lut_out: array<u32>;
+// PER_HEAD: the scale of each table (2 * HEADS), rather than lut_params' two.
+@group(0) @binding(LUT_SCALES_BINDING) var<storage, read> lut_scales: array<Scale>;
 // The same buffer, as the *_lut entry points read it. A binding of its own (not 72's uniform
 // slot) that only those entry points use, so that the others' layouts keep the bindings they
 // had.
 @group(0) @binding(FP8_LUT_BINDING) var<storage, read> fp8_lut: array<u32>;
 
-// Thread w (of 2 * LUT_WORDS) packs the codes of patterns 4w .. 4w + 3 of its tensor into
-// word w (IN_KIND says how to read a pattern).
+// Thread w (of 2 * LUT_WORDS, or 2 * HEADS * LUT_WORDS with PER_HEAD) packs the codes of
+// patterns 4w .. 4w + 3 of its table into word w (IN_KIND says how to read a pattern).
 @compute @workgroup_size(WORKGROUP)
 fn fp8_lut_build(
     @builtin(workgroup_id) workgroup: vec3<u32>,
@@ -498,11 +579,14 @@ fn fp8_lut_build(
     @builtin(local_invocation_index) local: u32,
 ) {
     let w = thread_index(workgroup, workgroups, local);
-    if w >= 2u * LUT_WORDS {
+    let tables = select(2u, 2u * HEADS, PER_HEAD);
+    if w >= tables * LUT_WORDS {
         return;
     }
     var scale = lut_params.k_scale;
-    if w >= LUT_WORDS {
+    if PER_HEAD {
+        scale = lut_scales[w / LUT_WORDS];
+    } else if w >= LUT_WORDS {
         scale = lut_params.v_scale;
     }
     let first = (w % LUT_WORDS) * 4u;
@@ -514,22 +598,26 @@ fn fp8_lut_build(
     lut_out[w] = word;
 }
 
-// The code of the 16-bit pattern `bits` from the table at `base` (0 keys, LUT_VALUES values).
+// The code of the 16-bit pattern `bits` from the table at `base` (0 keys, LUT_VALUES values;
+// with PER_HEAD, a multiple of LUT_VALUES).
 fn lut_code(bits: u32, base: u32) -> u32 {
     let index = base + bits;
     return (fp8_lut[index >> 2u] >> ((index & 3u) * 8u)) & 0xffu;
 }
 
 // cache_unit for fp8 caches of 16-bit inputs, by the lookup table.
-fn cache_unit_lut(is_value: bool, unit: u32) -> vec4<u32> {
+fn cache_unit_lut(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     var base = 0u;
     if is_value {
         base = LUT_VALUES;
     }
+    if PER_HEAD {
+        base = (select(0u, HEADS, is_value) + u / HEAD_UNITS) * LUT_VALUES;
+    }
     // 16 elements: 32 input bytes.
     var out: vec4<u32>;
     for (var j = 0u; j < 2u; j += 1u) {
-        let w = load_input(is_value, unit * 2u + j);
+        let w = load_input(is_value, first + j);
         out[2u * j] = pack4(
             lut_code(w.x & 0xffffu, base),
             lut_code(w.x >> 16u, base),
@@ -577,16 +665,32 @@ fn load_input(is_value: bool, index: u32) -> vec4<u32> {
     return key_in[index];
 }
 
-// The 16 cache bytes of unit `unit` (counted over all tokens of the dispatch).
-fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
+// Head h's scale of the keys or the values (PER_HEAD): 2 * HEADS Scales after the dispatch's
+// slots in `slots`, keys' heads first, each as 4 (lo, hi) pairs in the order of Scale's
+// fields.
+fn head_scale(is_value: bool, h: u32) -> Scale {
+    let at = params.scales_at + 4u * (select(0u, HEADS, is_value) + h);
+    let a = slots[at];
+    let b = slots[at + 1u];
+    let c = slots[at + 2u];
+    return Scale(a.x, bitcast<i32>(a.y), bitcast<f32>(b.x), b.y, c.x, 0u, 0u, 0u);
+}
+
+// The 16 cache bytes of a unit whose input starts at input unit `first` (counted over the
+// dispatch's inputs) and that is unit `u` of its token's row.
+fn cache_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     if !FP8 {
-        return load_input(is_value, unit);
+        return load_input(is_value, first);
     }
     var scale = params.k_scale;
     var base = 0u;
     if is_value {
         scale = params.v_scale;
         base = TABLE_CODES;
+    }
+    if PER_HEAD {
+        // (The threshold tables are per tensor: the host does not take them with PER_HEAD.)
+        scale = head_scale(is_value, u / HEAD_UNITS);
     }
     var reciprocal = 0.0;
     if FP8_TABLE {
@@ -596,7 +700,7 @@ fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
     var out: vec4<u32>;
     if IN_KIND == 2u {
         for (var j = 0u; j < 4u; j += 1u) {
-            let w = load_input(is_value, unit * 4u + j);
+            let w = load_input(is_value, first + j);
             out[j] = pack4(
                 encode(w.x, scale, base, reciprocal),
                 encode(w.y, scale, base, reciprocal),
@@ -606,7 +710,7 @@ fn cache_unit(is_value: bool, unit: u32) -> vec4<u32> {
         }
     } else {
         for (var j = 0u; j < 2u; j += 1u) {
-            let w = load_input(is_value, unit * 2u + j);
+            let w = load_input(is_value, first + j);
             let a = quantize_pair(w.x, scale, base, reciprocal);
             let b = quantize_pair(w.y, scale, base, reciprocal);
             let c = quantize_pair(w.z, scale, base, reciprocal);
@@ -647,13 +751,23 @@ fn thread_index(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 
     return (workgroup.y * workgroups.x + workgroup.x) * WORKGROUP + local;
 }
 
+// 16-byte input units per 16-byte cache unit: the same bytes (auto), or 16 elements of two or
+// four bytes (fp8).
+fn input_units_per_unit() -> u32 {
+    if !FP8 {
+        return 1u;
+    }
+    return select(2u, 4u, IN_KIND == 2u);
+}
+
 // What thread i does: x = the chunk within this dispatch's group it stores into (NO_SLOT when
-// it has nothing to write here), y = the unit index within that chunk, z = the input unit.
-// Thread i writes 16 bytes of each cache: unit i % ROW_UNITS of the token at position
-// i / ROW_UNITS (that token itself, or order[position] with ORDERED).
-fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
+// it has nothing to write here), y = the unit index within that chunk, z = the first input
+// unit, w = the unit's index within its token's row. Thread i writes 16 bytes of each cache:
+// unit i % ROW_UNITS of the token at position i / ROW_UNITS (that token itself, or
+// order[position] with ORDERED).
+fn unit_target(i: u32, group_chunks: u32) -> vec4<u32> {
     if i >= params.num_units {
-        return vec3<u32>(NO_SLOT, 0u, 0u);
+        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
     }
     let position = i / ROW_UNITS;
     let u = i - position * ROW_UNITS;
@@ -661,23 +775,28 @@ fn unit_target(i: u32, group_chunks: u32) -> vec3<u32> {
 }
 
 // Unit u of the token at `position`: as unit_target.
-fn position_target(position: u32, u: u32, group_chunks: u32) -> vec3<u32> {
+fn position_target(position: u32, u: u32, group_chunks: u32) -> vec4<u32> {
     var t = position;
     if ORDERED {
         t = order[position];
     }
     let slot = slot_of(t);
     if slot == NO_SLOT {
-        return vec3<u32>(NO_SLOT, 0u, 0u);
+        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
     }
     let place = locate(slot);
     // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
     // chunks before the group large).
     let chunk = place.x - params.first_chunk;
     if chunk >= group_chunks {
-        return vec3<u32>(NO_SLOT, 0u, 0u);
+        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
     }
-    return vec3<u32>(chunk, place.y * ROW_UNITS + u, t * ROW_UNITS + u);
+    var token_units = ROW_UNITS * input_units_per_unit();
+    if STRIDED {
+        token_units = params.in_token_stride;
+    }
+    let input = t * token_units + u * input_units_per_unit();
+    return vec4<u32>(chunk, place.y * ROW_UNITS + u, input, u);
 }
 
 // A thread writes UNITS units of each cache, WORKGROUP apart, so that a workgroup covers
@@ -696,7 +815,8 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //         let place = unit_target(first + j * WORKGROUP, C);
 //         if place.x != NO_SLOT {
 //             // store_unit_<C>, or k0 / v0 directly for one chunk:
-//             store_unit_<C>(place.x, place.y, cache_unit(false, place.z), cache_unit(true, place.z));
+//             store_unit_<C>(place.x, place.y, cache_unit(false, place.z, place.w),
+//                            cache_unit(true, place.z, place.w));
 //         }
 //     }
 //
@@ -842,8 +962,12 @@ fn store_word(is_value: bool, index: u32, bits: u32, mask: u32) {
 }
 
 fn write_words(is_value: bool, t: u32, row: u32, u: u32) {
+    var token_elements = ROW_ELEMENTS;
+    if STRIDED {
+        token_elements = params.in_token_stride;
+    }
     if ELEMENT_BYTES == 4u {
-        let e = t * ROW_ELEMENTS + u;
+        let e = t * token_elements + u;
         var bits: u32;
         if is_value {
             bits = value_words[e];
@@ -862,7 +986,7 @@ fn write_words(is_value: bool, t: u32, row: u32, u: u32) {
     for (var half = 0u; half < 2u; half += 1u) {
         let e = 2u * w + half;
         if e >= first && e < first + ROW_ELEMENTS {
-            bits |= input_half(is_value, t * ROW_ELEMENTS + (e - first)) << (16u * half);
+            bits |= input_half(is_value, t * token_elements + (e - first)) << (16u * half);
             mask |= 0xffffu << (16u * half);
         }
     }

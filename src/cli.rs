@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use paged_kv_bench::backend::{Kind, Selection};
+use paged_kv_bench::models;
 use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Protocol, Sampling};
+use paged_kv_bench::workload::{Scaling, SlotPattern, WorkloadConfig};
 
 /// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.
 ///
@@ -257,7 +260,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Dtype::BFloat16)]
     pub dtype: Dtype,
 
-    /// Cache dtype: the input's own ("auto") or float8 e4m3 with per-tensor scales.
+    /// Cache dtype: the input's own ("auto"), float8 e4m3 ("fp8", also "fp8_e4m3") or float8
+    /// e5m2 ("fp8_e5m2"), of the inputs divided by a scale (see --scale).
     #[arg(long, value_enum, default_value_t = CacheDtype::Auto)]
     pub kv_cache_dtype: CacheDtype,
 
@@ -350,6 +354,54 @@ pub struct BenchArgs {
     /// also early, with the rows measured).
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    /// Keys and values as slices of one fused QKV tensor [num_tokens, (Q + 2 * num_heads) *
+    /// head_size] with Q query heads in front, as engines pass them ("off": contiguous keys and
+    /// values, the default).
+    #[arg(long, value_name = "Q|off", allow_negative_numbers = true, value_parser = qkv_fused)]
+    pub qkv_fused: Option<QkvFused>,
+
+    /// fp8 scales: one per tensor (max / 64) or one per head (each head's max / 64).
+    #[arg(long, value_enum, default_value_t = Scaling::PerTensor)]
+    pub scale: Scaling,
+
+    /// Where the tokens go in the cache.
+    #[arg(long, value_enum, default_value_t = SlotPattern::Random)]
+    pub slots: SlotPattern,
+
+    /// A model's attention shape on one GPU (KV heads, head size, dtype, fused QKV with its
+    /// query heads); flags given explicitly override it. --list-models shows them.
+    #[arg(long, value_name = "NAME", value_parser = PossibleValuesParser::new(models::names()))]
+    pub model: Option<String>,
+
+    /// List the --model presets and exit.
+    #[arg(long)]
+    pub list_models: bool,
+}
+
+/// `--qkv-fused`: fused inputs with this many query heads, or contiguous ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkvFused {
+    Off,
+    QueryHeads(usize),
+}
+
+fn qkv_fused(text: &str) -> Result<QkvFused, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(QkvFused::Off);
+    }
+    match text.parse::<u32>() {
+        Ok(heads) if heads >= 1 => Ok(QkvFused::QueryHeads(heads as usize)),
+        _ => Err("expected the number of query heads (1 or more) or off".into()),
+    }
+}
+
+/// Parses the command line, then fills in what a `--model` preset sets and no flag overrides.
+pub fn parse() -> Result<Cli, clap::Error> {
+    let matches = Cli::command().try_get_matches()?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    cli.bench.apply_model(&matches);
+    Ok(cli)
 }
 
 /// Output formats.
@@ -474,6 +526,39 @@ impl BenchArgs {
         }
     }
 
+    /// Sets the shape of the `--model` preset, if any, wherever the flag was not given.
+    pub fn apply_model(&mut self, matches: &ArgMatches) {
+        let Some(model) = self.model.as_deref().and_then(models::find) else {
+            return;
+        };
+        let defaulted = |id: &str| matches.value_source(id) != Some(ValueSource::CommandLine);
+        if defaulted("num_heads") {
+            self.num_heads = model.num_kv_heads as u32;
+        }
+        if defaulted("head_size") {
+            self.head_size = model.head_size as u32;
+        }
+        if defaulted("dtype") {
+            self.dtype = model.dtype;
+        }
+        if defaulted("qkv_fused") {
+            self.qkv_fused = Some(QkvFused::QueryHeads(model.num_query_heads));
+        }
+    }
+
+    /// What the inputs look like besides their sizes.
+    pub fn workload(&self) -> WorkloadConfig {
+        WorkloadConfig {
+            qkv_fused: match self.qkv_fused {
+                Some(QkvFused::QueryHeads(heads)) => Some(heads),
+                Some(QkvFused::Off) | None => None,
+            },
+            scale: self.scale,
+            slots: self.slots,
+            model: self.model.clone(),
+        }
+    }
+
     pub fn options(&self) -> Options {
         self.backend.options(self.mode, self.host_memory_limit)
     }
@@ -513,6 +598,7 @@ impl BenchArgs {
             },
             seed: self.seed,
             host_memory_limit: self.host_memory_limit,
+            workload: self.workload(),
         }
     }
 }
@@ -524,6 +610,42 @@ fn to_usize(value: u64) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn model_presets_fill_what_no_flag_sets() {
+        use super::*;
+        let parse = |args: &[&str]| {
+            let matches = Cli::command().try_get_matches_from(args).unwrap();
+            let mut cli = Cli::from_arg_matches(&matches).unwrap();
+            cli.bench.apply_model(&matches);
+            cli.bench
+        };
+        let preset = parse(&["paged-kv-bench", "--model", "gemma-2-9b"]);
+        assert_eq!((preset.num_heads, preset.head_size), (8, 256));
+        assert_eq!(preset.qkv_fused, Some(QkvFused::QueryHeads(16)));
+        assert_eq!(preset.workload().qkv_fused, Some(16));
+        assert_eq!(preset.workload().model.as_deref(), Some("gemma-2-9b"));
+        let overridden = parse(&[
+            "paged-kv-bench",
+            "--model",
+            "gemma-2-9b",
+            "--num-heads",
+            "2",
+            "--qkv-fused",
+            "off",
+            "--dtype",
+            "half",
+        ]);
+        assert_eq!((overridden.num_heads, overridden.head_size), (2, 256));
+        assert_eq!(overridden.dtype, Dtype::Half);
+        assert_eq!(overridden.workload().qkv_fused, None);
+        let plain = parse(&["paged-kv-bench"]);
+        assert_eq!((plain.num_heads, plain.head_size), (128, 128));
+        assert_eq!(plain.workload(), WorkloadConfig::default());
+        assert!(super::qkv_fused("0").is_err());
+        assert!(super::qkv_fused("-1").is_err());
+        assert_eq!(super::qkv_fused("OFF"), Ok(QkvFused::Off));
+    }
+
     #[test]
     fn sizes_with_and_without_units() {
         assert_eq!(super::bytes("4096"), Ok(4096));

@@ -13,7 +13,9 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    #[error("--kv-cache-dtype fp8 needs a head size that is a multiple of 16, got {head_size}")]
+    #[error(
+        "--kv-cache-dtype fp8 (and fp8_e5m2) needs a head size that is a multiple of 16, got {head_size}"
+    )]
     Fp8HeadSize { head_size: usize },
 
     #[error(
@@ -67,6 +69,11 @@ pub enum Error {
     /// The user asked for a backend that this build or this machine cannot run.
     #[error("{backend} is unavailable: {reason}")]
     Unavailable { backend: Kind, reason: String },
+
+    /// A backend that runs here but does not implement this kind of call (`what`: e.g.
+    /// "fp8_e5m2 caches"); verification reports it as n/a rather than as a failure.
+    #[error("{backend} does not implement {what}")]
+    Unsupported { backend: Kind, what: String },
 
     /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
     /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).

@@ -27,7 +27,7 @@
 //! use paged_kv_bench::backend::{self, Kind};
 //! use paged_kv_bench::options::Options;
 //! use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
-//! use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
+//! use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs, Scale};
 //!
 //! let problem = Problem {
 //!     num_tokens: 2,
@@ -38,6 +38,7 @@
 //!     dtype: Dtype::BFloat16,
 //!     cache_dtype: CacheDtype::Auto,
 //!     layout: Layout::Nhd,
+//!     input_strides: None, // contiguous keys and values
 //! };
 //! let elements = problem.num_tokens * problem.token_elements();
 //! let (key, value) = (
@@ -45,7 +46,13 @@
 //!     workload::random_normal(problem.dtype, elements, 2),
 //! );
 //! let slot_mapping = [17, -1]; // block 1, offset 1; the second token is padding
-//! let inputs = Inputs { key: &key, value: &value, slot_mapping: &slot_mapping, k_scale: 1.0, v_scale: 1.0 };
+//! let inputs = Inputs {
+//!     key: &key,
+//!     value: &value,
+//!     slot_mapping: &slot_mapping,
+//!     k_scale: Scale::PerTensor(1.0),
+//!     v_scale: Scale::PerTensor(1.0),
+//! };
 //! let caches = Caches {
 //!     key: vec![0; problem.cache_bytes() as usize],
 //!     value: vec![0; problem.cache_bytes() as usize],
@@ -63,6 +70,7 @@
 pub mod backend;
 pub mod error;
 pub mod fp8;
+pub mod models;
 pub mod options;
 pub mod plot;
 pub mod problem;

@@ -7,8 +7,6 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // Mesa's Vulkan drivers print "XDG_RUNTIME_DIR is invalid or not set" on every start where
     // it is unset (containers, CI); this program shows no windows, so any directory will do.
@@ -18,11 +16,12 @@ fn main() -> ExitCode {
         std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir());
     }
     install_panic_hook();
-    let cli = match cli::Cli::try_parse().and_then(|cli| cli.check().map(|()| cli)) {
+    let cli = match cli::parse().and_then(|cli| cli.check().map(|()| cli)) {
         Ok(cli) => cli,
         Err(error) => return clap_error(error),
     };
     let result = match &cli.command {
+        None if cli.bench.list_models => commands::models::list().map(|()| ExitCode::SUCCESS),
         None => commands::bench::run(&cli.bench),
         Some(cli::Command::Verify(args)) => commands::verify::run(args).map(|()| ExitCode::SUCCESS),
     };

@@ -2,6 +2,7 @@
 //! imply. This is the one place where sizes are validated.
 
 use crate::error::{Error, Result};
+pub use crate::fp8::Format as Fp8Format;
 
 /// Element type of the new keys and values (and of the cache when the cache dtype is `auto`).
 #[derive(
@@ -63,16 +64,23 @@ impl Dtype {
     }
 }
 
-/// Element type of the cache: the input's own type, or float8 e4m3 with a per-tensor scale.
+/// Element type of the cache: the input's own type, or float8 (e4m3 or e5m2) of the input
+/// divided by a scale.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
-#[serde(rename_all = "lowercase")]
 pub enum CacheDtype {
     #[value(name = "auto")]
+    #[serde(rename = "auto")]
     Auto,
-    #[value(name = "fp8")]
+    /// float8 e4m3 (vLLM's `fp8` and `fp8_e4m3`).
+    #[value(name = "fp8", alias = "fp8_e4m3")]
+    #[serde(rename = "fp8", alias = "fp8_e4m3")]
     Fp8,
+    /// float8 e5m2.
+    #[value(name = "fp8_e5m2")]
+    #[serde(rename = "fp8_e5m2")]
+    Fp8E5m2,
 }
 
 impl CacheDtype {
@@ -80,7 +88,22 @@ impl CacheDtype {
         match self {
             CacheDtype::Auto => "auto",
             CacheDtype::Fp8 => "fp8",
+            CacheDtype::Fp8E5m2 => "fp8_e5m2",
         }
+    }
+
+    /// The float8 format of the cache, `None` for `auto`.
+    pub fn fp8(self) -> Option<Fp8Format> {
+        match self {
+            CacheDtype::Auto => None,
+            CacheDtype::Fp8 => Some(Fp8Format::E4m3),
+            CacheDtype::Fp8E5m2 => Some(Fp8Format::E5m2),
+        }
+    }
+
+    /// Whether the cache holds float8 codes of scaled inputs (either format).
+    pub fn is_fp8(self) -> bool {
+        self.fp8().is_some()
     }
 }
 
@@ -136,6 +159,38 @@ pub struct CacheStrides {
     pub head: u64,
 }
 
+/// Where the keys (or values) of a call lie in their input tensor, in elements: token `t`'s
+/// head `h` starts at `t * token + h * head` from the tensor's first element, and its
+/// `head_size` elements are contiguous.
+///
+/// Engines pass keys and values as slices of the fused QKV projection
+/// `[num_tokens, (query_heads + 2 * num_heads) * head_size]` ([`InputStrides::qkv_fused`]): a
+/// token stride larger than a token's keys, and the query part skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InputStrides {
+    pub token: u64,
+    pub head: u64,
+}
+
+impl InputStrides {
+    /// Contiguous `[num_tokens, num_heads, head_size]` keys or values.
+    pub fn contiguous(num_heads: usize, head_size: usize) -> Self {
+        Self {
+            token: num_heads as u64 * head_size as u64,
+            head: head_size as u64,
+        }
+    }
+
+    /// Keys and values as slices of one `[num_tokens, (query_heads + 2 * num_heads) *
+    /// head_size]` tensor (queries, then keys, then values of each token).
+    pub fn qkv_fused(query_heads: usize, num_heads: usize, head_size: usize) -> Self {
+        Self {
+            token: (query_heads as u64 + 2 * num_heads as u64) * head_size as u64,
+            head: head_size as u64,
+        }
+    }
+}
+
 /// One call of `reshape_and_cache_flash`: everything a backend needs to size and launch it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Problem {
@@ -147,6 +202,9 @@ pub struct Problem {
     pub dtype: Dtype,
     pub cache_dtype: CacheDtype,
     pub layout: Layout,
+    /// How keys and values lie in their input tensors; `None`: contiguous
+    /// `[num_tokens, num_heads, head_size]`, the common case.
+    pub input_strides: Option<InputStrides>,
 }
 
 impl Problem {
@@ -163,7 +221,7 @@ impl Problem {
                 return Err(Error::InvalidConfig(format!("{name} must be at least 1")));
             }
         }
-        if self.cache_dtype == CacheDtype::Fp8 && !self.head_size.is_multiple_of(16) {
+        if self.cache_dtype.is_fp8() && !self.head_size.is_multiple_of(16) {
             return Err(Error::Fp8HeadSize {
                 head_size: self.head_size,
             });
@@ -180,7 +238,7 @@ impl Problem {
             });
         }
         // Element counts must fit in i64: kernels index with signed 64-bit offsets.
-        // (The cache holds at least as many elements as the input now.)
+        // (The cache holds at least as many elements as contiguous inputs now.)
         let token_elements = self.num_heads as u128 * self.head_size as u128;
         let cache_elements = num_slots.saturating_mul(token_elements);
         if cache_elements.saturating_mul(4) > i64::MAX as u128 {
@@ -190,7 +248,56 @@ impl Problem {
                 self.num_blocks, self.block_size, self.num_heads, self.head_size
             )));
         }
+        if let Some(strides) = self.input_strides {
+            // Rows of one token and heads of one row may not overlap: every element read is
+            // then one input element, and a token's keys fit in its stride.
+            let (h, d) = (self.num_heads as u128, self.head_size as u128);
+            let row = (h - 1) * strides.head as u128 + d;
+            if (strides.head as u128) < d || (strides.token as u128) < row {
+                return Err(Error::InvalidConfig(format!(
+                    "input strides (token {}, head {}) overlap: a head needs {d} elements and a \
+                     token {row}",
+                    strides.token, strides.head
+                )));
+            }
+            let span = (self.num_tokens as u128 - 1) * strides.token as u128 + row;
+            if span.saturating_mul(4) > i64::MAX as u128 {
+                return Err(Error::InvalidConfig(format!(
+                    "inputs of {} tokens with a token stride of {} elements overflow 64-bit \
+                     indexing",
+                    self.num_tokens, strides.token
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// Where keys and values lie in their input tensors (contiguous where not given).
+    pub fn inputs(&self) -> InputStrides {
+        self.input_strides
+            .unwrap_or_else(|| InputStrides::contiguous(self.num_heads, self.head_size))
+    }
+
+    /// Whether keys and values are contiguous `[num_tokens, num_heads, head_size]` tensors
+    /// (strides given but equal to those count as contiguous).
+    pub fn contiguous_inputs(&self) -> bool {
+        self.inputs() == InputStrides::contiguous(self.num_heads, self.head_size)
+    }
+
+    /// Element offset in an input tensor of (token, head, 0).
+    pub fn input_offset(&self, token: usize, head: usize) -> u64 {
+        let s = self.inputs();
+        token as u64 * s.token + head as u64 * s.head
+    }
+
+    /// Elements from the first input element of a call to its last, inclusive: what a key (or
+    /// value) slice of the input tensor must hold. `num_tokens * num_heads * head_size` for
+    /// contiguous inputs.
+    pub fn input_span(&self) -> u64 {
+        if self.num_tokens == 0 {
+            return 0;
+        }
+        self.input_offset(self.num_tokens - 1, self.num_heads - 1) + self.head_size as u64
     }
 
     /// Number of token slots in the cache (`num_blocks * block_size`).
@@ -202,7 +309,7 @@ impl Problem {
     pub fn cache_element_size(&self) -> usize {
         match self.cache_dtype {
             CacheDtype::Auto => self.dtype.size(),
-            CacheDtype::Fp8 => 1,
+            CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => 1,
         }
     }
 
@@ -221,13 +328,15 @@ impl Problem {
         self.cache_elements() * self.cache_element_size() as u64
     }
 
-    /// Bytes of one input tensor (key or value) for `num_tokens` tokens.
+    /// Bytes of the key (or value) slice of a call: its [`Problem::input_span`]. For contiguous
+    /// inputs, `num_tokens * num_heads * head_size` elements.
     pub fn input_bytes(&self) -> u64 {
-        self.num_tokens as u64 * self.token_elements() as u64 * self.dtype.size() as u64
+        self.input_span() * self.dtype.size() as u64
     }
 
-    /// The fewest bytes one call must move through memory: keys and values read, the same
-    /// count of cache elements written, and the slot mapping (int64) read.
+    /// The fewest bytes one call must move through memory: keys and values read (not what
+    /// lies between them in a fused tensor), the same count of cache elements written, and
+    /// the slot mapping (int64) read.
     pub fn bytes_moved(&self) -> u64 {
         let elements = 2 * self.num_tokens as u64 * self.token_elements() as u64;
         elements * (self.dtype.size() + self.cache_element_size()) as u64
@@ -298,8 +407,14 @@ impl Problem {
 
     /// A short description for error messages and progress lines.
     pub fn describe(&self) -> String {
+        let strides = match self.input_strides {
+            Some(s) if !self.contiguous_inputs() => {
+                format!(" input_strides=token:{},head:{}", s.token, s.head)
+            }
+            _ => String::new(),
+        };
         format!(
-            "num_tokens={} layout={} dtype={} kv_cache_dtype={} heads={} head_size={} block_size={} num_blocks={}",
+            "num_tokens={} layout={} dtype={} kv_cache_dtype={} heads={} head_size={} block_size={} num_blocks={}{strides}",
             self.num_tokens,
             self.layout.name(),
             self.dtype.name(),
@@ -326,6 +441,7 @@ mod tests {
             dtype: Dtype::BFloat16,
             cache_dtype: CacheDtype::Auto,
             layout,
+            input_strides: None,
         }
     }
 
@@ -419,5 +535,56 @@ mod tests {
             ..p
         };
         assert_eq!(fp8.bytes_moved(), 2 * 4 * 48 * 3 + 32);
+        // Fused inputs: the same bytes moved (the query part is not read), a longer span.
+        let fused = Problem {
+            input_strides: Some(InputStrides::qkv_fused(4, 3, 16)),
+            ..p
+        };
+        assert_eq!(fused.bytes_moved(), p.bytes_moved());
+        assert_eq!(fused.input_span(), 3 * 10 * 16 + 48);
+        assert_eq!(fused.input_bytes(), (3 * 10 * 16 + 48) * 2);
+        assert_eq!(p.input_bytes(), 4 * 48 * 2);
+    }
+
+    #[test]
+    fn input_strides_are_validated() {
+        let p = problem(Layout::Nhd);
+        let fused = Problem {
+            input_strides: Some(InputStrides::qkv_fused(1, 3, 16)),
+            ..p
+        };
+        assert!(fused.validate().is_ok());
+        assert!(!fused.contiguous_inputs());
+        assert_eq!(fused.input_offset(2, 1), 2 * 7 * 16 + 16);
+        let same = Problem {
+            input_strides: Some(InputStrides::contiguous(3, 16)),
+            ..p
+        };
+        assert!(same.contiguous_inputs());
+        for (token, head) in [(47, 16), (48, 15), (100, 0)] {
+            let overlapping = Problem {
+                input_strides: Some(InputStrides { token, head }),
+                ..p
+            };
+            assert!(
+                matches!(overlapping.validate(), Err(Error::InvalidConfig(m)) if m.contains("overlap")),
+                "{token} {head}"
+            );
+        }
+        let huge = Problem {
+            input_strides: Some(InputStrides {
+                token: 1 << 62,
+                head: 16,
+            }),
+            ..p
+        };
+        assert!(huge.validate().is_err());
+        let e5m2 = Problem {
+            cache_dtype: CacheDtype::Fp8E5m2,
+            head_size: 120,
+            ..p
+        };
+        assert!(matches!(e5m2.validate(), Err(Error::Fp8HeadSize { .. })));
+        assert_eq!(e5m2.cache_element_size(), 1);
     }
 }

@@ -5,14 +5,17 @@
 //! for every head `h` and element `d`:
 //!
 //! - NHD: `cache[block][offset][h][d]`, HND: `cache[block][h][offset][d]`
+//! - the input element is `input[t * token_stride + h * head_stride + d]` (the problem's input
+//!   strides: contiguous, or a slice of a fused QKV tensor);
 //! - cache dtype `auto`: the input element, bit for bit;
-//! - cache dtype `fp8`: `e4m3_from_f32(input / scale)`, the division in f32, with `k_scale` for
-//!   keys and `v_scale` for values.
+//! - cache dtype `fp8` / `fp8_e5m2`: `e4m3_from_f32(input / scale)` / `e5m2_from_f32(input /
+//!   scale)`, the division in f32, with `k_scale` for keys and `v_scale` for values (head `h`'s
+//!   own where the scales are per head); a NaN quotient as [`fp8::quantize`] says.
 //!
 //! Every other byte of the caches keeps its previous value.
 
-use crate::fp8;
-use crate::problem::{CacheDtype, Dtype, Problem};
+use crate::fp8::Format;
+use crate::problem::{Dtype, Problem};
 use crate::workload::{Caches, Inputs};
 
 /// Writes the keys and values of `inputs` into `caches`, token by token.
@@ -47,12 +50,12 @@ pub fn write_token(
         return;
     }
     for head in 0..problem.num_heads {
-        let source = (token * problem.num_heads + head) * problem.head_size;
+        let source = problem.input_offset(token, head) as usize;
         let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
         write_head(
             problem,
             inputs.key,
-            inputs.k_scale,
+            inputs.k_scale.of_head(head),
             key_cache,
             source,
             target,
@@ -60,7 +63,7 @@ pub fn write_token(
         write_head(
             problem,
             inputs.value,
-            inputs.v_scale,
+            inputs.v_scale.of_head(head),
             value_cache,
             source,
             target,
@@ -77,36 +80,60 @@ fn write_head(
     target: usize,
 ) {
     let d = problem.head_size;
-    match problem.cache_dtype {
-        CacheDtype::Auto => {
-            let size = problem.dtype.size();
-            cache[target * size..(target + d) * size]
-                .copy_from_slice(&input[source * size..(source + d) * size]);
-        }
-        CacheDtype::Fp8 => {
-            let size = problem.dtype.size();
-            let input = &input[source * size..(source + d) * size];
-            let out = &mut cache[target..target + d];
-            // The dtype is matched once per head rather than once per element: this loop is
-            // also the CPU backend's, and most of the time of fp8 verification.
-            match problem.dtype {
-                Dtype::Half => quantize_row(input, size, out, scale, |b| {
-                    half::f16::from_le_bytes([b[0], b[1]]).to_f32()
-                }),
-                Dtype::BFloat16 => quantize_row(input, size, out, scale, |b| {
-                    half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
-                }),
-                Dtype::Float => quantize_row(input, size, out, scale, |b| {
-                    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-                }),
-            }
-        }
+    let size = problem.dtype.size();
+    let Some(format) = problem.cache_dtype.fp8() else {
+        cache[target * size..(target + d) * size]
+            .copy_from_slice(&input[source * size..(source + d) * size]);
+        return;
+    };
+    let input = &input[source * size..(source + d) * size];
+    let out = &mut cache[target..target + d];
+    // The dtype and format are matched once per head rather than once per element: this loop
+    // is also the CPU backend's, and most of the time of fp8 verification.
+    match format {
+        Format::E4m3 => quantize_head::<E4m3>(problem.dtype, input, out, scale),
+        Format::E5m2 => quantize_head::<E5m2>(problem.dtype, input, out, scale),
     }
 }
 
-/// `out[i] = e4m3(x_i / scale)` for the elements `x_i` of `input`, each decoded by `decode` from
+/// A float8 format as a type, so that each (dtype, format) pair gets its own loop.
+trait Quantizer {
+    fn quantize(x: f32, scale: f32) -> u8;
+}
+
+struct E4m3;
+struct E5m2;
+
+impl Quantizer for E4m3 {
+    fn quantize(x: f32, scale: f32) -> u8 {
+        Format::E4m3.quantize(x, scale)
+    }
+}
+
+impl Quantizer for E5m2 {
+    fn quantize(x: f32, scale: f32) -> u8 {
+        Format::E5m2.quantize(x, scale)
+    }
+}
+
+fn quantize_head<Q: Quantizer>(dtype: Dtype, input: &[u8], out: &mut [u8], scale: f32) {
+    let size = dtype.size();
+    match dtype {
+        Dtype::Half => quantize_row::<Q>(input, size, out, scale, |b| {
+            half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+        }),
+        Dtype::BFloat16 => quantize_row::<Q>(input, size, out, scale, |b| {
+            half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
+        }),
+        Dtype::Float => quantize_row::<Q>(input, size, out, scale, |b| {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }),
+    }
+}
+
+/// `out[i] = fp8(x_i / scale)` for the elements `x_i` of `input`, each decoded by `decode` from
 /// its `size` bytes.
-fn quantize_row(
+fn quantize_row<Q: Quantizer>(
     input: &[u8],
     size: usize,
     out: &mut [u8],
@@ -114,6 +141,6 @@ fn quantize_row(
     decode: impl Fn(&[u8]) -> f32,
 ) {
     for (byte, element) in out.iter_mut().zip(input.chunks_exact(size)) {
-        *byte = fp8::quantize(decode(element), scale);
+        *byte = Q::quantize(decode(element), scale);
     }
 }

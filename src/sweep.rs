@@ -7,7 +7,7 @@ use crate::backend::{Backend, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Protocol, Samples};
-use crate::workload::{self, CacheFill, Caches, HostInputs};
+use crate::workload::{self, CacheFill, Caches, HostInputs, Scaling, WorkloadConfig};
 
 /// vLLM's default number of cache blocks.
 pub const DEFAULT_NUM_BLOCKS: usize = 65536;
@@ -50,6 +50,8 @@ pub struct SweepConfig {
     pub seed: u64,
     /// Bytes of host memory the sweep may plan for, at most.
     pub host_memory_limit: Option<u64>,
+    /// Fused QKV inputs, per-head scales, the slot pattern (default: vLLM's benchmark).
+    pub workload: WorkloadConfig,
 }
 
 impl SweepConfig {
@@ -63,6 +65,7 @@ impl SweepConfig {
             dtype: self.dtype,
             cache_dtype: self.cache_dtype,
             layout,
+            input_strides: self.workload.input_strides(self.num_heads, self.head_size),
         }
     }
 }
@@ -149,6 +152,13 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
             .unwrap_or((DEFAULT_NUM_BLOCKS, None)),
     };
     let is_default = matches!(config.num_blocks, NumBlocks::Default);
+    if config.workload.scale == Scaling::PerHead && !config.cache_dtype.is_fp8() {
+        return Err(Error::InvalidConfig(
+            "--scale per-head needs an fp8 cache (--kv-cache-dtype fp8 or fp8_e5m2): an auto \
+             cache stores the inputs unscaled"
+                .into(),
+        ));
+    }
     // Validate every row with the requested size first, so that size-independent mistakes (fp8
     // with head size 120, zero heads) are named as such rather than as a memory problem.
     for &layout in &config.layouts {
@@ -157,6 +167,15 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
             match problem.validate() {
                 Err(Error::TooManyTokens { .. }) if is_default => {}
                 other => other?,
+            }
+            if let NumBlocks::Explicit(n) = config.num_blocks {
+                config
+                    .workload
+                    .slots
+                    .check_fits(num_tokens, config.block_size, n)?;
+            }
+            for backend in backends.iter().filter(|b| b.supports(layout)) {
+                backend.check_support(&problem, config.workload.scale)?;
             }
         }
     }
@@ -361,6 +380,10 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                 }
                 other => other?,
             }
+            config
+                .workload
+                .slots
+                .check_fits(n, config.block_size, num_blocks)?;
         }
     }
     Ok(Plan {
@@ -437,10 +460,16 @@ pub fn run(
     stop: impl Fn() -> bool,
 ) -> Sweep {
     let max_tokens = plan.num_tokens.iter().copied().max().unwrap_or(0);
-    let token_elements = config.num_heads * config.head_size;
     // Inputs are generated in fixed-size streams: a row's tokens are the same whatever the
     // largest row of the sweep.
-    let host = HostInputs::random(config.dtype, token_elements, max_tokens, config.seed);
+    let host = HostInputs::for_workload(
+        config.dtype,
+        config.num_heads,
+        config.head_size,
+        &config.workload,
+        max_tokens,
+        config.seed,
+    );
     for backend in backends.iter_mut() {
         if let Some(&layout) = config.layouts.iter().find(|&&l| backend.supports(l)) {
             let largest = config.problem(max_tokens, layout, plan.num_blocks);
@@ -464,13 +493,25 @@ pub fn run(
                     end: End::Stopped { at },
                 };
             }
-            let slots = workload::random_slot_mapping(
-                problem.num_slots(),
+            let slots = match workload::slot_mapping(
+                config.workload.slots,
+                problem.num_blocks,
+                problem.block_size,
                 num_tokens,
                 0.0,
                 config.seed ^ num_tokens as u64,
-            );
-            let inputs = host.inputs(&problem, &slots);
+            ) {
+                Ok(slots) => slots,
+                // Planning checked that every row's pattern fits; this is a last guard.
+                Err(error) => {
+                    return Sweep {
+                        rows,
+                        end: End::Failed(error),
+                    }
+                }
+            };
+            let scales = host.scales(&problem, config.workload.scale);
+            let inputs = host.inputs_with(&problem, &slots, &scales);
             let mut results = Vec::new();
             for backend in backends.iter_mut() {
                 let kind = backend.kind();

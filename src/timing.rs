@@ -563,6 +563,7 @@ mod tests {
             dtype: crate::problem::Dtype::BFloat16,
             cache_dtype: crate::problem::CacheDtype::Auto,
             layout: crate::problem::Layout::Nhd,
+            input_strides: None,
         }
     }
 

@@ -14,12 +14,12 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::backend::Backend;
-use crate::error::Result;
-use crate::fp8;
-use crate::problem::{CacheDtype, Dtype, Layout, Problem};
+use crate::error::{Error, Result};
+use crate::fp8::Format;
+use crate::problem::{CacheDtype, Dtype, InputStrides, Layout, Problem};
 use crate::reference;
 use crate::report::{Cell, Table};
-use crate::workload::{self, CacheFill, Caches, Inputs};
+use crate::workload::{self, CacheFill, Caches, Inputs, Scale, Scaling, SlotPattern};
 
 /// One verification case: a problem and how its inputs are drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -30,6 +30,30 @@ pub struct Case {
     /// Sprinkle NaN, +-Inf, huge and tiny values into the inputs (fp8 saturation and NaN paths).
     pub special_values: bool,
     pub seed: u64,
+    /// Keys and values are slices of one fused QKV tensor with this many query heads (the
+    /// problem's input strides must then be [`InputStrides::qkv_fused`]'s). With `None` and
+    /// strides, keys and values are drawn as two strided tensors of their own.
+    pub qkv_fused: Option<usize>,
+    /// fp8 scales per tensor or per head (ignored for `auto` caches).
+    pub scaling: Scaling,
+    /// Where the tokens go in the cache.
+    pub slots: SlotPattern,
+}
+
+impl Case {
+    /// A case of `problem` with contiguous inputs, per-tensor scales, random slots, no padding
+    /// and no special values.
+    pub fn plain(problem: Problem, seed: u64) -> Self {
+        Self {
+            problem,
+            padding_fraction: 0.0,
+            special_values: false,
+            seed,
+            qkv_fused: None,
+            scaling: Scaling::PerTensor,
+            slots: SlotPattern::Random,
+        }
+    }
 }
 
 impl fmt::Display for Case {
@@ -42,7 +66,17 @@ impl fmt::Display for Case {
             self.padding_fraction,
             self.special_values,
             self.seed
-        )
+        )?;
+        if let Some(query_heads) = self.qkv_fused {
+            write!(f, " qkv_fused={query_heads}")?;
+        }
+        if self.scaling != Scaling::PerTensor && self.problem.cache_dtype.is_fp8() {
+            write!(f, " scale={}", self.scaling)?;
+        }
+        if self.slots != SlotPattern::Random {
+            write!(f, " slots={}", self.slots)?;
+        }
+        Ok(())
     }
 }
 
@@ -86,11 +120,16 @@ impl fmt::Display for Mismatch {
 
 /// Everything one case needs on the host: inputs, the poisoned caches and the expected result.
 pub struct CaseData {
+    /// The keys as [`Inputs`] holds them (for strided inputs, the span of their tensor).
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub slot_mapping: Vec<i64>,
+    /// The per-tensor scales (used unless the case's scales are per head).
     pub k_scale: f32,
     pub v_scale: f32,
+    /// Per-head scales, one per head; empty where the case's scales are per tensor.
+    pub k_head_scales: Vec<f32>,
+    pub v_head_scales: Vec<f32>,
     pub initial: Caches,
     pub expected: Caches,
 }
@@ -108,6 +147,8 @@ impl CaseData {
             slot_mapping,
             k_scale,
             v_scale,
+            k_head_scales,
+            v_head_scales,
         } = inputs;
         Ok(Self {
             key,
@@ -115,6 +156,8 @@ impl CaseData {
             slot_mapping,
             k_scale,
             v_scale,
+            k_head_scales,
+            v_head_scales,
             initial,
             expected,
         })
@@ -125,9 +168,18 @@ impl CaseData {
             key: &self.key,
             value: &self.value,
             slot_mapping: &self.slot_mapping,
-            k_scale: self.k_scale,
-            v_scale: self.v_scale,
+            k_scale: scale_of(self.k_scale, &self.k_head_scales),
+            v_scale: scale_of(self.v_scale, &self.v_head_scales),
         }
+    }
+}
+
+/// Per-head scales where there are some, else the per-tensor one.
+fn scale_of(tensor: f32, heads: &[f32]) -> Scale<'_> {
+    if heads.is_empty() {
+        Scale::PerTensor(tensor)
+    } else {
+        Scale::PerHead(heads)
     }
 }
 
@@ -138,31 +190,77 @@ struct CaseInputs {
     slot_mapping: Vec<i64>,
     k_scale: f32,
     v_scale: f32,
+    k_head_scales: Vec<f32>,
+    v_head_scales: Vec<f32>,
 }
 
 impl CaseInputs {
     fn new(case: &Case) -> Result<Self> {
         let p = &case.problem;
         p.validate()?;
-        let elements = p.num_tokens * p.token_elements();
-        let mut key = random_inputs(p.dtype, elements, stream(case.seed, 1));
-        let mut value = random_inputs(p.dtype, elements, stream(case.seed, 2));
+        let (mut key, mut value) = match case.qkv_fused {
+            Some(query_heads) => {
+                let strides = InputStrides::qkv_fused(query_heads, p.num_heads, p.head_size);
+                if p.input_strides != Some(strides) {
+                    return Err(Error::InvalidConfig(format!(
+                        "a case with qkv_fused={query_heads} needs the input strides of that \
+                         fused tensor ({strides:?}), not {:?}",
+                        p.input_strides
+                    )));
+                }
+                // One fused tensor, as an engine passes it: keys and values are its slices,
+                // and what lies between their heads is the other parts' data.
+                let fused = random_inputs(
+                    p.dtype,
+                    p.num_tokens * strides.token as usize,
+                    stream(case.seed, 10),
+                );
+                let size = p.dtype.size();
+                let span = p.input_bytes() as usize;
+                let key = query_heads * p.head_size * size;
+                let value = key + p.token_elements() * size;
+                (
+                    fused[key..key + span].to_vec(),
+                    fused[value..value + span].to_vec(),
+                )
+            }
+            None => {
+                let elements = p.input_span() as usize;
+                (
+                    random_inputs(p.dtype, elements, stream(case.seed, 1)),
+                    random_inputs(p.dtype, elements, stream(case.seed, 2)),
+                )
+            }
+        };
         let mut rng = SmallRng::seed_from_u64(stream(case.seed, 5));
         let (k_scale, v_scale) = (random_scale(&mut rng), random_scale(&mut rng));
-        if p.cache_dtype == CacheDtype::Fp8 && p.dtype == Dtype::Float {
-            sprinkle_near_ties(&mut key, k_scale, stream(case.seed, 8));
-            sprinkle_near_ties(&mut value, v_scale, stream(case.seed, 9));
+        // Each head its own random scale: a kernel that takes another head's (or the first
+        // head's) divides by a different power of two and shows.
+        let (k_head_scales, v_head_scales) =
+            if case.scaling == Scaling::PerHead && p.cache_dtype.is_fp8() {
+                let mut draw = || (0..p.num_heads).map(|_| random_scale(&mut rng)).collect();
+                (draw(), draw())
+            } else {
+                (Vec::new(), Vec::new())
+            };
+        if let (Some(format), Dtype::Float) = (p.cache_dtype.fp8(), p.dtype) {
+            let k = scale_of(k_scale, &k_head_scales);
+            let v = scale_of(v_scale, &v_head_scales);
+            sprinkle_near_ties(p, format, &mut key, k, stream(case.seed, 8));
+            sprinkle_near_ties(p, format, &mut value, v, stream(case.seed, 9));
         }
         if case.special_values {
             sprinkle_special_values(p, &mut key, stream(case.seed, 3));
             sprinkle_special_values(p, &mut value, stream(case.seed, 4));
         }
-        let slot_mapping = workload::random_slot_mapping(
-            p.num_slots(),
+        let slot_mapping = workload::slot_mapping(
+            case.slots,
+            p.num_blocks,
+            p.block_size,
             p.num_tokens,
             case.padding_fraction,
             case.seed,
-        );
+        )?;
         p.validate_slots(&slot_mapping)?;
         Ok(Self {
             key,
@@ -170,6 +268,8 @@ impl CaseInputs {
             slot_mapping,
             k_scale,
             v_scale,
+            k_head_scales,
+            v_head_scales,
         })
     }
 
@@ -178,8 +278,8 @@ impl CaseInputs {
             key: &self.key,
             value: &self.value,
             slot_mapping: &self.slot_mapping,
-            k_scale: self.k_scale,
-            v_scale: self.v_scale,
+            k_scale: scale_of(self.k_scale, &self.k_head_scales),
+            v_scale: scale_of(self.v_scale, &self.v_head_scales),
         }
     }
 }
@@ -303,9 +403,9 @@ fn locate(
 
 /// An element's bits and value, e.g. `0x3f80 (1)`.
 fn describe_element(problem: &Problem, bytes: &[u8], index: usize) -> String {
-    match problem.cache_dtype {
-        CacheDtype::Fp8 => format!("{:#04x} ({})", bytes[index], fp8::e4m3_to_f32(bytes[index])),
-        CacheDtype::Auto => {
+    match problem.cache_dtype.fp8() {
+        Some(format) => format!("{:#04x} ({})", bytes[index], format.decode(bytes[index])),
+        None => {
             let size = problem.dtype.size();
             let raw = &bytes[index * size..(index + 1) * size];
             let bits = raw
@@ -391,21 +491,40 @@ fn random_scale(rng: &mut SmallRng) -> f32 {
     mantissa * 2f32.powi(exponent)
 }
 
-/// Replaces about one float element in 16 by a value whose quotient by `scale` is within an
-/// ulp or two of a tie between two e4m3 values: where the encoder's round-to-nearest-even
-/// decides, and where a quotient computed other than as the correctly rounded `x / scale` (a
-/// multiplication by a rounded reciprocal, a fast approximate division) ends on the other side
-/// of the tie. Random normal inputs almost never land there.
-fn sprinkle_near_ties(bytes: &mut [u8], scale: f32, seed: u64) {
+/// The index in a key or value slice of a random element of one of the problem's heads, and
+/// that head (elements between heads of strided inputs are never drawn).
+fn random_element(problem: &Problem, rng: &mut SmallRng) -> (usize, usize) {
+    let token = rng.random_range(0..problem.num_tokens);
+    let head = rng.random_range(0..problem.num_heads);
+    let d = rng.random_range(0..problem.head_size);
+    (problem.input_offset(token, head) as usize + d, head)
+}
+
+/// Replaces about one float element in 16 by a value whose quotient by its head's scale is
+/// within an ulp or two of a tie between two fp8 values of `format`: where the encoder's
+/// round-to-nearest-even decides, and where a quotient computed other than as the correctly
+/// rounded `x / scale` (a multiplication by a rounded reciprocal, a fast approximate division)
+/// ends on the other side of the tie. Random normal inputs almost never land there.
+fn sprinkle_near_ties(
+    problem: &Problem,
+    format: Format,
+    bytes: &mut [u8],
+    scale: Scale,
+    seed: u64,
+) {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let elements = bytes.len() / 4;
+    // The largest finite code: above it everything saturates.
+    let largest = match format {
+        Format::E4m3 => 0x7e_u8,
+        Format::E5m2 => 0x7b_u8,
+    };
+    let elements = problem.num_tokens * problem.token_elements();
     for _ in 0..(elements / 16).max(1) {
-        let index = rng.random_range(0..elements);
-        // Between the positive finite codes c and c + 1 (both below 0x7e, the largest: above
-        // it everything saturates); the midpoint is exact in f32.
-        let code = rng.random_range(0..0x7e_u8);
-        let tie = (fp8::e4m3_to_f32(code) + fp8::e4m3_to_f32(code + 1)) / 2.0;
-        let x = tie * scale;
+        let (index, head) = random_element(problem, &mut rng);
+        // Between the positive finite codes c and c + 1; the midpoint is exact in f32.
+        let code = rng.random_range(0..largest);
+        let tie = (format.decode(code) + format.decode(code + 1)) / 2.0;
+        let x = tie * scale.of_head(head);
         let nudged = f32::from_bits(x.to_bits().wrapping_add_signed(rng.random_range(-2..=2)));
         let signed = if rng.random_bool(0.5) {
             nudged
@@ -431,10 +550,10 @@ fn sprinkle_special_values(problem: &Problem, bytes: &mut [u8], seed: u64) {
         0.0,
         -0.0,
     ];
-    let elements = bytes.len() / problem.dtype.size();
+    let elements = problem.num_tokens * problem.token_elements();
     // At least one, so that a one-token case with special values has one.
     for _ in 0..(elements / 50).max(1) {
-        let index = rng.random_range(0..elements);
+        let (index, _) = random_element(problem, &mut rng);
         let value = specials[rng.random_range(0..specials.len())];
         problem.dtype.write_f32(bytes, index, value);
     }
@@ -467,6 +586,13 @@ impl Coverage {
 /// with about twice as many slots as tokens (so untouched slots are checked too), some padding,
 /// and special values in every fourth case.
 ///
+/// The serving-workload axes are sampled rather than multiplied: within each layout x dtype x
+/// cache dtype row, case `i` takes slot pattern `i % 4` (every pattern with every token count),
+/// keys and values as slices of a fused QKV tensor in a third of the cases, and per-head scales
+/// (fp8) in half of them, each axis value meeting every other's (see [`workload_axes`]).
+/// Decode cases (a cache block per token) stop at 1000 tokens: larger ones take the mixed
+/// pattern, so that no cache grows past what the other cases hold.
+///
 /// Backend internals that only some shapes reach (the wgpu backend splitting caches over
 /// several buffers) are covered by checking the same matrix on a second instance of the backend
 /// configured to reach them: see [`Subject`].
@@ -478,16 +604,29 @@ pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
     let mut cases = Vec::new();
     for layout in [Layout::Nhd, Layout::Hnd] {
         for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
-            for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
+            for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8, CacheDtype::Fp8E5m2] {
+                let mut in_row = 0;
                 for &head_size in head_sizes {
-                    if cache_dtype == CacheDtype::Fp8 && !head_size.is_multiple_of(16) {
+                    if cache_dtype.is_fp8() && !head_size.is_multiple_of(16) {
                         continue;
                     }
                     for block_size in BLOCK_SIZES {
                         for &num_tokens in token_counts {
                             let index = cases.len() as u64;
+                            let (qkv_fused, scaling, mut slots) = workload_axes(in_row);
+                            in_row += 1;
+                            if slots == SlotPattern::Decode && num_tokens > 1000 {
+                                slots = SlotPattern::Mixed;
+                            }
                             let num_heads = if num_tokens >= 1000 { 2 } else { 5 };
-                            let num_blocks = (2 * num_tokens).div_ceil(block_size) + 1;
+                            let num_blocks = match slots {
+                                SlotPattern::Random => (2 * num_tokens).div_ceil(block_size) + 1,
+                                pattern => {
+                                    let needed =
+                                        pattern.blocks_needed(num_tokens, block_size) as usize;
+                                    needed + needed / 8 + 1
+                                }
+                            };
                             cases.push(Case {
                                 problem: Problem {
                                     num_tokens,
@@ -498,10 +637,20 @@ pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
                                     dtype,
                                     cache_dtype,
                                     layout,
+                                    input_strides: qkv_fused.map(|query_heads| {
+                                        InputStrides::qkv_fused(query_heads, num_heads, head_size)
+                                    }),
                                 },
                                 padding_fraction: if num_tokens > 2 { 0.1 } else { 0.0 },
                                 special_values: index % 4 == 3,
                                 seed: seed.wrapping_add(index),
+                                qkv_fused,
+                                scaling: if cache_dtype.is_fp8() {
+                                    scaling
+                                } else {
+                                    Scaling::PerTensor
+                                },
+                                slots,
                             });
                         }
                     }
@@ -510,6 +659,22 @@ pub fn matrix(coverage: Coverage, seed: u64) -> Vec<Case> {
         }
     }
     cases
+}
+
+/// The serving-workload axes of the `i`-th case of a matrix row: the slot pattern cycles with
+/// period 4 (coprime to the 3 or 5 token counts, so each pattern meets each count); fused
+/// inputs (with 4 query heads per KV head's worth, as grouped-query models have) take cases 4
+/// to 7 of every 12, one of each pattern; per-head scales alternate with a phase that flips
+/// every 4 cases, so that each pattern is seen with both kinds of scale, fused or not.
+pub fn workload_axes(i: usize) -> (Option<usize>, Scaling, SlotPattern) {
+    let slots = SlotPattern::ALL[i % 4];
+    let qkv_fused = ((i / 4) % 3 == 1).then_some(4);
+    let scaling = if (i % 4 + i / 4) % 2 == 1 {
+        Scaling::PerHead
+    } else {
+        Scaling::PerTensor
+    };
+    (qkv_fused, scaling, slots)
 }
 
 /// A backend under verification, and the name its rows of the report carry.
@@ -540,6 +705,31 @@ impl Subject {
     fn takes(&self, case: &Case) -> bool {
         case.problem.cache_bytes() >= self.min_cache_bytes
     }
+
+    /// Why the backend does not implement `case`, if it does not (its layout, or what
+    /// [`Backend::check_support`] refuses).
+    fn refusal(&self, case: &Case) -> Option<String> {
+        if !self.backend.supports(case.problem.layout) {
+            return Some("layout not implemented".into());
+        }
+        match self
+            .backend
+            .check_support(&case.problem, case_scaling(case))
+        {
+            Ok(()) => None,
+            Err(Error::Unsupported { what, .. }) => Some(format!("{what} not implemented")),
+            Err(other) => Some(other.one_line()),
+        }
+    }
+}
+
+/// The scaling a case's inputs actually have (per-tensor for `auto` caches).
+fn case_scaling(case: &Case) -> Scaling {
+    if case.problem.cache_dtype.is_fp8() {
+        case.scaling
+    } else {
+        Scaling::PerTensor
+    }
 }
 
 /// How one case went on one subject.
@@ -550,8 +740,8 @@ pub enum Outcome {
     Mismatch(Mismatch),
     /// The backend returned an error instead of a result.
     Error(String),
-    /// The backend does not implement the case's layout.
-    Unsupported,
+    /// The backend does not implement the case (its layout, cache dtype, ...): why.
+    Unsupported(String),
 }
 
 /// A case that failed, for the listing under the matrix.
@@ -568,7 +758,7 @@ impl fmt::Display for Failure {
         match &self.outcome {
             Outcome::Mismatch(mismatch) => write!(f, "{mismatch}"),
             Outcome::Error(error) => write!(f, "error: {error}"),
-            Outcome::Passed | Outcome::Unsupported => write!(f, "no failure"),
+            Outcome::Passed | Outcome::Unsupported(_) => write!(f, "no failure"),
         }
     }
 }
@@ -583,9 +773,17 @@ struct Row {
     checked: usize,
     passed: usize,
     unsupported: usize,
+    /// Why cases were not checked.
+    refusals: BTreeSet<String>,
     num_tokens: BTreeSet<usize>,
     head_sizes: BTreeSet<usize>,
     block_sizes: BTreeSet<usize>,
+    /// Slot patterns checked (in `SlotPattern::ALL`'s order).
+    slots: BTreeSet<usize>,
+    /// Contiguous (false) and fused (true) inputs checked.
+    fused: BTreeSet<bool>,
+    /// Per-tensor (false) and per-head (true) scales checked (fp8 rows only).
+    per_head: BTreeSet<bool>,
 }
 
 /// The results of [`run`]: a pass/fail matrix and every failure.
@@ -615,21 +813,32 @@ impl Report {
                     checked: 0,
                     passed: 0,
                     unsupported: 0,
+                    refusals: BTreeSet::new(),
                     num_tokens: BTreeSet::new(),
                     head_sizes: BTreeSet::new(),
                     block_sizes: BTreeSet::new(),
+                    slots: BTreeSet::new(),
+                    fused: BTreeSet::new(),
+                    per_head: BTreeSet::new(),
                 });
                 self.rows.last_mut().expect("just pushed")
             }
         };
-        if outcome == Outcome::Unsupported {
+        if let Outcome::Unsupported(why) = outcome {
             row.unsupported += 1;
+            row.refusals.insert(why);
             return;
         }
         row.checked += 1;
         row.num_tokens.insert(p.num_tokens);
         row.head_sizes.insert(p.head_size);
         row.block_sizes.insert(p.block_size);
+        let pattern = SlotPattern::ALL.iter().position(|&s| s == case.slots);
+        row.slots.insert(pattern.unwrap_or(0));
+        row.fused.insert(!p.contiguous_inputs());
+        if p.cache_dtype.is_fp8() {
+            row.per_head.insert(case_scaling(case) == Scaling::PerHead);
+        }
         if outcome == Outcome::Passed {
             row.passed += 1;
         } else {
@@ -651,7 +860,8 @@ impl Report {
     }
 
     /// The pass/fail matrix: one row per subject x layout x dtype x cache dtype, with what it
-    /// covered; "n/a" where the backend does not implement the layout.
+    /// covered; "n/a" and the reason where the backend does not implement the row's cases (or
+    /// some of them).
     pub fn table(&self) -> Table {
         let headers = [
             "implementation",
@@ -662,6 +872,9 @@ impl Report {
             "num_tokens",
             "head_size",
             "block_size",
+            "slots",
+            "inputs",
+            "scales",
         ];
         let list = |set: &BTreeSet<usize>| {
             set.iter()
@@ -669,17 +882,37 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join(",")
         };
+        let names = |set: &BTreeSet<bool>, no: &str, yes: &str| {
+            let words: Vec<&str> = set.iter().map(|&b| if b { yes } else { no }).collect();
+            if words.is_empty() {
+                "-".to_string()
+            } else {
+                words.join(",")
+            }
+        };
         let rows = self
             .rows
             .iter()
             .map(|row| {
+                let refusals = row.refusals.iter().cloned().collect::<Vec<_>>().join("; ");
                 let result = if row.checked == 0 {
-                    "n/a (layout not implemented)".to_string()
+                    format!("n/a ({refusals})")
                 } else if row.passed == row.checked {
                     format!("passed {}/{}", row.passed, row.checked)
                 } else {
                     format!("FAILED {}/{}", row.checked - row.passed, row.checked)
                 };
+                let result = if row.checked > 0 && row.unsupported > 0 {
+                    format!("{result}, {} n/a ({refusals})", row.unsupported)
+                } else {
+                    result
+                };
+                let slots = row
+                    .slots
+                    .iter()
+                    .map(|&i| SlotPattern::ALL[i].name())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 [
                     row.label.clone(),
                     row.layout.name().to_string(),
@@ -689,6 +922,9 @@ impl Report {
                     list(&row.num_tokens),
                     list(&row.head_sizes),
                     list(&row.block_sizes),
+                    slots,
+                    names(&row.fused, "contiguous", "fused"),
+                    names(&row.per_head, "per-tensor", "per-head"),
                 ]
                 .into_iter()
                 .map(Cell::Text)
@@ -729,7 +965,7 @@ pub fn count_checks(subjects: &[Subject], cases: &[Case]) -> usize {
         .map(|s| {
             cases
                 .iter()
-                .filter(|c| s.takes(c) && s.backend.supports(c.problem.layout))
+                .filter(|c| s.takes(c) && s.refusal(c).is_none())
                 .count()
         })
         .sum()
@@ -748,14 +984,15 @@ pub fn run(
             if !subject.takes(case) {
                 continue;
             }
-            let outcome = if !subject.backend.supports(case.problem.layout) {
-                Outcome::Unsupported
-            } else {
-                progress(&subject.label, case);
-                match check(subject.backend.as_mut(), case) {
-                    Ok(None) => Outcome::Passed,
-                    Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
-                    Err(error) => Outcome::Error(error.one_line()),
+            let outcome = match subject.refusal(case) {
+                Some(why) => Outcome::Unsupported(why),
+                None => {
+                    progress(&subject.label, case);
+                    match check(subject.backend.as_mut(), case) {
+                        Ok(None) => Outcome::Passed,
+                        Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
+                        Err(error) => Outcome::Error(error.one_line()),
+                    }
                 }
             };
             report.record(&subject.label, case, outcome);

@@ -7,25 +7,96 @@ use rand_distr::StandardNormal;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::problem::{Dtype, Problem};
+use crate::problem::{Dtype, InputStrides, Problem};
 
-/// The inputs of one call, borrowed from host memory. Keys and values are
-/// `[num_tokens, num_heads, head_size]`, contiguous, little-endian in the problem's dtype.
+/// The fp8 divisor of the keys (or the values) of a call: one for the whole tensor, or one per
+/// head (vLLM's `k_scale` / `v_scale` of shape `[1]` or `[num_heads]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scale<'a> {
+    PerTensor(f32),
+    /// `num_heads` divisors, head `h`'s at index `h`.
+    PerHead(&'a [f32]),
+}
+
+impl Scale<'_> {
+    /// The divisor of head `head`.
+    pub fn of_head(&self, head: usize) -> f32 {
+        match self {
+            Scale::PerTensor(scale) => *scale,
+            Scale::PerHead(scales) => scales[head],
+        }
+    }
+
+    pub fn scaling(&self) -> Scaling {
+        match self {
+            Scale::PerTensor(_) => Scaling::PerTensor,
+            Scale::PerHead(_) => Scaling::PerHead,
+        }
+    }
+}
+
+impl From<f32> for Scale<'_> {
+    fn from(scale: f32) -> Self {
+        Scale::PerTensor(scale)
+    }
+}
+
+/// How fp8 scales are given: one per tensor or one per head (`--scale`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scaling {
+    /// One scale for all keys and one for all values (each tensor's max / 64).
+    #[default]
+    PerTensor,
+    /// One scale per head for keys and for values (each head's max / 64).
+    PerHead,
+}
+
+impl Scaling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scaling::PerTensor => "per-tensor",
+            Scaling::PerHead => "per-head",
+        }
+    }
+}
+
+impl std::fmt::Display for Scaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The inputs of one call, borrowed from host memory. Keys and values are little-endian in the
+/// problem's dtype, laid out as [`Problem::inputs`] says: each slice starts at its tensor's
+/// first element (token 0, head 0) and holds [`Problem::input_bytes`] bytes. With fused QKV
+/// inputs, both are slices of the one fused tensor.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     pub key: &'a [u8],
     pub value: &'a [u8],
     pub slot_mapping: &'a [i64],
     /// Divisor for keys when the cache is fp8 (ignored for `auto`).
-    pub k_scale: f32,
+    pub k_scale: Scale<'a>,
     /// Divisor for values when the cache is fp8 (ignored for `auto`).
-    pub v_scale: f32,
+    pub v_scale: Scale<'a>,
 }
 
 impl Inputs<'_> {
     /// Checks that these inputs can be handed to a backend for `problem`: the problem is valid,
-    /// keys and values hold exactly its tokens, and every slot is -1 or a distinct cache slot.
-    /// Every backend's `prepare` starts here.
+    /// keys and values hold exactly its tokens, per-head scales one per head, and every slot is
+    /// -1 or a distinct cache slot. Every backend's `prepare` starts here.
     pub fn validate_for(&self, problem: &Problem) -> Result<()> {
         problem.validate()?;
         let input_bytes = problem.input_bytes() as usize;
@@ -36,7 +107,23 @@ impl Inputs<'_> {
                 self.value.len()
             )));
         }
+        for (name, scale) in [("k_scale", self.k_scale), ("v_scale", self.v_scale)] {
+            if let Scale::PerHead(scales) = scale {
+                if scales.len() != problem.num_heads {
+                    return Err(Error::InvalidConfig(format!(
+                        "{name} holds {} per-head scales for {} heads",
+                        scales.len(),
+                        problem.num_heads
+                    )));
+                }
+            }
+        }
         problem.validate_slots(self.slot_mapping)
+    }
+
+    /// Whether either scale is given per head.
+    pub fn per_head_scales(&self) -> bool {
+        self.k_scale.scaling() == Scaling::PerHead || self.v_scale.scaling() == Scaling::PerHead
     }
 }
 
@@ -151,6 +238,205 @@ pub fn random_slot_mapping(
     slots
 }
 
+/// Where a call's tokens go in the cache (`--slots`): the slot pattern decides how many cache
+/// lines and pages one call touches.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotPattern {
+    /// Distinct slots drawn uniformly from the whole cache (vLLM's benchmark).
+    #[default]
+    Random,
+    /// One token per request, each at the next free offset of its own block, the blocks
+    /// scattered over the cache (a decode step).
+    Decode,
+    /// A few requests, each writing a contiguous run of slots through whole blocks from a
+    /// block's start, the last block partly filled (prompts).
+    Prefill,
+    /// One prefill run after many decode tokens (a chunked-prefill batch): a quarter of the
+    /// tokens, at most 256, are decodes.
+    Mixed,
+}
+
+/// Requests of a prefill call, at most.
+const PREFILL_REQUESTS: usize = 4;
+/// Decode tokens of a mixed call, at most: the requests a vLLM engine schedules at once by
+/// default (`max_num_seqs`), so that larger calls grow their prefill run, as chunked prefill
+/// batches do.
+const MIXED_DECODES: usize = 256;
+
+impl SlotPattern {
+    pub const ALL: [SlotPattern; 4] = [
+        SlotPattern::Random,
+        SlotPattern::Decode,
+        SlotPattern::Prefill,
+        SlotPattern::Mixed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SlotPattern::Random => "random",
+            SlotPattern::Decode => "decode",
+            SlotPattern::Prefill => "prefill",
+            SlotPattern::Mixed => "mixed",
+        }
+    }
+
+    /// Decode tokens of a mixed call of `num_tokens` tokens (the rest is the prefill run): a
+    /// quarter, at least one (from 2 tokens on) and at most `MIXED_DECODES`.
+    fn mixed_decodes(num_tokens: usize) -> usize {
+        if num_tokens < 2 {
+            0
+        } else {
+            (num_tokens / 4).clamp(1, MIXED_DECODES)
+        }
+    }
+
+    /// The most cache blocks this pattern needs for `num_tokens` tokens (whole blocks per
+    /// request; for `random`, the blocks that hold `num_tokens` slots).
+    pub fn blocks_needed(self, num_tokens: usize, block_size: usize) -> u64 {
+        let (n, b) = (num_tokens as u64, block_size as u64);
+        match self {
+            SlotPattern::Random => n.div_ceil(b),
+            SlotPattern::Decode => n,
+            SlotPattern::Prefill => n.div_ceil(b) + (PREFILL_REQUESTS as u64 - 1).min(n),
+            SlotPattern::Mixed => {
+                let decodes = Self::mixed_decodes(num_tokens) as u64;
+                decodes + (n - decodes).div_ceil(b)
+            }
+        }
+    }
+
+    /// Checks that `num_tokens` tokens of this pattern fit in `num_blocks` blocks.
+    pub fn check_fits(self, num_tokens: usize, block_size: usize, num_blocks: usize) -> Result<()> {
+        let needed = self.blocks_needed(num_tokens, block_size);
+        if self != SlotPattern::Random && needed > num_blocks as u64 {
+            return Err(Error::InvalidConfig(format!(
+                "--slots {} with {num_tokens} tokens needs up to {needed} cache blocks (whole \
+                 blocks per request), the cache has {num_blocks}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for SlotPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A slot for each of `num_tokens` tokens in a cache of `num_blocks` blocks of `block_size`
+/// slots, placed as `pattern` says, with about `padding_fraction` of the tokens then set to -1
+/// (a padded batch). Distinct slots, a function of the arguments alone. `random` is
+/// [`random_slot_mapping`] itself.
+pub fn slot_mapping(
+    pattern: SlotPattern,
+    num_blocks: usize,
+    block_size: usize,
+    num_tokens: usize,
+    padding_fraction: f64,
+    seed: u64,
+) -> Result<Vec<i64>> {
+    let num_slots = num_blocks as u64 * block_size as u64;
+    if pattern == SlotPattern::Random {
+        if num_tokens as u64 > num_slots {
+            return Err(Error::InvalidConfig(format!(
+                "{num_tokens} tokens do not fit in {num_slots} slots"
+            )));
+        }
+        return Ok(random_slot_mapping(
+            num_slots,
+            num_tokens,
+            padding_fraction,
+            seed,
+        ));
+    }
+    pattern.check_fits(num_tokens, block_size, num_blocks)?;
+    let mut rng = SmallRng::seed_from_u64(stream_seed(seed, u64::MAX - 1));
+    // Requests as (tokens, whether a decode): decodes first, as engines batch them.
+    let mut requests: Vec<(usize, bool)> = Vec::new();
+    let prefill_runs = |rng: &mut SmallRng, tokens: usize, runs: usize| -> Vec<usize> {
+        // `runs` runs of at least one token: cut points drawn without repetition.
+        let runs = runs.clamp(1, tokens.max(1));
+        let mut cuts: Vec<usize> = if runs > 1 {
+            rand::seq::index::sample(rng, tokens - 1, runs - 1)
+                .into_iter()
+                .map(|c| c + 1)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        cuts.sort_unstable();
+        cuts.push(tokens);
+        let mut start = 0;
+        cuts.into_iter()
+            .map(|end| {
+                let run = end - start;
+                start = end;
+                run
+            })
+            .collect()
+    };
+    match pattern {
+        SlotPattern::Random => unreachable!("handled above"),
+        SlotPattern::Decode => requests.extend((0..num_tokens).map(|_| (1, true))),
+        SlotPattern::Prefill => {
+            if num_tokens > 0 {
+                let runs = prefill_runs(&mut rng, num_tokens, PREFILL_REQUESTS);
+                requests.extend(runs.into_iter().map(|run| (run, false)));
+            }
+        }
+        SlotPattern::Mixed => {
+            let decodes = SlotPattern::mixed_decodes(num_tokens);
+            requests.extend((0..decodes).map(|_| (1, true)));
+            if num_tokens > decodes {
+                requests.push((num_tokens - decodes, false));
+            }
+        }
+    }
+    let blocks: usize = requests
+        .iter()
+        .map(|&(tokens, _)| tokens.div_ceil(block_size))
+        .sum();
+    // Every request's blocks anywhere in the cache, none shared: a block table's view.
+    let mut free = rand::seq::index::sample(&mut rng, num_blocks, blocks).into_iter();
+    let mut slots = Vec::with_capacity(num_tokens);
+    for (tokens, decode) in requests {
+        if decode {
+            // The request's sequence so far fills its last block up to some offset.
+            let block = free.next().expect("counted above") as i64;
+            let offset = rng.random_range(0..block_size) as i64;
+            slots.push(block * block_size as i64 + offset);
+        } else {
+            for first in (0..tokens).step_by(block_size) {
+                let block = free.next().expect("counted above") as i64;
+                let run = (tokens - first).min(block_size) as i64;
+                slots.extend((0..run).map(|offset| block * block_size as i64 + offset));
+            }
+        }
+    }
+    if padding_fraction > 0.0 {
+        for slot in &mut slots {
+            if rng.random_bool(padding_fraction) {
+                *slot = -1;
+            }
+        }
+    }
+    Ok(slots)
+}
+
 /// The slot mapping of input copy `set` of `sets` when timing with rotating inputs: every
 /// valid slot moved by the same whole number of blocks (modulo the cache), so the copies write
 /// different cache lines while each stays free of duplicates; padding and out-of-range slots
@@ -177,6 +463,8 @@ pub fn rotated_slot_mapping(
 }
 
 /// The fp8 scale vLLM's benchmark uses: the largest element divided by 64.
+///
+/// (The largest, not the largest magnitude: vLLM's script takes `amax`, torch's maximum.)
 pub fn fp8_scale(dtype: Dtype, bytes: &[u8]) -> f32 {
     let size = dtype.size();
     let max = bytes
@@ -190,16 +478,140 @@ pub fn fp8_scale(dtype: Dtype, bytes: &[u8]) -> f32 {
     max / 64.0
 }
 
-/// Random keys and values for up to `max_tokens` tokens; each benchmark row uses a prefix.
+/// The per-head fp8 scales of one tensor: each head's largest element over the call's tokens,
+/// divided by 64 (as [`fp8_scale`] is for the whole tensor). `bytes` is the tensor's slice as
+/// [`Inputs`] holds it, laid out as `problem` says.
+pub fn fp8_head_scales(problem: &Problem, bytes: &[u8]) -> Vec<f32> {
+    let (dtype, d) = (problem.dtype, problem.head_size);
+    (0..problem.num_heads)
+        .into_par_iter()
+        .map(|head| {
+            let mut max = f32::NEG_INFINITY;
+            for token in 0..problem.num_tokens {
+                let first = problem.input_offset(token, head) as usize;
+                for i in first..first + d {
+                    max = max.max(dtype.read_f32(bytes, i));
+                }
+            }
+            max / 64.0
+        })
+        .collect()
+}
+
+/// The per-tensor fp8 scale of one tensor laid out as `problem` says: [`fp8_scale`] over the
+/// elements of its heads only (not what lies between them in a fused tensor).
+pub fn fp8_tensor_scale(problem: &Problem, bytes: &[u8]) -> f32 {
+    if problem.contiguous_inputs() {
+        return fp8_scale(problem.dtype, bytes);
+    }
+    fp8_head_scales(problem, bytes)
+        .into_iter()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// What a benchmark's inputs look like besides their sizes: the `--qkv-fused`, `--scale` and
+/// `--slots` choices (and the `--model` preset they came from, if any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadConfig {
+    /// Keys and values as slices of a fused QKV tensor with this many query heads; `None`:
+    /// contiguous keys and values.
+    #[serde(default)]
+    pub qkv_fused: Option<usize>,
+    #[serde(default)]
+    pub scale: Scaling,
+    #[serde(default)]
+    pub slots: SlotPattern,
+    /// The `--model` preset that set the shape, if any.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+impl WorkloadConfig {
+    /// The input strides of `num_heads` heads of `head_size` elements.
+    pub fn input_strides(&self, num_heads: usize, head_size: usize) -> Option<InputStrides> {
+        self.qkv_fused
+            .map(|query_heads| InputStrides::qkv_fused(query_heads, num_heads, head_size))
+    }
+
+    /// The settings that differ from the defaults, as `name=value` words (for headers).
+    pub fn non_default(&self) -> Vec<String> {
+        let mut words = Vec::new();
+        if let Some(model) = &self.model {
+            words.push(format!("model={model}"));
+        }
+        if let Some(query_heads) = self.qkv_fused {
+            words.push(format!("qkv_fused={query_heads}"));
+        }
+        if self.scale != Scaling::default() {
+            words.push(format!("scale={}", self.scale));
+        }
+        if self.slots != SlotPattern::default() {
+            words.push(format!("slots={}", self.slots));
+        }
+        words
+    }
+}
+
+/// The fp8 scales of one call, owned: one per tensor, or one per head (keys and values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scales {
+    /// One scale, or one per head.
+    pub key: Vec<f32>,
+    pub value: Vec<f32>,
+    pub scaling: Scaling,
+}
+
+impl Scales {
+    /// Scales of `problem`'s keys and values as vLLM's benchmark computes them (max / 64), per
+    /// tensor or per head.
+    pub fn of(problem: &Problem, key: &[u8], value: &[u8], scaling: Scaling) -> Self {
+        match scaling {
+            Scaling::PerTensor => Self {
+                key: vec![fp8_tensor_scale(problem, key)],
+                value: vec![fp8_tensor_scale(problem, value)],
+                scaling,
+            },
+            Scaling::PerHead => Self {
+                key: fp8_head_scales(problem, key),
+                value: fp8_head_scales(problem, value),
+                scaling,
+            },
+        }
+    }
+
+    /// The keys' scale as [`Inputs`] holds it.
+    pub fn k(&self) -> Scale<'_> {
+        self.scale(&self.key)
+    }
+
+    /// The values' scale as [`Inputs`] holds it.
+    pub fn v(&self) -> Scale<'_> {
+        self.scale(&self.value)
+    }
+
+    fn scale<'a>(&self, scales: &'a [f32]) -> Scale<'a> {
+        match self.scaling {
+            Scaling::PerTensor => Scale::PerTensor(scales[0]),
+            Scaling::PerHead => Scale::PerHead(scales),
+        }
+    }
+}
+
+/// Random inputs for up to `max_tokens` tokens; each benchmark row uses a prefix.
 pub struct HostInputs {
     pub dtype: Dtype,
     pub token_elements: usize,
     pub max_tokens: usize,
+    /// The keys (contiguous inputs), or the fused QKV tensor that holds keys and values.
     pub key: Vec<u8>,
+    /// The values (contiguous inputs; empty for fused ones).
     pub value: Vec<u8>,
+    /// Fused inputs: their strides, and where keys and values start in `key`, in elements.
+    fused: Option<(InputStrides, usize, usize)>,
 }
 
 impl HostInputs {
+    /// Contiguous random keys and values of `token_elements` elements per token.
     pub fn random(dtype: Dtype, token_elements: usize, max_tokens: usize, seed: u64) -> Self {
         let elements = token_elements * max_tokens;
         Self {
@@ -208,22 +620,97 @@ impl HostInputs {
             max_tokens,
             key: random_normal(dtype, elements, stream_seed(seed, 1)),
             value: random_normal(dtype, elements, stream_seed(seed, 2)),
+            fused: None,
         }
     }
 
-    /// The inputs of `problem` (its first `num_tokens` tokens) with the given slots, and fp8
-    /// scales computed from those tokens as vLLM's benchmark does.
-    pub fn inputs<'a>(&'a self, problem: &Problem, slot_mapping: &'a [i64]) -> Inputs<'a> {
+    /// Random inputs laid out as `workload` says: contiguous, or slices of one fused QKV
+    /// tensor `[max_tokens, (query_heads + 2 * num_heads) * head_size]` (queries, keys, values
+    /// of each token; all of it random).
+    pub fn for_workload(
+        dtype: Dtype,
+        num_heads: usize,
+        head_size: usize,
+        workload: &WorkloadConfig,
+        max_tokens: usize,
+        seed: u64,
+    ) -> Self {
+        let token_elements = num_heads * head_size;
+        let Some(strides) = workload.input_strides(num_heads, head_size) else {
+            return Self::random(dtype, token_elements, max_tokens, seed);
+        };
+        let query_heads = workload.qkv_fused.unwrap_or(0);
+        Self {
+            dtype,
+            token_elements,
+            max_tokens,
+            key: random_normal(
+                dtype,
+                strides.token as usize * max_tokens,
+                stream_seed(seed, 3),
+            ),
+            value: Vec::new(),
+            fused: Some((
+                strides,
+                query_heads * head_size,
+                (query_heads + num_heads) * head_size,
+            )),
+        }
+    }
+
+    /// The keys and values of `problem` (its first `num_tokens` tokens), as [`Inputs`] holds
+    /// them.
+    pub fn slices(&self, problem: &Problem) -> (&[u8], &[u8]) {
         assert!(problem.num_tokens <= self.max_tokens && problem.dtype == self.dtype);
         assert_eq!(problem.token_elements(), self.token_elements);
+        assert_eq!(
+            problem.input_strides,
+            self.fused.map(|(strides, ..)| strides)
+        );
         let len = problem.input_bytes() as usize;
-        let (key, value) = (&self.key[..len], &self.value[..len]);
+        match self.fused {
+            None => (&self.key[..len], &self.value[..len]),
+            Some((_, key_offset, value_offset)) => {
+                let size = self.dtype.size();
+                let (k, v) = (key_offset * size, value_offset * size);
+                (&self.key[k..k + len], &self.key[v..v + len])
+            }
+        }
+    }
+
+    /// The inputs of `problem` (its first `num_tokens` tokens) with the given slots, and
+    /// per-tensor fp8 scales computed from those tokens as vLLM's benchmark does.
+    pub fn inputs<'a>(&'a self, problem: &Problem, slot_mapping: &'a [i64]) -> Inputs<'a> {
+        let (key, value) = self.slices(problem);
         Inputs {
             key,
             value,
             slot_mapping,
-            k_scale: fp8_scale(self.dtype, key),
-            v_scale: fp8_scale(self.dtype, value),
+            k_scale: Scale::PerTensor(fp8_tensor_scale(problem, key)),
+            v_scale: Scale::PerTensor(fp8_tensor_scale(problem, value)),
+        }
+    }
+
+    /// The scales of `problem`'s tokens, per tensor or per head.
+    pub fn scales(&self, problem: &Problem, scaling: Scaling) -> Scales {
+        let (key, value) = self.slices(problem);
+        Scales::of(problem, key, value, scaling)
+    }
+
+    /// The inputs of `problem` with the given slots and scales.
+    pub fn inputs_with<'a>(
+        &'a self,
+        problem: &Problem,
+        slot_mapping: &'a [i64],
+        scales: &'a Scales,
+    ) -> Inputs<'a> {
+        let (key, value) = self.slices(problem);
+        Inputs {
+            key,
+            value,
+            slot_mapping,
+            k_scale: scales.k(),
+            v_scale: scales.v(),
         }
     }
 }
@@ -322,14 +809,15 @@ mod tests {
             dtype: Dtype::Float,
             cache_dtype: CacheDtype::Auto,
             layout: Layout::Nhd,
+            input_strides: None,
         };
         let data = vec![1u8; 32];
         let inputs = Inputs {
             key: &data,
             value: &data,
             slot_mapping: &[3, -1],
-            k_scale: 1.0,
-            v_scale: 1.0,
+            k_scale: Scale::PerTensor(1.0),
+            v_scale: Scale::PerTensor(1.0),
         };
         assert!(inputs.validate_for(&problem).is_ok());
         let short = Inputs {
@@ -348,6 +836,155 @@ mod tests {
             out_of_range.validate_for(&problem),
             Err(Error::SlotOutOfRange { token: 0, .. })
         ));
+        let one_head = [0.5];
+        let per_head = Inputs {
+            v_scale: Scale::PerHead(&one_head),
+            ..inputs
+        };
+        assert!(per_head.validate_for(&problem).is_ok());
+        let two_heads = [0.5, 0.25];
+        let wrong = Inputs {
+            k_scale: Scale::PerHead(&two_heads),
+            ..inputs
+        };
+        assert!(
+            matches!(wrong.validate_for(&problem), Err(Error::InvalidConfig(m)) if m.contains("k_scale"))
+        );
+        // Strided inputs hold their span: (2 - 1) * 12 + 4 floats.
+        let strided = Problem {
+            input_strides: Some(InputStrides { token: 12, head: 4 }),
+            ..problem
+        };
+        let span = vec![0u8; 16 * 4];
+        let fused = Inputs {
+            key: &span,
+            value: &span,
+            ..inputs
+        };
+        assert!(fused.validate_for(&strided).is_ok());
+        assert!(inputs.validate_for(&strided).is_err());
+    }
+
+    /// Every pattern: distinct slots in range, whole requests laid out as the pattern says,
+    /// the same slots for the same seed.
+    #[test]
+    fn slot_patterns_have_their_shape() {
+        let (blocks, block_size) = (400, 16);
+        for pattern in SlotPattern::ALL {
+            for tokens in [1, 2, 3, 17, 100, 333] {
+                let slots = slot_mapping(pattern, blocks, block_size, tokens, 0.0, 9).unwrap();
+                assert_eq!(slots.len(), tokens);
+                assert_eq!(
+                    slots,
+                    slot_mapping(pattern, blocks, block_size, tokens, 0.0, 9).unwrap()
+                );
+                let mut seen = std::collections::HashSet::new();
+                assert!(slots.iter().all(|&s| (0..blocks as i64 * 16).contains(&s)));
+                assert!(slots.iter().all(|&s| seen.insert(s)), "{pattern} {tokens}");
+                let block_of = |s: i64| s / block_size as i64;
+                let offset_of = |s: i64| s % block_size as i64;
+                match pattern {
+                    SlotPattern::Random => {}
+                    SlotPattern::Decode => {
+                        let blocks: std::collections::HashSet<i64> =
+                            slots.iter().map(|&s| block_of(s)).collect();
+                        assert_eq!(blocks.len(), tokens, "one block per request");
+                    }
+                    SlotPattern::Prefill | SlotPattern::Mixed => {
+                        let decodes = if pattern == SlotPattern::Mixed {
+                            SlotPattern::mixed_decodes(tokens)
+                        } else {
+                            0
+                        };
+                        let run = &slots[decodes..];
+                        // Runs start at a block's offset 0 and go on slot by slot to the
+                        // block's end; a run may end early (the last block partly filled).
+                        assert_eq!(offset_of(run[0]), 0, "{pattern} {tokens}: {run:?}");
+                        for pair in run.windows(2) {
+                            let next_in_block = pair[1] == pair[0] + 1 && offset_of(pair[1]) != 0;
+                            assert!(
+                                next_in_block || offset_of(pair[1]) == 0,
+                                "{pattern} {tokens}: {pair:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // A whole prefill of 100 tokens in blocks of 16: at most 4 requests.
+        let prefill = slot_mapping(SlotPattern::Prefill, blocks, 16, 100, 0.0, 2).unwrap();
+        let starts = prefill.iter().filter(|&&s| s % 16 == 0).count();
+        assert!((7..=10).contains(&starts), "{starts}");
+        // Padding, as a padded batch has.
+        let padded = slot_mapping(SlotPattern::Decode, blocks, 16, 300, 0.2, 1).unwrap();
+        let padding = padded.iter().filter(|&&s| s == -1).count();
+        assert!((30..100).contains(&padding), "{padding}");
+        // Mixed: a quarter decodes, at most 256.
+        assert_eq!(SlotPattern::mixed_decodes(17), 4);
+        assert_eq!(SlotPattern::mixed_decodes(4097), 256);
+        assert_eq!(SlotPattern::Mixed.blocks_needed(4096, 16), 256 + 240);
+        // Too few blocks for a block per request.
+        assert!(slot_mapping(SlotPattern::Decode, 10, 16, 11, 0.0, 1).is_err());
+        assert!(slot_mapping(SlotPattern::Decode, 10, 16, 10, 0.0, 1).is_ok());
+        assert!(SlotPattern::Prefill.check_fits(64, 16, 4).is_err());
+        // random is vLLM's draw, unchanged.
+        assert_eq!(
+            slot_mapping(SlotPattern::Random, 100, 16, 50, 0.1, 4).unwrap(),
+            random_slot_mapping(1600, 50, 0.1, 4)
+        );
+    }
+
+    #[test]
+    fn fused_inputs_are_slices_of_one_tensor_and_scales_skip_the_queries() {
+        use crate::problem::{CacheDtype, Layout};
+        let workload = WorkloadConfig {
+            qkv_fused: Some(3),
+            ..WorkloadConfig::default()
+        };
+        let host = HostInputs::for_workload(Dtype::Float, 2, 16, &workload, 8, 5);
+        let problem = Problem {
+            num_tokens: 5,
+            num_heads: 2,
+            head_size: 16,
+            block_size: 16,
+            num_blocks: 1,
+            dtype: Dtype::Float,
+            cache_dtype: CacheDtype::Fp8,
+            layout: Layout::Nhd,
+            input_strides: workload.input_strides(2, 16),
+        };
+        let (key, value) = host.slices(&problem);
+        assert_eq!(key.len() as u64, problem.input_bytes());
+        // Token 1, head 1, element 2 of the keys and values, read from the fused tensor.
+        let row = 7 * 16;
+        let at = |offset: usize| Dtype::Float.read_f32(&host.key, offset);
+        assert_eq!(
+            Dtype::Float.read_f32(key, problem.input_offset(1, 1) as usize + 2),
+            at(row + 3 * 16 + 16 + 2)
+        );
+        assert_eq!(
+            Dtype::Float.read_f32(value, problem.input_offset(1, 1) as usize + 2),
+            at(row + 5 * 16 + 16 + 2)
+        );
+        // Scales only see keys (values): head h's max over the 5 tokens.
+        let scales = host.scales(&problem, Scaling::PerHead);
+        for head in 0..2 {
+            let max = (0..5)
+                .flat_map(|t| (0..16).map(move |d| (t, d)))
+                .map(|(t, d)| at(t * row + 3 * 16 + head * 16 + d))
+                .fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(scales.key[head], max / 64.0);
+        }
+        assert_ne!(scales.key[0], scales.key[1]);
+        let tensor = host.scales(&problem, Scaling::PerTensor);
+        assert_eq!(tensor.key, vec![scales.key[0].max(scales.key[1])]);
+        assert_eq!(tensor.k(), Scale::PerTensor(tensor.key[0]));
+        assert_eq!(scales.v(), Scale::PerHead(&scales.value));
+        let slots = [0, 1, 2, 3, 4];
+        assert!(host
+            .inputs_with(&problem, &slots, &scales)
+            .validate_for(&problem)
+            .is_ok());
     }
 
     #[test]

@@ -13,14 +13,26 @@ use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
-use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
+use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs, Scaling, SlotPattern};
 
-/// Checks every case the backend supports and fails with the list of mismatches.
+/// Checks every case the backend supports and fails with the list of mismatches. Cases the
+/// backend refuses up front (`check_support`: a cache dtype, strides or scales it does not
+/// implement) are counted and named on stderr, not checked.
 fn check_cases(backend: &mut dyn Backend, cases: &[Case]) {
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut refused = std::collections::BTreeSet::new();
     for case in cases {
         if !backend.supports(case.problem.layout) {
+            continue;
+        }
+        let scaling = if case.problem.cache_dtype.is_fp8() {
+            case.scaling
+        } else {
+            Scaling::PerTensor
+        };
+        if let Err(error) = backend.check_support(&case.problem, scaling) {
+            refused.insert(error.one_line());
             continue;
         }
         checked += 1;
@@ -34,7 +46,10 @@ fn check_cases(backend: &mut dyn Backend, cases: &[Case]) {
             )),
         }
     }
-    assert!(checked > 0, "no case was checked");
+    for reason in &refused {
+        eprintln!("not checked: {reason}");
+    }
+    assert!(checked > 0 || !refused.is_empty(), "no case was checked");
     assert!(
         failures.is_empty(),
         "{} of {checked} cases failed:\n{}",
@@ -57,7 +72,50 @@ fn default_shape(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, num_toke
         padding_fraction: 0.05,
         special_values: false,
         seed: 42,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     }
+}
+
+/// Every model preset as the benchmark runs it (fused QKV inputs, the model's heads and head
+/// size), each slot pattern in turn, every cache dtype (per-head scales for every other fp8
+/// case), both layouts, 512 tokens with some padding.
+fn serving_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (i, model) in paged_kv_bench::models::MODELS.iter().enumerate() {
+        for layout in [Layout::Nhd, Layout::Hnd] {
+            for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8, CacheDtype::Fp8E5m2] {
+                let index = cases.len();
+                let slots = SlotPattern::ALL[(i + index) % 4];
+                let num_tokens = 512;
+                let num_blocks = slots.blocks_needed(num_tokens, 16) as usize * 2 + 1;
+                cases.push(Case {
+                    problem: problem()
+                        .tokens(num_tokens)
+                        .heads(model.num_kv_heads)
+                        .head_size(model.head_size)
+                        .blocks(num_blocks)
+                        .dtype(model.dtype)
+                        .cache_dtype(cache_dtype)
+                        .layout(layout)
+                        .qkv_fused(model.num_query_heads)
+                        .build(),
+                    padding_fraction: 0.05,
+                    special_values: index % 3 == 0,
+                    seed: 77 + index as u64,
+                    qkv_fused: Some(model.num_query_heads),
+                    scaling: if index % 2 == 0 {
+                        Scaling::PerHead
+                    } else {
+                        Scaling::PerTensor
+                    },
+                    slots,
+                });
+            }
+        }
+    }
+    cases
 }
 
 /// Timing with rotating inputs writes each input copy to its own, shifted slots and nothing
@@ -93,8 +151,8 @@ fn check_rotation(backend: &mut dyn Backend) {
             key: &key,
             value: &value,
             slot_mapping: &slot_mapping,
-            k_scale: 0.03,
-            v_scale: 0.05,
+            k_scale: 0.03.into(),
+            v_scale: 0.05.into(),
         };
         let bytes = problem.cache_bytes() as usize;
         let poisoned = Caches {
@@ -157,13 +215,19 @@ macro_rules! backend_suite {
             fn default_shape_matches_reference() {
                 let mut cases = Vec::new();
                 for layout in [Layout::Nhd, Layout::Hnd] {
-                    for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8] {
+                    for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8, CacheDtype::Fp8E5m2] {
                         for dtype in [Dtype::BFloat16, Dtype::Half, Dtype::Float] {
                             cases.push(default_shape(layout, dtype, cache_dtype, 4096));
                         }
                     }
                 }
                 check_cases(open().as_mut(), &cases);
+            }
+
+            #[test]
+            $(#[$attribute])?
+            fn model_presets_match_reference() {
+                check_cases(open().as_mut(), &serving_cases());
             }
 
             #[test]

@@ -15,7 +15,7 @@ use paged_kv_bench::options::{CudaTuning, Mode, Options};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
-use paged_kv_bench::workload::{self, CacheFill, Inputs};
+use paged_kv_bench::workload::{self, CacheFill, Inputs, Scaling, SlotPattern};
 
 /// The backend with `options`, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES`
 /// if set (to check a tuning variant before it becomes the default).
@@ -45,6 +45,9 @@ fn case(problem: Problem, special_values: bool) -> Case {
         padding_fraction: 0.1,
         special_values,
         seed: 5,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     }
 }
 
@@ -128,6 +131,25 @@ fn graph_and_plain_launches_leave_the_reference_result() {
 #[test]
 #[ignore = "needs an NVIDIA GPU"]
 fn fp8_conversion_is_exact_for_every_input_pattern() {
+    every_pattern(CacheDtype::Fp8, false, &[]);
+}
+
+/// As `fp8_conversion_is_exact_for_every_input_pattern`, for e5m2 (with the ends of its own
+/// fast range, 2^-82 and 2^100, and just beyond them) and for both formats with per-head
+/// scales (four heads, each its own scale from the list, rotated from case to case).
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn fp8_e5m2_and_per_head_conversions_are_exact_for_every_input_pattern() {
+    let e5m2_range = [f32::from_bits(0x1680_0000), f32::from_bits(0x1680_0000 - 1)];
+    every_pattern(CacheDtype::Fp8E5m2, false, &e5m2_range);
+    every_pattern(CacheDtype::Fp8E5m2, true, &e5m2_range);
+    every_pattern(CacheDtype::Fp8, true, &[]);
+}
+
+/// Every half and bfloat16 pattern (65536 random floats) through `cache_dtype` with every scale
+/// of the list (and `extra_scales`), per tensor or per head, on the 16-byte and scalar kernels
+/// and a looping grid.
+fn every_pattern(cache_dtype: CacheDtype, per_head: bool, extra_scales: &[f32]) {
     let mut backend = open();
     let scales = [
         1.0f32,
@@ -155,16 +177,19 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
     // then follows the host's division, which the kernels follow on x86 hosts.
     #[cfg(target_arch = "x86_64")]
     let scales = [&scales[..], &[0.0, f32::INFINITY, f32::NAN, -f32::NAN]].concat();
+    let scales = [&scales[..], extra_scales].concat();
+    // Per head: 4 heads of 128, each its own scale.
+    let heads = if per_head { 4 } else { 1 };
     let mut failures = Vec::new();
     for dtype in [Dtype::Half, Dtype::BFloat16, Dtype::Float] {
         let elements = 65536usize;
         let size = dtype.size();
         let problem = problem()
-            .tokens(elements / 128)
-            .heads(1)
-            .blocks(elements / 128 / 16 + 3)
+            .tokens(elements / 128 / heads)
+            .heads(heads)
+            .blocks(elements / 128 / heads / 16 + 3)
             .dtype(dtype)
-            .fp8()
+            .cache_dtype(cache_dtype)
             .build();
         let (key, value) = if size == 2 {
             let key: Vec<u8> = (0..elements as u32)
@@ -181,10 +206,18 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
             )
         };
         let slot_mapping: Vec<i64> = (0..problem.num_tokens as i64).rev().collect();
-        for &k_scale in &scales {
+        for (i, &k_scale) in scales.iter().enumerate() {
             let initial = paged_kv_bench::workload::Caches {
                 key: workload::random_bytes(problem.cache_bytes() as usize, 1),
                 value: workload::random_bytes(problem.cache_bytes() as usize, 2),
+            };
+            let head_scales = |offset: usize, factor: f32| -> Vec<f32> {
+                if !per_head {
+                    return Vec::new();
+                }
+                (0..heads)
+                    .map(|h| scales[(i + offset + 3 * h) % scales.len()] * factor)
+                    .collect()
             };
             let mut data = CaseData {
                 key: key.clone(),
@@ -192,6 +225,8 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
                 slot_mapping: slot_mapping.clone(),
                 k_scale,
                 v_scale: k_scale * 1.5,
+                k_head_scales: head_scales(0, 1.0),
+                v_head_scales: head_scales(1, 1.5),
                 expected: initial.clone(),
                 initial,
             };
@@ -226,7 +261,12 @@ fn fp8_conversion_is_exact_for_every_input_pattern() {
                     call.read_back().unwrap()
                 };
                 if let Some(m) = verify::compare(&problem, &data, &got) {
-                    failures.push(format!("{} scale {k_scale:e} {kernel}: {m}", dtype.name()));
+                    failures.push(format!(
+                        "{} {cache_dtype} per_head={per_head} scale {k_scale:e} (heads {:?}) \
+                         {kernel}: {m}",
+                        dtype.name(),
+                        data.k_head_scales
+                    ));
                 }
             }
         }
@@ -334,8 +374,8 @@ fn random_fill_is_kept_and_reused() {
         key: &key,
         value: &key,
         slot_mapping: &slots,
-        k_scale: 1.0,
-        v_scale: 1.0,
+        k_scale: 1.0.into(),
+        v_scale: 1.0.into(),
     };
     let read = |backend: &mut CudaBackend, seed| {
         let mut call = backend
@@ -366,8 +406,8 @@ fn caches_larger_than_the_gpu_are_a_clean_error() {
         key: &key,
         value: &key,
         slot_mapping: &[0],
-        k_scale: 1.0,
-        v_scale: 1.0,
+        k_scale: 1.0.into(),
+        v_scale: 1.0.into(),
     };
     let error = backend
         .prepare(&p, inputs, CacheFill::Random { seed: 1 })

@@ -1,7 +1,7 @@
-//! Properties over random shapes (proptest shrinks a failure to the smallest shape that still
-//! fails):
-//! - the CPU reference writes exactly the input (or its fp8 encoding, from the `float8` crate)
-//!   into each targeted slot and leaves every other byte as it was;
+//! Properties over random shapes, input strides, scales and cache dtypes (proptest shrinks a
+//! failure to the smallest shape that still fails):
+//! - the CPU reference writes exactly the input (or its fp8 encoding, e4m3 or e5m2, from the
+//!   `float8` crate) into each targeted slot and leaves every other byte as it was;
 //! - a backend equals the reference: [`backend_matches_reference_on_random_shapes`] takes any
 //!   `&mut dyn Backend`, so another backend gets the same property with one test calling it.
 
@@ -10,14 +10,14 @@ mod common;
 use std::cell::RefCell;
 
 use common::problem;
-use float8::F8E4M3;
+use float8::{F8E4M3, F8E5M2};
 use paged_kv_bench::backend::cpu::CpuBackend;
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::fp8;
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::problem::{CacheDtype, Dtype, InputStrides, Layout, Problem};
 use paged_kv_bench::reference::reshape_and_cache;
 use paged_kv_bench::verify::{self, Case};
-use paged_kv_bench::workload::{Caches, Inputs};
+use paged_kv_bench::workload::{Caches, Inputs, Scale, Scaling, SlotPattern};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use rand::rngs::SmallRng;
@@ -43,41 +43,77 @@ fn dtypes() -> impl Strategy<Value = Dtype> {
     prop_oneof![Just(Dtype::Half), Just(Dtype::BFloat16), Just(Dtype::Float)]
 }
 
+fn cache_dtypes() -> impl Strategy<Value = CacheDtype> {
+    prop_oneof![
+        2 => Just(CacheDtype::Auto),
+        1 => Just(CacheDtype::Fp8),
+        1 => Just(CacheDtype::Fp8E5m2),
+    ]
+}
+
+/// How keys and values lie in their tensors: contiguous, slices of a fused QKV tensor with 0
+/// to 4 query heads, or any strides that keep heads and tokens apart (gaps of a few elements,
+/// which break 16-byte alignment).
+#[derive(Debug, Clone, Copy)]
+enum Strides {
+    Contiguous,
+    Fused(usize),
+    Gaps { head: u64, token: u64 },
+}
+
+fn strides() -> impl Strategy<Value = Strides> {
+    prop_oneof![
+        2 => Just(Strides::Contiguous),
+        1 => (0usize..=4).prop_map(Strides::Fused),
+        1 => (0u64..=3, 0u64..=5).prop_map(|(head, token)| Strides::Gaps { head, token }),
+    ]
+}
+
 /// Shapes: 1..=6 heads, head sizes 1..=40 (multiples of 16 up to 48 for fp8), block sizes
-/// 1..=8, up to 12 blocks, 1..=50 tokens that fit in the cache.
+/// 1..=8, up to 12 blocks, 1..=50 tokens that fit in the cache; any input strides.
 fn problems(layouts: BoxedStrategy<Layout>) -> impl Strategy<Value = Problem> {
     (
-        layouts,
-        dtypes(),
-        any::<bool>(),
+        (layouts, dtypes(), cache_dtypes(), strides()),
         1usize..=6,
         1usize..=8,
         1usize..=12,
     )
-        .prop_flat_map(|(layout, dtype, fp8, num_heads, block_size, num_blocks)| {
-            let head_sizes = if fp8 {
-                (1usize..=3).prop_map(|k| 16 * k).boxed()
-            } else {
-                (1usize..=40).boxed()
-            };
-            let max_tokens = (num_blocks * block_size).min(50);
-            (head_sizes, 1..=max_tokens).prop_map(move |(head_size, num_tokens)| {
-                problem()
-                    .tokens(num_tokens)
-                    .heads(num_heads)
-                    .head_size(head_size)
-                    .block_size(block_size)
-                    .blocks(num_blocks)
-                    .dtype(dtype)
-                    .cache_dtype(if fp8 {
-                        CacheDtype::Fp8
-                    } else {
-                        CacheDtype::Auto
-                    })
-                    .layout(layout)
-                    .build()
-            })
-        })
+        .prop_flat_map(
+            |((layout, dtype, cache_dtype, strides), num_heads, block_size, num_blocks)| {
+                let fp8 = cache_dtype.is_fp8();
+                let head_sizes = if fp8 {
+                    (1usize..=3).prop_map(|k| 16 * k).boxed()
+                } else {
+                    (1usize..=40).boxed()
+                };
+                let max_tokens = (num_blocks * block_size).min(50);
+                (head_sizes, 1..=max_tokens).prop_map(move |(head_size, num_tokens)| {
+                    problem()
+                        .tokens(num_tokens)
+                        .heads(num_heads)
+                        .head_size(head_size)
+                        .block_size(block_size)
+                        .blocks(num_blocks)
+                        .dtype(dtype)
+                        .cache_dtype(cache_dtype)
+                        .layout(layout)
+                        .input_strides(match strides {
+                            Strides::Contiguous => None,
+                            Strides::Fused(query_heads) => {
+                                Some(InputStrides::qkv_fused(query_heads, num_heads, head_size))
+                            }
+                            Strides::Gaps { head, token } => {
+                                let head = head_size as u64 + head;
+                                Some(InputStrides {
+                                    head,
+                                    token: (num_heads as u64 - 1) * head + head_size as u64 + token,
+                                })
+                            }
+                        })
+                        .build()
+                })
+            },
+        )
 }
 
 /// What a token's slot entry becomes: kept, padding (-1), or out of range (which the reference
@@ -166,9 +202,10 @@ proptest! {
         seed in any::<u64>(),
         k_scale in 1.0e-3f32..1.0e3,
         v_scale in 1.0e-3f32..1.0e3,
+        per_head in any::<bool>(),
     ) {
         let mut rng = SmallRng::seed_from_u64(seed);
-        let elements = p.num_tokens * p.num_heads * p.head_size;
+        let elements = p.input_span() as usize;
         let key = values(p.dtype, elements, k_scale, &mut rng);
         let value = values(p.dtype, elements, v_scale, &mut rng);
         let cache_len = p.cache_bytes() as usize;
@@ -176,7 +213,17 @@ proptest! {
         rng.fill(&mut poison.key[..]);
         rng.fill(&mut poison.value[..]);
         let mut caches = poison.clone();
-        let inputs = Inputs { key: &key, value: &value, slot_mapping: &slots, k_scale, v_scale };
+        // Per-head scales: each head's a power of two apart from the next.
+        let head_scales = |scale: f32| -> Vec<f32> {
+            (0..p.num_heads).map(|h| scale * 2f32.powi(h as i32 - 2)).collect()
+        };
+        let (k_heads, v_heads) = (head_scales(k_scale), head_scales(v_scale));
+        let (k, v) = if per_head {
+            (Scale::PerHead(&k_heads), Scale::PerHead(&v_heads))
+        } else {
+            (Scale::PerTensor(k_scale), Scale::PerTensor(v_scale))
+        };
+        let inputs = Inputs { key: &key, value: &value, slot_mapping: &slots, k_scale: k, v_scale: v };
         reshape_and_cache(&p, &inputs, &mut caches);
 
         let in_size = p.dtype.size();
@@ -191,10 +238,10 @@ proptest! {
                 for d in 0..p.head_size {
                     let at = cache_index(&p, slot as usize, head, d);
                     written[at] = true;
-                    let from = (token * p.num_heads + head) * p.head_size + d;
+                    let from = p.input_offset(token, head) as usize + d;
                     for (name, input, scale, cache) in [
-                        ("key", &key, k_scale, &caches.key),
-                        ("value", &value, v_scale, &caches.value),
+                        ("key", &key, k.of_head(head), &caches.key),
+                        ("value", &value, v.of_head(head), &caches.value),
                     ] {
                         let got = &cache[at * out_size..(at + 1) * out_size];
                         match p.cache_dtype {
@@ -210,6 +257,21 @@ proptest! {
                                     got[0], encoded,
                                     "{} token {} head {} element {}: {} / {}", name, token, head, d, x, scale
                                 );
+                            }
+                            CacheDtype::Fp8E5m2 => {
+                                // float8 keeps part of a NaN's payload; ours is always 0x7f
+                                // (tests/reference.rs says why): compare NaN by class and sign.
+                                let x = p.dtype.read_f32(input, from);
+                                let encoded = F8E5M2::from_f32(x / scale).to_bits();
+                                if (x / scale).is_nan() {
+                                    prop_assert_eq!(got[0] & 0x7f, 0x7f);
+                                    prop_assert_eq!(got[0] & 0x80, encoded & 0x80);
+                                } else {
+                                    prop_assert_eq!(
+                                        got[0], encoded,
+                                        "{} token {} head {} element {}: {} / {}", name, token, head, d, x, scale
+                                    );
+                                }
                             }
                         }
                     }
@@ -241,16 +303,44 @@ fn backend_matches_reference_on_random_shapes(backend: &mut dyn Backend, cases: 
         any::<bool>(),
         any::<u64>(),
     )
-        .prop_map(|(problem, padding_fraction, special_values, seed)| Case {
-            problem,
-            padding_fraction,
-            special_values,
-            seed,
-        });
+        .prop_flat_map(|(problem, padding_fraction, special_values, seed)| {
+            (
+                Just((problem, padding_fraction, special_values, seed)),
+                prop_oneof![Just(Scaling::PerTensor), Just(Scaling::PerHead)],
+                proptest::sample::select(SlotPattern::ALL.to_vec()),
+            )
+        })
+        .prop_map(
+            |((problem, padding_fraction, special_values, seed), scaling, slots)| {
+                // Patterns that need more blocks than the shape has fall back to random slots.
+                let fits = slots
+                    .check_fits(problem.num_tokens, problem.block_size, problem.num_blocks)
+                    .is_ok();
+                Case {
+                    problem,
+                    padding_fraction,
+                    special_values,
+                    seed,
+                    qkv_fused: None,
+                    scaling,
+                    slots: if fits { slots } else { SlotPattern::Random },
+                }
+            },
+        );
     // The runner wants a shared closure; the backend is used by one case at a time.
     let backend = RefCell::new(backend);
     let result = TestRunner::new(config(cases)).run(&strategy, |case| {
         let mut backend = backend.borrow_mut();
+        // What the backend says it does not implement (an fp8 format, strides, per-head
+        // scales) it must refuse cleanly: that is checked by `prepare` below too.
+        let scaling = if case.problem.cache_dtype.is_fp8() {
+            case.scaling
+        } else {
+            Scaling::PerTensor
+        };
+        if backend.check_support(&case.problem, scaling).is_err() {
+            return Ok(());
+        }
         match verify::check(&mut **backend, &case) {
             Ok(None) => Ok(()),
             Ok(Some(mismatch)) => Err(TestCaseError::fail(format!("{case}: {mismatch}"))),

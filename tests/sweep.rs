@@ -35,6 +35,7 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
         },
         seed: 3,
         host_memory_limit: None,
+        workload: Default::default(),
     }
 }
 

@@ -12,6 +12,7 @@ use paged_kv_bench::backend::cpu::CpuBackend;
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 use paged_kv_bench::verify::{self, Case, CaseData, Coverage, Mismatch, Outcome, Subject};
+use paged_kv_bench::workload::{Scaling, SlotPattern};
 
 fn case(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, seed: u64) -> Case {
     Case {
@@ -28,6 +29,9 @@ fn case(layout: Layout, dtype: Dtype, cache_dtype: CacheDtype, seed: u64) -> Cas
         padding_fraction: 0.2,
         special_values: false,
         seed,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     }
 }
 
@@ -267,7 +271,7 @@ fn a_correct_backend_passes_and_a_faulty_one_fails_every_case() {
             .map(str::to_string)
             .collect()
     };
-    assert_eq!(row("cpu", "NHD").len(), 6, "{table}");
+    assert_eq!(row("cpu", "NHD").len(), 9, "{table}");
     assert!(
         row("cpu", "HND")
             .iter()
@@ -279,7 +283,7 @@ fn a_correct_backend_passes_and_a_faulty_one_fails_every_case() {
         "{table}"
     );
     let hnd = row("faulty", "HND");
-    assert_eq!(hnd.len(), 6, "{table}");
+    assert_eq!(hnd.len(), 9, "{table}");
     assert!(hnd.iter().all(|l| l.contains("n/a")), "{table}");
 }
 
@@ -417,18 +421,39 @@ fn cli_quick_cpu_passes_and_prints_seed_and_matrix() {
                 "12/12",
                 "1,17,1000",
                 "64,128",
-                "16,32"
+                "16,32",
+                "random,decode,prefill,mixed",
+                "contiguous,fused",
+                "per-tensor,per-head"
+            ]),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+            == [
+                "cpu",
+                "HND",
+                "half",
+                "auto",
+                "passed",
+                "18/18",
+                "1,17,1000",
+                "64,120,128",
+                "16,32",
+                "random,decode,prefill,mixed",
+                "contiguous,fused",
+                "-"
             ]),
         "{out}"
     );
     assert_eq!(
         out.lines().filter(|l| l.starts_with("cpu ")).count(),
-        12,
+        18,
         "{out}"
     );
     assert_eq!(
         out.lines().last(),
-        Some("verify: 180 passed, 0 failed"),
+        Some("verify: 252 passed, 0 failed"),
         "{out}"
     );
 
@@ -476,28 +501,38 @@ fn cli_verify_bad_flags_are_one_line_errors() {
 #[test]
 fn fp8_float_inputs_tell_division_from_multiplying_by_a_reciprocal() {
     // A shader or kernel that computes x * (1 / scale) instead of x / scale differs only where
-    // the quotient sits at an e4m3 rounding tie; the matrix's fp8 float cases must contain such
-    // inputs, or verification could not catch it.
-    let cases: Vec<Case> = verify::matrix(Coverage::Quick, 11)
-        .into_iter()
-        .filter(|c| c.problem.dtype == Dtype::Float && c.problem.cache_dtype == CacheDtype::Fp8)
-        .collect();
-    assert!(!cases.is_empty());
-    let mut told_apart = 0;
-    for case in &cases {
-        let data = CaseData::new(case).expect("a valid case");
-        let reciprocal = 1.0 / data.k_scale;
-        told_apart += (0..data.key.len() / 4)
-            .map(|i| Dtype::Float.read_f32(&data.key, i))
-            .filter(|&x| {
-                paged_kv_bench::fp8::quantize(x, data.k_scale)
-                    != paged_kv_bench::fp8::e4m3_from_f32(x * reciprocal)
-            })
-            .count();
+    // the quotient sits at a rounding tie of the cache's format; the matrix's fp8 float cases
+    // (e4m3 and e5m2, per-tensor and per-head scales) must contain such inputs, or
+    // verification could not catch it.
+    for cache_dtype in [CacheDtype::Fp8, CacheDtype::Fp8E5m2] {
+        let format = cache_dtype.fp8().unwrap();
+        let cases: Vec<Case> = verify::matrix(Coverage::Quick, 11)
+            .into_iter()
+            .filter(|c| c.problem.dtype == Dtype::Float && c.problem.cache_dtype == cache_dtype)
+            .collect();
+        assert!(!cases.is_empty());
+        let mut told_apart = 0;
+        for case in &cases {
+            let p = case.problem;
+            let data = CaseData::new(case).expect("a valid case");
+            let scale = data.inputs().k_scale;
+            for token in 0..p.num_tokens {
+                for head in 0..p.num_heads {
+                    let divisor = scale.of_head(head);
+                    let first = p.input_offset(token, head) as usize;
+                    told_apart += (first..first + p.head_size)
+                        .map(|i| Dtype::Float.read_f32(&data.key, i))
+                        .filter(|&x| {
+                            format.quantize(x, divisor) != format.encode(x * (1.0 / divisor))
+                        })
+                        .count();
+                }
+            }
+        }
+        // Thousands in practice; one per case is the floor.
+        assert!(
+            told_apart >= cases.len(),
+            "{cache_dtype}: only {told_apart} elements differ"
+        );
     }
-    // Thousands in practice; one per case is the floor.
-    assert!(
-        told_apart >= cases.len(),
-        "only {told_apart} elements differ"
-    );
 }

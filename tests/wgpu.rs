@@ -19,7 +19,7 @@ use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol, Sampling};
 use paged_kv_bench::verify::{self, Case, Coverage};
-use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs};
+use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs, Scaling, SlotPattern};
 
 fn open() -> WgpuBackend {
     WgpuBackend::open(None, false, WgpuTuning::default())
@@ -343,6 +343,9 @@ fn one_block_per_buffer_matches_reference() {
                 padding_fraction: 0.1,
                 special_values: true,
                 seed: 3,
+                qkv_fused: None,
+                scaling: Scaling::PerTensor,
+                slots: SlotPattern::Random,
             });
         }
     }
@@ -354,6 +357,9 @@ fn one_block_per_buffer_matches_reference() {
         padding_fraction: 0.0,
         special_values: false,
         seed: 1,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     })
     .unwrap();
     let error = backend
@@ -394,6 +400,9 @@ fn two_dimensional_grids_match_reference() {
         padding_fraction: 0.1,
         special_values: false,
         seed: 4,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     });
     check(&mut backend, &cases);
     // 128 KiB bindings hold 32768 elements: two halves.
@@ -427,6 +436,9 @@ fn rows_not_a_multiple_of_16_bytes_match_reference() {
                         padding_fraction: 0.1,
                         special_values: seed % 2 == 0,
                         seed,
+                        qkv_fused: None,
+                        scaling: Scaling::PerTensor,
+                        slots: SlotPattern::Random,
                     });
                 }
             }
@@ -471,8 +483,8 @@ fn random_fill_is_seeded_reused_and_written_correctly() {
         key: &key,
         value: &value,
         slot_mapping: &slot_mapping,
-        k_scale: workload::fp8_scale(problem.dtype, &key),
-        v_scale: workload::fp8_scale(problem.dtype, &value),
+        k_scale: workload::fp8_scale(problem.dtype, &key).into(),
+        v_scale: workload::fp8_scale(problem.dtype, &value).into(),
     };
     let fill = |backend: &mut WgpuBackend, seed: u64, run: bool| -> Caches {
         let mut call = backend
@@ -548,6 +560,9 @@ fn default_case(num_tokens: usize) -> Case {
         padding_fraction: 0.0,
         special_values: false,
         seed: 11,
+        qkv_fused: None,
+        scaling: Scaling::PerTensor,
+        slots: SlotPattern::Random,
     }
 }
 
@@ -716,8 +731,8 @@ fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
                 key: &key,
                 value: &value,
                 slot_mapping: &slot_mapping,
-                k_scale,
-                v_scale,
+                k_scale: k_scale.into(),
+                v_scale: v_scale.into(),
             };
             let bytes = problem.cache_bytes() as usize;
             let initial = Caches {

@@ -35,6 +35,7 @@ pub fn decode_steps(
         dtype: Dtype::BFloat16,
         cache_dtype,
         layout,
+        input_strides: None,
     };
     problem.validate().map_err(|e| e.to_string())?;
 
@@ -66,8 +67,8 @@ pub fn decode_steps(
             key: &key,
             value: &value,
             slot_mapping: &slot_mapping,
-            k_scale: workload::fp8_scale(problem.dtype, &key),
-            v_scale: workload::fp8_scale(problem.dtype, &value),
+            k_scale: workload::fp8_scale(problem.dtype, &key).into(),
+            v_scale: workload::fp8_scale(problem.dtype, &value).into(),
         };
 
         let mut expected = caches.clone();

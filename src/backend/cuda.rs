@@ -24,7 +24,7 @@ use crate::error::{Bytes, Error, Result};
 use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing;
-use crate::workload::{CacheFill, Inputs};
+use crate::workload::{CacheFill, Inputs, Scaling};
 
 mod call;
 mod ceilings;
@@ -129,7 +129,53 @@ struct Kernels {
 }
 
 const DTYPES: [Dtype; 3] = [Dtype::Half, Dtype::BFloat16, Dtype::Float];
-const CACHE_DTYPES: [CacheDtype; 2] = [CacheDtype::Auto, CacheDtype::Fp8];
+
+/// What a kernel instance writes into the cache: the cache dtype, and for fp8 whether the
+/// scales are per head (the `_per_head` instances load head h's scale; the others one per
+/// tensor, with the code they always had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Encoding {
+    cache_dtype: CacheDtype,
+    per_head: bool,
+}
+
+const ENCODINGS: [Encoding; 5] = [
+    Encoding {
+        cache_dtype: CacheDtype::Auto,
+        per_head: false,
+    },
+    Encoding {
+        cache_dtype: CacheDtype::Fp8,
+        per_head: false,
+    },
+    Encoding {
+        cache_dtype: CacheDtype::Fp8E5m2,
+        per_head: false,
+    },
+    Encoding {
+        cache_dtype: CacheDtype::Fp8,
+        per_head: true,
+    },
+    Encoding {
+        cache_dtype: CacheDtype::Fp8E5m2,
+        per_head: true,
+    },
+];
+
+impl Encoding {
+    /// The encoding of a call (per-head scales only matter to fp8 caches).
+    fn of(cache_dtype: CacheDtype, scaling: Scaling) -> Self {
+        Self {
+            cache_dtype,
+            per_head: cache_dtype.is_fp8() && scaling == Scaling::PerHead,
+        }
+    }
+
+    fn suffix(self) -> String {
+        let head = if self.per_head { "_per_head" } else { "" };
+        format!("{}{head}", self.cache_dtype.name())
+    }
+}
 
 /// The instances of the kernel template for one dtype pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,21 +208,21 @@ impl Variant {
     }
 }
 
-fn kernel_index(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> usize {
-    let d = DTYPES.iter().position(|&d| d == dtype).unwrap_or(0);
-    let c = CACHE_DTYPES
-        .iter()
-        .position(|&c| c == cache_dtype)
-        .unwrap_or(0);
-    let v = VARIANTS.iter().position(|&v| v == variant).unwrap_or(0);
-    (v * CACHE_DTYPES.len() + c) * DTYPES.len() + d
+/// Where the instance for `dtype`, `encoding` and `variant` is in `Kernels::reshape`; `None`
+/// for an encoding the kernels do not have (every one they are asked for: `check_support`
+/// refuses the others first).
+fn kernel_index(dtype: Dtype, encoding: Encoding, variant: Variant) -> Option<usize> {
+    let d = DTYPES.iter().position(|&d| d == dtype)?;
+    let e = ENCODINGS.iter().position(|&e| e == encoding)?;
+    let v = VARIANTS.iter().position(|&v| v == variant)?;
+    Some((v * ENCODINGS.len() + e) * DTYPES.len() + d)
 }
 
-fn kernel_name(dtype: Dtype, cache_dtype: CacheDtype, variant: Variant) -> String {
+fn kernel_name(dtype: Dtype, encoding: Encoding, variant: Variant) -> String {
     format!(
         "reshape_and_cache_flash_{}_{}{}",
         dtype.name(),
-        cache_dtype.name(),
+        encoding.suffix(),
         variant.suffix()
     )
 }
@@ -196,7 +242,7 @@ struct DeviceInputs {
     key: CudaSlice<u8>,
     value: CudaSlice<u8>,
     slots: CudaSlice<i64>,
-    /// `[k_scale, v_scale]`.
+    /// `[k_scale, v_scale]`, or per head `[k_scale[0..h], v_scale[0..h]]`.
     scales: CudaSlice<f32>,
 }
 
@@ -292,10 +338,10 @@ impl CudaBackend {
         };
         let mut reshape = Vec::new();
         for variant in VARIANTS {
-            for cache_dtype in CACHE_DTYPES {
+            for encoding in ENCODINGS {
                 for dtype in DTYPES {
-                    debug_assert_eq!(kernel_index(dtype, cache_dtype, variant), reshape.len());
-                    reshape.push(load(&kernel_name(dtype, cache_dtype, variant))?);
+                    debug_assert_eq!(kernel_index(dtype, encoding, variant), Some(reshape.len()));
+                    reshape.push(load(&kernel_name(dtype, encoding, variant))?);
                 }
             }
         }
@@ -455,12 +501,25 @@ impl CudaBackend {
         result
     }
 
-    /// Uploads the inputs, reusing the buffers when they are large enough.
-    fn set_inputs(&mut self, inputs: &Inputs<'_>) -> Result<()> {
+    /// Uploads the inputs, reusing the buffers when they are large enough. The scales: the
+    /// two per-tensor ones, or `num_heads` of each tensor (a per-tensor one repeated where the
+    /// other tensor's are per head). Returns where the value scales start, in floats.
+    fn set_inputs(&mut self, inputs: &Inputs<'_>, num_heads: usize) -> Result<usize> {
+        let scales: Vec<f32> = if inputs.per_head_scales() {
+            let heads = 0..num_heads;
+            heads
+                .clone()
+                .map(|h| inputs.k_scale.of_head(h))
+                .chain(heads.map(|h| inputs.v_scale.of_head(h)))
+                .collect()
+        } else {
+            vec![inputs.k_scale.of_head(0), inputs.v_scale.of_head(0)]
+        };
         let fits = self.inputs.as_ref().is_some_and(|d| {
             d.key.len() >= inputs.key.len()
                 && d.value.len() >= inputs.value.len()
                 && d.slots.len() >= inputs.slot_mapping.len()
+                && d.scales.len() >= scales.len()
         });
         if !fits {
             self.inputs = None;
@@ -469,7 +528,7 @@ impl CudaBackend {
                 key: self.alloc(inputs.key.len(), "the keys")?,
                 value: self.alloc(inputs.value.len(), "the values")?,
                 slots: self.alloc(inputs.slot_mapping.len(), "the slot mapping")?,
-                scales: self.alloc(2, "the scales")?,
+                scales: self.alloc(scales.len(), "the scales")?,
             });
         }
         let device = self.inputs.as_mut().expect("allocated above");
@@ -488,8 +547,9 @@ impl CudaBackend {
                     &mut device.slots.slice_mut(..inputs.slot_mapping.len()),
                 )
             })
-            .and_then(|_| stream.memcpy_htod(&[inputs.k_scale, inputs.v_scale], &mut device.scales))
-            .during("uploading the inputs")
+            .and_then(|_| stream.memcpy_htod(&scales, &mut device.scales.slice_mut(..scales.len())))
+            .during("uploading the inputs")?;
+        Ok(scales.len() / 2)
     }
 
     fn timing_event(&self) -> Result<CudaEvent> {
@@ -517,6 +577,19 @@ impl Backend for CudaBackend {
 
     fn supports(&self, _layout: Layout) -> bool {
         true
+    }
+
+    fn check_support(&self, problem: &Problem, scaling: Scaling) -> Result<()> {
+        // Every encoding has its instances; a new cache dtype without them is refused here
+        // rather than run by the wrong kernel.
+        let encoding = Encoding::of(problem.cache_dtype, scaling);
+        if !ENCODINGS.contains(&encoding) {
+            return Err(Error::Unsupported {
+                backend: Kind::Cuda,
+                what: format!("{} caches", encoding.suffix()),
+            });
+        }
+        Ok(())
     }
 
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
@@ -594,14 +667,20 @@ impl Backend for CudaBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
+        let scaling = if inputs.per_head_scales() {
+            Scaling::PerHead
+        } else {
+            Scaling::PerTensor
+        };
+        self.check_support(problem, scaling)?;
         let launch = shape::plan(
             problem,
-            &InputStrides::contiguous(problem),
+            &InputStrides::of(problem),
             self.limits,
             self.forced_launch,
         )?;
         self.set_caches(problem.cache_bytes(), fill)?;
-        self.set_inputs(&inputs)?;
+        let value_scales = self.set_inputs(&inputs, problem.num_heads)?;
         self.stream.synchronize().during("preparing the call")?;
 
         let this: &'a CudaBackend = self;
@@ -617,11 +696,19 @@ impl Backend for CudaBackend {
             value_cache: pointer(&caches.value),
             slots: device.slots.device_ptr(stream).0,
             k_scale: scales,
-            v_scale: scales + 4,
+            v_scale: scales + 4 * value_scales as u64,
             params: launch.params,
         };
-        let function = &this.kernels.reshape
-            [kernel_index(problem.dtype, problem.cache_dtype, Variant::of(&launch))];
+        let index = kernel_index(
+            problem.dtype,
+            Encoding::of(problem.cache_dtype, scaling),
+            Variant::of(&launch),
+        )
+        .ok_or_else(|| Error::Unsupported {
+            backend: Kind::Cuda,
+            what: format!("{} caches", problem.cache_dtype),
+        })?;
+        let function = &this.kernels.reshape[index];
         Ok(Box::new(CudaCall::new(
             this, *problem, function, launch, args,
         )))
@@ -652,16 +739,46 @@ mod tests {
 
     #[test]
     fn kernel_table_is_dense() {
-        let mut seen = [false; VARIANTS.len() * CACHE_DTYPES.len() * DTYPES.len()];
+        let mut seen = [false; VARIANTS.len() * ENCODINGS.len() * DTYPES.len()];
         for variant in VARIANTS {
-            for cache_dtype in CACHE_DTYPES {
+            for encoding in ENCODINGS {
                 for dtype in DTYPES {
-                    seen[kernel_index(dtype, cache_dtype, variant)] = true;
-                    assert!(compile::SOURCE
-                        .contains(&format!("({}, ", kernel_name(dtype, cache_dtype, variant))));
+                    let index = kernel_index(dtype, encoding, variant).expect("in the table");
+                    assert!(!seen[index]);
+                    seen[index] = true;
+                    // Each instance once in the source, by its name as the first argument of
+                    // a kernel macro.
+                    let name = kernel_name(dtype, encoding, variant);
+                    assert_eq!(
+                        compile::SOURCE.matches(&format!("({name},")).count(),
+                        1,
+                        "{name}"
+                    );
                 }
             }
         }
         assert!(seen.iter().all(|&s| s));
+        // Every cache dtype has its per-tensor and (fp8) per-head instances.
+        for cache_dtype in [CacheDtype::Auto, CacheDtype::Fp8, CacheDtype::Fp8E5m2] {
+            for scaling in [Scaling::PerTensor, Scaling::PerHead] {
+                assert!(ENCODINGS.contains(&Encoding::of(cache_dtype, scaling)));
+            }
+        }
+        assert_eq!(
+            kernel_name(
+                Dtype::BFloat16,
+                Encoding::of(CacheDtype::Fp8E5m2, Scaling::PerHead),
+                Variant::VectorSingle
+            ),
+            "reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_x1"
+        );
+        assert_eq!(
+            kernel_name(
+                Dtype::Half,
+                Encoding::of(CacheDtype::Auto, Scaling::PerHead),
+                Variant::Vector
+            ),
+            "reshape_and_cache_flash_half_auto"
+        );
     }
 }

@@ -11,7 +11,7 @@
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::problem::{Layout, Problem};
-use crate::workload::{CacheFill, Caches, Inputs};
+use crate::workload::{CacheFill, Caches, Inputs, Scaling};
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -124,6 +124,14 @@ pub trait Backend {
 
     /// Whether this backend implements the layout (the WGSL path is NHD only).
     fn supports(&self, layout: Layout) -> bool;
+
+    /// Refuses, with [`Error::Unsupported`], calls of a kind this backend does not implement
+    /// besides their layout (a cache dtype, input strides, per-head scales). Checked before a
+    /// sweep runs, by verification (n/a rather than a failure), and by `prepare`.
+    fn check_support(&self, problem: &Problem, scaling: Scaling) -> Result<()> {
+        let _ = (problem, scaling);
+        Ok(())
+    }
 
     /// Memory needed for two caches of `cache_bytes` each and two inputs of `input_bytes` each
     /// (plus `num_tokens` slots), by where it lives.

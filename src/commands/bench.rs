@@ -348,6 +348,7 @@ fn new_report(
             noise_statistic: paged_kv_bench::timing::NOISE_STATISTIC.into(),
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
+            workload: config.workload.clone(),
         },
         implementations,
         notes,

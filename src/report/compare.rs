@@ -110,6 +110,15 @@ impl Report {
             }
         };
         differ("options", options(then), options(now));
+        let workload = |config: &RunConfig| {
+            let set = config.workload.non_default();
+            if set.is_empty() {
+                "vLLM's".to_string()
+            } else {
+                set.join(" ")
+            }
+        };
+        differ("workload", workload(then), workload(now));
         differences
     }
 

@@ -14,6 +14,7 @@ use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout};
 use crate::sweep::Row;
 use crate::timing::Stats;
+use crate::workload::WorkloadConfig;
 
 mod compare;
 mod table;
@@ -83,6 +84,10 @@ pub struct RunConfig {
     /// Every backend option (absent from reports of earlier versions, which ran the defaults).
     #[serde(default)]
     pub options: Options,
+    /// Fused QKV inputs, per-head scales, the slot pattern and the model preset (absent from
+    /// reports of earlier versions, which ran vLLM's workload).
+    #[serde(default)]
+    pub workload: WorkloadConfig,
 }
 
 impl RunConfig {

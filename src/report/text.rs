@@ -34,6 +34,10 @@ impl Report {
                 c.cache_name()
             ),
         ];
+        let workload = c.workload.non_default();
+        if !workload.is_empty() {
+            lines.push(format!("workload: {}", workload.join(" ")));
+        }
         let calls = if c.cold {
             "one call after each flush of the device's cache"
         } else if c.rotate {

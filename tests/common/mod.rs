@@ -10,7 +10,7 @@
 pub mod faulty;
 pub mod recording;
 
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
+use paged_kv_bench::problem::{CacheDtype, Dtype, InputStrides, Layout, Problem};
 
 /// A problem builder starting from the defaults of [`ProblemBuilder::default`].
 pub fn problem() -> ProblemBuilder {
@@ -29,6 +29,7 @@ pub struct ProblemBuilder {
     dtype: Dtype,
     cache_dtype: CacheDtype,
     layout: Layout,
+    input_strides: Option<InputStrides>,
 }
 
 impl Default for ProblemBuilder {
@@ -45,6 +46,7 @@ impl Default for ProblemBuilder {
             dtype: Dtype::BFloat16,
             cache_dtype: CacheDtype::Auto,
             layout: Layout::Nhd,
+            input_strides: None,
         }
     }
 }
@@ -61,6 +63,7 @@ impl From<Problem> for ProblemBuilder {
             dtype: p.dtype,
             cache_dtype: p.cache_dtype,
             layout: p.layout,
+            input_strides: p.input_strides,
         }
     }
 }
@@ -114,6 +117,18 @@ impl ProblemBuilder {
         self.layout(Layout::Hnd)
     }
 
+    pub fn input_strides(mut self, input_strides: Option<InputStrides>) -> Self {
+        self.input_strides = input_strides;
+        self
+    }
+
+    /// Keys and values as slices of a fused QKV tensor with `query_heads` query heads (the
+    /// heads and head size set so far).
+    pub fn qkv_fused(self, query_heads: usize) -> Self {
+        let strides = InputStrides::qkv_fused(query_heads, self.num_heads, self.head_size);
+        self.input_strides(Some(strides))
+    }
+
     /// The problem, not validated: tests also build the problems that must be refused.
     ///
     /// Without [`ProblemBuilder::blocks`], the cache gets
@@ -131,6 +146,7 @@ impl ProblemBuilder {
             dtype: self.dtype,
             cache_dtype: self.cache_dtype,
             layout: self.layout,
+            input_strides: self.input_strides,
         }
     }
 }

@@ -19,6 +19,7 @@ pub struct RowRecord {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub slots: Vec<i64>,
+    /// Keys' and values' scales of head 0 (per-tensor scales, in these tests).
     pub scales: (f32, f32),
     /// Both caches as the call found them, before it ran.
     pub caches_before: Caches,
@@ -137,7 +138,7 @@ impl<B: Backend> Backend for Recording<B> {
             key: inputs.key.to_vec(),
             value: inputs.value.to_vec(),
             slots: inputs.slot_mapping.to_vec(),
-            scales: (inputs.k_scale, inputs.v_scale),
+            scales: (inputs.k_scale.of_head(0), inputs.v_scale.of_head(0)),
             caches_before,
             batches: Vec::new(),
             resources_before,

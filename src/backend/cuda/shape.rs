@@ -115,6 +115,7 @@ pub struct InputStrides {
 
 impl InputStrides {
     /// Contiguous `[num_tokens, num_heads, head_size]` keys and values.
+    #[cfg(test)]
     pub fn contiguous(problem: &Problem) -> Self {
         let token = problem.token_elements() as u64;
         let head = problem.head_size as u64;
@@ -123,6 +124,17 @@ impl InputStrides {
             key_head: head,
             value_token: token,
             value_head: head,
+        }
+    }
+
+    /// The problem's own strides (keys and values share them).
+    pub fn of(problem: &Problem) -> Self {
+        let s = problem.inputs();
+        Self {
+            key_token: s.token,
+            key_head: s.head,
+            value_token: s.token,
+            value_head: s.head,
         }
     }
 }
@@ -138,7 +150,7 @@ pub fn vector_path_applies(problem: &Problem, inputs: &InputStrides) -> bool {
     let cache_size = problem.cache_element_size() as u64;
     let elements_per_item = match problem.cache_dtype {
         CacheDtype::Auto => 16 / in_size,
-        CacheDtype::Fp8 => 16,
+        CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => 16,
     };
     let s = problem.strides();
     (problem.head_size as u64).is_multiple_of(elements_per_item)
@@ -166,7 +178,7 @@ pub fn plan(
     let elements_per_item = match (vector, problem.cache_dtype) {
         (false, _) => 1,
         (true, CacheDtype::Auto) => 16 / problem.dtype.size(),
-        (true, CacheDtype::Fp8) => 16,
+        (true, CacheDtype::Fp8 | CacheDtype::Fp8E5m2) => 16,
     };
     let items_per_head = (problem.head_size / elements_per_item) as u64;
     let items_per_kv = problem.num_heads as u64 * items_per_head;
@@ -261,7 +273,7 @@ pub fn plan(
 fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     let (threads, items_per_thread) = match cache_dtype {
-        CacheDtype::Fp8 => (128, 1),
+        CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => (128, 1),
         CacheDtype::Auto if total >= 4 * resident => (256, 2),
         CacheDtype::Auto if total >= resident / 4 => (128, 2),
         CacheDtype::Auto => (128, 1),
@@ -338,6 +350,7 @@ mod tests {
             dtype,
             cache_dtype,
             layout,
+            input_strides: None,
         }
     }
 
@@ -514,6 +527,7 @@ mod tests {
             dtype: Dtype::BFloat16,
             cache_dtype: CacheDtype::Auto,
             layout: Layout::Hnd,
+            input_strides: None,
         };
         let launch = plan(&p, &InputStrides::contiguous(&p), H100, None).unwrap();
         assert!(launch.vector);

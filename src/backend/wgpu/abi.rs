@@ -31,7 +31,10 @@ pub(super) struct GpuParams {
     pub num_units: u32,
     pub nan_sign: u32,
     pub split_input: u32,
-    pub _pad: [u32; 2],
+    /// `PER_HEAD`: where the per-head scales start in the slots buffer, in 8-byte pairs.
+    pub scales_at: u32,
+    /// `STRIDED`: 16-byte input units (elements in the word kernel) from one token to the next.
+    pub in_token_stride: u32,
     pub k_scale: GpuScale,
     pub v_scale: GpuScale,
 }

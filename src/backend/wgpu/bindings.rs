@@ -101,6 +101,8 @@ shared_constants! {
     // `fp8_lut_build`.
     LUT_PARAMS_BINDING = 160;
     LUT_OUT_BINDING = 161;
+    /// The per-head scales of the tables (one per table), with `PER_HEAD`.
+    LUT_SCALES_BINDING = 162;
 }
 
 /// Bytes of each parameter block, by its name in the shader: `build.rs` checks the shader's

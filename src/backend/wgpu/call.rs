@@ -18,11 +18,11 @@ use super::caches::DeviceCaches;
 use super::device::{Gpu, Window};
 use super::fp8_tables::Fp8Table;
 use super::inputs::{self, Input, InputPool, Role};
-use super::plan::{Batch, Fp8Path, Kernel, Plan};
+use super::plan::{input_token_bytes, Batch, Fp8Path, Kernel, Plan};
 use super::WgpuBackend;
 use crate::backend::Prepared;
 use crate::error::{Error, Result};
-use crate::problem::Problem;
+use crate::problem::{Fp8Format, Problem};
 use crate::workload::{Caches, Inputs};
 
 /// One dispatch of a call.
@@ -65,6 +65,7 @@ impl CallWork {
         };
         self.dispatches.push(table.build);
         self.buffers.push(table.params);
+        self.buffers.extend(table.extra);
         Ok((binding, table.table))
     }
 }
@@ -90,15 +91,39 @@ impl WgpuBackend {
         inputs: &Inputs,
         kept: bool,
     ) -> Result<CallWork> {
-        let (k_scale, v_scale) = (GpuScale::new(inputs.k_scale), GpuScale::new(inputs.v_scale));
+        // Per-tensor scales in the parameters; per-head ones (both tensors' given per head,
+        // a per-tensor one repeated) after the slots, and in the lookup table's build.
+        let (k_scale, v_scale) = (
+            GpuScale::new(inputs.k_scale.of_head(0)),
+            GpuScale::new(inputs.v_scale.of_head(0)),
+        );
+        let per_head = inputs.per_head_scales() && problem.cache_dtype.is_fp8();
+        let head_scales: Vec<GpuScale> = if per_head {
+            let heads = 0..problem.num_heads;
+            heads
+                .clone()
+                .map(|h| GpuScale::new(inputs.k_scale.of_head(h)))
+                .chain(heads.map(|h| GpuScale::new(inputs.v_scale.of_head(h))))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let format = problem.cache_dtype.fp8().unwrap_or(Fp8Format::E4m3);
         let fp8 = plan.fp8_path(
             problem,
-            k_scale.table_applies() && v_scale.table_applies(),
-            self.limits.max_storage_buffers_per_shader_stage,
+            k_scale.table_applies(format) && v_scale.table_applies(format),
+            per_head,
+            (
+                self.limits.max_storage_buffers_per_shader_stage,
+                self.max_binding,
+            ),
             &self.tuning,
         );
         let gpu = &mut self.gpu;
-        let kernel = gpu.pipeline(plan.entry_point(fp8), &plan.constants(problem, fp8))?;
+        let kernel = gpu.pipeline(
+            plan.entry_point(fp8),
+            &plan.constants(problem, fp8, per_head),
+        )?;
         let order_passes = match plan.order {
             Some(_) => Some([
                 gpu.pipeline("order_count", &[])?,
@@ -111,11 +136,18 @@ impl WgpuBackend {
         let encoder_table = match fp8 {
             Fp8Path::Lut => Some((
                 FP8_LUT_BINDING,
-                Fp8Table::lookup(gpu, problem.dtype, k_scale, v_scale, self.nan_sign)?,
+                Fp8Table::lookup(
+                    gpu,
+                    problem.dtype,
+                    format,
+                    [k_scale, v_scale],
+                    &head_scales,
+                    self.nan_sign,
+                )?,
             )),
             Fp8Path::Thresholds => Some((
                 FP8_THRESHOLDS_BINDING,
-                Fp8Table::thresholds(gpu, k_scale, v_scale)?,
+                Fp8Table::thresholds(gpu, format, k_scale, v_scale)?,
             )),
             Fp8Path::Plain => None,
         };
@@ -126,6 +158,7 @@ impl WgpuBackend {
             problem,
             plan,
             inputs,
+            head_scales: bytemuck::cast_slice(&head_scales).to_vec(),
             kernel,
             order_passes,
             encoder_table,
@@ -136,7 +169,8 @@ impl WgpuBackend {
                 num_units: 0,
                 nan_sign: self.nan_sign,
                 split_input: u32::MAX,
-                _pad: [0; 2],
+                scales_at: 0,
+                in_token_stride: plan.in_token_stride(problem),
                 k_scale,
                 v_scale,
             },
@@ -163,6 +197,8 @@ struct CallBuilder<'a> {
     problem: &'a Problem,
     plan: &'a Plan,
     inputs: &'a Inputs<'a>,
+    /// Per-head scales as the kernel reads them after the slots (empty for per-tensor ones).
+    head_scales: Vec<u8>,
     kernel: wgpu::ComputePipeline,
     /// `order_count`, `order_scan`, `order_scatter`, if the call takes them.
     order_passes: Option<[wgpu::ComputePipeline; 3]>,
@@ -202,6 +238,8 @@ impl CallBuilder<'_> {
                 first_chunk: first_chunk as u32,
                 num_units: num_units as u32,
                 split_input: inputs.split_input,
+                // In (lo, hi) pairs: one per slot.
+                scales_at: batch.tokens as u32,
                 ..self.params
             };
             let bind_group = self.bind_kernel(&params, &inputs, &order)?;
@@ -251,13 +289,17 @@ impl CallBuilder<'_> {
     }
 
     /// Uploads the batch's keys, values and slots (int64, which the shader reads as (lo, hi)
-    /// pairs).
+    /// pairs), and after the slots the per-head scales if any. A token range of strided
+    /// inputs is uploaded from its first token's keys to its last's: its span, what lies
+    /// between the rows (a fused tensor's other parts) included, as the kernel reads it.
     fn upload_inputs(&mut self, index: usize, batch: &Batch) -> Result<BatchInputs> {
         let (gpu, problem) = (self.gpu, self.problem);
-        let input_row = problem.token_elements() * problem.dtype.size();
+        let input_row = input_token_bytes(problem) as usize;
+        let row_bytes = problem.token_elements() * problem.dtype.size();
         // The same buffers and sizes that `Backend::reserve` allocates for the largest call.
         let mut buffers = Vec::new();
-        for (role, bytes) in inputs::batch_buffers(problem, batch) {
+        let scale_bytes = self.head_scales.len() as u64;
+        for (role, bytes) in inputs::batch_buffers(problem, batch, scale_bytes) {
             buffers.push(self.input_buffer(index, role, bytes)?);
         }
         let [key, value, key_hi, value_hi, slots]: [Input; 5] = buffers
@@ -265,7 +307,8 @@ impl CallBuilder<'_> {
             .map_err(|_| Error::wgpu("splitting the inputs", "not five buffers"))?;
         for (part, (start, count)) in batch.parts().enumerate() {
             let begin = batch.first_token + start;
-            let bytes = begin * input_row..(begin + count) * input_row;
+            let first = begin * input_row;
+            let bytes = first..first + (count - 1) * input_row + row_bytes;
             let (key, value) = if part == 0 {
                 (&key, &value)
             } else {
@@ -274,11 +317,12 @@ impl CallBuilder<'_> {
             gpu.upload(&key.buffer, &self.inputs.key[bytes.clone()])?;
             gpu.upload(&value.buffer, &self.inputs.value[bytes])?;
         }
-        let slot_bytes: Vec<u8> = self.inputs.slot_mapping
+        let mut slot_bytes: Vec<u8> = self.inputs.slot_mapping
             [batch.first_token..batch.first_token + batch.tokens]
             .iter()
             .flat_map(|slot| slot.to_le_bytes())
             .collect();
+        slot_bytes.extend_from_slice(&self.head_scales);
         gpu.upload(&slots.buffer, &slot_bytes)?;
         Ok(BatchInputs {
             key,

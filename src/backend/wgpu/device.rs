@@ -208,6 +208,17 @@ impl Gpu {
         buffer
     }
 
+    /// A read-only storage buffer holding `bytes` (at least 16 bytes, as bindings want).
+    pub fn storage(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
+        let buffer = self.buffer(
+            label,
+            (bytes.len() as u64).next_multiple_of(16).max(16),
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        );
+        self.queue.write_buffer(&buffer, 0, bytes);
+        buffer
+    }
+
     /// A bind group of whole buffers, by binding number.
     pub fn bind_group(
         &self,

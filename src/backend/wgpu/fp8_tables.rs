@@ -5,14 +5,14 @@
 use super::abi::{
     input_kind, GpuEncodeParams, GpuLutParams, GpuScale, GpuTableParams, ENCODE_IN_BINDING,
     ENCODE_OUT_BINDING, ENCODE_PARAMS_BINDING, FP8_THRESHOLDS_BINDING, LUT_BYTES, LUT_OUT_BINDING,
-    LUT_PARAMS_BINDING, SCALE_FINITE, SCALE_INFINITE, SCALE_NAN, SCALE_ZERO, TABLE_BYTES,
-    TABLE_OUT_BINDING, TABLE_PARAMS_BINDING,
+    LUT_PARAMS_BINDING, LUT_SCALES_BINDING, SCALE_FINITE, SCALE_INFINITE, SCALE_NAN, SCALE_ZERO,
+    TABLE_BYTES, TABLE_OUT_BINDING, TABLE_PARAMS_BINDING,
 };
 use super::call::{record_dispatches, Dispatch};
 use super::device::Gpu;
 use super::WgpuBackend;
 use crate::error::{Error, Result};
-use crate::problem::Dtype;
+use crate::problem::{Dtype, Fp8Format};
 
 /// The fp8 sign bit of the NaN of an invalid division (0 / 0, inf / inf): the reference fixes it
 /// as negative (`fp8::quantize`), whatever the host processor does.
@@ -21,10 +21,16 @@ pub(super) fn host_nan_sign() -> u32 {
 }
 
 impl GpuScale {
-    /// Whether the threshold-table encoder handles this scale (see the shader): finite, with
-    /// an exponent in [-116, 125].
-    pub fn table_applies(&self) -> bool {
-        self.kind == SCALE_FINITE && (-116..=125).contains(&self.exponent)
+    /// Whether the threshold-table encoder handles this scale for `format` (see the shader):
+    /// finite, with an exponent in [-116, 125] for e4m3, [-109, 125] for e5m2 (whose smaller
+    /// codes reach further down: f32 subnormals the estimate flushes to zero must still
+    /// encode as 0).
+    pub fn table_applies(&self, format: Fp8Format) -> bool {
+        let lowest = match format {
+            Fp8Format::E4m3 => -116,
+            Fp8Format::E5m2 => -109,
+        };
+        self.kind == SCALE_FINITE && (lowest..=125).contains(&self.exponent)
     }
 
     /// Splits `scale` into a normalised 24-bit significand and exponent (subnormals included),
@@ -78,12 +84,28 @@ pub(super) struct Fp8Table {
     pub build: Dispatch,
     /// The build's parameters.
     pub params: wgpu::Buffer,
+    /// Any other buffer the build reads (the lookup table's scales).
+    pub extra: Option<wgpu::Buffer>,
+}
+
+/// The override constants of a pipeline that encodes `format` (none for e4m3, so that its
+/// pipelines are compiled as they always were).
+pub(super) fn format_constants(format: Fp8Format) -> Vec<(&'static str, f64)> {
+    match format {
+        Fp8Format::E4m3 => Vec::new(),
+        Fp8Format::E5m2 => vec![("E5M2", 1.0)],
+    }
 }
 
 impl Fp8Table {
     /// The threshold tables of two scales (keys and values), built by one workgroup.
-    pub fn thresholds(gpu: &mut Gpu, k_scale: GpuScale, v_scale: GpuScale) -> Result<Self> {
-        let pipeline = gpu.pipeline("fp8_table_build", &[])?;
+    pub fn thresholds(
+        gpu: &mut Gpu,
+        format: Fp8Format,
+        k_scale: GpuScale,
+        v_scale: GpuScale,
+    ) -> Result<Self> {
+        let pipeline = gpu.pipeline("fp8_table_build", &format_constants(format))?;
         let params = GpuTableParams { k_scale, v_scale };
         gpu.scoped("allocating the fp8 tables", || {
             let table = gpu.buffer(
@@ -107,33 +129,56 @@ impl Fp8Table {
                     grid: (1, 1),
                 },
                 params: uniform,
+                extra: None,
             }
         })
     }
 
-    /// The lookup table of two scales for 16-bit inputs of `dtype`.
+    /// The lookup table of two scales (keys, values) for 16-bit inputs of `dtype`; or, with
+    /// `head_scales` (the keys' heads, then the values'), one table per head and tensor.
     pub fn lookup(
         gpu: &mut Gpu,
         dtype: Dtype,
-        k_scale: GpuScale,
-        v_scale: GpuScale,
+        format: Fp8Format,
+        [k_scale, v_scale]: [GpuScale; 2],
+        head_scales: &[GpuScale],
         nan_sign: u32,
     ) -> Result<Self> {
-        let pipeline = gpu.pipeline("fp8_lut_build", &[("IN_KIND", input_kind(dtype))])?;
+        let per_head = !head_scales.is_empty();
+        let mut constants = vec![("IN_KIND", input_kind(dtype))];
+        constants.extend(format_constants(format));
+        if per_head {
+            constants.extend([("PER_HEAD", 1.0), ("HEADS", (head_scales.len() / 2) as f64)]);
+        }
+        let pipeline = gpu.pipeline("fp8_lut_build", &constants)?;
         let params = GpuLutParams {
             nan_sign,
             _pad: [0; 3],
             k_scale,
             v_scale,
         };
-        let grid = gpu.grid(LUT_BYTES / 4)?;
+        // Two tables of LUT_BYTES / 2, or one per head and tensor.
+        let bytes = if per_head {
+            head_scales.len() as u64 * LUT_BYTES / 2
+        } else {
+            LUT_BYTES
+        };
+        let grid = gpu.grid(bytes / 4)?;
         gpu.scoped("allocating the fp8 lookup table", || {
-            let table = gpu.buffer("fp8 lookup table", LUT_BYTES, wgpu::BufferUsages::STORAGE);
+            let table = gpu.buffer("fp8 lookup table", bytes, wgpu::BufferUsages::STORAGE);
             let uniform = gpu.uniform("fp8 lookup table params", &params);
+            // (A per-tensor build reads no scale from here: a placeholder.)
+            let scales: &[GpuScale] = if per_head { head_scales } else { &[k_scale] };
+            let scales = gpu.storage("fp8 lookup table scales", bytemuck::cast_slice(scales));
             let bind_group = gpu.bind_group(
                 &pipeline,
-                &[(LUT_PARAMS_BINDING, &uniform), (LUT_OUT_BINDING, &table)],
+                &[
+                    (LUT_PARAMS_BINDING, &uniform),
+                    (LUT_OUT_BINDING, &table),
+                    (LUT_SCALES_BINDING, &scales),
+                ],
             );
+            // The scales go with the parameters: freed when the call is.
             Fp8Table {
                 table,
                 build: Dispatch {
@@ -142,6 +187,7 @@ impl Fp8Table {
                     grid,
                 },
                 params: uniform,
+                extra: Some(scales),
             }
         })
     }
@@ -162,7 +208,19 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
-        self.encode_with(false, dtype, elements, scale, estimate_skew_ulps)
+        self.encode_fp8_as(Fp8Format::E4m3, dtype, elements, scale, estimate_skew_ulps)
+    }
+
+    /// As [`WgpuBackend::encode_fp8`], in `format` (e4m3 or e5m2: `Fp8Format::quantize`).
+    pub fn encode_fp8_as(
+        &mut self,
+        format: Fp8Format,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Vec<u8>> {
+        self.encode_with(false, format, dtype, elements, scale, estimate_skew_ulps)
     }
 
     /// As [`WgpuBackend::encode_fp8`], through the threshold-table encoder that the cache
@@ -176,16 +234,29 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Option<Vec<u8>>> {
-        if !GpuScale::new(scale).table_applies() {
+        self.encode_fp8_table_as(Fp8Format::E4m3, dtype, elements, scale, estimate_skew_ulps)
+    }
+
+    /// As [`WgpuBackend::encode_fp8_table`], in `format`.
+    pub fn encode_fp8_table_as(
+        &mut self,
+        format: Fp8Format,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Option<Vec<u8>>> {
+        if !GpuScale::new(scale).table_applies(format) {
             return Ok(None);
         }
-        self.encode_with(true, dtype, elements, scale, estimate_skew_ulps)
+        self.encode_with(true, format, dtype, elements, scale, estimate_skew_ulps)
             .map(Some)
     }
 
     fn encode_with(
         &mut self,
         table: bool,
+        format: Fp8Format,
         dtype: Dtype,
         elements: &[u32],
         scale: f32,
@@ -195,15 +266,14 @@ impl WgpuBackend {
             return Ok(Vec::new());
         }
         let gpu = &mut self.gpu;
-        let constants = [
+        let mut constants = vec![
             ("IN_KIND", input_kind(dtype)),
             ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
         ];
+        constants.extend(format_constants(format));
         let pipeline = if table {
-            gpu.pipeline(
-                "encode_fp8_table",
-                &[constants[0], constants[1], ("FP8_TABLE", 1.0)],
-            )?
+            constants.push(("FP8_TABLE", 1.0));
+            gpu.pipeline("encode_fp8_table", &constants)?
         } else {
             gpu.pipeline("encode_fp8", &constants)?
         };
@@ -238,7 +308,12 @@ impl WgpuBackend {
         gpu.upload(&input, bytemuck::cast_slice(elements))?;
         // The threshold tables, built in the same pass as in a cache call.
         let tables = if table {
-            Some(Fp8Table::thresholds(gpu, params.scale, params.scale)?)
+            Some(Fp8Table::thresholds(
+                gpu,
+                format,
+                params.scale,
+                params.scale,
+            )?)
         } else {
             None
         };

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::device::{Gpu, Window};
-use super::plan::Batch;
+use super::plan::{input_token_bytes, Batch};
 use crate::error::{Bytes, Result};
 use crate::problem::Problem;
 
@@ -38,19 +38,26 @@ impl Role {
 }
 
 /// The input buffers one batch binds and the bytes it uses of each: keys and values of each
-/// token range (a batch of one range still binds a second, unused), and the slots.
-pub(super) fn batch_buffers(problem: &Problem, batch: &Batch) -> Vec<(Role, u64)> {
-    let input_row = (problem.token_elements() * problem.dtype.size()) as u64;
+/// token range (a batch of one range still binds a second, unused; a range of strided inputs
+/// spans from its first token's row to its last's), and the slots followed by `scale_bytes` of
+/// per-head scales.
+pub(super) fn batch_buffers(
+    problem: &Problem,
+    batch: &Batch,
+    scale_bytes: u64,
+) -> Vec<(Role, u64)> {
+    let token_bytes = input_token_bytes(problem);
+    let row_bytes = (problem.token_elements() * problem.dtype.size()) as u64;
     let mut buffers = Vec::new();
     let ranges: Vec<(usize, usize)> = batch.parts().collect();
     for part in 0..2u8 {
-        let bytes = ranges
-            .get(part as usize)
-            .map_or(0, |&(_, count)| count as u64 * input_row);
+        let bytes = ranges.get(part as usize).map_or(0, |&(_, count)| {
+            (count as u64).saturating_sub(1) * token_bytes + row_bytes
+        });
         buffers.push((Role::Key(part), bytes));
         buffers.push((Role::Value(part), bytes));
     }
-    buffers.push((Role::Slots, 8 * batch.tokens as u64));
+    buffers.push((Role::Slots, 8 * batch.tokens as u64 + scale_bytes));
     buffers
 }
 

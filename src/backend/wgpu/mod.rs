@@ -21,11 +21,19 @@
 //!   at any moment lie close together. See docs/perf-log-wgpu.md.
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
-//! - fp8 is bit-exact with `fp8::quantize` although WGSL division is not correctly rounded: see
-//!   the shader, and the exhaustive test in `tests/wgpu.rs`. Threshold tables built in each
-//!   call cut the encoder's work (float inputs); for half and bfloat16 inputs a lookup table
-//!   of every 16-bit pattern's code, built in each call by that same encoder, replaces it
-//!   altogether (the default; `WgpuTuning::fp8_lut` turns it off).
+//! - fp8 (e4m3 and e5m2) is bit-exact with `fp8::quantize` / `quantize_e5m2` although WGSL
+//!   division is not correctly rounded: see the shader, and the exhaustive tests in
+//!   `tests/wgpu.rs` and `tests/wgpu_workloads.rs`. Threshold tables built in each call cut the
+//!   encoder's work (float inputs); for half and bfloat16 inputs a lookup table of every 16-bit
+//!   pattern's code, built in each call by that same encoder, replaces it altogether (the
+//!   default; `WgpuTuning::fp8_lut` turns it off). Per-head scales travel after the slots in
+//!   the slots buffer (no binding of their own: the narrow kernels already use all that Metal
+//!   allows); with them the lookup table is one table per head, taken for calls large enough
+//!   to pay for building it, and the threshold tables (per tensor) are not used.
+//! - Keys and values may be slices of a fused QKV tensor: each token range is uploaded from
+//!   its first token's keys to its last's (the span, as the kernel reads it) and rows are
+//!   found through the token stride (a parameter, with the `STRIDED` override: one pipeline for
+//!   every strided shape); heads within a row are contiguous.
 //! - Every wgpu error is captured (error scopes around allocation, compilation and uploads; an
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 //!
@@ -54,7 +62,7 @@ use crate::error::{Bytes, Error, Result};
 use crate::options::WgpuTuning;
 use crate::problem::{Layout, Problem};
 use crate::timing;
-use crate::workload::{CacheFill, Inputs};
+use crate::workload::{CacheFill, Inputs, Scaling};
 
 use adapter::unavailable;
 use caches::DeviceCaches;
@@ -226,6 +234,28 @@ impl Backend for WgpuBackend {
         layout == Layout::Nhd
     }
 
+    fn check_support(&self, problem: &Problem, scaling: Scaling) -> Result<()> {
+        let _ = scaling;
+        let unsupported = |what: &str| {
+            Err(Error::Unsupported {
+                backend: Kind::Wgpu,
+                what: what.into(),
+            })
+        };
+        // The kernels take a token's heads as one contiguous row (fused QKV inputs are), and
+        // fp8 rows in 16-byte units.
+        let strides = problem.inputs();
+        if strides.head != problem.head_size as u64 {
+            return unsupported("input head strides other than the head size");
+        }
+        if problem.cache_dtype.is_fp8() && !plan::input_units_aligned(problem) {
+            return unsupported(
+                "fp8 caches of inputs whose token stride is not a multiple of 16 bytes",
+            );
+        }
+        Ok(())
+    }
+
     fn footprint(&self, cache_bytes: u64, input_bytes: u64, num_tokens: usize) -> Footprint {
         // Both caches and inputs, the slots, and either the cold-timing flush buffer or the
         // input copies of rotating timing (under 2 * ROTATION_BYTES, see
@@ -317,8 +347,15 @@ impl Backend for WgpuBackend {
         problem.validate()?;
         self.gpu.check_errors()?;
         let plan = self.plan(&problem)?;
+        // Room for per-head scales after the slots wherever the cache is fp8 (the problem does
+        // not say whether the scales will be per head).
+        let scale_bytes = if problem.cache_dtype.is_fp8() {
+            (2 * problem.num_heads * std::mem::size_of::<abi::GpuScale>()) as u64
+        } else {
+            0
+        };
         for (index, batch) in plan.batches(&problem).iter().enumerate() {
-            for (role, bytes) in inputs::batch_buffers(&problem, batch) {
+            for (role, bytes) in inputs::batch_buffers(&problem, batch, scale_bytes) {
                 self.input_pool.get(&self.gpu, index, role, bytes)?;
             }
         }
@@ -332,6 +369,12 @@ impl Backend for WgpuBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
+        let scaling = if inputs.per_head_scales() {
+            Scaling::PerHead
+        } else {
+            Scaling::PerTensor
+        };
+        self.check_support(problem, scaling)?;
         if problem.layout != Layout::Nhd {
             return Err(Error::InvalidConfig(
                 "the wgpu path implements the NHD layout only".into(),

@@ -7,8 +7,8 @@ use crate::options::WgpuTuning;
 use crate::problem::{CacheDtype, Dtype, Problem};
 
 use super::abi::{
-    flag, input_kind, storage_bindings, UnitKernel, CHUNKS, NARROW_KERNEL, ONE_KERNEL, WIDE_CHUNKS,
-    WIDE_KERNEL, WORKGROUP,
+    flag, input_kind, storage_bindings, UnitKernel, CHUNKS, LUT_VALUES, NARROW_KERNEL, ONE_KERNEL,
+    WIDE_CHUNKS, WIDE_KERNEL, WORKGROUP,
 };
 
 /// The most 16-byte units per thread the tuning may ask for.
@@ -25,6 +25,11 @@ const MAX_ORDER_BUCKETS: u32 = 1 << 20;
 /// them: on an H100, float inputs of 128 x 128 took 35.5 against 41.0 us at 256 tokens (8M
 /// elements) with the plain encoder, 120.7 against 102.5 us at 1024 (32M).
 const FP8_TABLE_MIN_ELEMENTS: u64 = 1 << 24;
+/// Per-head scales: the lookup tables (one per head and tensor, 65536 codes each) are taken by
+/// default from this many elements per head and tensor on, where building them (65536
+/// encodings per table) costs at most what encoding every element would. Not measured on a
+/// GPU yet: the break-even by operation counts.
+const FP8_HEAD_LUT_MIN_ELEMENTS: u64 = 1 << 16;
 
 /// What a plan needs to know of the adapter.
 #[derive(Debug, Clone, Copy)]
@@ -196,7 +201,9 @@ impl Plan {
         let row_elements = problem.token_elements() as u64;
         let row_bytes = row_elements * problem.cache_element_size() as u64;
         let block_bytes = row_bytes * problem.block_size as u64;
-        let vec4_rows = row_bytes.is_multiple_of(16);
+        // Input rows of strided keys and values must start on 16-byte units too (fused QKV
+        // rows always do: every head size offered is a multiple of 8 elements).
+        let vec4_rows = row_bytes.is_multiple_of(16) && input_units_aligned(problem);
         // The shader indexes slots with u32 (slot -1 is 0xffffffff in the high word).
         if problem.num_slots() >= u32::MAX as u64 {
             return Err(Error::InvalidConfig(format!(
@@ -234,7 +241,8 @@ impl Plan {
             chunk_bytes.push(bytes.next_multiple_of(4));
             offset += bytes;
         }
-        let input_row = row_elements * problem.dtype.size() as u64;
+        // The bytes from one token's keys to the next's (more than a row for fused inputs).
+        let input_row = input_token_bytes(problem);
         // A range's slots (8 bytes a token) must fit a binding too.
         let max_tokens = (max_binding / input_row.max(8)).min(problem.num_tokens as u64) as usize;
         if max_tokens == 0 {
@@ -287,19 +295,35 @@ impl Plan {
     /// 12 us on an H100) in every call, and then save about a quarter of the encoder's time per
     /// element: by default they are taken from `FP8_TABLE_MIN_ELEMENTS` elements per call on
     /// (exact either way: tests/wgpu.rs; docs/perf-log-wgpu.md).
+    ///
+    /// Per-head scales take no threshold tables (they are per tensor); their lookup tables,
+    /// one per head, by default only from `FP8_HEAD_LUT_MIN_ELEMENTS` elements per table on,
+    /// and only where they fit one binding of `max_binding` bytes.
     pub fn fp8_path(
         &self,
         problem: &Problem,
         scales_fit_tables: bool,
-        max_storage_bindings: u32,
+        per_head: bool,
+        limits: (u32, u64),
         tuning: &WgpuTuning,
     ) -> Fp8Path {
-        if problem.cache_dtype != CacheDtype::Fp8 || self.kernel == Kernel::Words {
+        let (max_storage_bindings, max_binding) = limits;
+        if !problem.cache_dtype.is_fp8() || self.kernel == Kernel::Words {
             return Fp8Path::Plain;
         }
-        let lut = problem.dtype != Dtype::Float
-            && storage_bindings(self.kernel.chunks() as u32) < max_storage_bindings
-            && tuning.fp8_lut.unwrap_or(true);
+        let lut_possible = problem.dtype != Dtype::Float
+            && storage_bindings(self.kernel.chunks() as u32) < max_storage_bindings;
+        if per_head {
+            let table_bytes = 2 * problem.num_heads as u64 * LUT_VALUES as u64;
+            let elements = problem.num_tokens as u64 * problem.head_size as u64;
+            let lut = lut_possible
+                && table_bytes <= max_binding
+                && tuning
+                    .fp8_lut
+                    .unwrap_or(elements >= FP8_HEAD_LUT_MIN_ELEMENTS);
+            return if lut { Fp8Path::Lut } else { Fp8Path::Plain };
+        }
+        let lut = lut_possible && tuning.fp8_lut.unwrap_or(true);
         if lut {
             return Fp8Path::Lut;
         }
@@ -323,28 +347,66 @@ impl Plan {
         }
     }
 
-    /// The kernel's override constants.
-    pub fn constants(&self, problem: &Problem, fp8: Fp8Path) -> Vec<(&'static str, f64)> {
+    /// The kernel's override constants (`per_head`: the call's scales are per head).
+    pub fn constants(
+        &self,
+        problem: &Problem,
+        fp8: Fp8Path,
+        per_head: bool,
+    ) -> Vec<(&'static str, f64)> {
         let block = ("BLOCK_SIZE", problem.block_size as f64);
         let chunk = ("CHUNK_BLOCKS", self.chunk_blocks as f64);
         match self.kernel {
-            Kernel::Wide | Kernel::Multi | Kernel::One => vec![
-                block,
-                chunk,
-                ("ROW_UNITS", self.units_per_token(problem) as f64),
-                ("IN_KIND", input_kind(problem.dtype)),
-                ("FP8", flag(problem.cache_dtype == CacheDtype::Fp8)),
-                ("ORDERED", flag(self.order.is_some())),
-                ("UNITS", self.units as f64),
-                ("FP8_TABLE", flag(fp8 == Fp8Path::Thresholds)),
-            ],
-            Kernel::Words => vec![
-                block,
-                chunk,
-                ("ROW_ELEMENTS", problem.token_elements() as f64),
-                ("ELEMENT_BYTES", problem.dtype.size() as f64),
-                ("ROW_WORDS", row_words(problem) as f64),
-            ],
+            Kernel::Wide | Kernel::Multi | Kernel::One => {
+                let mut constants = vec![
+                    block,
+                    chunk,
+                    ("ROW_UNITS", self.units_per_token(problem) as f64),
+                    ("IN_KIND", input_kind(problem.dtype)),
+                    ("FP8", flag(problem.cache_dtype.is_fp8())),
+                    ("ORDERED", flag(self.order.is_some())),
+                    ("UNITS", self.units as f64),
+                    ("FP8_TABLE", flag(fp8 == Fp8Path::Thresholds)),
+                ];
+                // Only where set, so that the default kernels are compiled as they always
+                // were.
+                if !problem.contiguous_inputs() {
+                    constants.push(("STRIDED", 1.0));
+                }
+                if problem.cache_dtype == CacheDtype::Fp8E5m2 {
+                    constants.push(("E5M2", 1.0));
+                }
+                if per_head && problem.cache_dtype.is_fp8() {
+                    constants.extend([
+                        ("PER_HEAD", 1.0),
+                        ("HEADS", problem.num_heads as f64),
+                        ("HEAD_UNITS", (problem.head_size / 16) as f64),
+                    ]);
+                }
+                constants
+            }
+            Kernel::Words => {
+                let mut constants = vec![
+                    block,
+                    chunk,
+                    ("ROW_ELEMENTS", problem.token_elements() as f64),
+                    ("ELEMENT_BYTES", problem.dtype.size() as f64),
+                    ("ROW_WORDS", row_words(problem) as f64),
+                ];
+                if !problem.contiguous_inputs() {
+                    constants.push(("STRIDED", 1.0));
+                }
+                constants
+            }
+        }
+    }
+
+    /// `Params::in_token_stride`: the input's token stride in 16-byte units, or in elements for
+    /// the word kernel (read by the kernels only for strided inputs).
+    pub fn in_token_stride(&self, problem: &Problem) -> u32 {
+        match self.kernel {
+            Kernel::Words => problem.inputs().token as u32,
+            _ => (input_token_bytes(problem) / 16) as u32,
         }
     }
 
@@ -426,6 +488,17 @@ pub(super) fn spreads_past_translation_reach(problem: &Problem) -> bool {
     touched > REACH_PAGES
 }
 
+/// Bytes from one token's keys (or values) to the next token's in the input tensor.
+pub(super) fn input_token_bytes(problem: &Problem) -> u64 {
+    problem.inputs().token * problem.dtype.size() as u64
+}
+
+/// Whether every token's keys start on a 16-byte unit of the input (as the 16-byte kernels
+/// read them).
+pub(super) fn input_units_aligned(problem: &Problem) -> bool {
+    input_token_bytes(problem).is_multiple_of(16)
+}
+
 /// u32 words a token row's span touches in the word kernel: rows of an odd number of 16-bit
 /// elements start on either half of a word and touch (n + 1) / 2 words.
 pub(super) fn row_words(problem: &Problem) -> u64 {
@@ -451,6 +524,7 @@ mod tests {
             dtype,
             cache_dtype,
             layout: Layout::Nhd,
+            input_strides: None,
         }
     }
 
@@ -615,8 +689,14 @@ mod tests {
         let plan = Plan::split(&p, 20 << 10, u64::MAX, 32, "test").unwrap();
         assert_eq!(plan.kernel, Kernel::Multi);
         // 16-bit inputs: the lookup table where a storage binding is left for it.
-        assert_eq!(plan.fp8_path(&p, true, 32, &default), Fp8Path::Lut);
-        assert_eq!(plan.fp8_path(&p, true, 28, &default), Fp8Path::Plain);
+        assert_eq!(
+            plan.fp8_path(&p, true, false, (32, 1 << 30), &default),
+            Fp8Path::Lut
+        );
+        assert_eq!(
+            plan.fp8_path(&p, true, false, (28, 1 << 30), &default),
+            Fp8Path::Plain
+        );
         assert_eq!(plan.entry_point(Fp8Path::Lut), "reshape_and_cache_lut");
         // Float inputs: threshold tables from 2^24 elements per call, where the scales allow.
         let small = problem(Dtype::Float, CacheDtype::Fp8, 2, 128);
@@ -624,24 +704,80 @@ mod tests {
             num_tokens: 1 << 16,
             ..small
         };
-        assert_eq!(plan.fp8_path(&small, true, 32, &default), Fp8Path::Plain);
         assert_eq!(
-            plan.fp8_path(&large, true, 32, &default),
+            plan.fp8_path(&small, true, false, (32, 1 << 30), &default),
+            Fp8Path::Plain
+        );
+        assert_eq!(
+            plan.fp8_path(&large, true, false, (32, 1 << 30), &default),
             Fp8Path::Thresholds
         );
-        assert_eq!(plan.fp8_path(&large, false, 32, &default), Fp8Path::Plain);
+        assert_eq!(
+            plan.fp8_path(&large, false, false, (32, 1 << 30), &default),
+            Fp8Path::Plain
+        );
         let forced = WgpuTuning {
             fp8_table: Some(true),
             fp8_lut: Some(false),
             ..default
         };
-        assert_eq!(plan.fp8_path(&p, true, 32, &forced), Fp8Path::Thresholds);
-        let constants = plan.constants(&p, Fp8Path::Thresholds);
+        assert_eq!(
+            plan.fp8_path(&p, true, false, (32, 1 << 30), &forced),
+            Fp8Path::Thresholds
+        );
+        let constants = plan.constants(&p, Fp8Path::Thresholds, false);
         assert!(constants.contains(&("FP8_TABLE", 1.0)));
         assert!(constants.contains(&("ROW_UNITS", 16.0)));
+        assert!(!constants
+            .iter()
+            .any(|(name, _)| ["PER_HEAD", "E5M2", "STRIDED"].contains(name)));
+        assert_eq!(plan.in_token_stride(&p), 32);
         // Auto caches encode nothing.
         let auto = problem(Dtype::BFloat16, CacheDtype::Auto, 2, 128);
-        assert_eq!(plan.fp8_path(&auto, true, 32, &default), Fp8Path::Plain);
+        assert_eq!(
+            plan.fp8_path(&auto, true, false, (32, 1 << 30), &default),
+            Fp8Path::Plain
+        );
+        // Per-head scales: never the (per-tensor) threshold tables; the per-head lookup
+        // tables from 65536 elements per head on, where they fit a binding, or when asked for.
+        let large16 = Problem {
+            num_tokens: 512,
+            ..p
+        };
+        let per_head = |problem: &Problem, max_binding: u64, tuning: &WgpuTuning| {
+            plan.fp8_path(problem, true, true, (32, max_binding), tuning)
+        };
+        assert_eq!(per_head(&p, 1 << 30, &default), Fp8Path::Plain);
+        assert_eq!(per_head(&large16, 1 << 30, &default), Fp8Path::Lut);
+        // 2 heads x 2 tensors x 64 KiB.
+        assert_eq!(per_head(&large16, (4 << 16) - 1, &default), Fp8Path::Plain);
+        let lut = WgpuTuning {
+            fp8_lut: Some(true),
+            ..default
+        };
+        assert_eq!(per_head(&p, 1 << 30, &lut), Fp8Path::Lut);
+        assert_eq!(per_head(&large16, 1 << 30, &forced), Fp8Path::Plain);
+        assert_eq!(per_head(&large, 1 << 30, &forced), Fp8Path::Plain);
+        let constants = plan.constants(&p, Fp8Path::Plain, true);
+        assert!(constants.contains(&("PER_HEAD", 1.0)));
+        assert!(constants.contains(&("HEADS", 2.0)));
+        assert!(constants.contains(&("HEAD_UNITS", 8.0)));
+        let e5m2 = Problem {
+            cache_dtype: CacheDtype::Fp8E5m2,
+            ..p
+        };
+        assert!(plan
+            .constants(&e5m2, Fp8Path::Lut, false)
+            .contains(&("E5M2", 1.0)));
+        // Fused inputs: the input row of a token is the whole fused row.
+        let fused = Problem {
+            input_strides: Some(crate::problem::InputStrides::qkv_fused(6, 2, 128)),
+            ..p
+        };
+        assert!(plan
+            .constants(&fused, Fp8Path::Plain, false)
+            .contains(&("STRIDED", 1.0)));
+        assert_eq!(plan.in_token_stride(&fused), 160);
     }
 
     #[test]
