@@ -667,11 +667,7 @@ impl Backend for CudaBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
-        let scaling = if inputs.per_head_scales() {
-            Scaling::PerHead
-        } else {
-            Scaling::PerTensor
-        };
+        let scaling = inputs.scaling();
         self.check_support(problem, scaling)?;
         let launch = shape::plan(
             problem,

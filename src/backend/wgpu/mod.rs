@@ -369,12 +369,7 @@ impl Backend for WgpuBackend {
         fill: CacheFill<'_>,
     ) -> Result<Box<dyn Prepared + 'a>> {
         inputs.validate_for(problem)?;
-        let scaling = if inputs.per_head_scales() {
-            Scaling::PerHead
-        } else {
-            Scaling::PerTensor
-        };
-        self.check_support(problem, scaling)?;
+        self.check_support(problem, inputs.scaling())?;
         if problem.layout != Layout::Nhd {
             return Err(Error::InvalidConfig(
                 "the wgpu path implements the NHD layout only".into(),
