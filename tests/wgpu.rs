@@ -177,32 +177,8 @@ fn fp8_table_encoder_test_detects_an_estimate_two_codes_off() {
 #[test]
 fn fp8_encoder_matches_reference_near_every_rounding_boundary_for_float() {
     let mut backend = open();
-    let mut midpoints = Vec::new();
-    for code in 0u8..0x7e {
-        let (low, high) = (fp8::e4m3_to_f32(code), fp8::e4m3_to_f32(code + 1));
-        midpoints.push((low + high) / 2.0);
-    }
     for scale in SCALES {
-        let mut elements: Vec<u32> = Vec::new();
-        for &m in &midpoints {
-            for sign in [0u32, 0x8000_0000] {
-                let center = (m * scale.abs()).to_bits() as i64;
-                for delta in -40i64..=40 {
-                    let bits = center + delta;
-                    if (0..0x7f80_0000).contains(&bits) {
-                        elements.push(bits as u32 | sign);
-                    }
-                }
-            }
-        }
-        // Every exponent with a spread of mantissas, subnormals, zeros, infinities, NaNs.
-        for exponent in 0u32..=255 {
-            for mantissa in [0, 1, 0x40_0000, 0x7f_ffff, 0x12_3457, 0x6d_b6db] {
-                for sign in [0u32, 0x8000_0000] {
-                    elements.push(sign | (exponent << 23) | mantissa);
-                }
-            }
-        }
+        let elements = common::float_patterns_near_rounding_boundaries(fp8::Format::E4m3, scale);
         for skew in SKEWS {
             check_encoder(&mut backend, Dtype::Float, &elements, scale, skew);
         }

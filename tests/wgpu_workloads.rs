@@ -196,29 +196,8 @@ fn e5m2_encoder_tests_detect_estimates_outside_their_windows() {
 fn e5m2_encoder_matches_reference_near_every_rounding_boundary_for_float() {
     let mut backend = open(WgpuTuning::default());
     let format = Fp8Format::E5m2;
-    let midpoints: Vec<f32> = (0u8..0x7b)
-        .map(|code| (format.decode(code) + format.decode(code + 1)) / 2.0)
-        .collect();
     for scale in SCALES {
-        let mut elements: Vec<u32> = Vec::new();
-        for &m in &midpoints {
-            for sign in [0u32, 0x8000_0000] {
-                let center = (m * scale.abs()).to_bits() as i64;
-                for delta in -40i64..=40 {
-                    let bits = center + delta;
-                    if (0..0x7f80_0000).contains(&bits) {
-                        elements.push(bits as u32 | sign);
-                    }
-                }
-            }
-        }
-        for exponent in 0u32..=255 {
-            for mantissa in [0, 1, 0x40_0000, 0x7f_ffff, 0x12_3457, 0x6d_b6db] {
-                for sign in [0u32, 0x8000_0000] {
-                    elements.push(sign | (exponent << 23) | mantissa);
-                }
-            }
-        }
+        let elements = common::float_patterns_near_rounding_boundaries(format, scale);
         for skew in SKEWS {
             check_encoder(&mut backend, format, Dtype::Float, &elements, scale, skew);
         }

@@ -150,3 +150,37 @@ impl ProblemBuilder {
         }
     }
 }
+
+/// f32 bit patterns where an fp8 encoder's rounding is decided, for `scale`: the inputs within
+/// 40 ULP of each midpoint between neighbouring finite codes of `format` times the scale (both
+/// signs), where a division that is not correctly rounded would go wrong; then every exponent
+/// with a spread of mantissas (subnormals, zeros, infinities, NaNs).
+pub fn float_patterns_near_rounding_boundaries(
+    format: paged_kv_bench::problem::Fp8Format,
+    scale: f32,
+) -> Vec<u32> {
+    let largest = (0u8..=0x7f)
+        .find(|&code| format.decode(code) == format.max())
+        .expect("a code for the largest finite value");
+    let mut elements: Vec<u32> = Vec::new();
+    for code in 0..largest {
+        let midpoint = (format.decode(code) + format.decode(code + 1)) / 2.0;
+        for sign in [0u32, 0x8000_0000] {
+            let center = (midpoint * scale.abs()).to_bits() as i64;
+            for delta in -40i64..=40 {
+                let bits = center + delta;
+                if (0..0x7f80_0000).contains(&bits) {
+                    elements.push(bits as u32 | sign);
+                }
+            }
+        }
+    }
+    for exponent in 0u32..=255 {
+        for mantissa in [0, 1, 0x40_0000, 0x7f_ffff, 0x12_3457, 0x6d_b6db] {
+            for sign in [0u32, 0x8000_0000] {
+                elements.push(sign | (exponent << 23) | mantissa);
+            }
+        }
+    }
+    elements
+}
