@@ -66,30 +66,42 @@ impl Format {
 ///
 /// These are the semantics of CUDA's `__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)`.
 pub fn e4m3_from_f32(x: f32) -> u8 {
+    // 448.0 and above (infinity too) saturate; below 448 rounding never reaches 0x7f.
+    encode(x, 3, 7, 0x43e0_0000, 0x7e)
+}
+
+/// Encodes `x` with `mantissa_bits` mantissa bits and exponent bias `bias`: NaN gives `0x7f`
+/// with the input's sign bit; magnitudes of at least `max_bits` (an f32's bits: the format's
+/// largest finite value, whose code is `max_code`) and infinities saturate to it; the rest
+/// round to nearest, ties to even.
+fn encode(x: f32, mantissa_bits: u32, bias: u32, max_bits: u32, max_code: u8) -> u8 {
     let bits = x.to_bits();
     let sign = ((bits >> 24) & 0x80) as u8;
     let magnitude = bits & 0x7fff_ffff;
     if magnitude > 0x7f80_0000 {
         return sign | 0x7f;
     }
-    // 448.0 and above (infinity too) saturate. Below 448 rounding never reaches 0x7f.
-    if magnitude >= 0x43e0_0000 {
-        return sign | 0x7e;
+    if magnitude >= max_bits {
+        return sign | max_code;
     }
-    // Below 2^-6 the result is a subnormal (a multiple of 2^-9) or zero. Scaling by 2^9 is exact,
-    // so rounding the scaled value to an integer is the e4m3 rounding.
-    if magnitude < 0x3c80_0000 {
-        let scaled = f32::from_bits(magnitude) * 512.0;
+    // Below the smallest normal, 2^(1 - bias), the result is a subnormal (a multiple of
+    // 2^(1 - bias - mantissa_bits)) or zero. Scaling by the inverse of that step is exact, so
+    // rounding the scaled value to an integer is the format's rounding.
+    if magnitude < (128 - bias) << 23 {
+        let step = (bias - 1 + mantissa_bits + 127) << 23;
+        let scaled = f32::from_bits(magnitude) * f32::from_bits(step);
         return sign | scaled.round_ties_even() as u8;
     }
-    // Normal: rebias the exponent (127 -> 7) and keep 3 of the 23 mantissa bits, rounding the
-    // 20 dropped bits to nearest even. A carry out of the mantissa correctly bumps the exponent.
-    let exponent = (magnitude >> 23) + 7 - 127;
+    // Normal: rebias the exponent (127 -> bias) and keep `mantissa_bits` of the 23 mantissa
+    // bits, rounding the dropped bits to nearest even. A carry out of the mantissa correctly
+    // bumps the exponent.
+    let dropped_bits = 23 - mantissa_bits;
+    let exponent = (magnitude >> 23) + bias - 127;
     let mantissa = magnitude & 0x7f_ffff;
-    let mut encoded = (exponent << 3) | (mantissa >> 20);
-    let dropped = mantissa & 0xf_ffff;
-    const HALF: u32 = 0x8_0000;
-    if dropped > HALF || (dropped == HALF && encoded & 1 == 1) {
+    let mut encoded = (exponent << mantissa_bits) | (mantissa >> dropped_bits);
+    let dropped = mantissa & ((1 << dropped_bits) - 1);
+    let half = 1 << (dropped_bits - 1);
+    if dropped > half || (dropped == half && encoded & 1 == 1) {
         encoded += 1;
     }
     sign | encoded as u8
@@ -117,34 +129,8 @@ pub fn e4m3_to_f32(byte: u8) -> f32 {
 /// except that CUDA keeps part of a NaN's payload (`0x7e` or `0x7f`): one NaN code per sign
 /// keeps every backend's NaN comparable byte for byte, as e4m3 has only one.
 pub fn e5m2_from_f32(x: f32) -> u8 {
-    let bits = x.to_bits();
-    let sign = ((bits >> 24) & 0x80) as u8;
-    let magnitude = bits & 0x7fff_ffff;
-    if magnitude > 0x7f80_0000 {
-        return sign | 0x7f;
-    }
     // 57344.0 and above (infinity too) saturate; below it rounding never passes 0x7b.
-    if magnitude >= 0x4760_0000 {
-        return sign | 0x7b;
-    }
-    // Below 2^-14 the result is a subnormal (a multiple of 2^-16) or zero; scaling by 2^16 is
-    // exact, so rounding the scaled value to an integer is the e5m2 rounding (4 is 2^-14, the
-    // smallest normal, whose code is 4 too).
-    if magnitude < 0x3880_0000 {
-        let scaled = f32::from_bits(magnitude) * 65536.0;
-        return sign | scaled.round_ties_even() as u8;
-    }
-    // Normal: rebias the exponent (127 -> 15) and keep 2 of the 23 mantissa bits, rounding the
-    // 21 dropped bits to nearest even. A carry out of the mantissa correctly bumps the exponent.
-    let exponent = (magnitude >> 23) + 15 - 127;
-    let mantissa = magnitude & 0x7f_ffff;
-    let mut encoded = (exponent << 2) | (mantissa >> 21);
-    let dropped = mantissa & 0x1f_ffff;
-    const HALF: u32 = 0x10_0000;
-    if dropped > HALF || (dropped == HALF && encoded & 1 == 1) {
-        encoded += 1;
-    }
-    sign | encoded as u8
+    encode(x, 2, 15, 0x4760_0000, 0x7b)
 }
 
 /// Decodes an e5m2 byte to f32 (exact; `0x7c` is infinity, above it NaN).
