@@ -210,49 +210,37 @@ fn fp8_mantissa_bits() -> i32 {
     return select(3, 2, E5M2);
 }
 
-// The format's code of a non-negative finite f32 (its bits).
+// The format's code of a non-negative finite f32 (its bits), as src/fp8.rs::e4m3_from_f32 and
+// e5m2_from_f32.
 fn fp8_magnitude(magnitude: u32) -> u32 {
     if E5M2 {
-        return e5m2_magnitude(magnitude);
+        return fp8_code(magnitude, 2u, 15u, 0x47600000u, 0x7bu);
     }
-    return e4m3_magnitude(magnitude);
+    return fp8_code(magnitude, 3u, 7u, 0x43e00000u, 0x7eu);
 }
 
-// e5m2 code of a non-negative finite f32 (its bits), as src/fp8.rs::e5m2_from_f32.
-fn e5m2_magnitude(magnitude: u32) -> u32 {
-    if magnitude >= 0x47600000u {
-        return 0x7bu;
+// The code of a non-negative finite f32 (its bits) in an fp8 format with `mantissa_bits` and
+// exponent bias `bias`, as src/fp8.rs::encode: magnitudes of at least `max_bits` (the largest
+// finite value, code `max_code`) saturate; the rest round to nearest even.
+fn fp8_code(magnitude: u32, mantissa_bits: u32, bias: u32, max_bits: u32,
+            max_code: u32) -> u32 {
+    if magnitude >= max_bits {
+        return max_code;
     }
-    if magnitude < 0x38800000u {
-        // Below 2^-14: multiples of 2^-16; the scaling by 2^16 is exact and round() ties to
-        // even. (A flushed f32 subnormal here is far below 2^-17 and encodes as 0 either way.)
-        return u32(round(bitcast<f32>(magnitude) * 65536.0));
+    if magnitude < ((128u - bias) << 23u) {
+        // Below the smallest normal: multiples of 2^(1 - bias - mantissa_bits); scaling by the
+        // inverse is exact and round() ties to even. (A flushed f32 subnormal here is far below
+        // half a step and encodes as 0 either way.)
+        let step = bitcast<f32>((bias - 1u + mantissa_bits + 127u) << 23u);
+        return u32(round(bitcast<f32>(magnitude) * step));
     }
-    let exponent = (magnitude >> 23u) - 112u;
+    let dropped_bits = 23u - mantissa_bits;
+    let exponent = (magnitude >> 23u) + bias - 127u;
     let mantissa = magnitude & 0x7fffffu;
-    var encoded = (exponent << 2u) | (mantissa >> 21u);
-    let dropped = mantissa & 0x1fffffu;
-    if dropped > 0x100000u || (dropped == 0x100000u && (encoded & 1u) == 1u) {
-        encoded += 1u;
-    }
-    return encoded;
-}
-
-// e4m3 code of a non-negative finite f32 (its bits), as src/fp8.rs::e4m3_from_f32.
-fn e4m3_magnitude(magnitude: u32) -> u32 {
-    if magnitude >= 0x43e00000u {
-        return 0x7eu;
-    }
-    if magnitude < 0x3c800000u {
-        // Below 2^-6: multiples of 2^-9; the scaling by 2^9 is exact and round() ties to even.
-        // (A flushed f32 subnormal here is far below 2^-10 and encodes as 0 either way.)
-        return u32(round(bitcast<f32>(magnitude) * 512.0));
-    }
-    let exponent = (magnitude >> 23u) - 120u;
-    let mantissa = magnitude & 0x7fffffu;
-    var encoded = (exponent << 3u) | (mantissa >> 20u);
-    let dropped = mantissa & 0xfffffu;
-    if dropped > 0x80000u || (dropped == 0x80000u && (encoded & 1u) == 1u) {
+    var encoded = (exponent << mantissa_bits) | (mantissa >> dropped_bits);
+    let dropped = mantissa & ((1u << dropped_bits) - 1u);
+    let half = 1u << (dropped_bits - 1u);
+    if dropped > half || (dropped == half && (encoded & 1u) == 1u) {
         encoded += 1u;
     }
     return encoded;
