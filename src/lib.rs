@@ -78,6 +78,7 @@ pub mod reference;
 pub mod report;
 pub mod sweep;
 pub mod timing;
+pub mod user_kernel;
 pub mod verify;
 pub mod workload;
 

@@ -120,6 +120,12 @@ pub trait Backend {
     /// Which implementation this is.
     fn kind(&self) -> Kind;
 
+    /// The implementation's name in reports: the kind's (`cuda`, `wgpu`, `cpu`), or a user
+    /// kernel's (`--kernel NAME=FILE`), which runs on a backend of its language's kind.
+    fn name(&self) -> String {
+        self.kind().name().to_string()
+    }
+
     fn device(&self) -> DeviceInfo;
 
     /// Whether this backend implements the layout (the WGSL path is NHD only).
