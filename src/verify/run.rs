@@ -30,7 +30,7 @@ impl Subject {
     /// A backend checked on every case, under its implementation's name.
     pub fn new(backend: Box<dyn Backend>) -> Self {
         Self {
-            label: backend.kind().name().to_string(),
+            label: backend.name(),
             backend,
             min_cache_bytes: 0,
         }
