@@ -14,8 +14,8 @@ use paged_kv_bench::models;
 use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
-use paged_kv_bench::user_kernel::{self, Language, UserKernel};
 use paged_kv_bench::timing::{Protocol, Sampling};
+use paged_kv_bench::user_kernel::{self, Language, UserKernel};
 use paged_kv_bench::workload::{Scaling, SlotPattern, WorkloadConfig};
 
 /// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.

@@ -118,7 +118,11 @@ impl UserKernel {
 
     /// The command that replays a verification of this kernel with `seed` (`--quick`).
     pub fn replay_command(&self, seed: u64) -> String {
-        let spec = if self.path.file_stem().map(|s| s.to_string_lossy()).as_deref()
+        let spec = if self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .as_deref()
             == Some(self.name.as_str())
         {
             self.file_name()

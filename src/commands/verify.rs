@@ -42,7 +42,9 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
     };
     let kernels = args.backend.user_kernels()?;
     if choice == Selection::None && kernels.is_empty() {
-        anyhow::bail!("--implementation none checks only your own kernels: give --kernel or --shader");
+        anyhow::bail!(
+            "--implementation none checks only your own kernels: give --kernel or --shader"
+        );
     }
     let (mut backends, skipped) = backend::select(choice, &options)?;
     // The users' kernels are checked like any implementation, after the built-in ones; a

@@ -93,10 +93,12 @@ impl UserShader {
         let gpu = &inner.gpu;
         let file = kernel.file_name();
         let pipeline = gpu.scoped(&format!("compiling `{entry}` of {file}"), || {
-            let module = gpu.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&file),
-                source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
-            });
+            let module = gpu
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(&file),
+                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                });
             gpu.device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                     label: Some(&entry),
@@ -255,9 +257,18 @@ impl UserShader {
                 (PARAMS, gpu.uniform("params", &params)),
                 (KEY, gpu.storage("key", inputs.key)),
                 (VALUE, gpu.storage("value", inputs.value)),
-                (SLOT_MAPPING, gpu.storage("slot_mapping", bytemuck::cast_slice(&slots))),
-                (K_SCALE, gpu.storage("k_scale", bytemuck::cast_slice(&scales(inputs.k_scale)))),
-                (V_SCALE, gpu.storage("v_scale", bytemuck::cast_slice(&scales(inputs.v_scale)))),
+                (
+                    SLOT_MAPPING,
+                    gpu.storage("slot_mapping", bytemuck::cast_slice(&slots)),
+                ),
+                (
+                    K_SCALE,
+                    gpu.storage("k_scale", bytemuck::cast_slice(&scales(inputs.k_scale))),
+                ),
+                (
+                    V_SCALE,
+                    gpu.storage("v_scale", bytemuck::cast_slice(&scales(inputs.v_scale))),
+                ),
             ]
         })?;
         let mut entries: Vec<(u32, Window)> = buffers
@@ -388,7 +399,10 @@ fn diagnostic(
                 location.line_position
             ));
         } else {
-            block.push_str(&format!("{name}:{line}:{}: note:\n", location.line_position));
+            block.push_str(&format!(
+                "{name}:{line}:{}: note:\n",
+                location.line_position
+            ));
         }
         let gutter = line.to_string();
         let width = (location.length as usize).clamp(1, text.len().max(1));
