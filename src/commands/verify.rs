@@ -148,10 +148,10 @@ fn seed_from_clock() -> u64 {
 fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) -> Vec<Subject> {
     const BINDING_BYTES: u64 = 256 << 10;
     let mut extra = Vec::new();
-    let built_in_wgpu = |backend: &Box<dyn Backend>| {
-        backend.kind() == Kind::Wgpu && backend.user_kernel().is_none()
-    };
-    if coverage != Coverage::Full || !opened.iter().any(built_in_wgpu) {
+    let built_in_wgpu = opened
+        .iter()
+        .any(|backend| backend.kind() == Kind::Wgpu && backend.user_kernel().is_none());
+    if coverage != Coverage::Full || !built_in_wgpu {
         return extra;
     }
     let split = Options {
