@@ -34,6 +34,9 @@ cargo run --release --quiet -- verify
 # The same shaders through OpenGL (llvmpipe): 16 storage buffers per stage, so the one-chunk
 # kernels.
 cargo run --release --quiet -- verify --quick --implementation wgpu --wgpu-api gl
+# A user's shader (the example) verified and timed beside the built-in WGSL path.
+cargo run --release --quiet -- --implementation wgpu --shader examples/kernels/copy.wgsl \
+    --num-tokens 16,256 --num-heads 8 --max-time 0.2 >/dev/null
 # The library used from a program, as a serving engine would (see examples/).
 cargo run --release --quiet --example cpu
 cargo run --release --quiet --example wgpu

@@ -15,6 +15,7 @@ use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Protocol, Sampling};
+use paged_kv_bench::user_kernel::{self, Language, UserKernel};
 use paged_kv_bench::workload::{Scaling, SlotPattern, WorkloadConfig};
 
 /// Benchmark reshape_and_cache_flash: writing new keys and values into a paged KV cache.
@@ -87,12 +88,13 @@ pub struct Checked(pub Selection);
 
 impl clap::ValueEnum for Checked {
     fn value_variants<'a>() -> &'a [Self] {
-        const ALL: [Checked; 5] = [
+        const ALL: [Checked; 6] = [
             Checked(Selection::Auto),
             Checked(Selection::Only(Kind::Cuda)),
             Checked(Selection::Only(Kind::Wgpu)),
             Checked(Selection::Only(Kind::Cpu)),
             Checked(Selection::All),
+            Checked(Selection::None),
         ];
         &ALL
     }
@@ -118,6 +120,21 @@ impl std::fmt::Display for Checked {
 /// are hidden from `--help`: they are for experiments, and a report names any that is set.
 #[derive(Debug, Args)]
 pub struct BackendArgs {
+    /// Your own CUDA C++ kernel, as an implementation named after the file's stem (or NAME),
+    /// verified before it is timed; repeatable. See "Your own kernel" in the README.
+    #[arg(long = "kernel", value_name = "[NAME=]FILE.cu")]
+    pub kernels: Vec<String>,
+
+    /// Your own WGSL shader, as an implementation named after the file's stem (or NAME),
+    /// verified before it is timed; repeatable. The contract: shaders/paged_kv.wgsl.
+    #[arg(long = "shader", value_name = "[NAME=]FILE.wgsl")]
+    pub shaders: Vec<String>,
+
+    /// Seconds one wait for your kernel may take before the run ends with an error (a hang or
+    /// an endless loop) [default: 10].
+    #[arg(long, value_name = "SECONDS", value_parser = timeout_seconds)]
+    pub kernel_timeout: Option<f64>,
+
     /// wgpu: use the first adapter whose name contains this text (case-insensitive).
     #[arg(long, value_name = "NAME")]
     pub adapter: Option<String>,
@@ -190,6 +207,11 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     fn check(&self) -> Result<(), clap::Error> {
+        if self.kernel_timeout.is_some() && self.kernels.is_empty() && self.shaders.is_empty() {
+            return Err(conflict(
+                "--kernel-timeout bounds your own kernels: give --kernel or --shader".into(),
+            ));
+        }
         if self.wgpu_order_buckets.is_some() && self.wgpu_slot_order == Some(false) {
             return Err(conflict(
                 "--wgpu-order-buckets sets the buckets of the slot-order pass, which \
@@ -229,7 +251,32 @@ impl BackendArgs {
                 api: self.wgpu_api,
             },
             host_memory_limit,
+            kernel_timeout_s: self.kernel_timeout,
         }
+    }
+
+    /// The users' kernels of `--kernel` and `--shader`, loaded, their declarations read and
+    /// their names checked (unique, and none of a built-in implementation's).
+    pub fn user_kernels(&self) -> paged_kv_bench::error::Result<Vec<UserKernel>> {
+        let kernels = self
+            .kernels
+            .iter()
+            .map(|spec| UserKernel::load(spec, Language::Cuda))
+            .chain(
+                self.shaders
+                    .iter()
+                    .map(|spec| UserKernel::load(spec, Language::Wgsl)),
+            )
+            .collect::<paged_kv_bench::error::Result<Vec<_>>>()?;
+        user_kernel::check_unique(&kernels)?;
+        Ok(kernels)
+    }
+}
+
+fn timeout_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 3600.0 => Ok(value),
+        _ => Err("expected seconds above 0 and at most 3600".into()),
     }
 }
 

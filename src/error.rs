@@ -70,10 +70,16 @@ pub enum Error {
     #[error("{backend} is unavailable: {reason}")]
     Unavailable { backend: Kind, reason: String },
 
-    /// A backend that runs here but does not implement this kind of call (`what`: e.g.
-    /// "fp8_e5m2 caches"); verification reports it as n/a rather than as a failure.
+    /// An implementation (`backend`: its name, a user kernel's included) that runs here but
+    /// does not implement this kind of call (`what`: e.g. "fp8_e5m2 caches"); verification
+    /// and the sweep report it as n/a rather than as a failure.
     #[error("{backend} does not implement {what}")]
-    Unsupported { backend: Kind, what: String },
+    Unsupported { backend: String, what: String },
+
+    /// A user's kernel that does not compile: the compiler's diagnostics, one short block of
+    /// `FILE:LINE:COL: message` lines with the source line (the one error that spans lines).
+    #[error("{0}")]
+    Compile(String),
 
     /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
     /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).
@@ -100,10 +106,11 @@ pub enum Error {
     #[error("stopped on request")]
     Stopped,
 
-    /// Where a sweep stopped: the backend and the row, with what went wrong as the source.
+    /// Where a sweep stopped: the implementation (by name) and the row, with what went wrong
+    /// as the source.
     #[error("{backend} at num_tokens={num_tokens} layout={layout}")]
     Row {
-        backend: Kind,
+        backend: String,
         num_tokens: usize,
         layout: Layout,
         source: Box<Error>,

@@ -25,9 +25,20 @@ pub struct Options {
     /// Bytes of host memory the sweep may plan for, at most (`None`: what the OS reports
     /// available, less a margin).
     pub host_memory_limit: Option<u64>,
+    /// Seconds a user's kernel (`--shader`) may take for one wait before the run ends with a
+    /// "did not finish" error (`None`: [`crate::user_kernel::DEFAULT_TIMEOUT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_timeout_s: Option<f64>,
 }
 
 impl Options {
+    /// How long a user's kernel may take for one wait (see [`Options::kernel_timeout_s`]).
+    pub fn kernel_timeout(&self) -> std::time::Duration {
+        self.kernel_timeout_s
+            .map(std::time::Duration::from_secs_f64)
+            .unwrap_or(crate::user_kernel::DEFAULT_TIMEOUT)
+    }
+
     /// `name=value` for every field that differs from its default, for report headers.
     pub fn non_default(&self) -> Vec<String> {
         let mut set = Vec::new();
@@ -41,6 +52,9 @@ impl Options {
         set.extend(self.wgpu.non_default());
         if let Some(limit) = self.host_memory_limit {
             set.push(format!("host_memory_limit={limit}"));
+        }
+        if let Some(timeout) = self.kernel_timeout_s {
+            set.push(format!("kernel_timeout_s={timeout}"));
         }
         set
     }

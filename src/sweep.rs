@@ -3,7 +3,7 @@
 
 use std::ops::ControlFlow;
 
-use crate::backend::{Backend, Kind, Prepared};
+use crate::backend::{Backend, Prepared};
 use crate::error::{Bytes, Error, Result};
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Protocol, Samples};
@@ -147,7 +147,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         NumBlocks::Explicit(n) => (n, None),
         NumBlocks::Default => backends
             .iter()
-            .map(|b| (b.default_num_blocks(block_bytes), Some(b.kind())))
+            .map(|b| (b.default_num_blocks(block_bytes), Some(b.name())))
             .min_by_key(|(n, _)| *n)
             .unwrap_or((DEFAULT_NUM_BLOCKS, None)),
     };
@@ -175,7 +175,11 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
                     .check_fits(num_tokens, config.block_size, n)?;
             }
             for backend in backends.iter().filter(|b| b.supports(layout)) {
-                backend.check_support(&problem, config.workload.scale)?;
+                match backend.check_support(&problem, config.workload.scale) {
+                    // A user's kernel declares what it implements: the rest is n/a.
+                    Err(Error::Unsupported { .. }) if backend.user_kernel().is_some() => {}
+                    other => other?,
+                }
             }
         }
     }
@@ -261,7 +265,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     let too_big = "; even one cache block does not fit: use fewer --num-tokens, fewer --num-heads or a smaller --head-size or --block-size";
     let mut notes = Vec::new();
     // (backend, setting) for each default a backend lowered: one line says why.
-    let mut smaller_defaults: Vec<(Kind, String)> = Vec::new();
+    let mut smaller_defaults: Vec<(String, String)> = Vec::new();
     let num_blocks = match config.num_blocks {
         NumBlocks::Explicit(n) => {
             if n as u64 > fits {
@@ -282,9 +286,9 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         NumBlocks::Default => {
             if requested as u64 <= fits {
                 if requested < DEFAULT_NUM_BLOCKS {
-                    if let Some(kind) = default_owner {
+                    if let Some(name) = default_owner {
                         smaller_defaults.push((
-                            kind,
+                            name,
                             format!(
                                 "num_blocks={requested} (not vLLM's {DEFAULT_NUM_BLOCKS}: {} of \
                                  caches)",
@@ -324,7 +328,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         let sampling = &mut protocol.sampling;
         if let Some((max_time, kind)) = backends
             .iter()
-            .map(|b| (b.default_max_time(), b.kind()))
+            .map(|b| (b.default_max_time(), b.name()))
             .min_by_key(|(t, _)| *t)
             .filter(|(t, _)| *t < sampling.max_time)
         {
@@ -405,10 +409,11 @@ pub struct Row {
 /// What a sweep tells its caller as it goes.
 #[derive(Debug, Clone, Copy)]
 pub enum Event<'a> {
-    /// `backend` starts on `problem`; `done` steps (one backend at one row) came before.
+    /// `backend` (an implementation's name) starts on `problem`; `done` steps (one backend
+    /// at one row) came before.
     Step {
         problem: &'a Problem,
-        backend: Kind,
+        backend: &'a str,
         done: usize,
     },
     /// Every backend has measured this row.
@@ -421,8 +426,10 @@ pub enum End {
     /// Every row was measured.
     Complete,
     /// The stop check said stop, or the caller declined further rows; `at` is the row that was
-    /// not measured (its backend, where one had started on it).
-    Stopped { at: Option<(Problem, Option<Kind>)> },
+    /// not measured (its implementation's name, where one had started on it).
+    Stopped {
+        at: Option<(Problem, Option<String>)>,
+    },
     /// A row failed ([`Error::Row`], naming it); the sweep went no further.
     Failed(Error),
 }
@@ -476,7 +483,7 @@ pub fn run(
             if let Err(error) = backend.reserve(&largest) {
                 return Sweep {
                     rows: Vec::new(),
-                    end: End::Failed(row_error(backend.kind(), &largest, error)),
+                    end: End::Failed(row_error(backend.name(), &largest, error)),
                 };
             }
         }
@@ -514,21 +521,26 @@ pub fn run(
             let inputs = host.inputs_with(&problem, &slots, &scales);
             let mut results = Vec::new();
             for backend in backends.iter_mut() {
-                let kind = backend.kind();
+                let name = backend.name();
                 let step = Event::Step {
                     problem: &problem,
-                    backend: kind,
+                    backend: &name,
                     done,
                 };
                 if on_event(step).is_break() {
-                    let at = Some((problem, Some(kind)));
+                    let at = Some((problem, Some(name)));
                     return Sweep {
                         rows,
                         end: End::Stopped { at },
                     };
                 }
                 done += 1;
-                if !backend.supports(layout) {
+                // n/a: a layout the backend lacks, or a call a user's kernel does not declare.
+                let declined = backend.user_kernel().is_some()
+                    && backend
+                        .check_support(&problem, config.workload.scale)
+                        .is_err();
+                if !backend.supports(layout) || declined {
                     results.push(None);
                     continue;
                 }
@@ -541,7 +553,7 @@ pub fn run(
                 match measured {
                     Ok(samples) => results.push(Some(samples)),
                     Err(Error::Stopped) => {
-                        let at = Some((problem, Some(kind)));
+                        let at = Some((problem, Some(name)));
                         return Sweep {
                             rows,
                             end: End::Stopped { at },
@@ -550,7 +562,7 @@ pub fn run(
                     Err(error) => {
                         return Sweep {
                             rows,
-                            end: End::Failed(row_error(kind, &problem, error)),
+                            end: End::Failed(row_error(name, &problem, error)),
                         }
                     }
                 }
@@ -623,7 +635,7 @@ impl<S: Fn() -> bool> Prepared for Stoppable<'_, '_, S> {
 }
 
 /// Names the row and backend where a sweep stopped, keeping the cause.
-fn row_error(backend: Kind, problem: &Problem, error: Error) -> Error {
+fn row_error(backend: String, problem: &Problem, error: Error) -> Error {
     Error::Row {
         backend,
         num_tokens: problem.num_tokens,

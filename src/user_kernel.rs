@@ -50,6 +50,10 @@ impl Language {
     }
 }
 
+/// How long one wait for a user's kernel may take before the run ends with an error saying it
+/// did not finish (a hang or an endless loop): `--kernel-timeout` changes it.
+pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Names the built-in implementations own; a user's kernel may not take them.
 pub const RESERVED_NAMES: [&str; 6] = ["cuda", "wgpu", "cpu", "auto", "all", "pattern"];
 
@@ -101,6 +105,52 @@ impl UserKernel {
     pub fn file_name(&self) -> String {
         self.path.display().to_string()
     }
+
+    /// What a report records of the kernel.
+    pub fn info(&self) -> UserKernelInfo {
+        UserKernelInfo {
+            name: self.name.clone(),
+            path: self.file_name(),
+            language: self.language,
+            source_hash: format!("{:016x}", fnv1a64(self.source.as_bytes())),
+        }
+    }
+
+    /// The command that replays a verification of this kernel with `seed` (`--quick`).
+    pub fn replay_command(&self, seed: u64) -> String {
+        let spec = if self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy())
+            .as_deref()
+            == Some(self.name.as_str())
+        {
+            self.file_name()
+        } else {
+            format!("{}={}", self.name, self.file_name())
+        };
+        format!(
+            "paged-kv-bench verify --implementation none {} {spec} --seed {seed} --quick",
+            self.language.flag()
+        )
+    }
+}
+
+/// A user's kernel as a report records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserKernelInfo {
+    pub name: String,
+    pub path: String,
+    pub language: Language,
+    /// FNV-1a (64-bit) of the file's bytes, in hex: which version of the file ran.
+    pub source_hash: String,
+}
+
+/// FNV-1a, 64-bit: a hash to tell two versions of a file apart (not a cryptographic one).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn check_name(name: &str, path: &Path, language: Language) -> Result<()> {

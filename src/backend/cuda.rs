@@ -585,7 +585,7 @@ impl Backend for CudaBackend {
         let encoding = Encoding::of(problem.cache_dtype, scaling);
         if !ENCODINGS.contains(&encoding) {
             return Err(Error::Unsupported {
-                backend: Kind::Cuda,
+                backend: Kind::Cuda.name().into(),
                 what: format!("{} caches", encoding.suffix()),
             });
         }
@@ -701,7 +701,7 @@ impl Backend for CudaBackend {
             Variant::of(&launch),
         )
         .ok_or_else(|| Error::Unsupported {
-            backend: Kind::Cuda,
+            backend: Kind::Cuda.name().into(),
             what: format!("{} caches", problem.cache_dtype),
         })?;
         let function = &this.kernels.reshape[index];

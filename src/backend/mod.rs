@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::problem::{Layout, Problem};
+use crate::user_kernel::{Language, UserKernel};
 use crate::workload::{CacheFill, Caches, Inputs, Scaling};
 
 pub mod cpu;
@@ -59,6 +60,8 @@ pub enum Selection {
     All,
     /// This one, or an error saying why it cannot run here.
     Only(Kind),
+    /// No built-in implementation: only the users' kernels (`--kernel`, `--shader`).
+    None,
 }
 
 impl Selection {
@@ -67,6 +70,7 @@ impl Selection {
             Selection::Auto => "auto",
             Selection::All => "all",
             Selection::Only(kind) => kind.name(),
+            Selection::None => "none",
         }
     }
 }
@@ -79,6 +83,7 @@ impl clap::ValueEnum for Selection {
             Selection::Only(Kind::Wgpu),
             Selection::Only(Kind::Cpu),
             Selection::All,
+            Selection::None,
         ]
     }
 
@@ -94,6 +99,7 @@ impl clap::ValueEnum for Selection {
                 "the WGSL shaders on wgpu (any GPU: Vulkan, Metal, DX12; NHD layout only)"
             }
             Selection::Only(Kind::Cpu) => "the CPU reference semantics, parallel over cache blocks",
+            Selection::None => "no built-in implementation: only your --kernel and --shader files",
         };
         Some(clap::builder::PossibleValue::new(self.name()).help(help))
     }
@@ -124,6 +130,13 @@ pub trait Backend {
     /// kernel's (`--kernel NAME=FILE`), which runs on a backend of its language's kind.
     fn name(&self) -> String {
         self.kind().name().to_string()
+    }
+
+    /// The user's kernel this backend runs (`--kernel`, `--shader`), `None` for the built-in
+    /// implementations. A user's kernel declares what it implements: a call outside that is
+    /// n/a in a sweep (not a refusal of the whole run), and it is verified before it is timed.
+    fn user_kernel(&self) -> Option<&UserKernel> {
+        None
     }
 
     fn device(&self) -> DeviceInfo;
@@ -233,6 +246,7 @@ pub type Skipped = Vec<(Kind, Error)>;
 /// an error; `all` skips what is unavailable (and says why), `auto` takes the first that opens.
 pub fn select(selection: Selection, options: &Options) -> Result<(Vec<Box<dyn Backend>>, Skipped)> {
     match selection {
+        Selection::None => Ok((Vec::new(), Vec::new())),
         Selection::Only(kind) => Ok((vec![open(kind, options, false)?], Vec::new())),
         Selection::All => {
             let mut opened = Vec::new();
@@ -301,6 +315,31 @@ pub fn open(kind: Kind, options: &Options, hardware_only: bool) -> Result<Box<dy
         kind => Err(Error::Unavailable {
             backend: kind,
             reason: format!("this binary was built without the `{kind}` feature"),
+        }),
+    }
+}
+
+/// Opens a user's kernel (`--kernel`, `--shader`) on a backend of its language, on the device
+/// `options` choose. Compile errors, an absent entry point and the like are errors here, before
+/// anything runs; the built-in implementations are not affected by them.
+pub fn open_user(kernel: &UserKernel, options: &Options) -> Result<Box<dyn Backend>> {
+    let _ = options;
+    match kernel.language {
+        #[cfg(feature = "wgpu")]
+        Language::Wgsl => Ok(Box::new(wgpu::user::UserShader::open(kernel, options)?)),
+        // wired to cuda::user::open when merged
+        Language::Cuda => Err(Error::Unavailable {
+            backend: Kind::Cuda,
+            reason: format!(
+                "{} {}: CUDA kernels of your own are not supported by this build yet",
+                kernel.language.flag(),
+                kernel.file_name()
+            ),
+        }),
+        #[cfg(not(feature = "wgpu"))]
+        Language::Wgsl => Err(Error::Unavailable {
+            backend: Kind::Wgpu,
+            reason: "this binary was built without the `wgpu` feature".into(),
         }),
     }
 }

@@ -20,6 +20,8 @@ use paged_kv_bench::plot;
 use paged_kv_bench::problem::{Layout, Problem};
 use paged_kv_bench::report::{ImplementationInfo, Report, RowReport, RunConfig, TextFormat};
 use paged_kv_bench::sweep::{self, End, Event, Plan, SweepConfig};
+use paged_kv_bench::user_kernel::UserKernel;
+use paged_kv_bench::verify::{self, Subject};
 
 use super::output::{self, Interrupt, Stdout};
 use crate::cli::{BenchArgs, DeviceChoice, Format};
@@ -61,7 +63,7 @@ fn run_every_device(args: &BenchArgs, interrupt: &Interrupt) -> Result<ExitCode>
     let options = args.options();
     let kind = match args.implementation {
         Selection::Only(kind) => kind,
-        Selection::All => bail!(
+        Selection::All | Selection::None => bail!(
             "--device all runs one implementation on each of its devices: name it with \
              --implementation cuda, wgpu or cpu"
         ),
@@ -135,9 +137,19 @@ fn run_on(
     if target.device.is_some() {
         options.device = target.device;
     }
+    let kernels = args.backend.user_kernels()?;
+    if args.implementation == Selection::None && kernels.is_empty() {
+        bail!("--implementation none runs only your own kernels: give --kernel or --shader");
+    }
     let (mut backends, skipped) = backend::select(args.implementation, &options)?;
+    // The users' kernels run beside the built-in implementations, after them.
+    for kernel in &kernels {
+        backends.push(backend::open_user(kernel, &options)?);
+    }
     let plan = sweep::plan(&config, &backends)?;
+    verify_user_kernels(&config, &mut backends)?;
     let mut report = new_report(&config, &plan, &options, &backends, &skipped);
+    report.config.user_kernels = kernels.iter().map(UserKernel::info).collect();
     if let (Some(baseline), Some(path)) = (&baseline, &args.compare) {
         let differences = report.baseline_differences(baseline).join(", ");
         if !differences.is_empty() {
@@ -243,11 +255,11 @@ fn run_on(
             } else {
                 ("writing to stdout failed".to_string(), 1)
             };
-            report.stopped = Some(format!("{why}{}; {measured}", place(at)));
+            report.stopped = Some(format!("{why}{}; {measured}", place(&at)));
             status = ExitCode::from(code);
             // Said on stderr too: stdout may be a file, or JSON that the user does not read.
             if interrupt.requested() && !stdout.closed() {
-                eprintln!("{why}{}: {measured}", place(at));
+                eprintln!("{why}{}: {measured}", place(&at));
             }
         }
         End::Failed(error) => {
@@ -286,6 +298,39 @@ fn run_on(
     Ok((status, Some(report)))
 }
 
+/// Verification before timing: each user's kernel runs the cases of
+/// [`verify::before_timing`] against the CPU reference on poisoned caches. A kernel that
+/// fails ends the run before anything is timed (the built-in rows too: a report that lacks
+/// the kernel's rows would read as if it had none), with the first failure as `verify` prints
+/// it and the command that replays it. Cases a kernel does not declare are n/a and skipped.
+fn verify_user_kernels(config: &SweepConfig, backends: &mut [Box<dyn Backend>]) -> Result<()> {
+    let cases = verify::before_timing(config);
+    for slot in backends.iter_mut() {
+        let Some(kernel) = slot.user_kernel().cloned() else {
+            continue;
+        };
+        // verify::run owns its subjects: lend the backend and take it back.
+        let placeholder: Box<dyn Backend> = Box::new(backend::cpu::CpuBackend::new());
+        let mut subject = Subject::new(std::mem::replace(slot, placeholder));
+        let report = verify::run_to_first_failure(&mut subject, &cases);
+        *slot = subject.backend;
+        if let Some(failure) = report.failures.first() {
+            bail!(
+                "{} failed verification, so nothing was timed: {failure}; replay with: {}",
+                kernel.name,
+                kernel.replay_command(config.seed)
+            );
+        }
+        if report.checked() == 0 {
+            eprintln!(
+                "note: {} declares none of this run's calls: its rows are n/a",
+                kernel.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The report before any measurement: configuration, implementations (their copy bandwidth
 /// still to measure) and notes.
 fn new_report(
@@ -300,7 +345,7 @@ fn new_report(
         .map(|backend| {
             let device = backend.device();
             ImplementationInfo {
-                name: backend.kind().name().into(),
+                name: backend.name(),
                 device: device.name,
                 details: device.details,
                 mode_note: backend.mode_note(),
@@ -349,6 +394,7 @@ fn new_report(
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
             workload: config.workload.clone(),
+            user_kernels: Vec::new(),
         },
         implementations,
         notes,
@@ -361,7 +407,7 @@ fn new_report(
 /// The implementation named in the title: what ran, for `auto`.
 fn implementation_label(selection: Selection, report: &Report) -> String {
     match selection {
-        Selection::Auto => report
+        Selection::Auto | Selection::None => report
             .implementations
             .iter()
             .map(|i| i.name.as_str())
@@ -372,13 +418,16 @@ fn implementation_label(selection: Selection, report: &Report) -> String {
 }
 
 /// ` at num_tokens=N layout=L (backend)` for the row a sweep did not finish.
-fn place(at: Option<(Problem, Option<paged_kv_bench::backend::Kind>)>) -> String {
+fn place(at: &Option<(Problem, Option<String>)>) -> String {
     match at {
         Some((problem, backend)) => format!(
             " at num_tokens={} layout={}{}",
             problem.num_tokens,
             problem.layout,
-            backend.map(|b| format!(" ({b})")).unwrap_or_default()
+            backend
+                .as_ref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default()
         ),
         None => String::new(),
     }

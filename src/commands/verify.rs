@@ -40,13 +40,24 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<()> {
         Selection::Auto => Selection::All,
         other => other,
     };
-    let (backends, skipped) = backend::select(choice, &options)?;
+    let kernels = args.backend.user_kernels()?;
+    if choice == Selection::None && kernels.is_empty() {
+        anyhow::bail!(
+            "--implementation none checks only your own kernels: give --kernel or --shader"
+        );
+    }
+    let (mut backends, skipped) = backend::select(choice, &options)?;
+    // The users' kernels are checked like any implementation, after the built-in ones; a
+    // call a kernel does not declare is n/a.
+    for kernel in &kernels {
+        backends.push(backend::open_user(kernel, &options)?);
+    }
     for backend in &backends {
         let device = backend.device();
         writeln!(
             stdout,
             "{}: {} ({})",
-            backend.kind(),
+            backend.name(),
             device.name,
             device.details
         )?;
@@ -137,7 +148,10 @@ fn seed_from_clock() -> u64 {
 fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) -> Vec<Subject> {
     const BINDING_BYTES: u64 = 256 << 10;
     let mut extra = Vec::new();
-    if coverage != Coverage::Full || !opened.iter().any(|backend| backend.kind() == Kind::Wgpu) {
+    let built_in_wgpu = opened
+        .iter()
+        .any(|backend| backend.kind() == Kind::Wgpu && backend.user_kernel().is_none());
+    if coverage != Coverage::Full || !built_in_wgpu {
         return extra;
     }
     let split = Options {

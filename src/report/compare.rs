@@ -95,13 +95,27 @@ impl Report {
                 now.device.clone(),
             );
         }
-        // The host memory limit only bounds num_blocks, which is compared above.
+        // A user's kernel is like with like only while its file is unchanged.
+        for kernel in &now.user_kernels {
+            if let Some(earlier) = then.user_kernels.iter().find(|k| k.name == kernel.name) {
+                differ(
+                    &format!("{} source", kernel.name),
+                    earlier.source_hash.clone(),
+                    kernel.source_hash.clone(),
+                );
+            }
+        }
+        // The host memory limit only bounds num_blocks, which is compared above; the kernel
+        // timeout only ends a hung run.
         let options = |config: &RunConfig| {
             let set: Vec<String> = config
                 .options
                 .non_default()
                 .into_iter()
-                .filter(|option| !option.starts_with("host_memory_limit="))
+                .filter(|option| {
+                    !option.starts_with("host_memory_limit=")
+                        && !option.starts_with("kernel_timeout_s=")
+                })
                 .collect();
             if set.is_empty() {
                 "defaults".to_string()

@@ -14,6 +14,7 @@ use crate::options::{Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout};
 use crate::sweep::Row;
 use crate::timing::Stats;
+use crate::user_kernel::UserKernelInfo;
 use crate::workload::WorkloadConfig;
 
 mod compare;
@@ -88,6 +89,10 @@ pub struct RunConfig {
     /// reports of earlier versions, which ran vLLM's workload).
     #[serde(default)]
     pub workload: WorkloadConfig,
+    /// The users' kernels that ran (`--kernel`, `--shader`): name, file, language and a hash
+    /// of the source, so that `--compare` tells an edited kernel from the one measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user_kernels: Vec<UserKernelInfo>,
 }
 
 impl RunConfig {

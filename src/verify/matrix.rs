@@ -121,3 +121,53 @@ pub fn workload_axes(i: usize) -> (Option<usize>, Scaling, SlotPattern) {
     };
     (qkv_fused, scaling, slots)
 }
+
+/// The cases a user's kernel must pass before a benchmark times it: the quick matrix's cases
+/// of the run's layouts, dtype and cache dtype, with their own seeds (so that `verify --quick
+/// --seed S` replays them), then one case of the run's own shape per layout (17 tokens, some
+/// padding, the run's scales, inputs and slot pattern), whose head count and size the quick
+/// matrix may not have.
+pub fn before_timing(config: &crate::sweep::SweepConfig) -> Vec<Case> {
+    let seed = config.seed;
+    let mut cases: Vec<Case> = matrix(Coverage::Quick, seed)
+        .into_iter()
+        .filter(|case| {
+            let p = &case.problem;
+            config.layouts.contains(&p.layout)
+                && p.dtype == config.dtype
+                && p.cache_dtype == config.cache_dtype
+        })
+        .collect();
+    let workload = &config.workload;
+    for (index, &layout) in config.layouts.iter().enumerate() {
+        let num_tokens: usize = 17;
+        let needed = match workload.slots {
+            SlotPattern::Random => (2 * num_tokens).div_ceil(config.block_size),
+            pattern => pattern.blocks_needed(num_tokens, config.block_size) as usize,
+        };
+        cases.push(Case {
+            problem: Problem {
+                num_tokens,
+                num_heads: config.num_heads,
+                head_size: config.head_size,
+                block_size: config.block_size,
+                num_blocks: needed + needed / 8 + 1,
+                dtype: config.dtype,
+                cache_dtype: config.cache_dtype,
+                layout,
+                input_strides: workload.input_strides(config.num_heads, config.head_size),
+            },
+            padding_fraction: 0.1,
+            special_values: false,
+            seed: seed.wrapping_add(1 << 20).wrapping_add(index as u64),
+            qkv_fused: workload.qkv_fused,
+            scaling: if config.cache_dtype.is_fp8() {
+                workload.scale
+            } else {
+                Scaling::PerTensor
+            },
+            slots: workload.slots,
+        });
+    }
+    cases
+}

@@ -30,7 +30,7 @@ impl Subject {
     /// A backend checked on every case, under its implementation's name.
     pub fn new(backend: Box<dyn Backend>) -> Self {
         Self {
-            label: backend.kind().name().to_string(),
+            label: backend.name(),
             backend,
             min_cache_bytes: 0,
         }
@@ -315,22 +315,47 @@ pub fn run(
     let mut report = Report::default();
     for subject in subjects.iter_mut() {
         for case in cases {
-            if !subject.takes(case) {
-                continue;
+            if let Some(outcome) = outcome(subject, case, &mut progress) {
+                report.record(&subject.label, case, outcome);
             }
-            let outcome = match subject.refusal(case) {
-                Some(why) => Outcome::Unsupported(why),
-                None => {
-                    progress(&subject.label, case);
-                    match check(subject.backend.as_mut(), case) {
-                        Ok(None) => Outcome::Passed,
-                        Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
-                        Err(error) => Outcome::Error(error.one_line()),
-                    }
-                }
-            };
-            report.record(&subject.label, case, outcome);
         }
     }
     report
+}
+
+/// As [`run`] on one subject, stopping at its first failure (verification before timing: one
+/// failure settles it, and a kernel that hangs would otherwise wait out every case).
+pub fn run_to_first_failure(subject: &mut Subject, cases: &[Case]) -> Report {
+    let mut report = Report::default();
+    for case in cases {
+        if let Some(outcome) = outcome(subject, case, &mut |_, _| {}) {
+            report.record(&subject.label, case, outcome);
+            if !report.failures.is_empty() {
+                break;
+            }
+        }
+    }
+    report
+}
+
+/// How `case` goes on `subject`; `None` where the subject does not take it.
+fn outcome(
+    subject: &mut Subject,
+    case: &Case,
+    progress: &mut impl FnMut(&str, &Case),
+) -> Option<Outcome> {
+    if !subject.takes(case) {
+        return None;
+    }
+    Some(match subject.refusal(case) {
+        Some(why) => Outcome::Unsupported(why),
+        None => {
+            progress(&subject.label, case);
+            match check(subject.backend.as_mut(), case) {
+                Ok(None) => Outcome::Passed,
+                Ok(Some(mismatch)) => Outcome::Mismatch(mismatch),
+                Err(error) => Outcome::Error(error.one_line()),
+            }
+        }
+    })
 }

@@ -37,6 +37,9 @@ pub(super) struct Gpu {
     errors: Arc<Mutex<Vec<String>>>,
     /// Workgroups per grid dimension: the adapter's limit, or fewer when the tuning asks.
     pub max_workgroups: u32,
+    /// How long a wait may take before it is an error (a user's shader that hangs); `None`
+    /// waits as long as it takes (the built-in kernels).
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Gpu {
@@ -102,6 +105,7 @@ impl Gpu {
             pipelines: HashMap::new(),
             errors,
             max_workgroups,
+            timeout: None,
         })
     }
 
@@ -153,9 +157,20 @@ impl Gpu {
 
     /// Waits for all submitted work.
     pub fn wait(&self) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|error| Error::wgpu("waiting for the GPU", one_line(&error)))?;
+        let poll = wgpu::PollType::Wait {
+            submission_index: None,
+            timeout: self.timeout,
+        };
+        self.device.poll(poll).map_err(|error| match error {
+            wgpu::PollError::Timeout => Error::wgpu(
+                "waiting for the GPU",
+                format!(
+                    "the call did not finish within {} s: a hang or an endless loop",
+                    self.timeout.unwrap_or_default().as_secs_f64()
+                ),
+            ),
+            other => Error::wgpu("waiting for the GPU", one_line(&other)),
+        })?;
         self.check_errors()
     }
 

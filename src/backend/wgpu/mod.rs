@@ -56,6 +56,7 @@ mod fp8_tables;
 mod inputs;
 mod plan;
 mod timer;
+pub mod user;
 
 use super::{Backend, DeviceInfo, Footprint, Kind, Prepared};
 use crate::error::{Bytes, Error, Result};
@@ -238,7 +239,7 @@ impl Backend for WgpuBackend {
         let _ = scaling;
         let unsupported = |what: &str| {
             Err(Error::Unsupported {
-                backend: Kind::Wgpu,
+                backend: Kind::Wgpu.name().into(),
                 what: what.into(),
             })
         };
