@@ -349,6 +349,7 @@ fn new_report(
             min_samples: protocol.sampling.min_samples,
             options: options.clone(),
             workload: config.workload.clone(),
+            ceiling: config.ceiling,
         },
         implementations,
         notes,
