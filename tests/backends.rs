@@ -10,10 +10,10 @@ use common::problem;
 use paged_kv_bench::backend::{self, Backend, Kind};
 use paged_kv_bench::options::Options;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
-use paged_kv_bench::{pattern, reference};
 use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs, Scaling, SlotPattern};
+use paged_kv_bench::{pattern, reference};
 
 /// Checks every case the backend supports and fails with the list of mismatches. Cases the
 /// backend refuses up front (`check_support`: a cache dtype, strides or scales it does not
@@ -228,8 +228,7 @@ fn check_pattern(backend: &mut dyn Backend) {
         } else {
             Scaling::PerTensor
         };
-        if !backend.supports(problem.layout) || backend.check_support(problem, scaling).is_err()
-        {
+        if !backend.supports(problem.layout) || backend.check_support(problem, scaling).is_err() {
             continue;
         }
         let data = verify::CaseData::new(&case).expect("case data");
@@ -237,7 +236,11 @@ fn check_pattern(backend: &mut dyn Backend) {
             let mut call = backend
                 .prepare(problem, data.inputs(), CacheFill::Copy(&data.initial))
                 .expect("prepare");
-            assert!(call.pattern().expect("pattern"), "{}: no pattern kernel", problem.describe());
+            assert!(
+                call.pattern().expect("pattern"),
+                "{}: no pattern kernel",
+                problem.describe()
+            );
             call.run().expect("run");
             call.read_back().expect("read back")
         };

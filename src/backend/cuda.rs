@@ -260,7 +260,11 @@ fn pattern_launch(launch: &Launch, limits: DeviceLimits) -> Launch {
     Launch {
         vector: launch.vector,
         threads: PATTERN_THREADS,
-        grid: (total.div_ceil(per_block).clamp(1, i32::MAX as u64) as u32, 1, 1),
+        grid: (
+            total.div_ceil(per_block).clamp(1, i32::MAX as u64) as u32,
+            1,
+            1,
+        ),
         params: shape::Params {
             items_per_thread,
             ..launch.params
@@ -757,7 +761,12 @@ impl Backend for CudaBackend {
         })?;
         let function = &this.kernels.reshape[index];
         let pattern = pattern_index(problem.dtype, problem.cache_dtype.is_fp8(), launch.vector)
-            .map(|index| (&this.kernels.pattern[index], pattern_launch(&launch, this.limits)));
+            .map(|index| {
+                (
+                    &this.kernels.pattern[index],
+                    pattern_launch(&launch, this.limits),
+                )
+            });
         Ok(Box::new(CudaCall::new(
             this, *problem, function, launch, args, pattern,
         )))

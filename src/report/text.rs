@@ -224,7 +224,10 @@ impl Report {
             cells.push(Cell::Fixed(result.bandwidth_gbps.unwrap_or(f64::NAN), 1));
             cells.push(Cell::Fixed(result.percent_of_copy.unwrap_or(f64::NAN), 1));
             if pattern {
-                cells.push(Cell::Fixed(result.percent_of_pattern.unwrap_or(f64::NAN), 1));
+                cells.push(Cell::Fixed(
+                    result.percent_of_pattern.unwrap_or(f64::NAN),
+                    1,
+                ));
             }
             if compared {
                 cells.push(Cell::Text(match result.baseline {
