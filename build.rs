@@ -90,8 +90,19 @@ fn generated() -> String {
             w.push('\n');
             w.push_str(&unit_kernel(&kernel, lut));
         }
+        w.push('\n');
+        w.push_str(&pattern_kernel(&kernel));
     }
     w
+}
+
+/// The pattern kernel of a 16-byte kernel (`--ceiling pattern`): the same threads, units and
+/// chunks, each unit made by `pattern_unit` (no arithmetic, no table).
+fn pattern_kernel(kernel: &bindings::UnitKernel) -> String {
+    let real = unit_kernel(kernel, true);
+    assert_eq!(real.matches("cache_unit_lut(").count(), 2);
+    real.replacen(kernel.entry(true), kernel.pattern_entry, 1)
+        .replace("cache_unit_lut(", "pattern_unit(")
 }
 
 fn store_function(chunks: u32) -> String {
@@ -265,6 +276,7 @@ fn translate(module: &naga::Module, info: &naga::valid::ModuleInfo, name: &str) 
     let wide = [
         bindings::WIDE_KERNEL.entry(false),
         bindings::WIDE_KERNEL.entry(true),
+        bindings::WIDE_KERNEL.pattern_entry,
     ];
     if !wide.contains(&name) {
         translate_msl(&module, &info, name, &resources);

@@ -824,6 +824,160 @@ extern "C" __global__ void __launch_bounds__(1024) copy16(const uint4* __restric
     }
 }
 
+// The pattern kernels (--ceiling pattern; src/pattern.rs defines their result): each row's own
+// ceiling. They read the bytes a call reads (the same items, through the same input strides,
+// padding tokens included, as the reshape kernels read them) and write as many bytes to the
+// cache addresses it writes, with the arithmetic removed: an auto cache gets the input bytes
+// (the Auto items above), an fp8 cache the most significant byte of each input element. Laid
+// out as copy16 is: one item (16 bytes of output, or one element where the rows are not whole
+// 16-byte vectors) per thread and load, each block taking blockDim.x * p.items_per_thread
+// consecutive items (every load in flight before the stores), consecutive blocks consecutive
+// parts. They take the reshape kernels' arguments, so that a prepared call swaps only the
+// function and the grid; scales are not read.
+
+// fp8 pattern items: the loads of Fp8Vector / Fp8Scalar, and for each element its high byte.
+template <class In>
+struct PatternFp8Vector {
+    enum { ELEMS = 16 };
+    typedef typename Fp8Vector<In>::Loaded Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return Fp8Vector<In>::load(base, elem);
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v) {
+        u32 out[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const u32 w0 = Fp8Vector<In>::word(v, In::SIZE * g);
+            const u32 w1 = Fp8Vector<In>::word(v, In::SIZE * g + 1);
+            if (In::SIZE == 2) {
+                out[g] = __byte_perm(w0, w1, 0x7531);
+            } else {
+                const u32 w2 = Fp8Vector<In>::word(v, 4 * g + 2);
+                const u32 w3 = Fp8Vector<In>::word(v, 4 * g + 3);
+                out[g] = __byte_perm(__byte_perm(w0, w1, 0x0073), __byte_perm(w2, w3, 0x0073),
+                                     0x5410);
+            }
+        }
+        store16(base + elem, make_uint4(out[0], out[1], out[2], out[3]));
+    }
+};
+
+template <class In>
+struct PatternFp8Scalar {
+    enum { ELEMS = 1 };
+    typedef typename In::Bits Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return ((const Loaded*)base)[elem];
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v) {
+        ((u8*)base)[elem] = (u8)((u32)v >> (8 * In::SIZE - 8));
+    }
+};
+
+// Auto pattern items: the Auto items themselves (they convert nothing).
+template <class Item>
+struct PatternAuto {
+    enum { ELEMS = Item::ELEMS };
+    typedef typename Item::Loaded Loaded;
+    static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
+        return Item::load(base, elem);
+    }
+    static __device__ __forceinline__ void store(char* base, i64 elem, const Loaded& v) {
+        Fp8Scale unused;
+        Item::store(base, elem, v, unused);
+    }
+};
+
+#define PATTERN_MAX_ITEMS 4
+
+template <class Item>
+__device__ __forceinline__ void pattern_body(const char* __restrict__ key,
+                                             const char* __restrict__ value,
+                                             char* __restrict__ key_cache,
+                                             char* __restrict__ value_cache,
+                                             const i64* __restrict__ slot_mapping,
+                                             const Params& p) {
+#if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Launched as the reshape kernels are (programmatic dependent launch): the same waits.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+    const u32 per_token = p.items_per_token.divisor;
+    const u32 per_head = p.items_per_head.divisor;
+    const u64 total = (u64)p.num_tokens * per_token;
+    const u64 per_block = (u64)blockDim.x * p.items_per_thread;
+    for (u64 base = (u64)blockIdx.x * per_block + threadIdx.x; base < total;
+         base += (u64)gridDim.x * per_block) {
+        bool valid[PATTERN_MAX_ITEMS];
+        bool is_value[PATTERN_MAX_ITEMS];
+        i64 token[PATTERN_MAX_ITEMS];
+        u32 head[PATTERN_MAX_ITEMS];
+        u32 chunk[PATTERN_MAX_ITEMS];
+#pragma unroll
+        for (int k = 0; k < PATTERN_MAX_ITEMS; ++k) {
+            const u64 i = base + (u64)k * blockDim.x;
+            valid[k] = (u32)k < p.items_per_thread && i < total;
+            const u64 t = i <= 0xffffffffull ? fast_div((u32)i, p.items_per_token) : i / per_token;
+            token[k] = (i64)t;
+            u32 j = (u32)(i - t * per_token);
+            is_value[k] = j >= p.items_per_kv;
+            if (is_value[k]) j -= p.items_per_kv;
+            head[k] = fast_div(j, p.items_per_head);
+            chunk[k] = j - head[k] * per_head;
+        }
+        i64 slot[PATTERN_MAX_ITEMS];
+        typename Item::Loaded data[PATTERN_MAX_ITEMS];
+#pragma unroll
+        for (int k = 0; k < PATTERN_MAX_ITEMS; ++k) {
+            if (!valid[k]) continue;
+            const bool v = is_value[k];
+            slot[k] = slot_mapping[token[k]];
+            data[k] = Item::load(v ? value : key,
+                                 token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+                                     (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+                                     (i64)chunk[k] * Item::ELEMS);
+        }
+#pragma unroll
+        for (int k = 0; k < PATTERN_MAX_ITEMS; ++k) {
+            if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
+            i64 block, offset;
+            if (slot[k] <= 0xffffffffll) {
+                block = fast_div((u32)slot[k], p.block_size);
+                offset = slot[k] - block * p.block_size.divisor;
+            } else {
+                block = slot[k] / p.block_size.divisor;
+                offset = slot[k] - block * p.block_size.divisor;
+            }
+            const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
+                               (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
+            Item::store(is_value[k] ? value_cache : key_cache, target, data[k]);
+        }
+    }
+}
+
+#define RCF_PATTERN(NAME, ITEM)                                                                 \
+    extern "C" __global__ void __launch_bounds__(512) NAME(                                     \
+        const char* __restrict__ key, const char* __restrict__ value,                          \
+        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
+        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
+        const float* __restrict__ v_scale, Params p) {                                         \
+        pattern_body<ITEM>(key, value, key_cache, value_cache, slot_mapping, p);               \
+    }
+
+// Named pattern_<input dtype>_<auto | fp8>[_scalar] (e4m3 and e5m2 write alike).
+RCF_PATTERN(pattern_half_auto, PatternAuto<AutoVector<Half> >)
+RCF_PATTERN(pattern_bfloat16_auto, PatternAuto<AutoVector<BFloat16> >)
+RCF_PATTERN(pattern_float_auto, PatternAuto<AutoVector<Float> >)
+RCF_PATTERN(pattern_half_fp8, PatternFp8Vector<Half>)
+RCF_PATTERN(pattern_bfloat16_fp8, PatternFp8Vector<BFloat16>)
+RCF_PATTERN(pattern_float_fp8, PatternFp8Vector<Float>)
+RCF_PATTERN(pattern_half_auto_scalar, PatternAuto<AutoScalar<Half> >)
+RCF_PATTERN(pattern_bfloat16_auto_scalar, PatternAuto<AutoScalar<BFloat16> >)
+RCF_PATTERN(pattern_float_auto_scalar, PatternAuto<AutoScalar<Float> >)
+RCF_PATTERN(pattern_half_fp8_scalar, PatternFp8Scalar<Half>)
+RCF_PATTERN(pattern_bfloat16_fp8_scalar, PatternFp8Scalar<BFloat16>)
+RCF_PATTERN(pattern_float_fp8_scalar, PatternFp8Scalar<Float>)
+
 // Other streaming ceilings, for the mixes and write patterns of the reshape kernels: each of
 // the `n` output words (16 bytes) is made from READS consecutive input words (READS = 2: the
 // read 2 / write 1 bytes of an fp8 cache from 16-bit inputs), and the output is cut into rows

@@ -710,6 +710,30 @@ fn cache_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     return out;
 }
 
+// `--ceiling pattern` (src/pattern.rs): cache_unit with the arithmetic removed, for the
+// generated pattern_* entry points: the same input units are read, and an fp8 cache gets the
+// most significant byte of each element (no scale is read). Auto caches: the same copy.
+fn pattern_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
+    if !FP8 {
+        return load_input(is_value, first);
+    }
+    var out: vec4<u32>;
+    if IN_KIND == 2u {
+        for (var j = 0u; j < 4u; j += 1u) {
+            let w = load_input(is_value, first + j);
+            out[j] = pack4(w.x >> 24u, w.y >> 24u, w.z >> 24u, w.w >> 24u);
+        }
+    } else {
+        for (var j = 0u; j < 2u; j += 1u) {
+            let w = load_input(is_value, first + j);
+            out[2u * j] = pack4((w.x >> 8u) & 0xffu, w.x >> 24u, (w.y >> 8u) & 0xffu, w.y >> 24u);
+            out[2u * j + 1u] =
+                pack4((w.z >> 8u) & 0xffu, w.z >> 24u, (w.w >> 8u) & 0xffu, w.w >> 24u);
+        }
+    }
+    return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Slots and chunks.
 

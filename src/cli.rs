@@ -11,7 +11,9 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 
 use paged_kv_bench::backend::{Kind, Selection};
 use paged_kv_bench::models;
-use paged_kv_bench::options::{CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning};
+use paged_kv_bench::options::{
+    Ceiling, CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning,
+};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
 use paged_kv_bench::timing::{Protocol, Sampling};
@@ -362,6 +364,14 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "cold")]
     pub rotate: bool,
 
+    /// What each row is compared with: `copy`, the device's copy bandwidth ("% of copy");
+    /// `pattern` adds "% of pattern", the row's own ceiling: a plain kernel timed right after
+    /// the row, on the same buffers and with the same protocol, that reads the same input bytes
+    /// and writes as many bytes to the same cache addresses, with the arithmetic removed
+    /// (each row takes about twice as long).
+    #[arg(long, value_enum, default_value_t = Ceiling::Copy)]
+    pub ceiling: Ceiling,
+
     /// Seconds of device-time sampling per row, at least [default: 0.1, or --max-time if
     /// that is shorter].
     #[arg(long, allow_negative_numbers = true, value_name = "SECONDS", value_parser = seconds)]
@@ -646,6 +656,7 @@ impl BenchArgs {
             seed: self.seed,
             host_memory_limit: self.host_memory_limit,
             workload: self.workload(),
+            ceiling: self.ceiling,
         }
     }
 }

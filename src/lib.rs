@@ -10,6 +10,7 @@
 //! The crate is a kernel library and a benchmark:
 //! - [`problem`]: shapes, dtypes, layouts, strides and their validation;
 //! - [`reference`]: the CPU reference that defines the correct result, with [`fp8`];
+//!   [`pattern`]: what the pattern kernels of `--ceiling pattern` write;
 //! - [`workload`]: seeded random inputs, slot mappings, scales and cache contents;
 //! - [`backend`]: the [`backend::Backend`] trait and its implementations (CPU, CUDA, wgpu);
 //! - [`options`]: every knob that changes what runs or is measured;
@@ -72,6 +73,7 @@ pub mod error;
 pub mod fp8;
 pub mod models;
 pub mod options;
+pub mod pattern;
 pub mod plot;
 pub mod problem;
 pub mod reference;

@@ -91,6 +91,37 @@ impl std::fmt::Display for Mode {
     }
 }
 
+/// What each row is compared with besides the device's copy bandwidth (`--ceiling`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Ceiling {
+    /// "% of copy" only: the row's bandwidth over the device's copy bandwidth.
+    #[default]
+    Copy,
+    /// Also "% of pattern": each row's own ceiling, a plain kernel timed right after the row
+    /// on the same buffers with the same protocol, reading the row's input bytes and writing
+    /// as many bytes to the same cache addresses, with the arithmetic removed. Doubles the
+    /// time a row takes.
+    Pattern,
+}
+
+impl Ceiling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ceiling::Copy => "copy",
+            Ceiling::Pattern => "pattern",
+        }
+    }
+}
+
+impl std::fmt::Display for Ceiling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Choices the CUDA backend makes itself unless told otherwise (tuning and experiments).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CudaTuning {

@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 
 use crate::backend::{Backend, Prepared};
 use crate::error::{Bytes, Error, Result};
+use crate::options::Ceiling;
 use crate::problem::{CacheDtype, Dtype, Layout, Problem};
 use crate::timing::{self, Protocol, Samples};
 use crate::workload::{self, CacheFill, Caches, HostInputs, Scaling, WorkloadConfig};
@@ -52,6 +53,9 @@ pub struct SweepConfig {
     pub host_memory_limit: Option<u64>,
     /// Fused QKV inputs, per-head scales, the slot pattern (default: vLLM's benchmark).
     pub workload: WorkloadConfig,
+    /// `--ceiling pattern`: each row's pattern kernel ([`Prepared::pattern`]) is timed right
+    /// after the row, with the same protocol on the same prepared call.
+    pub ceiling: Ceiling,
 }
 
 impl SweepConfig {
@@ -548,7 +552,13 @@ pub fn run(
                     .prepare(&problem, inputs, CacheFill::Random { seed: config.seed })
                     .and_then(|call| {
                         let mut call = Stoppable { call, stop: &stop };
-                        timing::measure(&mut call, &problem, &slots, &plan.protocol)
+                        let protocol = &plan.protocol;
+                        let mut samples = timing::measure(&mut call, &problem, &slots, protocol)?;
+                        if config.ceiling == Ceiling::Pattern {
+                            samples.pattern =
+                                timing::measure_pattern(&mut call, &problem, &slots, protocol)?;
+                        }
+                        Ok(samples)
                     });
                 match measured {
                     Ok(samples) => results.push(Some(samples)),
@@ -631,6 +641,11 @@ impl<S: Fn() -> bool> Prepared for Stoppable<'_, '_, S> {
 
     fn read_back(&mut self) -> Result<Caches> {
         self.call.read_back()
+    }
+
+    fn pattern(&mut self) -> Result<bool> {
+        self.go_on()?;
+        self.call.pattern()
     }
 }
 

@@ -134,6 +134,9 @@ pub struct Samples {
     /// Whether sampling stopped because the noise met `--max-noise`, rather than at the row's
     /// `--max-time` or the sample cap.
     pub met_noise_target: bool,
+    /// `--ceiling pattern`: the per-call device times of the row's pattern kernel
+    /// ([`measure_pattern`]); `None` where it was not asked for or the backend has none.
+    pub pattern: Option<SampleRun>,
 }
 
 impl Samples {
@@ -142,6 +145,14 @@ impl Samples {
             met_noise_target: self.met_noise_target,
             ..Stats::from_samples(&self.device_us)
         }
+    }
+
+    /// The pattern kernel's statistics, where it was timed.
+    pub fn pattern_stats(&self) -> Option<Stats> {
+        self.pattern.as_ref().map(|run| Stats {
+            met_noise_target: run.met_noise_target,
+            ..Stats::from_samples(&run.samples)
+        })
     }
 }
 
@@ -326,6 +337,7 @@ pub fn measure(
             latency_us,
             device_us: run.samples,
             met_noise_target: run.met_noise_target,
+            pattern: None,
         });
     }
     if protocol.rotate {
@@ -348,7 +360,28 @@ pub fn measure(
         latency_us,
         device_us: run.samples,
         met_noise_target: run.met_noise_target,
+        pattern: None,
     })
+}
+
+/// `--ceiling pattern`: switches `call` (which [`measure`] has just timed) to its pattern
+/// kernel ([`Prepared::pattern`]) and times that with the same protocol (warm, cold or
+/// rotating, the same batch rules and stopping rule), on the same buffers. `None` where the
+/// backend has no pattern kernel.
+pub fn measure_pattern(
+    call: &mut dyn Prepared,
+    problem: &Problem,
+    slot_mapping: &[i64],
+    protocol: &Protocol,
+) -> Result<Option<SampleRun>> {
+    if !call.pattern()? {
+        return Ok(None);
+    }
+    let samples = measure(call, problem, slot_mapping, protocol)?;
+    Ok(Some(SampleRun {
+        samples: samples.device_us,
+        met_noise_target: samples.met_noise_target,
+    }))
 }
 
 /// Device-time samples of back-to-back calls: a first batch sized from `first_estimate`

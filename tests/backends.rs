@@ -10,10 +10,10 @@ use common::problem;
 use paged_kv_bench::backend::{self, Backend, Kind};
 use paged_kv_bench::options::Options;
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
-use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol};
 use paged_kv_bench::verify::{self, Case, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Caches, Inputs, Scaling, SlotPattern};
+use paged_kv_bench::{pattern, reference};
 
 /// Checks every case the backend supports and fails with the list of mismatches. Cases the
 /// backend refuses up front (`check_support`: a cache dtype, strides or scales it does not
@@ -123,6 +123,12 @@ fn serving_cases() -> Vec<Case> {
 /// once per copy. The slots are drawn from the cache's first 1/sets, so that the copies'
 /// slots never collide and the order of calls does not matter.
 fn check_rotation(backend: &mut dyn Backend) {
+    check_rotation_with(backend, false);
+}
+
+/// [`check_rotation`], of the call's pattern kernel where `pattern` says (timed as
+/// `--ceiling pattern` times it: the call first, then its pattern).
+fn check_rotation_with(backend: &mut dyn Backend, pattern: bool) {
     let mut checked = 0;
     for (layout, cache_dtype) in [
         (Layout::Nhd, CacheDtype::Auto),
@@ -171,6 +177,13 @@ fn check_rotation(backend: &mut dyn Backend) {
             let samples = timing::measure(call.as_mut(), &problem, &slot_mapping, &protocol)
                 .expect("timing with rotating inputs");
             assert!(samples.device_us.iter().all(|t| *t > 0.0), "{samples:?}");
+            if pattern {
+                let run =
+                    timing::measure_pattern(call.as_mut(), &problem, &slot_mapping, &protocol)
+                        .expect("timing the pattern with rotating inputs")
+                        .expect("a pattern kernel");
+                assert!(run.samples.iter().all(|t| *t > 0.0), "{run:?}");
+            }
             call.read_back().expect("read back")
         };
         let mut expected = poisoned.clone();
@@ -187,12 +200,69 @@ fn check_rotation(backend: &mut dyn Backend) {
                 ..inputs
             };
             reference::reshape_and_cache(&problem, &copy, &mut expected);
+            if pattern {
+                // The pattern overwrites every byte the call wrote.
+                pattern::write_all(&problem, &copy, &mut expected);
+            }
         }
         if let Some(mismatch) = verify::compare_caches(&problem, &slot_mapping, &expected, &got) {
             panic!("{} ({sets} sets): {mismatch}", problem.describe());
         }
     }
     assert!(checked >= 2, "no layout to check");
+}
+
+/// `--ceiling pattern`: after [`Prepared::pattern`], a call writes [`pattern`]'s bytes to
+/// exactly the addresses the reference writes, starting from poisoned caches (an `auto` cache
+/// therefore gets the reference's result, bit for bit); then, timed with rotating inputs as the
+/// sweep times it, every rotation copy writes the pattern at its own slots and nothing else.
+///
+/// [`Prepared::pattern`]: paged_kv_bench::backend::Prepared::pattern
+fn check_pattern(backend: &mut dyn Backend) {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for case in verify::matrix(Coverage::Quick, 5) {
+        let problem = &case.problem;
+        let scaling = if problem.cache_dtype.is_fp8() {
+            case.scaling
+        } else {
+            Scaling::PerTensor
+        };
+        if !backend.supports(problem.layout) || backend.check_support(problem, scaling).is_err() {
+            continue;
+        }
+        let data = verify::CaseData::new(&case).expect("case data");
+        let got = {
+            let mut call = backend
+                .prepare(problem, data.inputs(), CacheFill::Copy(&data.initial))
+                .expect("prepare");
+            assert!(
+                call.pattern().expect("pattern"),
+                "{}: no pattern kernel",
+                problem.describe()
+            );
+            call.run().expect("run");
+            call.read_back().expect("read back")
+        };
+        let mut expected = data.initial.clone();
+        pattern::write_all(problem, &data.inputs(), &mut expected);
+        if !problem.cache_dtype.is_fp8() {
+            assert_eq!(expected, data.expected, "{}", problem.describe());
+        }
+        checked += 1;
+        if let Some(mismatch) = verify::compare_caches(problem, &data.slot_mapping, &expected, &got)
+        {
+            failures.push(format!("{}: {mismatch}", problem.describe()));
+        }
+    }
+    assert!(checked > 10, "{checked} cases checked");
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    check_rotation_with(backend, true);
 }
 
 macro_rules! backend_suite {
@@ -244,6 +314,12 @@ macro_rules! backend_suite {
             $(#[$attribute])?
             fn rotating_timing_writes_every_copy_to_its_own_slots() {
                 check_rotation(open().as_mut());
+            }
+
+            #[test]
+            $(#[$attribute])?
+            fn pattern_kernel_writes_the_pattern_where_the_call_writes() {
+                check_pattern(open().as_mut());
             }
         }
     };

@@ -199,6 +199,41 @@ fn rotating_inputs_are_measured_by_every_implementation() {
     }
 }
 
+/// `--ceiling pattern` adds "% of pattern" after "% of copy", a figure for every row (the
+/// CPU's pattern time over its row time), and says so in the header; a bad value is refused.
+#[test]
+fn pattern_ceiling_adds_its_column_on_the_cpu() {
+    let output = run(&[
+        "--implementation",
+        "cpu",
+        "--num-blocks",
+        "64",
+        "--num-heads",
+        "8",
+        "--iters",
+        "2",
+        "--num-tokens",
+        "2,256",
+        "--max-time",
+        "0.2",
+        "--ceiling",
+        "pattern",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("ceiling=pattern"), "{out}");
+    assert!(out.contains("% of copy  % of pattern"), "{out}");
+    let rows = table_rows(&out);
+    assert_eq!(rows.len(), 4, "{out}");
+    for row in &rows {
+        // num_tokens, layout, latency, device, noise, GB/s, % of copy, % of pattern.
+        assert_eq!(row.len(), 8, "{row:?}");
+        let percent: f64 = row[7].parse().unwrap_or_else(|_| panic!("{row:?}"));
+        assert!(percent.is_finite() && percent > 0.0, "{row:?}");
+    }
+    assert_refused(&["--ceiling", "roof"], "--ceiling");
+}
+
 #[test]
 fn impossible_problems_are_one_line_errors() {
     assert_refused(

@@ -69,6 +69,11 @@ fn kernel_source() -> String {
 
 /// Builds the harness on `source` (kernel source) in `dir` and runs it: the cases' file.
 fn run_harness(dir: &Path, source: &str, cases: usize, seed: u64) -> PathBuf {
+    run_harness_of(dir, source, cases, seed, false)
+}
+
+/// [`run_harness`], of the pattern kernels where `pattern` says.
+fn run_harness_of(dir: &Path, source: &str, cases: usize, seed: u64, pattern: bool) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("k_host.cpp"), host_source(source)).unwrap();
@@ -102,6 +107,7 @@ fn run_harness(dir: &Path, source: &str, cases: usize, seed: u64) -> PathBuf {
         .arg(&out)
         .arg(cases.to_string())
         .arg(seed.to_string())
+        .args(pattern.then_some("pattern"))
         .output()
         .expect("the harness runs");
     assert!(
@@ -115,6 +121,14 @@ fn run_harness(dir: &Path, source: &str, cases: usize, seed: u64) -> PathBuf {
 /// Reads the harness's cases and checks each against the reference; returns the failures and
 /// how many cases of each (dtype, cache dtype, per-head, instance) were checked.
 fn check_cases(path: &Path) -> (Vec<String>, std::collections::BTreeMap<String, usize>) {
+    check_cases_of(path, false)
+}
+
+/// [`check_cases`], against [`pattern`]'s result where `pattern` says.
+fn check_cases_of(
+    path: &Path,
+    pattern: bool,
+) -> (Vec<String>, std::collections::BTreeMap<String, usize>) {
     let data = std::fs::read(path).unwrap();
     let mut at = 0;
     let mut take = |n: usize| {
@@ -188,7 +202,11 @@ fn check_cases(path: &Path) -> (Vec<String>, std::collections::BTreeMap<String, 
         };
         inputs.validate_for(&problem).unwrap();
         let mut expected = initial.clone();
-        reference::reshape_and_cache(&problem, &inputs, &mut expected);
+        if pattern {
+            paged_kv_bench::pattern::write_all(&problem, &inputs, &mut expected);
+        } else {
+            reference::reshape_and_cache(&problem, &inputs, &mut expected);
+        }
         let instance = ["vector", "x1", "scalar"][h[10] as usize];
         let kind = format!("{dtype} {cache_dtype} per_head={per_head} {instance}");
         *seen.entry(kind.clone()).or_insert(0) += 1;
@@ -251,4 +269,25 @@ fn the_host_check_sees_wrong_kernels() {
         let _ = std::fs::remove_dir_all(&dir);
         assert!(!failures.is_empty(), "`{wrong}` went unnoticed");
     }
+}
+
+/// The pattern kernels (`--ceiling pattern`) write exactly [`paged_kv_bench::pattern`]'s bytes:
+/// every input dtype, auto and fp8 caches, both layouts, every input stride kind, the vector and
+/// scalar instances, 1 to 4 items per thread and grids smaller than the work.
+#[test]
+fn pattern_kernels_match_the_pattern_on_the_host() {
+    if compiler().is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pkb-cuda-host-pattern-{}", std::process::id()));
+    let cases = run_harness_of(&dir, &kernel_source(), 600, 20261128, true);
+    let (failures, seen) = check_cases_of(&cases, true);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        failures.is_empty(),
+        "{} cases differ from the pattern:\n{}",
+        failures.len(),
+        failures[..failures.len().min(10)].join("\n")
+    );
+    assert!(seen.len() >= 30, "{seen:?}");
 }

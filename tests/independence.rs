@@ -39,6 +39,7 @@ fn config(num_tokens: &[usize], layouts: &[Layout]) -> SweepConfig {
         seed: 11,
         host_memory_limit: None,
         workload: Default::default(),
+        ceiling: Default::default(),
     }
 }
 

@@ -300,3 +300,54 @@ fn a_stopped_run_says_where_in_every_format() {
     let svg = paged_kv_bench::plot::render_svg(&report).unwrap();
     assert!(svg.contains("run stopped early"));
 }
+
+/// `--ceiling pattern`: every row has its pattern time and "% of pattern" in JSON (which
+/// round-trips), CSV (two more columns, filled) and the table; without it, neither column nor
+/// field; a report without the fields (an earlier version's) still loads, as `copy`.
+#[test]
+fn pattern_ceiling_is_in_every_format_and_old_reports_load() {
+    let output = quick(&["--format", "json", "--ceiling", "pattern"]);
+    let report: Report = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(
+        report.config.ceiling,
+        paged_kv_bench::options::Ceiling::Pattern
+    );
+    for row in &report.rows {
+        let result = &row.results[0];
+        let (row_us, pattern) = (result.device_us.unwrap(), result.pattern_us.unwrap());
+        assert!(pattern.samples >= 1 && pattern.median > 0.0, "{pattern:?}");
+        let percent = result.percent_of_pattern.unwrap();
+        assert!((percent - pattern.median / row_us.median * 100.0).abs() < 1e-9);
+    }
+    let again: Report = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(again, report);
+    let text = report.to_text("cpu");
+    assert!(text.contains("% of copy  % of pattern"), "{text}");
+    assert!(text.contains("ceiling=pattern"), "{text}");
+
+    let csv = report.to_csv();
+    let lines: Vec<&str> = csv.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let at = header
+        .iter()
+        .position(|&c| c == "percent_of_pattern")
+        .unwrap();
+    assert_eq!(header[at - 1], "pattern_median_us");
+    assert_eq!(header[at - 2], "percent_of_copy");
+    for line in &lines[1..] {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), header.len(), "{line}");
+        assert!(cells[at].parse::<f64>().unwrap() > 0.0, "{line}");
+    }
+
+    // The default: no pattern column or field; and the old layout of the JSON loads.
+    let plain: Report =
+        serde_json::from_slice(&quick(&["--format", "json"]).stdout).expect("a JSON report");
+    assert!(plain.rows[0].results[0].pattern_us.is_none());
+    assert!(!plain.to_text("cpu").contains("% of pattern"));
+    let mut old: serde_json::Value = serde_json::from_str(&plain.to_json()).unwrap();
+    old["config"].as_object_mut().unwrap().remove("ceiling");
+    let old: Report = serde_json::from_value(old).expect("a report of an earlier version");
+    assert_eq!(old.config.ceiling, paged_kv_bench::options::Ceiling::Copy);
+    assert!(!plain.to_json().contains("percent_of_pattern"));
+}

@@ -36,6 +36,7 @@ fn config(num_tokens: Vec<usize>, num_blocks: NumBlocks) -> SweepConfig {
         seed: 3,
         host_memory_limit: None,
         workload: Default::default(),
+        ceiling: Default::default(),
     }
 }
 

@@ -226,6 +226,7 @@ impl Backend for CpuBackend {
             written: &mut self.written,
             flush_buffer: &mut self.flush_buffer,
             flush_pass: 0,
+            pattern: false,
         }))
     }
 }
@@ -241,6 +242,8 @@ struct CpuCall<'a> {
     flush_buffer: &'a mut Vec<u8>,
     /// Changes the flush's byte each time, so that no write can be skipped as a no-op.
     flush_pass: u8,
+    /// `--ceiling pattern`: calls write [`crate::pattern`]'s bytes.
+    pattern: bool,
 }
 
 /// Bytes that one rayon task moves at least (keys and values read, cache written). Handing a
@@ -252,7 +255,10 @@ const MIN_TASK_BYTES: usize = 1 << 20;
 /// One call: tokens sorted by slot, grouped by cache block; each touched block is a disjoint
 /// part of both caches, so blocks are written in parallel (a task taking at least
 /// [`MIN_TASK_BYTES`] of them).
-fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
+///
+/// `pattern`: each token's [`crate::pattern::write_token`] rather than the reference's, the
+/// same tokens on the same threads (`--ceiling pattern`).
+fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches, pattern: bool) {
     let block_size = problem.block_size as u64;
     let mut order: Vec<(u64, usize)> = inputs
         .slot_mapping
@@ -285,8 +291,13 @@ fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
     work.into_par_iter()
         .with_min_len(MIN_TASK_BYTES.div_ceil(item_bytes))
         .for_each(|(first_element, key_block, value_block, group)| {
+            let write_token = if pattern {
+                crate::pattern::write_token
+            } else {
+                reference::write_token
+            };
             for &(_, token) in group {
-                reference::write_token(
+                write_token(
                     problem,
                     inputs,
                     key_block,
@@ -300,7 +311,7 @@ fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
 
 impl Prepared for CpuCall<'_> {
     fn run(&mut self) -> Result<()> {
-        write_all(&self.problem, &self.inputs, self.caches);
+        write_all(&self.problem, &self.inputs, self.caches, self.pattern);
         Ok(())
     }
 
@@ -336,7 +347,7 @@ impl Prepared for CpuCall<'_> {
         }));
         let start = Instant::now();
         for inputs in rotation.iter().cycle().take(calls) {
-            write_all(problem, inputs, self.caches);
+            write_all(problem, inputs, self.caches, self.pattern);
         }
         Ok(start.elapsed().as_secs_f64() * 1e6)
     }
@@ -355,6 +366,11 @@ impl Prepared for CpuCall<'_> {
 
     fn read_back(&mut self) -> Result<Caches> {
         Ok(self.caches.clone())
+    }
+
+    fn pattern(&mut self) -> Result<bool> {
+        self.pattern = true;
+        Ok(true)
     }
 }
 

@@ -122,6 +122,8 @@ struct Kernels {
     /// Indexed by [`kernel_index`].
     reshape: Vec<CudaFunction>,
     copy: CudaFunction,
+    /// `--ceiling pattern`'s kernels, indexed by [`pattern_index`].
+    pattern: Vec<CudaFunction>,
     /// Streaming ceilings: one or two 16-byte words read per word written, scattered writes.
     stream_r1w1: CudaFunction,
     stream_r2w1: CudaFunction,
@@ -225,6 +227,49 @@ fn kernel_name(dtype: Dtype, encoding: Encoding, variant: Variant) -> String {
         encoding.suffix(),
         variant.suffix()
     )
+}
+
+/// Where the pattern kernel (`--ceiling pattern`) for `dtype` is in `Kernels::pattern`: one
+/// per input dtype, auto or fp8 cache (e4m3 and e5m2 write alike), 16-byte or scalar items.
+fn pattern_index(dtype: Dtype, fp8: bool, vector: bool) -> Option<usize> {
+    let d = DTYPES.iter().position(|&d| d == dtype)?;
+    Some((usize::from(!vector) * 2 + usize::from(fp8)) * DTYPES.len() + d)
+}
+
+fn pattern_name(dtype: Dtype, fp8: bool, vector: bool) -> String {
+    format!(
+        "pattern_{}_{}{}",
+        dtype.name(),
+        if fp8 { "fp8" } else { "auto" },
+        if vector { "" } else { "_scalar" }
+    )
+}
+
+/// Threads per block of the pattern kernels.
+const PATTERN_THREADS: u32 = 256;
+
+/// The pattern kernel's launch for a call cut as `launch`: the same items (and so the same
+/// parameter block but for the items per thread), one per thread and load, laid out as the
+/// copy ceiling is: blocks of [`PATTERN_THREADS`] taking 4 consecutive items a thread where the
+/// call fills the device four times over, else one (small calls spread over every SM).
+fn pattern_launch(launch: &Launch, limits: DeviceLimits) -> Launch {
+    let total = launch.params.num_tokens as u64 * launch.params.items_per_token.divisor as u64;
+    let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
+    let items_per_thread = if total >= 4 * resident { 4 } else { 1 };
+    let per_block = (PATTERN_THREADS * items_per_thread) as u64;
+    Launch {
+        vector: launch.vector,
+        threads: PATTERN_THREADS,
+        grid: (
+            total.div_ceil(per_block).clamp(1, i32::MAX as u64) as u32,
+            1,
+            1,
+        ),
+        params: shape::Params {
+            items_per_thread,
+            ..launch.params
+        },
+    }
 }
 
 /// Both caches on the device, kept between calls of the same size.
@@ -345,7 +390,17 @@ impl CudaBackend {
                 }
             }
         }
+        let mut pattern = Vec::new();
+        for vector in [true, false] {
+            for fp8 in [false, true] {
+                for dtype in DTYPES {
+                    debug_assert_eq!(pattern_index(dtype, fp8, vector), Some(pattern.len()));
+                    pattern.push(load(&pattern_name(dtype, fp8, vector))?);
+                }
+            }
+        }
         let kernels = Kernels {
+            pattern,
             copy: load("copy16")?,
             stream_r1w1: load("stream_r1w1")?,
             stream_r2w1: load("stream_r2w1")?,
@@ -705,8 +760,15 @@ impl Backend for CudaBackend {
             what: format!("{} caches", problem.cache_dtype),
         })?;
         let function = &this.kernels.reshape[index];
+        let pattern = pattern_index(problem.dtype, problem.cache_dtype.is_fp8(), launch.vector)
+            .map(|index| {
+                (
+                    &this.kernels.pattern[index],
+                    pattern_launch(&launch, this.limits),
+                )
+            });
         Ok(Box::new(CudaCall::new(
-            this, *problem, function, launch, args,
+            this, *problem, function, launch, args, pattern,
         )))
     }
 }

@@ -6,7 +6,9 @@
 //!    [`Prepared`] call;
 //! 2. [`Prepared::run`] performs one call (for checks and latency), [`Prepared::time_batch`]
 //!    runs many back to back on the backend's own clock, for [`crate::timing::measure`];
-//! 3. [`Prepared::read_back`] returns the caches for verification.
+//! 3. [`Prepared::read_back`] returns the caches for verification;
+//! 4. with `--ceiling pattern`, [`Prepared::pattern`] switches the call to its pattern kernel,
+//!    which the same protocol then times on the same buffers.
 
 use crate::error::{Error, Result};
 use crate::options::Options;
@@ -237,6 +239,18 @@ pub trait Prepared {
 
     /// Copies both caches back to the host.
     fn read_back(&mut self) -> Result<Caches>;
+
+    /// `--ceiling pattern`: switches this call to its pattern kernel, for good. Later `run`,
+    /// `rotate` and `time_batch` calls then issue, on the same buffers and slots and the same
+    /// way (graphs, dispatch plan, threads), a plain kernel that reads the bytes the call reads
+    /// and writes as many bytes to the addresses it writes, with the arithmetic removed: an
+    /// `auto` cache gets the same bytes, an fp8 cache one byte per element taken from the
+    /// input (its high byte) rather than its code. Scales are not read. The row's own
+    /// ceiling: how fast its write pattern can go. Returns false where the backend has no
+    /// pattern kernel (the call is then unchanged).
+    fn pattern(&mut self) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 /// Backends that could not be opened, with the reason, for `--implementation all` headers.

@@ -395,6 +395,7 @@ fn new_report(
             options: options.clone(),
             workload: config.workload.clone(),
             user_kernels: Vec::new(),
+            ceiling: config.ceiling,
         },
         implementations,
         notes,

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::options::{Mode, Options};
+use crate::options::{Ceiling, Mode, Options};
 use crate::problem::{CacheDtype, Dtype, Layout};
 use crate::sweep::Row;
 use crate::timing::Stats;
@@ -93,6 +93,10 @@ pub struct RunConfig {
     /// of the source, so that `--compare` tells an edited kernel from the one measured.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub user_kernels: Vec<UserKernelInfo>,
+    /// `--ceiling`: whether each row's pattern kernel was timed too ("% of pattern"; `copy`
+    /// in reports of earlier versions, which did not have it).
+    #[serde(default)]
+    pub ceiling: Ceiling,
 }
 
 impl RunConfig {
@@ -159,6 +163,16 @@ pub struct ResultReport {
     pub bandwidth_gbps: Option<f64>,
     /// `bandwidth_gbps` as a percentage of the implementation's copy bandwidth.
     pub percent_of_copy: Option<f64>,
+    /// `--ceiling pattern`: the device time of the row's pattern kernel (a plain kernel
+    /// reading the row's input bytes and writing as many bytes to the same cache addresses),
+    /// timed right after the row with the same protocol; absent otherwise and in reports of
+    /// earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern_us: Option<Stats>,
+    /// The pattern kernel's median device time over the row's, in percent: how close the row
+    /// comes to its own write pattern's speed (above 100: faster than the plain kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent_of_pattern: Option<f64>,
     /// Set by [`Report::compare_with`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Comparison>,
@@ -202,6 +216,7 @@ impl Report {
             .map(|(info, samples)| {
                 let stats = samples.as_ref().map(|s| s.device_stats());
                 let bandwidth = stats.map(|s| bytes_moved as f64 / (s.median * 1e3));
+                let pattern = samples.as_ref().and_then(|s| s.pattern_stats());
                 ResultReport {
                     implementation: info.name.clone(),
                     latency_us: samples.as_ref().map(|s| s.latency_us),
@@ -210,6 +225,10 @@ impl Report {
                     percent_of_copy: bandwidth
                         .zip(info.copy_bandwidth_gbps)
                         .map(|(b, copy)| b / copy * 100.0),
+                    pattern_us: pattern,
+                    percent_of_pattern: pattern
+                        .zip(stats)
+                        .map(|(pattern, row)| pattern.median / row.median * 100.0),
                     baseline: None,
                 }
             })

@@ -5,13 +5,14 @@ use std::fmt::Write as _;
 
 use super::table::{Cell, Column, Table};
 use super::{Report, RowReport, TextFormat, HEADER_WIDTH};
+use crate::options::Ceiling;
 use crate::problem::Layout;
 
 /// The CSV columns, in order.
 const CSV_HEADER: &str = "num_tokens,layout,implementation,bytes_moved,latency_us,\
 device_median_us,device_min_us,device_p10_us,device_p90_us,device_max_us,noise_percent,\
 robust_noise_percent,met_noise_target,samples,bandwidth_gbps,percent_of_copy,\
-baseline_device_us,speedup,within_noise";
+pattern_median_us,percent_of_pattern,baseline_device_us,speedup,within_noise";
 
 impl Report {
     /// The header lines, each at most [`HEADER_WIDTH`] characters (longer ones are wrapped,
@@ -34,6 +35,9 @@ impl Report {
                 c.cache_name()
             ),
         ];
+        if c.ceiling != Ceiling::Copy {
+            lines[1].push_str(&format!(" ceiling={}", c.ceiling));
+        }
         let workload = c.workload.non_default();
         if !workload.is_empty() {
             lines.push(format!("workload: {}", workload.join(" ")));
@@ -87,6 +91,15 @@ impl Report {
             "GB/s: bytes moved / device time; % of copy: GB/s over the device's copy bandwidth"
                 .to_string(),
         ]);
+        if c.ceiling == Ceiling::Pattern {
+            lines.push(
+                "% of pattern (--ceiling pattern): the device time of the row's pattern kernel \
+                 (the same input bytes read and as many bytes written to the same cache \
+                 addresses, no arithmetic; timed right after the row, the same way) over the \
+                 row's"
+                    .to_string(),
+            );
+        }
         lines
             .iter()
             .flat_map(|line| wrap(line, HEADER_WIDTH))
@@ -144,6 +157,7 @@ impl Report {
     pub fn table(&self) -> Table {
         let single = self.implementations.len() == 1;
         let compared = self.compared();
+        let pattern = self.config.ceiling == Ceiling::Pattern;
         let longest = self
             .config
             .num_tokens
@@ -168,6 +182,9 @@ impl Report {
             columns.push(Column::right(format!("{prefix}noise %"), 7));
             columns.push(Column::right(format!("{prefix}GB/s"), 8));
             columns.push(Column::right(format!("{prefix}% of copy"), 7));
+            if pattern {
+                columns.push(Column::right(format!("{prefix}% of pattern"), 7));
+            }
             if compared {
                 columns.push(Column::right(format!("{prefix}vs baseline"), 10));
             }
@@ -190,6 +207,7 @@ impl Report {
     /// One row of [`Report::table`].
     pub fn cells(&self, row: &RowReport) -> Vec<Cell> {
         let compared = self.compared();
+        let pattern = self.config.ceiling == Ceiling::Pattern;
         let mut cells = vec![
             Cell::Integer(row.num_tokens as u64),
             Cell::Text(row.layout.clone()),
@@ -205,6 +223,12 @@ impl Report {
             ));
             cells.push(Cell::Fixed(result.bandwidth_gbps.unwrap_or(f64::NAN), 1));
             cells.push(Cell::Fixed(result.percent_of_copy.unwrap_or(f64::NAN), 1));
+            if pattern {
+                cells.push(Cell::Fixed(
+                    result.percent_of_pattern.unwrap_or(f64::NAN),
+                    1,
+                ));
+            }
             if compared {
                 cells.push(Cell::Text(match result.baseline {
                     Some(c) if c.within_noise => format!("{:.2}x ~", c.speedup),
@@ -257,6 +281,21 @@ impl Report {
                     layout_list(&info.layouts)
                 )
             });
+        }
+        if c.ceiling == Ceiling::Pattern {
+            for (index, info) in self.implementations.iter().enumerate() {
+                let unmeasured = self.rows.iter().any(|row| {
+                    row.results
+                        .get(index)
+                        .is_some_and(|r| r.device_us.is_some() && r.pattern_us.is_none())
+                });
+                if unmeasured {
+                    notes.push(format!(
+                        "nan in % of pattern: {} has no pattern kernel",
+                        info.name
+                    ));
+                }
+            }
         }
         if let Some(path) = &self.compared_with {
             let matched = results().filter(|r| r.baseline.is_some()).count();
@@ -405,7 +444,7 @@ fn csv_lines(row: &RowReport) -> String {
         let s = r.device_us;
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             row.num_tokens,
             row.layout,
             r.implementation,
@@ -423,6 +462,8 @@ fn csv_lines(row: &RowReport) -> String {
             s.map(|s| s.samples.to_string()).unwrap_or_default(),
             opt(r.bandwidth_gbps),
             opt(r.percent_of_copy),
+            opt(r.pattern_us.map(|s| s.median)),
+            opt(r.percent_of_pattern),
             opt(r.baseline.map(|c| c.baseline_device_us)),
             opt(r.baseline.map(|c| c.speedup)),
             r.baseline

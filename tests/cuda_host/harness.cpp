@@ -1,7 +1,8 @@
 // Runs the CUDA kernels' source on the host, thread by thread (the kernels use no shared memory
 // and no barriers), on random cases, and writes each case's inputs and output caches for the
 // Rust reference to check (tests/cuda_host.rs, which also writes k_host.cpp: the kernel source
-// with its inline PTX replaced by host code). Usage: harness OUT.bin CASES SEED.
+// with its inline PTX replaced by host code). Usage: harness OUT.bin CASES SEED [pattern]; with
+// `pattern`, the pattern kernels run instead, laid out as the backend launches them.
 #include "mock_host.h"
 #include "k_host.cpp"
 #include <cstdio>
@@ -20,6 +21,14 @@ static Kernel table[3][5][3] = {
     {ROW(auto, ), ROW(fp8, ), ROW(fp8_e5m2, ), ROW(fp8_per_head, ), ROW(fp8_e5m2_per_head, )},
     {ROW(auto, _x1), ROW(fp8, _x1), ROW(fp8_e5m2, _x1), ROW(fp8_per_head, _x1), ROW(fp8_e5m2_per_head, _x1)},
     {ROW(auto, _scalar), ROW(fp8, _scalar), ROW(fp8_e5m2, _scalar), ROW(fp8_per_head, _scalar), ROW(fp8_e5m2_per_head, _scalar)},
+};
+
+// The pattern kernels (--ceiling pattern): [0 vector, 1 scalar][0 auto, 1 fp8][dtype].
+#define P(d, c, v) pattern_##d##_##c##v
+#define PROW(c, v) {P(half, c, v), P(bfloat16, c, v), P(float, c, v)}
+static Kernel patterns[2][2][3] = {
+    {PROW(auto, ), PROW(fp8, )},
+    {PROW(auto, _scalar), PROW(fp8, _scalar)},
 };
 
 static FastDiv fastdiv(u32 divisor) {
@@ -62,6 +71,7 @@ int main(int argc, char** argv) {
     const char* out = argc > 1 ? argv[1] : "cases.bin";
     int ncases = argc > 2 ? atoi(argv[2]) : 400;
     if (argc > 3) rng_state ^= strtoull(argv[3], 0, 10) * 0x9e3779b97f4a7c15ull;
+    const bool pattern = argc > 4 && std::string(argv[4]) == "pattern";
     FILE* f = fopen(out, "wb");
     wr64(f, ncases);
     for (int c = 0; c < ncases; ++c) {
@@ -156,6 +166,15 @@ int main(int argc, char** argv) {
         p.block_size = fastdiv(B); p.segments = fastdiv(segments);
         p.items_per_kv = ipkv; p.tokens_per_block = tpb; p.items_per_thread = ipt;
         Kernel k = table[variant][enc][dtype];
+        if (pattern) {
+            // One item per thread and load, blockDim.x * items_per_thread consecutive items a
+            // block (src/backend/cuda.rs), sometimes fewer blocks than the work (it loops).
+            k = patterns[variant == 2][fp8][dtype];
+            ipt = 1 + rnd() % 4;
+            p.items_per_thread = ipt;
+            grid = (T * ipt_tok + threads * ipt - 1) / (threads * ipt);
+            if (rnd() % 4 == 0) grid = 1 + grid / 3;
+        }
         blockDim.x = threads; gridDim.x = grid;
         for (long long b = 0; b < grid; ++b) {
             blockIdx.x = b;

@@ -43,6 +43,11 @@ pub(super) struct CudaCall<'a> {
     /// on first use.
     single: Option<CudaGraph>,
     batch: Option<CudaGraph>,
+    /// `--ceiling pattern`: the pattern kernel and its launch, until [`Prepared::pattern`]
+    /// swaps them in.
+    pattern: Option<(&'a CudaFunction, Launch)>,
+    /// Whether the pattern kernel has taken the call's place.
+    patterned: bool,
 }
 
 /// Device copies of a call's inputs for rotating timing.
@@ -60,6 +65,7 @@ impl<'a> CudaCall<'a> {
         function: &'a CudaFunction,
         launch: Launch,
         args: Args,
+        pattern: Option<(&'a CudaFunction, Launch)>,
     ) -> Self {
         Self {
             backend,
@@ -70,6 +76,8 @@ impl<'a> CudaCall<'a> {
             rotation: None,
             single: None,
             batch: None,
+            pattern,
+            patterned: false,
         }
     }
 }
@@ -349,5 +357,26 @@ impl Prepared for CudaCall<'_> {
             .during("reading the value cache")?;
         self.synchronize()?;
         Ok(Caches { key, value })
+    }
+
+    /// The pattern kernel takes the call's place: the same buffers (rotation copies included),
+    /// its own grid and items per thread; graphs are captured anew on their next use, as the
+    /// call's were, so that the pattern is issued exactly as the call was.
+    fn pattern(&mut self) -> Result<bool> {
+        if self.patterned {
+            return Ok(true);
+        }
+        let Some((function, launch)) = self.pattern.take() else {
+            return Ok(false);
+        };
+        self.patterned = true;
+        self.function = function;
+        self.launch = launch;
+        for set in &mut self.sets {
+            set.params = launch.params;
+        }
+        self.single = None;
+        self.batch = None;
+        Ok(true)
     }
 }

@@ -126,6 +126,8 @@ pub struct UnitKernel {
     pub chunks: u32,
     pub entry: &'static str,
     pub lut_entry: &'static str,
+    /// `--ceiling pattern`: the same kernel with the arithmetic removed (`pattern_unit`).
+    pub pattern_entry: &'static str,
 }
 
 impl UnitKernel {
@@ -142,12 +144,14 @@ pub const WIDE_KERNEL: UnitKernel = UnitKernel {
     chunks: WIDE_CHUNKS,
     entry: "reshape_and_cache_wide",
     lut_entry: "reshape_and_cache_wide_lut",
+    pattern_entry: "pattern_wide",
 };
 
 pub const NARROW_KERNEL: UnitKernel = UnitKernel {
     chunks: CHUNKS,
     entry: "reshape_and_cache",
     lut_entry: "reshape_and_cache_lut",
+    pattern_entry: "pattern",
 };
 
 /// One chunk per dispatch: one-chunk caches, and adapters with too few storage bindings for
@@ -156,6 +160,7 @@ pub const ONE_KERNEL: UnitKernel = UnitKernel {
     chunks: 1,
     entry: "reshape_and_cache_one",
     lut_entry: "reshape_and_cache_one_lut",
+    pattern_entry: "pattern_one",
 };
 
 /// Every 16-byte kernel, for `build.rs` to generate.

@@ -90,6 +90,7 @@ impl WgpuBackend {
         plan: &Plan,
         inputs: &Inputs,
         kept: bool,
+        pattern: bool,
     ) -> Result<CallWork> {
         // Per-tensor scales in the parameters; per-head ones (both tensors' given per head,
         // a per-tensor one repeated) after the slots, and in the lookup table's build.
@@ -109,21 +110,33 @@ impl WgpuBackend {
             Vec::new()
         };
         let format = problem.cache_dtype.fp8().unwrap_or(Fp8Format::E4m3);
-        let fp8 = plan.fp8_path(
-            problem,
-            k_scale.table_applies(format) && v_scale.table_applies(format),
-            per_head,
-            (
-                self.limits.max_storage_buffers_per_shader_stage,
-                self.max_binding,
-            ),
-            &self.tuning,
-        );
+        // The pattern kernel reads no scale and builds no table.
+        let fp8 = if pattern {
+            Fp8Path::Plain
+        } else {
+            plan.fp8_path(
+                problem,
+                k_scale.table_applies(format) && v_scale.table_applies(format),
+                per_head,
+                (
+                    self.limits.max_storage_buffers_per_shader_stage,
+                    self.max_binding,
+                ),
+                &self.tuning,
+            )
+        };
         let gpu = &mut self.gpu;
-        let kernel = gpu.pipeline(
-            plan.entry_point(fp8),
-            &plan.constants(problem, fp8, per_head),
-        )?;
+        let kernel = if pattern {
+            gpu.pipeline(
+                plan.pattern_entry_point(),
+                &plan.constants(problem, fp8, false),
+            )?
+        } else {
+            gpu.pipeline(
+                plan.entry_point(fp8),
+                &plan.constants(problem, fp8, per_head),
+            )?
+        };
         let order_passes = match plan.order {
             Some(_) => Some([
                 gpu.pipeline("order_count", &[])?,
@@ -176,6 +189,7 @@ impl WgpuBackend {
             },
             work,
             pool: kept.then_some(&mut self.input_pool),
+            pattern,
         };
         for (index, batch) in plan.batches(problem).iter().enumerate() {
             builder.add_batch(index, batch)?;
@@ -209,6 +223,8 @@ struct CallBuilder<'a> {
     work: CallWork,
     /// The backend's kept input buffers; `None` for a rotation copy, which uploads its own.
     pool: Option<&'a mut InputPool>,
+    /// `--ceiling pattern`: the kernel is the pattern kernel, which binds no fp8 table.
+    pattern: bool,
 }
 
 /// A batch's inputs on the device: keys and values in two parts (the second unused when the
@@ -444,8 +460,10 @@ impl CallBuilder<'_> {
                 (ORDER_BINDING, Window::whole(order)),
                 (KEY_IN_HI_BINDING, inputs.key_hi.window()),
                 (VALUE_IN_HI_BINDING, inputs.value_hi.window()),
-                (*table_binding, Window::whole(table)),
             ];
+            if !self.pattern {
+                entries.push((*table_binding, Window::whole(table)));
+            }
             // Chunks past the end of the cache (the one-chunk kernel binds a group of one) are
             // bound to small distinct buffers no thread writes (writable bindings must not
             // alias): two for each.
@@ -487,6 +505,10 @@ pub(super) struct WgpuCall<'a> {
     /// Rotating inputs: further calls built like this one, each with its own upload of the
     /// inputs and its own slots, recorded in turn after it.
     pub copies: Vec<CallWork>,
+    /// The slots of the rotation copies, for rebuilding them as pattern calls.
+    pub rotation: Vec<Vec<i64>>,
+    /// `--ceiling pattern`: the call and its copies run the pattern kernel.
+    pub pattern: bool,
 }
 
 impl WgpuCall<'_> {
@@ -517,14 +539,15 @@ impl Prepared for WgpuCall<'_> {
     fn rotate(&mut self, slot_mappings: &[Vec<i64>]) -> Result<()> {
         // The old copies' buffers go first: copies of a large call are large.
         self.copies.clear();
+        self.rotation = slot_mappings.to_vec();
         for slots in slot_mappings {
             let inputs = Inputs {
                 slot_mapping: slots,
                 ..self.inputs
             };
-            let copy = self
-                .backend
-                .build_call(&self.problem, &self.plan, &inputs, false)?;
+            let copy =
+                self.backend
+                    .build_call(&self.problem, &self.plan, &inputs, false, self.pattern)?;
             self.copies.push(copy);
         }
         Ok(())
@@ -552,6 +575,20 @@ impl Prepared for WgpuCall<'_> {
     fn flush_cache(&mut self) -> Result<()> {
         self.backend.ensure_flush()?;
         self.backend.flush_caches()
+    }
+
+    /// The call rebuilt with the pattern entry point (the same plan, dispatches, kept input
+    /// buffers and cache chunks; no fp8 table build), its rotation copies too.
+    fn pattern(&mut self) -> Result<bool> {
+        if !self.pattern {
+            self.pattern = true;
+            self.work =
+                self.backend
+                    .build_call(&self.problem, &self.plan, &self.inputs, true, true)?;
+            let rotation = std::mem::take(&mut self.rotation);
+            self.rotate(&rotation)?;
+        }
+        Ok(true)
     }
 
     fn read_back(&mut self) -> Result<Caches> {

@@ -379,7 +379,7 @@ impl Backend for WgpuBackend {
         self.gpu.check_errors()?;
         let plan = self.plan(problem)?;
         self.prepare_caches(&plan, problem, fill)?;
-        let work = self.build_call(problem, &plan, &inputs, true)?;
+        let work = self.build_call(problem, &plan, &inputs, true, false)?;
         Ok(Box::new(WgpuCall {
             backend: self,
             problem: *problem,
@@ -387,6 +387,8 @@ impl Backend for WgpuBackend {
             inputs,
             work,
             copies: Vec::new(),
+            rotation: Vec::new(),
+            pattern: false,
         }))
     }
 }

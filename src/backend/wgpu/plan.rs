@@ -339,6 +339,15 @@ impl Plan {
         }
     }
 
+    /// `--ceiling pattern`'s entry point: the 16-byte kernel's pattern twin, or the words
+    /// kernel itself (it serves auto caches only, and converts nothing).
+    pub fn pattern_entry_point(&self) -> &'static str {
+        match self.kernel.unit_kernel() {
+            Some(kernel) => kernel.pattern_entry,
+            None => "reshape_and_cache_words",
+        }
+    }
+
     /// The entry point that writes the caches.
     pub fn entry_point(&self, fp8: Fp8Path) -> &'static str {
         match self.kernel.unit_kernel() {
