@@ -75,6 +75,12 @@ pub enum Error {
     #[error("{backend} does not implement {what}")]
     Unsupported { backend: Kind, what: String },
 
+    /// A user's kernel (`--kernel FILE.cu`) that does not compile. The one error of more than
+    /// one line: `log` is the compiler's messages with the file's name and line numbers,
+    /// trimmed to a short block (the first lines that say what and where).
+    #[error("{file} does not compile:\n{log}")]
+    Compile { file: String, log: String },
+
     /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
     /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).
     #[error("CUDA error: {what}")]
