@@ -113,20 +113,37 @@ fn run(kernel: &UserKernel, binary: &Path, case: &Case, tag: &str) -> (Caches, C
     input.extend_from_slice(&(launch.block as u64).to_le_bytes());
     part(&mut input, inputs.key);
     part(&mut input, inputs.value);
-    let slots: Vec<u8> = inputs.slot_mapping.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let slots: Vec<u8> = inputs
+        .slot_mapping
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
     part(&mut input, &slots);
     let heads = if per_head { problem.num_heads } else { 1 };
     for scale in [&inputs.k_scale, &inputs.v_scale] {
-        let scales: Vec<u8> = (0..heads).flat_map(|h| scale.of_head(h).to_le_bytes()).collect();
+        let scales: Vec<u8> = (0..heads)
+            .flat_map(|h| scale.of_head(h).to_le_bytes())
+            .collect();
         part(&mut input, &scales);
     }
     part(&mut input, &data.initial.key);
     part(&mut input, &data.initial.value);
     let dir = binary.parent().unwrap();
-    let (in_path, out_path) = (dir.join(format!("{tag}.in")), dir.join(format!("{tag}.out")));
+    let (in_path, out_path) = (
+        dir.join(format!("{tag}.in")),
+        dir.join(format!("{tag}.out")),
+    );
     std::fs::write(&in_path, input).unwrap();
-    let ran = Command::new(binary).arg(&in_path).arg(&out_path).output().unwrap();
-    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let ran = Command::new(binary)
+        .arg(&in_path)
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     let out = std::fs::read(&out_path).unwrap();
     let bytes = problem.cache_bytes() as usize;
     assert_eq!(out.len(), 2 * bytes);

@@ -12,9 +12,19 @@ use super::problem;
 pub const EXAMPLE_PATH: &str = "examples/kernels/copy.cu";
 pub const EXAMPLE_ENTRY: &str = "copy_kv";
 
+/// The example's path: in the source tree the tests were built from, else (a test binary
+/// carried to a GPU machine) relative to the working directory.
+pub fn example_path() -> std::path::PathBuf {
+    let built = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(EXAMPLE_PATH);
+    if built.exists() {
+        built
+    } else {
+        EXAMPLE_PATH.into()
+    }
+}
+
 pub fn example_source() -> String {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(root.join(EXAMPLE_PATH)).expect("the example kernel")
+    std::fs::read_to_string(example_path()).expect("the example kernel")
 }
 
 /// `source` with `from` (which must occur exactly once) replaced by `to`.
@@ -55,7 +65,11 @@ pub fn example_cases() -> Vec<Case> {
                 let builder = problem()
                     .tokens(37)
                     .heads(4)
-                    .head_size(if cache_dtype == CacheDtype::Auto { 72 } else { 64 })
+                    .head_size(if cache_dtype == CacheDtype::Auto {
+                        72
+                    } else {
+                        64
+                    })
                     .dtype(dtype)
                     .cache_dtype(cache_dtype)
                     .layout(layout);
