@@ -167,13 +167,20 @@ __device__ __forceinline__ pkv_i64 pkv_cache_index(const PagedKvParams& p, pkv_i
            (slot % p.block_size) * p.cache_slot_stride + head * p.cache_head_stride;
 }
 
-// Element `index` of an input (or auto cache) of `dtype`, as float (exact for every dtype).
+// Element `index` of an input (or auto cache) of `dtype`, as float (exact for every dtype; a
+// NaN keeps its sign, which an fp8 code keeps too).
 __device__ __forceinline__ float pkv_load_float(const void* base, int dtype, pkv_i64 index) {
     if (dtype == PKV_FLOAT) return ((const float*)base)[index];
     const unsigned short bits = ((const unsigned short*)base)[index];
     if (dtype == PKV_BFLOAT16) return __uint_as_float((unsigned)bits << 16);
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));
+    // The conversion gives every NaN as the canonical (positive) one: put the sign and payload
+    // back, as the reference's conversion keeps them.
+    if (f != f) {
+        f = __uint_as_float(((unsigned)(bits & 0x8000u) << 16) | 0x7fc00000u |
+                            ((unsigned)(bits & 0x3ffu) << 13));
+    }
     return f;
 }
 

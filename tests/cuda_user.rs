@@ -376,7 +376,8 @@ fn run_child(name: &str) -> String {
 fn child_line<'a>(output: &'a str, tag: &str) -> &'a str {
     output
         .lines()
-        .find_map(|line| line.strip_prefix(tag))
+        // The harness prints the test's name on the same line, before the test's output.
+        .find_map(|line| line.find(tag).map(|at| &line[at + tag.len()..]))
         .unwrap_or_else(|| panic!("no {tag} in:\n{output}"))
 }
 

@@ -27,7 +27,8 @@ fn gxx_present() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// The header with its inline PTX (the half to float conversion) as host code.
+/// The header with its inline PTX (the half to float conversion) as host code that gives NaNs
+/// as the GPU does (`cvt.f32.f16` drops their sign).
 fn host_header() -> String {
     let ptx = r#"    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(bits));"#;
     assert_eq!(
@@ -35,7 +36,9 @@ fn host_header() -> String {
         1,
         "the header changed: update tests/cuda_user_host.rs"
     );
-    let host = user::HEADER.replace(ptx, "    f = half_to_float(bits);");
+    // As the GPU converts: every NaN becomes the canonical, positive one.
+    let gpu = "    f = half_to_float(bits); if (f != f) f = __uint_as_float(0x7fffffffu);";
+    let host = user::HEADER.replace(ptx, gpu);
     assert!(!host.contains("asm"), "more inline PTX in the header");
     host
 }

@@ -16,9 +16,12 @@
 //! after [`TIMEOUT`] is an error rather than a wait without end.
 //!
 //! A kernel that faults (an illegal address) poisons the CUDA context, which every CUDA
-//! backend of the process shares (the device's primary context): later calls of the built-in
-//! backend fail too, until every backend of the process has been dropped (see the tests in
-//! `tests/cuda_user.rs`, which verify users' kernels in a child process for that reason).
+//! backend of the process shares (the device's primary context): on an H100 the built-in
+//! backend's next call failed with `CUDA_ERROR_ILLEGAL_ADDRESS`, and so did opening a new
+//! backend after every backend had been dropped. Only a new process recovers: an integration
+//! that must survive a faulting kernel verifies it in a child process, as `tests/cuda_user.rs`
+//! does. A kernel that hangs cannot be stopped either; the timeout reports it, and the process
+//! should then end.
 
 use std::sync::Arc;
 use std::time::Duration;
