@@ -19,7 +19,7 @@ for line in sys.stdin:
         name = m["target"]["name"]
         name = "lib-tests" if name == "paged_kv_bench" and m["target"]["kind"] == ["lib"] else name
         # The GPU machine needs the library, backend and GPU-specific tests only.
-        if name not in ("lib-tests", "backends", "cuda", "wgpu"):
+        if name not in ("lib-tests", "backends", "cuda", "cuda_user", "wgpu"):
             continue
         shutil.copy(m["executable"], ".devbin/" + name)
         print(".devbin/" + name)

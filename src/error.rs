@@ -76,10 +76,12 @@ pub enum Error {
     #[error("{backend} does not implement {what}")]
     Unsupported { backend: String, what: String },
 
-    /// A user's kernel that does not compile: the compiler's diagnostics, one short block of
-    /// `FILE:LINE:COL: message` lines with the source line (the one error that spans lines).
-    #[error("{0}")]
-    Compile(String),
+    /// A user's kernel (`--kernel FILE.cu`, `--shader FILE.wgsl`) that does not compile. The
+    /// one error of more than one line: `log` is the compiler's messages (NVRTC's, naga's) with
+    /// the file's name and line numbers, trimmed to a short block (the first lines that say
+    /// what and where, with the source line).
+    #[error("{file} does not compile:\n{log}")]
+    Compile { file: String, log: String },
 
     /// A CUDA driver or NVRTC call failed while doing `what`; the driver's own error is the
     /// source (a [`crate::backend::cuda::DriverFailure`] carrying its result code).

@@ -29,10 +29,11 @@ use crate::workload::{CacheFill, Inputs, Scaling};
 mod call;
 mod ceilings;
 
-use call::{Args, CudaCall};
+use call::{Abi, Args, CudaCall, Kernel};
 mod compile;
 mod quiet_panics;
 mod shape;
+pub mod user;
 
 pub use shape::LaunchOverride;
 use shape::{DeviceLimits, InputStrides, Launch};
@@ -730,26 +731,8 @@ impl Backend for CudaBackend {
             self.limits,
             self.forced_launch,
         )?;
-        self.set_caches(problem.cache_bytes(), fill)?;
-        let value_scales = self.set_inputs(&inputs, problem.num_heads)?;
-        self.stream.synchronize().during("preparing the call")?;
-
+        let args = self.stage(problem, &inputs, fill)?;
         let this: &'a CudaBackend = self;
-        let caches = this.caches.as_ref().expect("set above");
-        let device = this.inputs.as_ref().expect("set above");
-        let stream = &this.stream;
-        let pointer = |slice: &CudaSlice<u8>| slice.device_ptr(stream).0;
-        let scales = device.scales.device_ptr(stream).0;
-        let args = Args {
-            key: pointer(&device.key),
-            value: pointer(&device.value),
-            key_cache: pointer(&caches.key),
-            value_cache: pointer(&caches.value),
-            slots: device.slots.device_ptr(stream).0,
-            k_scale: scales,
-            v_scale: scales + 4 * value_scales as u64,
-            params: launch.params,
-        };
         let index = kernel_index(
             problem.dtype,
             Encoding::of(problem.cache_dtype, scaling),
@@ -759,17 +742,60 @@ impl Backend for CudaBackend {
             backend: Kind::Cuda.name().into(),
             what: format!("{} caches", problem.cache_dtype),
         })?;
-        let function = &this.kernels.reshape[index];
+        let kernel = Kernel {
+            function: &this.kernels.reshape[index],
+            grid: launch.grid,
+            block: launch.threads,
+            abi: Abi::BuiltIn(launch.params),
+            programmatic: this.programmatic_launch,
+            label: "reshape_and_cache_flash".into(),
+            timeout: None,
+        };
         let pattern = pattern_index(problem.dtype, problem.cache_dtype.is_fp8(), launch.vector)
             .map(|index| {
-                (
-                    &this.kernels.pattern[index],
-                    pattern_launch(&launch, this.limits),
-                )
+                let pattern = pattern_launch(&launch, this.limits);
+                Kernel {
+                    function: &this.kernels.pattern[index],
+                    grid: pattern.grid,
+                    block: pattern.threads,
+                    abi: Abi::BuiltIn(pattern.params),
+                    programmatic: this.programmatic_launch,
+                    label: "the pattern kernel".into(),
+                    timeout: None,
+                }
             });
         Ok(Box::new(CudaCall::new(
-            this, *problem, function, launch, args, pattern,
+            this, *problem, kernel, args, pattern,
         )))
+    }
+}
+
+impl CudaBackend {
+    /// What every call's `prepare` does before choosing its kernel (the built-in ones and
+    /// users'): the caches filled, the inputs uploaded, and their device addresses.
+    fn stage(
+        &mut self,
+        problem: &Problem,
+        inputs: &Inputs<'_>,
+        fill: CacheFill<'_>,
+    ) -> Result<Args> {
+        self.set_caches(problem.cache_bytes(), fill)?;
+        let value_scales = self.set_inputs(inputs, problem.num_heads)?;
+        self.stream.synchronize().during("preparing the call")?;
+        let caches = self.caches.as_ref().expect("set above");
+        let device = self.inputs.as_ref().expect("set above");
+        let stream = &self.stream;
+        let pointer = |slice: &CudaSlice<u8>| slice.device_ptr(stream).0;
+        let scales = device.scales.device_ptr(stream).0;
+        Ok(Args {
+            key: pointer(&device.key),
+            value: pointer(&device.value),
+            key_cache: pointer(&caches.key),
+            value_cache: pointer(&caches.value),
+            slots: device.slots.device_ptr(stream).0,
+            k_scale: scales,
+            v_scale: scales + 4 * value_scales as u64,
+        })
     }
 }
 

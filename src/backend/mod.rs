@@ -341,14 +341,12 @@ pub fn open_user(kernel: &UserKernel, options: &Options) -> Result<Box<dyn Backe
     match kernel.language {
         #[cfg(feature = "wgpu")]
         Language::Wgsl => Ok(Box::new(wgpu::user::UserShader::open(kernel, options)?)),
-        // wired to cuda::user::open when merged
+        #[cfg(feature = "cuda")]
+        Language::Cuda => cuda::user::open(kernel, options),
+        #[cfg(not(feature = "cuda"))]
         Language::Cuda => Err(Error::Unavailable {
             backend: Kind::Cuda,
-            reason: format!(
-                "{} {}: CUDA kernels of your own are not supported by this build yet",
-                kernel.language.flag(),
-                kernel.file_name()
-            ),
+            reason: "this binary was built without the `cuda` feature".into(),
         }),
         #[cfg(not(feature = "wgpu"))]
         Language::Wgsl => Err(Error::Unavailable {

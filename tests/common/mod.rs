@@ -9,6 +9,7 @@
 
 pub mod faulty;
 pub mod recording;
+pub mod user_kernels;
 
 use paged_kv_bench::problem::{CacheDtype, Dtype, InputStrides, Layout, Problem};
 

@@ -1,14 +1,19 @@
 //! One prepared call on the device: its launches (plain, programmatic, or replayed from a
 //! captured graph, as `Options::mode` says), and the primitives the timing protocol drives.
+//! The built-in kernels and users' kernels (`--kernel`) share all of it: a [`Kernel`] says
+//! which function a call launches, in what grid, and how it takes its arguments.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use cudarc::driver::result::DriverError;
 use cudarc::driver::sys::{self, CUstreamCaptureMode};
 use cudarc::driver::{
     CudaFunction, CudaGraph, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 
-use super::shape::{self, Launch};
+use super::shape;
+use super::user::PagedKvParams;
 use super::{Context, CudaBackend, FLUSH_BYTES, GRAPH_BATCH_CALLS};
 use crate::backend::Prepared;
 use crate::error::{Error, Result};
@@ -16,7 +21,7 @@ use crate::options::Mode;
 use crate::problem::Problem;
 use crate::workload::Caches;
 
-/// The kernel's arguments, in its parameter order.
+/// The device buffers of one call (rotation gives each copy of the inputs its own set).
 #[derive(Clone)]
 pub(super) struct Args {
     pub(super) key: u64,
@@ -26,14 +31,37 @@ pub(super) struct Args {
     pub(super) slots: u64,
     pub(super) k_scale: u64,
     pub(super) v_scale: u64,
-    pub(super) params: shape::Params,
+}
+
+/// How a kernel takes its arguments.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Abi {
+    /// The built-in kernels: the seven pointers of [`Args`] in order, then `shape::Params`.
+    BuiltIn(shape::Params),
+    /// A user's kernel: one `PagedKvParams` by value, into which each set's pointers go.
+    User(PagedKvParams),
+}
+
+/// Which kernel a call launches, and how.
+pub(super) struct Kernel<'a> {
+    pub(super) function: &'a CudaFunction,
+    pub(super) grid: (u32, u32, u32),
+    pub(super) block: u32,
+    pub(super) abi: Abi,
+    /// Launch with programmatic dependent launch: only for kernels that wait for the previous
+    /// grid themselves (`griddepcontrol.wait`), as the built-in ones do.
+    pub(super) programmatic: bool,
+    /// The kernel in error messages: `reshape_and_cache_flash`, or a user's kernel and file.
+    pub(super) label: String,
+    /// A call not finished after this long is an error rather than a wait without end (users'
+    /// kernels, which may hang); `None` waits as long as it takes.
+    pub(super) timeout: Option<Duration>,
 }
 
 pub(super) struct CudaCall<'a> {
     backend: &'a CudaBackend,
     problem: Problem,
-    function: &'a CudaFunction,
-    launch: Launch,
+    kernel: Kernel<'a>,
     /// The call's own arguments first, then one per rotation copy.
     sets: Vec<Args>,
     /// The buffers of the rotation copies, freed with the call.
@@ -45,7 +73,7 @@ pub(super) struct CudaCall<'a> {
     batch: Option<CudaGraph>,
     /// `--ceiling pattern`: the pattern kernel and its launch, until [`Prepared::pattern`]
     /// swaps them in.
-    pattern: Option<(&'a CudaFunction, Launch)>,
+    pattern: Option<Kernel<'a>>,
     /// Whether the pattern kernel has taken the call's place.
     patterned: bool,
 }
@@ -58,20 +86,18 @@ struct RotationBuffers {
 }
 
 impl<'a> CudaCall<'a> {
-    /// A call of `problem` with kernel `function` cut as `launch`, on `args`' buffers.
+    /// A call of `problem` launching `kernel` on `args`' buffers.
     pub(super) fn new(
         backend: &'a CudaBackend,
         problem: Problem,
-        function: &'a CudaFunction,
-        launch: Launch,
+        kernel: Kernel<'a>,
         args: Args,
-        pattern: Option<(&'a CudaFunction, Launch)>,
+        pattern: Option<Kernel<'a>>,
     ) -> Self {
         Self {
             backend,
             problem,
-            function,
-            launch,
+            kernel,
             sets: vec![args],
             rotation: None,
             single: None,
@@ -89,16 +115,30 @@ impl CudaCall<'_> {
 
     /// Enqueues one call with the given buffers.
     fn enqueue_with(&self, args: &Args) -> Result<()> {
+        let kernel = &self.kernel;
         let config = LaunchConfig {
-            grid_dim: self.launch.grid,
-            block_dim: (self.launch.threads, 1, 1),
+            grid_dim: kernel.grid,
+            block_dim: (kernel.block, 1, 1),
             shared_mem_bytes: 0,
         };
-        if self.backend.programmatic_launch {
-            return self.enqueue_programmatic(args, config);
+        let params = match kernel.abi {
+            Abi::BuiltIn(params) => params,
+            Abi::User(template) => {
+                let params = template.with_buffers(args);
+                let mut launch = self.stream().launch_builder(kernel.function);
+                launch.arg(&params);
+                // SAFETY: the parameter block's pointers are live buffers of the sizes its
+                // fields describe (set up in `prepare` or `rotate`); the kernel's signature is
+                // the one the contract's header declares for it.
+                unsafe { launch.launch(config) }.during(&format!("launching {}", kernel.label))?;
+                return Ok(());
+            }
+        };
+        if kernel.programmatic {
+            return self.enqueue_programmatic(args, &params, config);
         }
         let a = args;
-        let mut launch = self.stream().launch_builder(self.function);
+        let mut launch = self.stream().launch_builder(kernel.function);
         launch
             .arg(&a.key)
             .arg(&a.value)
@@ -107,7 +147,7 @@ impl CudaCall<'_> {
             .arg(&a.slots)
             .arg(&a.k_scale)
             .arg(&a.v_scale)
-            .arg(&a.params);
+            .arg(&params);
         // SAFETY: the pointers are live buffers of the sizes `params` describes (set up in
         // `prepare` or `rotate`, owned by the backend this call borrows or by the call).
         unsafe { launch.launch(config) }.during("launching reshape_and_cache_flash")?;
@@ -116,7 +156,12 @@ impl CudaCall<'_> {
 
     /// One call through `cuLaunchKernelEx` with programmatic stream serialization allowed
     /// (cudarc's launch builder takes no launch attributes).
-    fn enqueue_programmatic(&self, a: &Args, config: LaunchConfig) -> Result<()> {
+    fn enqueue_programmatic(
+        &self,
+        a: &Args,
+        params: &shape::Params,
+        config: LaunchConfig,
+    ) -> Result<()> {
         let stream = self.stream();
         self.backend
             .ctx
@@ -147,7 +192,7 @@ impl CudaCall<'_> {
             &a.slots as *const u64 as *mut _,
             &a.k_scale as *const u64 as *mut _,
             &a.v_scale as *const u64 as *mut _,
-            &a.params as *const shape::Params as *mut _,
+            params as *const shape::Params as *mut _,
         ];
         // SAFETY: the parameter array points at live values of the kernel's parameter types,
         // in its order (the driver copies them before returning); the pointers inside are live
@@ -155,7 +200,7 @@ impl CudaCall<'_> {
         unsafe {
             sys::cuLaunchKernelEx(
                 &launch_config,
-                self.function.cu_function(),
+                self.kernel.function.cu_function(),
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
@@ -164,10 +209,61 @@ impl CudaCall<'_> {
         .during("launching reshape_and_cache_flash (programmatic dependent launch)")
     }
 
+    /// Waits until everything enqueued has finished: as long as it takes, or for a kernel with
+    /// a timeout, polling until then.
     fn synchronize(&self) -> Result<()> {
-        self.stream()
-            .synchronize()
-            .during("running reshape_and_cache_flash")
+        let stream = self.stream();
+        if self.kernel.timeout.is_none() {
+            return stream
+                .synchronize()
+                .during(&format!("running {}", self.kernel.label));
+        }
+        // SAFETY: the stream is live; the query only reads its state.
+        self.poll(|| unsafe { sys::cuStreamQuery(stream.cu_stream()) }.result())
+    }
+
+    /// Polls `query` (a stream or event query: `Ok` when done, `CUDA_ERROR_NOT_READY` while
+    /// not) until it is done, fails, or the kernel's timeout passes. It spins for the first
+    /// millisecond (most calls take microseconds, and the latency is timed around this wait),
+    /// then sleeps between polls.
+    fn poll(&self, query: impl Fn() -> std::result::Result<(), DriverError>) -> Result<()> {
+        let kernel = &self.kernel;
+        let timeout = kernel.timeout.unwrap_or(Duration::MAX);
+        self.backend
+            .ctx
+            .bind_to_thread()
+            .during("binding the context")?;
+        let start = Instant::now();
+        loop {
+            match query() {
+                Ok(()) => return Ok(()),
+                Err(DriverError(sys::CUresult::CUDA_ERROR_NOT_READY)) => {}
+                Err(error) => {
+                    return Err(error).during(&format!(
+                        "running {} (a fault leaves the GPU context unusable: every later CUDA \
+                         call of this process fails)",
+                        kernel.label
+                    ))
+                }
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(Error::Cuda {
+                    what: format!("running {}", kernel.label),
+                    source: format!(
+                        "not finished after {} s (timed out); CUDA cannot stop a running kernel, \
+                         so the GPU stays busy until this process ends",
+                        timeout.as_secs()
+                    )
+                    .into(),
+                });
+            }
+            if waited < Duration::from_millis(1) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
     }
 
     /// A graph holding `calls` back-to-back calls that cycle through `sets`, uploaded.
@@ -324,6 +420,10 @@ impl Prepared for CudaCall<'_> {
         start.record(&stream).during("recording an event")?;
         self.enqueue_batch(calls)?;
         end.record(&stream).during("recording an event")?;
+        if self.kernel.timeout.is_some() {
+            // SAFETY: the event is live and recorded; the query only reads its state.
+            self.poll(|| unsafe { cudarc::driver::result::event::query(end.cu_event()) })?;
+        }
         let ms = start.elapsed_ms(&end).during("timing calls")? as f64;
         Ok(ms * 1000.0)
     }
@@ -366,15 +466,11 @@ impl Prepared for CudaCall<'_> {
         if self.patterned {
             return Ok(true);
         }
-        let Some((function, launch)) = self.pattern.take() else {
+        let Some(kernel) = self.pattern.take() else {
             return Ok(false);
         };
         self.patterned = true;
-        self.function = function;
-        self.launch = launch;
-        for set in &mut self.sets {
-            set.params = launch.params;
-        }
+        self.kernel = kernel;
         self.single = None;
         self.batch = None;
         Ok(true)

@@ -306,7 +306,10 @@ fn front_end(kernel: &UserKernel) -> Result<(naga::Module, String, u32, Vec<u32>
             .labels()
             .map(|(span, label)| (span, label.to_string()))
             .collect();
-        Error::Compile(diagnostic(&file, &source, kernel, error.message(), &labels))
+        Error::Compile {
+            file: file.clone(),
+            log: diagnostic(&file, &source, kernel, error.message(), &labels),
+        }
     })?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -322,7 +325,10 @@ fn front_end(kernel: &UserKernel) -> Result<(naga::Module, String, u32, Vec<u32>
             message.push_str(&inner.to_string());
             cause = inner.source();
         }
-        Error::Compile(diagnostic(&file, &source, kernel, &message, &labels))
+        Error::Compile {
+            file: file.clone(),
+            log: diagnostic(&file, &source, kernel, &message, &labels),
+        }
     })?;
     let entry = &kernel.directives.entry;
     let Some(index) = module
