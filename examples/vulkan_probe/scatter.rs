@@ -329,7 +329,7 @@ impl Inputs {
         let k = own_buffer(ctx, bytes, g, false, None)?;
         let v = own_buffer(ctx, bytes, g, false, None)?;
         let slots = own_buffer(ctx, max_tokens as u64 * 4, g, false, None)?;
-        let staging_bytes = (check_tokens as u64 * g.row).max(max_tokens as u64 * 4).max(64 * 1024);
+        let staging_bytes = (check_tokens.max(66) as u64 * g.row).max(max_tokens as u64 * 4).max(64 * 1024);
         let staging = ctx.host_buffer(staging_bytes, vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST)?;
         let me = Self { k, v, slots, staging, rows: max_tokens as u64 };
         ctx.run(0, |cb, _| unsafe {
