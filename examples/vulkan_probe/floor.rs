@@ -25,9 +25,24 @@ enum Kind {
 const RAW_VARIANTS: [(&str, Kind, bool, bool); 5] = [
     ("empty, no barrier", Kind::Empty, false, false),
     ("empty, barrier between", Kind::Empty, true, false),
-    ("write 16 B same buffer, barrier (wgpu's)", Kind::Write, true, false),
-    ("write 16 B same buffer, no barrier", Kind::Write, false, false),
-    ("write 16 B own buffers, no barrier", Kind::Write, false, true),
+    (
+        "write 16 B same buffer, barrier (wgpu's)",
+        Kind::Write,
+        true,
+        false,
+    ),
+    (
+        "write 16 B same buffer, no barrier",
+        Kind::Write,
+        false,
+        false,
+    ),
+    (
+        "write 16 B own buffers, no barrier",
+        Kind::Write,
+        false,
+        true,
+    ),
 ];
 
 /// Raw Vulkan chains of `n` dispatches for each variant.
@@ -48,7 +63,13 @@ pub fn raw(ctx: &Ctx, ns: &[u32], reps: u32) -> Result<Vec<FloorRow>> {
     let pool = ctx.descriptor_pool(&write, max_n)?;
     let sets: Vec<vk::DescriptorSet> = bufs
         .iter()
-        .map(|&(b, _)| ctx.descriptor_set(pool, &write, &[(0, vk::DescriptorType::STORAGE_BUFFER, b, 0, 256)]))
+        .map(|&(b, _)| {
+            ctx.descriptor_set(
+                pool,
+                &write,
+                &[(0, vk::DescriptorType::STORAGE_BUFFER, b, 0, 256)],
+            )
+        })
         .collect::<Result<_>>()?;
     let mut rows = vec![];
     for &n in ns {
@@ -63,7 +84,14 @@ pub fn raw(ctx: &Ctx, ns: &[u32], reps: u32) -> Result<Vec<FloorRow>> {
                     for i in 0..n {
                         if kind == Kind::Write && (i == 0 || own) {
                             let set = sets[if own { i as usize } else { 0 }];
-                            d.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, p.layout, 0, &[set], &[]);
+                            d.cmd_bind_descriptor_sets(
+                                cb,
+                                vk::PipelineBindPoint::COMPUTE,
+                                p.layout,
+                                0,
+                                &[set],
+                                &[],
+                            );
                         }
                         if barrier && i > 0 {
                             ctx.barrier(cb);
@@ -76,7 +104,13 @@ pub fn raw(ctx: &Ctx, ns: &[u32], reps: u32) -> Result<Vec<FloorRow>> {
             let mut chain: Vec<f64> = ts.chunks(2).map(|c| c[1] - c[0]).collect();
             chain.sort_by(f64::total_cmp);
             let med = chain[chain.len() / 2] / 1e3;
-            rows.push(FloorRow { api: "vulkan", variant: name, n, chain_us: med, per_dispatch_us: med / n as f64 });
+            rows.push(FloorRow {
+                api: "vulkan",
+                variant: name,
+                n,
+                chain_us: med,
+                per_dispatch_us: med / n as f64,
+            });
         }
     }
     unsafe {
@@ -95,7 +129,8 @@ pub fn raw(ctx: &Ctx, ns: &[u32], reps: u32) -> Result<Vec<FloorRow>> {
 /// wgpu records a barrier between dispatches that write the same buffer, none for the empty
 /// shader or for dispatches on different buffers.
 pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
     let adapter = adapters
         .iter()
@@ -107,7 +142,12 @@ pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
         required_features: wgpu::Features::TIMESTAMP_QUERY,
         ..Default::default()
     }))?;
-    let module = |src: String| device.create_shader_module(wgpu::ShaderModuleDescriptor { label: None, source: wgpu::ShaderSource::Wgsl(src.into()) });
+    let module = |src: String| {
+        device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        })
+    };
     let pipe = |m: &wgpu::ShaderModule| {
         device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: None,
@@ -124,16 +164,28 @@ pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
     let layout = write.get_bind_group_layout(0);
     let groups: Vec<wgpu::BindGroup> = (0..max_n)
         .map(|_| {
-            let b = device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 256, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+            let b = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
             device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: None,
                 layout: &layout,
-                entries: &[wgpu::BindGroupEntry { binding: 0, resource: b.as_entire_binding() }],
+                entries: &[wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: b.as_entire_binding(),
+                }],
             })
         })
         .collect();
     let q = 2 * reps;
-    let qs = device.create_query_set(&wgpu::QuerySetDescriptor { label: None, ty: wgpu::QueryType::Timestamp, count: q });
+    let qs = device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: None,
+        ty: wgpu::QueryType::Timestamp,
+        count: q,
+    });
     let resolve = device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: q as u64 * 8,
@@ -147,8 +199,11 @@ pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
         mapped_at_creation: false,
     });
     let period = queue.get_timestamp_period() as f64;
-    let variants: [(&str, Option<bool>); 3] =
-        [("empty", None), ("write 16 B same buffer (wgpu barriers)", Some(false)), ("write 16 B own buffers", Some(true))];
+    let variants: [(&str, Option<bool>); 3] = [
+        ("empty", None),
+        ("write 16 B same buffer (wgpu barriers)", Some(false)),
+        ("write 16 B own buffers", Some(true)),
+    ];
     let mut rows = vec![];
     for &n in ns {
         for (name, write_own) in variants {
@@ -177,14 +232,31 @@ pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
             queue.submit([enc.finish()]);
             read.slice(..).map_async(wgpu::MapMode::Read, |_| {});
             device.poll(wgpu::PollType::wait_indefinitely())?;
-            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(&read.slice(..).get_mapped_range().map_err(|e| anyhow!("map: {e:?}"))?);
+            let ts: Vec<u64> = bytemuck::pod_collect_to_vec(
+                &read
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| anyhow!("map: {e:?}"))?,
+            );
             read.unmap();
-            let chain: Vec<f64> = ts.chunks(2).map(|c| c[1].wrapping_sub(c[0]) as f64 * period).collect();
+            let chain: Vec<f64> = ts
+                .chunks(2)
+                .map(|c| c[1].wrapping_sub(c[0]) as f64 * period)
+                .collect();
             let mut c = chain;
             c.sort_by(f64::total_cmp);
             let med = c[c.len() / 2] / 1e3;
-            rows.push(FloorRow { api: "wgpu", variant: name, n, chain_us: med, per_dispatch_us: med / n as f64 });
+            rows.push(FloorRow {
+                api: "wgpu",
+                variant: name,
+                n,
+                chain_us: med,
+                per_dispatch_us: med / n as f64,
+            });
         }
     }
-    Ok((format!("{} ({:?}, {})", info.name, info.backend, info.driver_info), rows))
+    Ok((
+        format!("{} ({:?}, {})", info.name, info.backend, info.driver_info),
+        rows,
+    ))
 }

@@ -33,7 +33,9 @@ use std::process::ExitCode;
 const MIB: u64 = 1 << 20;
 
 #[derive(Parser, Debug)]
-#[command(about = "Raw Vulkan allocation probe for the WGSL path's large-cache slowdown (issue 15)")]
+#[command(
+    about = "Raw Vulkan allocation probe for the WGSL path's large-cache slowdown (issue 15)"
+)]
 struct Args {
     /// Bytes per token row (128 heads x 128 x 2 bytes = 32768); a multiple of 16.
     #[arg(long, default_value_t = 32768)]
@@ -115,7 +117,9 @@ fn geometry(args: &Args, f: &vk::Facts) -> Result<Geometry> {
         bail!("--row-bytes must be a positive multiple of 16");
     }
     let block = 16 * args.row_bytes;
-    let alloc_cap = f.max_memory_allocation_size.min(f.max_buffer_size.unwrap_or(u64::MAX));
+    let alloc_cap = f
+        .max_memory_allocation_size
+        .min(f.max_buffer_size.unwrap_or(u64::MAX));
     let big = match args.big_mib {
         Some(m) => m * MIB,
         None => alloc_cap / (2 * MIB) * (2 * MIB),
@@ -130,21 +134,19 @@ fn geometry(args: &Args, f: &vk::Facts) -> Result<Geometry> {
     if window % f.min_storage_offset_alignment != 0 {
         bail!("window of {window} bytes is not a multiple of minStorageBufferOffsetAlignment");
     }
-    Ok(Geometry { row: args.row_bytes, window, big, memory_type: args.memory_type })
+    Ok(Geometry {
+        row: args.row_bytes,
+        window,
+        big,
+        memory_type: args.memory_type,
+    })
 }
 
 fn print_row(csv: &mut Csv, r: &Row, copy_gbs: f64) {
     let pct = 100.0 * r.gbs / copy_gbs;
     println!(
         "| {:<44} | {:>7} | {:>6} | {:>10.2} | {:>10.2} | {:>8.1} | {:>6.1} | {} |",
-        r.strategy,
-        r.cache_mib,
-        r.tokens,
-        r.median_us,
-        r.min_us,
-        r.gbs,
-        pct,
-        r.note
+        r.strategy, r.cache_mib, r.tokens, r.median_us, r.min_us, r.gbs, pct, r.note
     );
     csv.line(&format!(
         "scatter,{},{},{},{:.3},{:.3},{:.2},{:.2},{}",
@@ -161,9 +163,15 @@ fn print_row(csv: &mut Csv, r: &Row, copy_gbs: f64) {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let strategies: Vec<Strategy> = args.strategies.iter().map(|s| Strategy::parse(s)).collect::<Result<_>>()?;
+    let strategies: Vec<Strategy> = args
+        .strategies
+        .iter()
+        .map(|s| Strategy::parse(s))
+        .collect::<Result<_>>()?;
     let mut csv = Csv(match &args.out {
-        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?),
+        Some(p) => {
+            Some(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None => None,
     });
     csv.line("experiment,strategy_or_api,cache_mib_or_variant,tokens_or_n,median_us,min_us_or_per_dispatch_us,gbs,pct_copy,note");
@@ -178,14 +186,28 @@ fn run(args: &Args) -> Result<()> {
         g.window / g.row,
         g.big / MIB
     );
-    csv.line(&format!("device,{},,,,,,,{}", base.facts.name.replace(',', ";"), base.facts.driver.replace(',', ";")));
+    csv.line(&format!(
+        "device,{},,,,,,,{}",
+        base.facts.name.replace(',', ";"),
+        base.facts.driver.replace(',', ";")
+    ));
 
     if !args.no_floor {
         println!("## 3a. Small-call floor, raw Vulkan (chain of N 1-workgroup dispatches between two timestamps)\n");
         println!("| variant | N | chain us | per dispatch us |\n|---|---|---|---|");
         for r in floor::raw(&base, &args.floor_n, args.floor_reps)? {
-            println!("| {} | {} | {:.3} | {:.4} |", r.variant, r.n, r.chain_us, r.per_dispatch_us);
-            csv.line(&format!("floor,{},{},{},{:.4},{:.5},,,", r.api, r.variant.replace(',', ";"), r.n, r.chain_us, r.per_dispatch_us));
+            println!(
+                "| {} | {} | {:.3} | {:.4} |",
+                r.variant, r.n, r.chain_us, r.per_dispatch_us
+            );
+            csv.line(&format!(
+                "floor,{},{},{},{:.4},{:.5},,,",
+                r.api,
+                r.variant.replace(',', ";"),
+                r.n,
+                r.chain_us,
+                r.per_dispatch_us
+            ));
         }
         println!();
     }
@@ -194,25 +216,45 @@ fn run(args: &Args) -> Result<()> {
         drop(base);
         return wgpu_floor(args, &mut csv);
     }
-    let copy_g = Geometry { big: args.copy_mib.map_or(g.big, |m| m * MIB), ..g };
+    let copy_g = Geometry {
+        big: args.copy_mib.map_or(g.big, |m| m * MIB),
+        ..g
+    };
     let copy = scatter::copy_reference(&base, &copy_g, args.calls.max(10))?;
     println!(
         "## 2. Scatter\n\ncopy reference: 2 x {} MiB, {:.2} us median, {:.1} GB/s (read + write)\n",
         copy.cache_mib, copy.median_us, copy.gbs
     );
-    csv.line(&format!("copy,copy,{},0,{:.3},{:.3},{:.2},100,{}", copy.cache_mib, copy.median_us, copy.min_us, copy.gbs, copy.note));
+    csv.line(&format!(
+        "copy,copy,{},0,{:.3},{:.3},{:.2},100,{}",
+        copy.cache_mib, copy.median_us, copy.min_us, copy.gbs, copy.note
+    ));
     println!("| strategy | cache MiB | T | median us | min us | GB/s | % copy | note |\n|---|---|---|---|---|---|---|---|");
     let max_t = *args.tokens.iter().max().unwrap_or(&1);
     let check = args.check_tokens.min(max_t);
 
     let mut device_runs: Vec<(vk::DeviceOptions, Vec<Strategy>)> = vec![(
         vk::DeviceOptions::default(),
-        strategies.iter().copied().filter(|s| !matches!(s, Strategy::F | Strategy::F0)).collect(),
+        strategies
+            .iter()
+            .copied()
+            .filter(|s| !matches!(s, Strategy::F | Strategy::F0))
+            .collect(),
     )];
-    let extra: Vec<Strategy> = strategies.iter().copied().filter(|s| matches!(s, Strategy::F | Strategy::F0)).collect();
+    let extra: Vec<Strategy> = strategies
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, Strategy::F | Strategy::F0))
+        .collect();
     if !extra.is_empty() {
         if base.facts.has_memory_priority && base.facts.has_pageable {
-            device_runs.push((vk::DeviceOptions { memory_priority: true, pageable: true }, extra));
+            device_runs.push((
+                vk::DeviceOptions {
+                    memory_priority: true,
+                    pageable: true,
+                },
+                extra,
+            ));
         } else {
             println!("| f, f0: skipped: VK_EXT_memory_priority / VK_EXT_pageable_device_local_memory missing |||||||");
             csv.line("scatter,f,,,,,,,skipped: extensions missing");
@@ -233,16 +275,38 @@ fn run(args: &Args) -> Result<()> {
         let inputs = Inputs::new(&ctx, &g, max_t, check)?;
         for &s in &list {
             if s == Strategy::W && g.big > ctx.facts.max_storage_buffer_range as u64 {
-                println!("| {} | skipped: big buffer {} MiB > maxStorageBufferRange |||||||", s.name(), g.big / MIB);
-                csv.line(&format!("scatter,{},,,,,,,skipped: big buffer above maxStorageBufferRange", s.tag()));
+                println!(
+                    "| {} | skipped: big buffer {} MiB > maxStorageBufferRange |||||||",
+                    s.name(),
+                    g.big / MIB
+                );
+                csv.line(&format!(
+                    "scatter,{},,,,,,,skipped: big buffer above maxStorageBufferRange",
+                    s.tag()
+                ));
                 continue;
             }
             for &c in &args.cache_mib {
                 let mut log = |r: Row| print_row(&mut csv, &r, copy.gbs);
-                if let Err(e) = scatter::run_strategy(&ctx, &inputs, s, c * MIB, &args.tokens, &g, args.calls, check, &mut log) {
+                if let Err(e) = scatter::run_strategy(
+                    &ctx,
+                    &inputs,
+                    s,
+                    c * MIB,
+                    &args.tokens,
+                    &g,
+                    args.calls,
+                    check,
+                    &mut log,
+                ) {
                     let msg = format!("{e:#}");
                     println!("| {} | {} | | failed: {} |||||", s.name(), c, msg);
-                    csv.line(&format!("scatter,{},{},,,,,,failed: {}", s.tag(), c, msg.replace(',', ";")));
+                    csv.line(&format!(
+                        "scatter,{},{},,,,,,failed: {}",
+                        s.tag(),
+                        c,
+                        msg.replace(',', ";")
+                    ));
                     if msg.contains("check failed") || msg.contains("device lost") {
                         inputs.free(&ctx);
                         bail!("{msg}");
@@ -264,8 +328,18 @@ fn wgpu_floor(args: &Args, csv: &mut Csv) -> Result<()> {
     println!("## 3b. Small-call floor through wgpu ({name}): one compute pass, pass-boundary timestamps\n");
     println!("| variant | N | pass us | per dispatch us |\n|---|---|---|---|");
     for r in rows {
-        println!("| {} | {} | {:.3} | {:.4} |", r.variant, r.n, r.chain_us, r.per_dispatch_us);
-        csv.line(&format!("floor,{},{},{},{:.4},{:.5},,,", r.api, r.variant.replace(',', ";"), r.n, r.chain_us, r.per_dispatch_us));
+        println!(
+            "| {} | {} | {:.3} | {:.4} |",
+            r.variant, r.n, r.chain_us, r.per_dispatch_us
+        );
+        csv.line(&format!(
+            "floor,{},{},{},{:.4},{:.5},,,",
+            r.api,
+            r.variant.replace(',', ";"),
+            r.n,
+            r.chain_us,
+            r.per_dispatch_us
+        ));
     }
     Ok(())
 }

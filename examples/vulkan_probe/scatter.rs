@@ -106,7 +106,13 @@ fn device_type(ctx: &Ctx, bits: u32, g: &Geometry) -> Result<u32> {
 }
 
 /// A buffer of `size` bytes with memory of its own (dedicated / prioritised on request).
-fn own_buffer(ctx: &Ctx, size: u64, g: &Geometry, dedicated: bool, priority: Option<f32>) -> Result<(vk::Buffer, vk::DeviceMemory)> {
+fn own_buffer(
+    ctx: &Ctx,
+    size: u64,
+    g: &Geometry,
+    dedicated: bool,
+    priority: Option<f32>,
+) -> Result<(vk::Buffer, vk::DeviceMemory)> {
     let b = ctx.create_buffer(size, USAGE)?;
     let req = ctx.requirements(b);
     let t = device_type(ctx, req.memory_type_bits, g)?;
@@ -124,7 +130,11 @@ fn own_buffer(ctx: &Ctx, size: u64, g: &Geometry, dedicated: bool, priority: Opt
 
 /// Allocates one cache of `bytes` under strategy `s`; returns the windows for the bindings.
 fn allocate_cache(ctx: &Ctx, s: Strategy, bytes: u64, g: &Geometry) -> Result<Cache> {
-    let mut c = Cache { windows: vec![], buffers: vec![], memories: vec![] };
+    let mut c = Cache {
+        windows: vec![],
+        buffers: vec![],
+        memories: vec![],
+    };
     let result = (|| -> Result<()> {
         match s {
             Strategy::A | Strategy::D | Strategy::F | Strategy::F0 => {
@@ -140,7 +150,11 @@ fn allocate_cache(ctx: &Ctx, s: Strategy, bytes: u64, g: &Geometry) -> Result<Ca
                 }
             }
             Strategy::B | Strategy::W => {
-                let per = if s == Strategy::W { g.big } else { (g.big / g.window) * g.window };
+                let per = if s == Strategy::W {
+                    g.big
+                } else {
+                    (g.big / g.window) * g.window
+                };
                 let win = if s == Strategy::W { g.big } else { g.window };
                 let mut off = 0;
                 while off < bytes {
@@ -169,10 +183,19 @@ fn allocate_cache(ctx: &Ctx, s: Strategy, bytes: u64, g: &Geometry) -> Result<Ca
                 }
                 let req = ctx.requirements(bufs[0].0);
                 if g.window % req.alignment != 0 {
-                    bail!("window {} not a multiple of alignment {}", g.window, req.alignment);
+                    bail!(
+                        "window {} not a multiple of alignment {}",
+                        g.window,
+                        req.alignment
+                    );
                 }
                 let t = device_type(ctx, req.memory_type_bits, g)?;
-                let m = ctx.allocate(bytes.next_multiple_of(req.alignment.max(2 * MIB)), t, None, None)?;
+                let m = ctx.allocate(
+                    bytes.next_multiple_of(req.alignment.max(2 * MIB)),
+                    t,
+                    None,
+                    None,
+                )?;
                 c.memories.push(m);
                 for (b, o, n) in bufs {
                     ctx.bind(b, m, o)?;
@@ -218,7 +241,12 @@ fn dispatch(ctx: &Ctx, cb: vk::CommandBuffer, total: u64) {
 
 /// Records `warm` untimed and `n` timed calls of `call`, each followed by a barrier and a
 /// timestamp, in one command buffer; returns the per-call (median, min) in ns.
-fn time_calls(ctx: &Ctx, warm: u32, n: u32, call: impl Fn(vk::CommandBuffer)) -> Result<(f64, f64)> {
+fn time_calls(
+    ctx: &Ctx,
+    warm: u32,
+    n: u32,
+    call: impl Fn(vk::CommandBuffer),
+) -> Result<(f64, f64)> {
     let ts = ctx.run(n + 1, |cb, qp| {
         for _ in 0..warm {
             call(cb);
@@ -245,14 +273,22 @@ pub fn copy_reference(ctx: &Ctx, g: &Geometry, calls: u32) -> Result<Row> {
     let pipe = ctx.pipeline(&shaders::spirv(&shaders::copy())?, &[1, 2], Some(0))?;
     let (src, sm) = own_buffer(ctx, g.big, g, false, None)?;
     let (dst, dm) = own_buffer(ctx, g.big, g, false, None)?;
-    let win = (ctx.facts.max_storage_buffer_range as u64 / MIB * MIB).min(g.window).min(g.big);
+    let win = (ctx.facts.max_storage_buffer_range as u64 / MIB * MIB)
+        .min(g.window)
+        .min(g.big);
     let n_win = g.big.div_ceil(win);
     let pool = ctx.descriptor_pool(&pipe, n_win as u32)?;
     let mut sets = vec![];
     let mut unis = vec![];
     for i in 0..n_win {
         let (o, r) = (i * win, win.min(g.big - i * win));
-        let u = uniform(ctx, &Params { total: (r / 16) as u32, ..Default::default() })?;
+        let u = uniform(
+            ctx,
+            &Params {
+                total: (r / 16) as u32,
+                ..Default::default()
+            },
+        )?;
         let set = ctx.descriptor_set(
             pool,
             &pipe,
@@ -266,9 +302,17 @@ pub fn copy_reference(ctx: &Ctx, g: &Geometry, calls: u32) -> Result<Row> {
         unis.push(u);
     }
     let call = |cb: vk::CommandBuffer| unsafe {
-        ctx.device.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+        ctx.device
+            .cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
         for &(set, r) in &sets {
-            ctx.device.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, pipe.layout, 0, &[set], &[]);
+            ctx.device.cmd_bind_descriptor_sets(
+                cb,
+                vk::PipelineBindPoint::COMPUTE,
+                pipe.layout,
+                0,
+                &[set],
+                &[],
+            );
             dispatch(ctx, cb, r / 16);
         }
     };
@@ -310,7 +354,9 @@ pub fn random_slots(n: u32, slots: u64, seed: u64) -> Vec<u32> {
 
 /// The checked input word `i` of token row data for cache `kind` (0 keys, 1 values).
 fn pattern(kind: u32, i: u64) -> u32 {
-    let x = (i as u32).wrapping_mul(0x9e37_79b1) ^ (kind.wrapping_add(1).wrapping_mul(0x85eb_ca6b)) ^ ((i >> 32) as u32);
+    let x = (i as u32).wrapping_mul(0x9e37_79b1)
+        ^ (kind.wrapping_add(1).wrapping_mul(0x85eb_ca6b))
+        ^ ((i >> 32) as u32);
     x.rotate_left(13) ^ 0x1234_5678
 }
 
@@ -329,12 +375,25 @@ impl Inputs {
         let k = own_buffer(ctx, bytes, g, false, None)?;
         let v = own_buffer(ctx, bytes, g, false, None)?;
         let slots = own_buffer(ctx, max_tokens as u64 * 4, g, false, None)?;
-        let staging_bytes = (check_tokens.max(66) as u64 * g.row).max(max_tokens as u64 * 4).max(64 * 1024);
-        let staging = ctx.host_buffer(staging_bytes, vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST)?;
-        let me = Self { k, v, slots, staging, rows: max_tokens as u64 };
+        let staging_bytes = (check_tokens.max(66) as u64 * g.row)
+            .max(max_tokens as u64 * 4)
+            .max(64 * 1024);
+        let staging = ctx.host_buffer(
+            staging_bytes,
+            vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST,
+        )?;
+        let me = Self {
+            k,
+            v,
+            slots,
+            staging,
+            rows: max_tokens as u64,
+        };
         ctx.run(0, |cb, _| unsafe {
-            ctx.device.cmd_fill_buffer(cb, me.k.0, 0, vk::WHOLE_SIZE, 0x3c00_3c00);
-            ctx.device.cmd_fill_buffer(cb, me.v.0, 0, vk::WHOLE_SIZE, 0x4000_4000);
+            ctx.device
+                .cmd_fill_buffer(cb, me.k.0, 0, vk::WHOLE_SIZE, 0x3c00_3c00);
+            ctx.device
+                .cmd_fill_buffer(cb, me.v.0, 0, vk::WHOLE_SIZE, 0x4000_4000);
         })?;
         Ok(me)
     }
@@ -352,7 +411,11 @@ impl Inputs {
     fn upload(&self, ctx: &Ctx, dst: vk::Buffer, bytes: &[u8]) -> Result<()> {
         self.staging.write(0, bytes);
         ctx.run(0, |cb, _| unsafe {
-            let r = [vk::BufferCopy { src_offset: 0, dst_offset: 0, size: bytes.len() as u64 }];
+            let r = [vk::BufferCopy {
+                src_offset: 0,
+                dst_offset: 0,
+                size: bytes.len() as u64,
+            }];
             ctx.device.cmd_copy_buffer(cb, self.staging.buffer, dst, &r);
         })?;
         Ok(())
@@ -360,11 +423,20 @@ impl Inputs {
 }
 
 /// Reads `len` bytes at `(buffer, offset)` of each region into staging (packed) and returns them.
-fn read_regions(ctx: &Ctx, inp: &Inputs, regions: &[(vk::Buffer, u64)], len: u64) -> Result<Vec<u8>> {
+fn read_regions(
+    ctx: &Ctx,
+    inp: &Inputs,
+    regions: &[(vk::Buffer, u64)],
+    len: u64,
+) -> Result<Vec<u8>> {
     ctx.run(0, |cb, _| unsafe {
         ctx.barrier(cb);
         for (i, &(b, o)) in regions.iter().enumerate() {
-            let r = [vk::BufferCopy { src_offset: o, dst_offset: i as u64 * len, size: len }];
+            let r = [vk::BufferCopy {
+                src_offset: o,
+                dst_offset: i as u64 * len,
+                size: len,
+            }];
             ctx.device.cmd_copy_buffer(cb, b, inp.staging.buffer, &r);
         }
     })?;
@@ -385,11 +457,25 @@ pub fn run_strategy(
     check: u32,
     log: &mut dyn FnMut(Row),
 ) -> Result<()> {
-    let caches = [allocate_cache(ctx, s, cache_bytes, g)?, match allocate_cache(ctx, s, cache_bytes, g) {
-        Ok(c) => c,
-        Err(e) => bail!("second cache: {e}"),
-    }];
-    let result = run_on(ctx, inp, s, &caches, cache_bytes, tokens, g, calls, check, log);
+    let caches = [
+        allocate_cache(ctx, s, cache_bytes, g)?,
+        match allocate_cache(ctx, s, cache_bytes, g) {
+            Ok(c) => c,
+            Err(e) => bail!("second cache: {e}"),
+        },
+    ];
+    let result = run_on(
+        ctx,
+        inp,
+        s,
+        &caches,
+        cache_bytes,
+        tokens,
+        g,
+        calls,
+        check,
+        log,
+    );
     for c in caches {
         c.free(ctx);
     }
@@ -414,7 +500,11 @@ fn run_on(
     let win_slots = win_bytes / g.row;
     let units = (g.row / 16) as u32;
     let storage: Vec<u32> = (1..6 + 2 * windows).collect();
-    let pipe: Pipeline = ctx.pipeline(&shaders::spirv(&shaders::scatter(windows))?, &storage, Some(0))?;
+    let pipe: Pipeline = ctx.pipeline(
+        &shaders::spirv(&shaders::scatter(windows))?,
+        &storage,
+        Some(0),
+    )?;
     let pool = ctx.descriptor_pool(&pipe, tokens.len() as u32)?;
     ctx.run(0, |cb, _| unsafe {
         for c in caches {
@@ -432,19 +522,49 @@ fn run_on(
             out = Err(anyhow::anyhow!("{t} tokens exceed the inputs or the cache"));
             break;
         }
-        let split = if t as u64 * g.row > max_range { t.div_ceil(2) } else { t };
+        let split = if t as u64 * g.row > max_range {
+            t.div_ceil(2)
+        } else {
+            t
+        };
         if split as u64 * g.row > max_range {
-            out = Err(anyhow::anyhow!("{t} tokens: half the input exceeds maxStorageBufferRange"));
+            out = Err(anyhow::anyhow!(
+                "{t} tokens: half the input exceeds maxStorageBufferRange"
+            ));
             break;
         }
-        let slots = random_slots(t, slots_total, 0x5eed ^ (cache_bytes >> 20) ^ ((t as u64) << 32));
+        let slots = random_slots(
+            t,
+            slots_total,
+            0x5eed ^ (cache_bytes >> 20) ^ ((t as u64) << 32),
+        );
         inp.upload(ctx, inp.slots.0, bytemuck::cast_slice(&slots))?;
-        let p = Params { total: t * units, units, split, win_units: 0, win_slots: win_slots as u32, pad: [0; 3] };
+        let p = Params {
+            total: t * units,
+            units,
+            split,
+            win_units: 0,
+            win_slots: win_slots as u32,
+            pad: [0; 3],
+        };
         let u = uniform(ctx, &p)?;
-        let (lo, hi) = ((0, split as u64 * g.row), if split == t { (0, split as u64 * g.row) } else { (split as u64 * g.row, (t - split) as u64 * g.row) });
+        let (lo, hi) = (
+            (0, split as u64 * g.row),
+            if split == t {
+                (0, split as u64 * g.row)
+            } else {
+                (split as u64 * g.row, (t - split) as u64 * g.row)
+            },
+        );
         let mut w = vec![
             (0, vk::DescriptorType::UNIFORM_BUFFER, u.buffer, 0, 256),
-            (1, vk::DescriptorType::STORAGE_BUFFER, inp.slots.0, 0, t as u64 * 4),
+            (
+                1,
+                vk::DescriptorType::STORAGE_BUFFER,
+                inp.slots.0,
+                0,
+                t as u64 * 4,
+            ),
             (2, vk::DescriptorType::STORAGE_BUFFER, inp.k.0, lo.0, lo.1),
             (3, vk::DescriptorType::STORAGE_BUFFER, inp.k.0, hi.0, hi.1),
             (4, vk::DescriptorType::STORAGE_BUFFER, inp.v.0, lo.0, lo.1),
@@ -452,21 +572,37 @@ fn run_on(
         ];
         for (k, c) in caches.iter().enumerate() {
             for (i, &(b, o, r)) in c.windows.iter().enumerate() {
-                w.push((6 + k as u32 * windows + i as u32, vk::DescriptorType::STORAGE_BUFFER, b, o, r));
+                w.push((
+                    6 + k as u32 * windows + i as u32,
+                    vk::DescriptorType::STORAGE_BUFFER,
+                    b,
+                    o,
+                    r,
+                ));
             }
         }
         let set = ctx.descriptor_set(pool, &pipe, &w)?;
         unis.push(u);
         let call = |cb: vk::CommandBuffer| unsafe {
-            ctx.device.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
-            ctx.device.cmd_bind_descriptor_sets(cb, vk::PipelineBindPoint::COMPUTE, pipe.layout, 0, &[set], &[]);
+            ctx.device
+                .cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+            ctx.device.cmd_bind_descriptor_sets(
+                cb,
+                vk::PipelineBindPoint::COMPUTE,
+                pipe.layout,
+                0,
+                &[set],
+                &[],
+            );
             dispatch(ctx, cb, t as u64 * units as u64);
         };
         let mut note = format!("{windows} windows x {} MiB", win_bytes / MIB);
         if check > 0 && t <= check {
             // Random rows in, one call, rows read back at their slots; untouched rows poisoned.
             for (kind, buf) in [(0, inp.k.0), (1, inp.v.0)] {
-                let words: Vec<u32> = (0..t as u64 * g.row / 4).map(|i| pattern(kind, i)).collect();
+                let words: Vec<u32> = (0..t as u64 * g.row / 4)
+                    .map(|i| pattern(kind, i))
+                    .collect();
                 inp.upload(ctx, buf, bytemuck::cast_slice(&words))?;
             }
             ctx.run(0, |cb, _| {
@@ -480,18 +616,27 @@ fn run_on(
             let mut bad = 0usize;
             for (kind, c) in caches.iter().enumerate() {
                 let regions: Vec<_> = slots.iter().map(|&s| locate(c, s as u64)).collect();
-                let got: Vec<u32> = bytemuck::pod_collect_to_vec(&read_regions(ctx, inp, &regions, g.row)?);
-                let want: Vec<u32> = (0..t as u64 * g.row / 4).map(|i| pattern(kind as u32, i)).collect();
+                let got: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&read_regions(ctx, inp, &regions, g.row)?);
+                let want: Vec<u32> = (0..t as u64 * g.row / 4)
+                    .map(|i| pattern(kind as u32, i))
+                    .collect();
                 bad += got.iter().zip(&want).filter(|(a, b)| a != b).count();
-                let mut untouched: Vec<u64> = (0..slots_total).step_by((slots_total / 64).max(1) as usize).collect();
+                let mut untouched: Vec<u64> = (0..slots_total)
+                    .step_by((slots_total / 64).max(1) as usize)
+                    .collect();
                 untouched.push(slots_total - 1);
                 untouched.retain(|s| !slots.contains(&(*s as u32)));
                 let regions: Vec<_> = untouched.iter().map(|&s| locate(c, s)).collect();
-                let got: Vec<u32> = bytemuck::pod_collect_to_vec(&read_regions(ctx, inp, &regions, g.row)?);
+                let got: Vec<u32> =
+                    bytemuck::pod_collect_to_vec(&read_regions(ctx, inp, &regions, g.row)?);
                 bad += got.iter().filter(|&&x| x != POISON).count();
             }
             if bad > 0 {
-                out = Err(anyhow::anyhow!("{}: check failed at {t} tokens: {bad} wrong words", s.tag()));
+                out = Err(anyhow::anyhow!(
+                    "{}: check failed at {t} tokens: {bad} wrong words",
+                    s.tag()
+                ));
                 break;
             }
             note += ", checked";

@@ -39,8 +39,14 @@ pub fn scatter(windows: u32) -> String {
 @group(0) @binding(5) var<storage, read> v_hi: array<vec4<u32>>;
 ";
     for w in 0..windows {
-        s += &format!("@group(0) @binding({}) var<storage, read_write> kc{w}: array<vec4<u32>>;\n", 6 + w);
-        s += &format!("@group(0) @binding({}) var<storage, read_write> vc{w}: array<vec4<u32>>;\n", 6 + windows + w);
+        s += &format!(
+            "@group(0) @binding({}) var<storage, read_write> kc{w}: array<vec4<u32>>;\n",
+            6 + w
+        );
+        s += &format!(
+            "@group(0) @binding({}) var<storage, read_write> vc{w}: array<vec4<u32>>;\n",
+            6 + windows + w
+        );
     }
     for (f, c) in [("store_k", "kc"), ("store_v", "vc")] {
         s += &format!("fn {f}(w: u32, i: u32, x: vec4<u32>) {{\n    switch w {{\n");
@@ -113,11 +119,19 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 /// WGSL -> SPIR-V with naga (validated; default options: no bounds-check code is added, as
 /// wgpu does on Vulkan for storage buffers under robust buffer access).
 pub fn spirv(wgsl: &str) -> Result<Vec<u32>> {
-    let module = naga::front::wgsl::parse_str(wgsl).map_err(|e| anyhow!("WGSL: {}", e.emit_to_string(wgsl)))?;
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
-        .validate(&module)
-        .map_err(|e| anyhow!("validation: {}", e.emit_to_string(wgsl)))?;
+    let module = naga::front::wgsl::parse_str(wgsl)
+        .map_err(|e| anyhow!("WGSL: {}", e.emit_to_string(wgsl)))?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .map_err(|e| anyhow!("validation: {}", e.emit_to_string(wgsl)))?;
     let opts = naga::back::spv::Options::default();
-    let pipe = naga::back::spv::PipelineOptions { shader_stage: naga::ShaderStage::Compute, entry_point: "main".into() };
-    naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe)).map_err(|e| anyhow!("SPIR-V: {e}"))
+    let pipe = naga::back::spv::PipelineOptions {
+        shader_stage: naga::ShaderStage::Compute,
+        entry_point: "main".into(),
+    };
+    naga::back::spv::write_vec(&module, &info, &opts, Some(&pipe))
+        .map_err(|e| anyhow!("SPIR-V: {e}"))
 }
