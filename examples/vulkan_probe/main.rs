@@ -23,6 +23,7 @@ mod floor;
 mod scatter;
 mod shaders;
 mod vk;
+mod wgpu_dedicated;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -86,6 +87,9 @@ struct Args {
     /// Memory type index for the caches (default: the first DEVICE_LOCAL type allowed).
     #[arg(long)]
     memory_type: Option<u32>,
+    /// Run only experiment 4: the scatter through wgpu with plain and dedicated cache windows.
+    #[arg(long)]
+    wgpu_scatter: bool,
     /// CSV output file (one line per measurement).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
@@ -176,6 +180,41 @@ fn run(args: &Args) -> Result<()> {
     });
     csv.line("experiment,strategy_or_api,cache_mib_or_variant,tokens_or_n,median_us,min_us_or_per_dispatch_us,gbs,pct_copy,note");
 
+    if args.wgpu_scatter {
+        let window = args.window_mib.map_or(2047 * MIB, |m| m * MIB);
+        let (name, rows) = wgpu_dedicated::run(
+            args.row_bytes,
+            window,
+            &args.cache_mib,
+            &args.tokens,
+            args.calls.max(3),
+            args.check_tokens,
+        )?;
+        println!("## 4. Scatter through wgpu ({name}), cache windows plain or dedicated\n");
+        println!(
+            "| windows | cache MiB | T | median us | GB/s | checked |\n|---|---|---|---|---|---|"
+        );
+        for r in rows {
+            let kind = if r.dedicated {
+                "dedicated (create_buffer_from_hal)"
+            } else {
+                "wgpu create_buffer"
+            };
+            println!(
+                "| {kind} | {} | {} | {:.2} | {:.1} | {} |",
+                r.cache_mib, r.tokens, r.median_us, r.gbs, r.checked
+            );
+            csv.line(&format!(
+                "wgpu_scatter,{},{},{},{:.3},,{:.2},,",
+                if r.dedicated { "dedicated" } else { "plain" },
+                r.cache_mib,
+                r.tokens,
+                r.median_us,
+                r.gbs
+            ));
+        }
+        return Ok(());
+    }
     let base = vk::Ctx::new(args.device, vk::DeviceOptions::default())?;
     println!("## 1. Device\n\n{}", vk::describe(&base.facts));
     let g = geometry(args, &base.facts)?;
