@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 }
 
 fn geometry(args: &Args, f: &vk::Facts) -> Result<Geometry> {
-    if args.row_bytes == 0 || args.row_bytes % 16 != 0 {
+    if args.row_bytes == 0 || !args.row_bytes.is_multiple_of(16) {
         bail!("--row-bytes must be a positive multiple of 16");
     }
     let block = 16 * args.row_bytes;

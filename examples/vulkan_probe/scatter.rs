@@ -182,7 +182,7 @@ fn allocate_cache(ctx: &Ctx, s: Strategy, bytes: u64, g: &Geometry) -> Result<Ca
                     off += n;
                 }
                 let req = ctx.requirements(bufs[0].0);
-                if g.window % req.alignment != 0 {
+                if !g.window.is_multiple_of(req.alignment) {
                     bail!(
                         "window {} not a multiple of alignment {}",
                         g.window,
