@@ -96,7 +96,7 @@ impl Report {
                 "% of pattern (--ceiling pattern): the device time of the row's pattern kernel \
                  (the same input bytes read and as many bytes written to the same cache \
                  addresses, no arithmetic; timed right after the row, the same way) over the \
-                 row's"
+                 row's own, in percent"
                     .to_string(),
             );
         }
@@ -110,6 +110,19 @@ impl Report {
     /// with cudagraph):`, with each implementation's own way of timing in the parentheses
     /// (left out where several would not fit on one line).
     pub fn title(&self, implementation: &str) -> String {
+        // Several implementations (`all`, or users' kernels beside a built-in one): name them
+        // all rather than the flag's value.
+        let names: Vec<&str> = self
+            .implementations
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        let joined = names.join(", ");
+        let implementation = if names.len() > 1 {
+            joined.as_str()
+        } else {
+            implementation
+        };
         // Reports of earlier versions did not record the summary; only CUDA's is known.
         let how: Vec<(&str, String)> = self
             .implementations
