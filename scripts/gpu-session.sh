@@ -12,6 +12,9 @@
 #               (an older build) too, for before/after
 #   workloads   two model presets x the four slot patterns, auto and fp8, CUDA (NHD, HND), WGSL
 #   devices     --device all on CUDA and wgpu (a machine with several GPUs)
+#   user        users' kernels: the CUDA user-kernel tests, and verify on both examples
+#   user-bench  the example kernel and shader beside the built-in paths, with % of pattern
+#   pattern     --ceiling pattern: CUDA fp8, rotating, other shapes; wgpu by cache allocation
 set -u
 cd "$(dirname "$0")/.."
 B=.devbin
@@ -42,6 +45,7 @@ for stage in "$@"; do
     tests)
         step lib-tests 60 $B/lib-tests
         step cuda-tests 240 $B/cuda --ignored --test-threads 1
+        [ -x $B/cuda_user ] && step cuda-user-tests 300 $B/cuda_user --ignored --test-threads 1
         # `cuda` matches both CUDA suites: graph replays (cuda::) and plain launches (cuda_no_graph::).
         step backends-cuda 300 $B/backends --ignored --test-threads 1 cuda
         step backends-wgpu 300 $B/backends --test-threads 1 wgpu::
@@ -103,6 +107,27 @@ for stage in "$@"; do
         P=$B/paged-kv-bench
         step devices-cuda 200 $P --implementation cuda --device all --layouts NHD --num-tokens 1024,65536
         step devices-wgpu 200 $P --implementation wgpu --device all --layouts NHD --num-tokens 1024,65536
+        ;;
+    user)
+        step cuda-user-tests 300 $B/cuda_user --ignored --test-threads 1
+        step verify-user 300 $B/paged-kv-bench verify --implementation none --kernel examples/kernels/copy.cu --shader examples/kernels/copy.wgsl --seed 1
+        ;;
+    user-bench)
+        P=$B/paged-kv-bench
+        T=2,8,16,32,64,128,1024,4096,8192,65536
+        step user-cuda-auto 400 $P --implementation cuda --kernel examples/kernels/copy.cu --ceiling pattern --num-tokens $T --format json --output "$OUT/user-cuda-auto.json"
+        step user-wgpu-auto 300 $P --implementation wgpu --layouts NHD --shader examples/kernels/copy.wgsl --ceiling pattern --num-tokens $T --format json --output "$OUT/user-wgpu-auto.json"
+        ;;
+    pattern)
+        P=$B/paged-kv-bench
+        step pat-cuda-fp8 300 $P --implementation cuda --kv-cache-dtype fp8 --ceiling pattern --num-tokens 2,8,32,64,128,1024,8192,65536 --format json --output "$OUT/pat-cuda-fp8.json"
+        step pat-cuda-rotate 300 $P --implementation cuda --rotate --ceiling pattern --num-tokens 512,1024,4096 --format json --output "$OUT/pat-cuda-rotate.json"
+        step pat-cuda-8-heads 300 $P --implementation cuda --num-heads 8 --block-size 32 --ceiling pattern --num-tokens 2,32,128,1024,8192 --format json --output "$OUT/pat-cuda-8-heads.json"
+        step pat-cuda-d120-half 300 $P --implementation cuda --num-heads 32 --head-size 120 --dtype half --ceiling pattern --num-tokens 2,32,128,1024,8192 --format json --output "$OUT/pat-cuda-d120-half.json"
+        for alloc in wgpu dedicated; do
+            step pat-wgpu-$alloc 300 $P --implementation wgpu --layouts NHD --wgpu-cache-alloc $alloc --ceiling pattern --num-tokens 2,8,64,1024,4096,8192,65536 --format json --output "$OUT/pat-wgpu-$alloc.json"
+        done
+        step pat-wgpu-fp8 300 $P --implementation wgpu --layouts NHD --kv-cache-dtype fp8 --ceiling pattern --num-tokens 2,64,1024,8192,65536 --format json --output "$OUT/pat-wgpu-fp8.json"
         ;;
     *)
         echo "unknown stage $stage" >&2
