@@ -221,10 +221,7 @@ impl BackendArgs {
             ));
         }
         if self.wgpu_cache_alloc == CacheAlloc::Dedicated
-            && matches!(
-                self.wgpu_api,
-                WgpuApi::Gl | WgpuApi::Metal | WgpuApi::Dx12
-            )
+            && matches!(self.wgpu_api, WgpuApi::Gl | WgpuApi::Metal | WgpuApi::Dx12)
         {
             return Err(conflict(format!(
                 "--wgpu-cache-alloc dedicated makes Vulkan allocations, which --wgpu-api {} \

@@ -154,7 +154,10 @@ impl Gpu {
 
     /// The error for running out of device memory while doing `what`.
     pub fn out_of_memory(&self, what: &str, cause: impl std::fmt::Display) -> Error {
-        Error::wgpu(format!("out of memory on {} while {what}", self.name), cause)
+        Error::wgpu(
+            format!("out of memory on {} while {what}", self.name),
+            cause,
+        )
     }
 
     /// Waits for all submitted work.

@@ -219,7 +219,11 @@ fn cache_alloc(device: &wgpu::Device, info: &wgpu::AdapterInfo, asked: CacheAllo
     let reason = if info.backend == wgpu::Backend::Vulkan {
         dedicated::unsupported_reason(device)
     } else {
-        Some(format!("{} is a {} adapter", info.name, info.backend.to_str()))
+        Some(format!(
+            "{} is a {} adapter",
+            info.name,
+            info.backend.to_str()
+        ))
     };
     match (asked, reason) {
         (CacheAlloc::Wgpu, _) => Ok(false),
