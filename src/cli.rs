@@ -12,7 +12,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand}
 use paged_kv_bench::backend::{Kind, Selection};
 use paged_kv_bench::models;
 use paged_kv_bench::options::{
-    Ceiling, CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning,
+    CacheAlloc, Ceiling, CudaTuning, LaunchOverride, Mode, Options, WgpuApi, WgpuTuning,
 };
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::sweep::{self, NumBlocks, SweepConfig};
@@ -205,6 +205,12 @@ pub struct BackendArgs {
     /// wgpu: the graphics API to open adapters on ("native": Vulkan, Metal or DX12).
     #[arg(long, value_enum, default_value_t = WgpuApi::Native)]
     pub wgpu_api: WgpuApi,
+
+    /// wgpu: how the cache buffers get their memory: "dedicated" Vulkan allocations (fast
+    /// address translation for large caches), wgpu's own allocator, or "auto" (dedicated where
+    /// the adapter is Vulkan).
+    #[arg(long, hide = true, value_enum, value_name = "auto|wgpu|dedicated", default_value_t = CacheAlloc::Auto)]
+    pub wgpu_cache_alloc: CacheAlloc,
 }
 
 impl BackendArgs {
@@ -213,6 +219,15 @@ impl BackendArgs {
             return Err(conflict(
                 "--kernel-timeout bounds your own kernels: give --kernel or --shader".into(),
             ));
+        }
+        if self.wgpu_cache_alloc == CacheAlloc::Dedicated
+            && matches!(self.wgpu_api, WgpuApi::Gl | WgpuApi::Metal | WgpuApi::Dx12)
+        {
+            return Err(conflict(format!(
+                "--wgpu-cache-alloc dedicated makes Vulkan allocations, which --wgpu-api {} \
+                 does not use",
+                self.wgpu_api.name()
+            )));
         }
         if self.wgpu_order_buckets.is_some() && self.wgpu_slot_order == Some(false) {
             return Err(conflict(
@@ -251,6 +266,7 @@ impl BackendArgs {
                 fp8_lut: self.wgpu_fp8_lut,
                 trace: self.wgpu_trace,
                 api: self.wgpu_api,
+                cache_alloc: self.wgpu_cache_alloc,
             },
             host_memory_limit,
             kernel_timeout_s: self.kernel_timeout,

@@ -211,6 +211,39 @@ pub struct WgpuTuning {
     pub trace: bool,
     /// Which graphics APIs to look for adapters on.
     pub api: WgpuApi,
+    /// How the cache buffers get their device memory (absent from older reports: `auto`).
+    #[serde(default)]
+    pub cache_alloc: CacheAlloc,
+}
+
+/// How the wgpu backend allocates the cache buffers. wgpu's own allocator (gpu-allocator) gives
+/// large buffers memory without Vulkan's dedicated-allocation hint, and NVIDIA's driver then
+/// translates them in small pages: 2 x 32 GiB caches run at a third of copy bandwidth on an
+/// H100, against 96% with dedicated allocations (docs/perf-log-wgpu.md, "Third session").
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheAlloc {
+    /// Dedicated allocations where the adapter is Vulkan and its device can make them, else
+    /// wgpu's own.
+    #[default]
+    Auto,
+    /// wgpu's own allocation (`Device::create_buffer`).
+    Wgpu,
+    /// Each cache buffer made through Vulkan with its own dedicated allocation
+    /// (`VkMemoryDedicatedAllocateInfo`) and handed to wgpu; Vulkan adapters only.
+    Dedicated,
+}
+
+impl CacheAlloc {
+    pub fn name(self) -> &'static str {
+        match self {
+            CacheAlloc::Auto => "auto",
+            CacheAlloc::Wgpu => "wgpu",
+            CacheAlloc::Dedicated => "dedicated",
+        }
+    }
 }
 
 /// The graphics APIs wgpu may open adapters on.
@@ -269,6 +302,10 @@ impl WgpuTuning {
             "api",
             (self.api != WgpuApi::Native).then(|| self.api.name().to_string()),
         );
+        add(
+            "cache_alloc",
+            (self.cache_alloc != CacheAlloc::Auto).then(|| self.cache_alloc.name().to_string()),
+        );
         set
     }
 }
@@ -287,6 +324,7 @@ mod tests {
             },
             wgpu: WgpuTuning {
                 fp8_lut: Some(false),
+                cache_alloc: CacheAlloc::Dedicated,
                 ..WgpuTuning::default()
             },
             host_memory_limit: Some(1 << 30),
@@ -297,6 +335,7 @@ mod tests {
             [
                 "cuda_pdl=false",
                 "wgpu_fp8_lut=false",
+                "wgpu_cache_alloc=dedicated",
                 "host_memory_limit=1073741824"
             ]
         );

@@ -158,6 +158,19 @@ fn bad_flags_are_one_line_errors() {
     assert_refused(&["--num-tokens", "2,x"], "--num-tokens");
     assert_refused(&["--no-such-flag"], "--no-such-flag");
     assert_refused(&["--cold", "--rotate"], "--rotate");
+    assert_refused(&["--wgpu-cache-alloc", "vulkan"], "--wgpu-cache-alloc");
+    // Dedicated allocations are Vulkan's: refused with another API before any adapter opens.
+    assert_refused(
+        &[
+            "--implementation",
+            "wgpu",
+            "--wgpu-api",
+            "gl",
+            "--wgpu-cache-alloc",
+            "dedicated",
+        ],
+        "--wgpu-cache-alloc dedicated",
+    );
 }
 
 #[test]
@@ -786,4 +799,64 @@ fn every_device_in_turn_and_unknown_devices_refused() {
         ],
         "no CPU device 1",
     );
+}
+
+/// The cache allocation is recorded in the JSON report: the option as given (`auto` by
+/// default) and what it resolved to on the adapter, in the implementation's details; an
+/// explicit choice is named in the header's options.
+#[test]
+fn cache_allocation_is_recorded_in_the_report() {
+    let dir = temp_dir("cache-alloc");
+    for (alloc, resolved) in [
+        (None, "caches in dedicated allocations"),
+        (Some("wgpu"), "caches in wgpu's allocations"),
+        (Some("dedicated"), "caches in dedicated allocations"),
+    ] {
+        let path = dir.join(format!("{}.json", alloc.unwrap_or("default")));
+        let mut args = vec![
+            "--implementation",
+            "wgpu",
+            "--num-tokens",
+            "16",
+            "--num-heads",
+            "8",
+            "--num-blocks",
+            "64",
+            "--iters",
+            "3",
+            "--max-time",
+            "0.1",
+            "--format",
+            "json",
+            "--output",
+            path.to_str().unwrap(),
+        ];
+        if let Some(alloc) = alloc {
+            args.extend(["--wgpu-cache-alloc", alloc]);
+        }
+        let output = run(&args);
+        assert!(output.status.success(), "{alloc:?}: {}", stderr(&output));
+        let table = stdout(&output);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            report["config"]["options"]["wgpu"]["cache_alloc"],
+            alloc.unwrap_or("auto"),
+            "{report}"
+        );
+        let details = report["implementations"][0]["details"].as_str().unwrap();
+        if !details.starts_with("vulkan") {
+            // Another API: auto resolves to wgpu's allocations, dedicated is refused.
+            continue;
+        }
+        assert!(details.contains(resolved), "{alloc:?}: {details}");
+        let named = alloc.map(|alloc| format!("wgpu_cache_alloc={alloc}"));
+        let options = table.lines().find(|l| l.starts_with("options: "));
+        assert_eq!(
+            options.is_some_and(|l| named.as_ref().is_some_and(|n| l.contains(n.as_str()))),
+            named.is_some(),
+            "{alloc:?}: {table}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

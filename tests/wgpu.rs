@@ -14,7 +14,7 @@ use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
-use paged_kv_bench::options::WgpuTuning;
+use paged_kv_bench::options::{CacheAlloc, WgpuApi, WgpuTuning};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol, Sampling};
@@ -738,4 +738,131 @@ fn fp8_lookup_table_matches_reference_on_every_16_bit_input() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A backend whose caches get their memory as `cache_alloc` says, split over many 64 KiB
+/// chunks, or held in one buffer per cache.
+fn open_alloc(cache_alloc: CacheAlloc, one_buffer: bool) -> WgpuBackend {
+    WgpuBackend::open(
+        None,
+        false,
+        WgpuTuning {
+            max_binding_bytes: Some(64 << 10),
+            one_buffer: Some(one_buffer),
+            cache_alloc,
+            ..Default::default()
+        },
+    )
+    .expect("a wgpu adapter")
+}
+
+/// Cache buffers in dedicated Vulkan allocations (`dedicated`, and `auto` on a Vulkan adapter
+/// such as lavapipe) hold exactly what wgpu's own allocations hold after the same fill and
+/// call, which is what the reference writes: many chunks and one buffer per cache, fp8 and
+/// not; and a verification case passes on each.
+#[test]
+fn dedicated_and_wgpu_cache_allocations_give_identical_caches() {
+    if !open().device().details.starts_with("vulkan") {
+        eprintln!("skipped: the default adapter is not a Vulkan adapter");
+        return;
+    }
+    for (one_buffer, fp8) in [(false, false), (false, true), (true, true)] {
+        let mut builder = problem()
+            .tokens(120)
+            .heads(4)
+            .head_size(64)
+            .blocks(40)
+            .dtype(Dtype::Half);
+        if fp8 {
+            builder = builder.fp8();
+        }
+        let problem = builder.build();
+        let elements = problem.num_tokens * problem.num_heads * problem.head_size;
+        let key = workload::random_normal(problem.dtype, elements, 11);
+        let value = workload::random_normal(problem.dtype, elements, 12);
+        let slot_mapping = workload::random_slot_mapping(problem.num_slots(), 120, 0.1, 13);
+        let inputs = Inputs {
+            key: &key,
+            value: &value,
+            slot_mapping: &slot_mapping,
+            k_scale: workload::fp8_scale(problem.dtype, &key).into(),
+            v_scale: workload::fp8_scale(problem.dtype, &value).into(),
+        };
+        let mut results = Vec::new();
+        for (alloc, expect) in [
+            (CacheAlloc::Wgpu, "caches in wgpu's allocations"),
+            (CacheAlloc::Dedicated, "caches in dedicated allocations"),
+            (CacheAlloc::Auto, "caches in dedicated allocations"),
+        ] {
+            let mut backend = open_alloc(alloc, one_buffer);
+            let details = backend.device().details;
+            assert!(details.contains(expect), "{alloc:?}: {details}");
+            let (initial, written) = {
+                let mut call = backend
+                    .prepare(&problem, inputs, CacheFill::Random { seed: 5 })
+                    .expect("prepare");
+                let initial = call.read_back().expect("read back");
+                call.run().expect("run");
+                (initial, call.read_back().expect("read back"))
+            };
+            let mut expected = initial.clone();
+            reference::reshape_and_cache(&problem, &inputs, &mut expected);
+            assert!(
+                written == expected,
+                "{alloc:?}, one buffer {one_buffer}, fp8 {fp8}: differs from the reference"
+            );
+            let case = default_case(64);
+            assert_eq!(
+                verify::check(&mut backend, &case).unwrap(),
+                None,
+                "{alloc:?}"
+            );
+            results.push((alloc, initial, written));
+        }
+        for (alloc, initial, written) in &results[1..] {
+            assert!(
+                *initial == results[0].1 && *written == results[0].2,
+                "{alloc:?} caches differ from wgpu's allocations' (one buffer {one_buffer}, fp8 {fp8})"
+            );
+        }
+    }
+}
+
+/// `dedicated` on an adapter that is not Vulkan (OpenGL through llvmpipe here) is a one-line
+/// configuration error when the backend opens; `auto` there takes wgpu's allocations.
+#[test]
+fn dedicated_cache_allocations_need_a_vulkan_adapter() {
+    let gl = WgpuTuning {
+        api: WgpuApi::Gl,
+        ..Default::default()
+    };
+    match WgpuBackend::open(None, false, gl) {
+        Ok(backend) => {
+            let details = backend.device().details;
+            assert!(
+                details.contains("caches in wgpu's allocations"),
+                "{details}"
+            );
+        }
+        Err(error) => {
+            eprintln!("skipped: no OpenGL adapter ({})", error.one_line());
+            return;
+        }
+    }
+    let dedicated = WgpuTuning {
+        cache_alloc: CacheAlloc::Dedicated,
+        ..gl
+    };
+    match WgpuBackend::open(None, false, dedicated) {
+        Err(Error::InvalidConfig(message)) => {
+            assert!(
+                message.contains("--wgpu-cache-alloc dedicated"),
+                "{message}"
+            );
+            assert!(message.contains("gl adapter"), "{message}");
+            assert!(!message.contains('\n'), "{message}");
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("dedicated Vulkan allocations on an OpenGL adapter"),
+    }
 }

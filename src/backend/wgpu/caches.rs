@@ -5,6 +5,7 @@
 //! costs about one call of the largest rows).
 
 use super::abi::{GpuFillParams, FILL_OUT_BINDING, FILL_PARAMS_BINDING};
+use super::dedicated;
 use super::device::{Gpu, Window};
 use super::plan::Plan;
 use super::WgpuBackend;
@@ -32,38 +33,54 @@ impl Drop for DeviceCaches {
 }
 
 impl DeviceCaches {
-    fn allocate(gpu: &Gpu, plan: &Plan) -> Result<Self> {
+    /// Both caches for `plan`, each buffer in a dedicated Vulkan allocation of its own when
+    /// `dedicated` (see `dedicated`), else from wgpu's allocator.
+    fn allocate(gpu: &Gpu, plan: &Plan, dedicated: bool) -> Result<Self> {
         let total: u64 = plan.chunk_bytes.iter().sum();
         let what = format!(
-            "allocating two caches of {} in {} buffer(s) each",
+            "allocating two caches of {} in {} buffer(s) each{}",
             Bytes(total),
             if plan.one_buffer {
                 1
             } else {
                 plan.chunk_bytes.len()
+            },
+            if dedicated {
+                " (dedicated allocations)"
+            } else {
+                ""
             }
         );
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_SRC
             | wgpu::BufferUsages::COPY_DST;
-        gpu.scoped(&what, || {
-            let make = |name: &str| -> Vec<wgpu::Buffer> {
-                if plan.one_buffer {
-                    return vec![gpu.buffer(&format!("{name} cache"), total, usage)];
-                }
-                plan.chunk_bytes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &size)| gpu.buffer(&format!("{name} cache chunk {i}"), size, usage))
-                    .collect()
-            };
-            DeviceCaches {
+        let out_of_memory = |cause: String| gpu.out_of_memory(&what, cause);
+        let one = |label: String, size: u64| -> Result<wgpu::Buffer> {
+            if dedicated {
+                dedicated::buffer(&gpu.device, &label, size, usage, &what, &out_of_memory)
+            } else {
+                Ok(gpu.buffer(&label, size, usage))
+            }
+        };
+        let make = |name: &str| -> Result<Vec<wgpu::Buffer>> {
+            if plan.one_buffer {
+                return Ok(vec![one(format!("{name} cache"), total)?]);
+            }
+            plan.chunk_bytes
+                .iter()
+                .enumerate()
+                .map(|(i, &size)| one(format!("{name} cache chunk {i}"), size))
+                .collect()
+        };
+        // On an error the buffers made so far are dropped, which frees them.
+        gpu.scoped(&what, || -> Result<Self> {
+            Ok(DeviceCaches {
                 chunk_bytes: plan.chunk_bytes.clone(),
                 one_buffer: plan.one_buffer,
-                key: make("key"),
-                value: make("value"),
-            }
-        })
+                key: make("key")?,
+                value: make("value")?,
+            })
+        })?
     }
 
     /// Chunk `chunk` of the key (`value` false) or value cache.
@@ -168,7 +185,11 @@ impl WgpuBackend {
         }
         // Free the old caches before allocating the new ones.
         self.caches = None;
-        self.caches = Some(DeviceCaches::allocate(&self.gpu, plan)?);
+        self.caches = Some(DeviceCaches::allocate(
+            &self.gpu,
+            plan,
+            self.dedicated_caches,
+        )?);
         Ok(())
     }
 

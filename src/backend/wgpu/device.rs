@@ -143,16 +143,21 @@ impl Gpu {
         let oom = pollster::block_on(oom.pop());
         let internal = pollster::block_on(internal.pop());
         if let Some(error) = oom {
-            return Err(Error::wgpu(
-                format!("out of memory on {} while {what}", self.name),
-                one_line(&error),
-            ));
+            return Err(self.out_of_memory(what, one_line(&error)));
         }
         if let Some(error) = validation.or(internal) {
             return Err(Error::wgpu(what, one_line(&error)));
         }
         self.check_errors()?;
         Ok(value)
+    }
+
+    /// The error for running out of device memory while doing `what`.
+    pub fn out_of_memory(&self, what: &str, cause: impl std::fmt::Display) -> Error {
+        Error::wgpu(
+            format!("out of memory on {} while {what}", self.name),
+            cause,
+        )
     }
 
     /// Waits for all submitted work.
