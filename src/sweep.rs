@@ -13,6 +13,10 @@ use crate::workload::{self, CacheFill, Caches, HostInputs, Scaling, WorkloadConf
 /// vLLM's default number of cache blocks.
 pub const DEFAULT_NUM_BLOCKS: usize = 65536;
 
+/// Why the CPU's defaults are smaller than vLLM's (the default reason of
+/// [`Backend::default_num_blocks_reason`]).
+pub const QUICK: &str = "so that a first run is quick and light";
+
 /// The token counts vLLM's script sweeps: 2, 4, ..., 65536.
 pub fn default_token_counts() -> Vec<usize> {
     (1..=16).map(|i| 1usize << i).collect()
@@ -151,10 +155,15 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         NumBlocks::Explicit(n) => (n, None),
         NumBlocks::Default => backends
             .iter()
-            .map(|b| (b.default_num_blocks(block_bytes), Some(b.name())))
+            .map(|b| {
+                let n = b.default_num_blocks(block_bytes);
+                (n, Some((b.name(), b.default_num_blocks_reason())))
+            })
             .min_by_key(|(n, _)| *n)
             .unwrap_or((DEFAULT_NUM_BLOCKS, None)),
     };
+    // Why the defaults are smaller than vLLM's, said once in the header.
+    let mut reasons: Vec<&'static str> = Vec::new();
     let is_default = matches!(config.num_blocks, NumBlocks::Default);
     if config.workload.scale == Scaling::PerHead && !config.cache_dtype.is_fp8() {
         return Err(Error::InvalidConfig(
@@ -290,7 +299,8 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
         NumBlocks::Default => {
             if requested as u64 <= fits {
                 if requested < DEFAULT_NUM_BLOCKS {
-                    if let Some(name) = default_owner {
+                    if let Some((name, reason)) = default_owner.clone() {
+                        reasons.push(reason);
                         smaller_defaults.push((
                             name,
                             format!(
@@ -337,6 +347,7 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
             .filter(|(t, _)| *t < sampling.max_time)
         {
             sampling.max_time = max_time.max(sampling.min_time);
+            reasons.push(QUICK);
             smaller_defaults.push((
                 kind,
                 format!(
@@ -349,11 +360,13 @@ pub fn plan(config: &SweepConfig, backends: &[Box<dyn Backend>]) -> Result<Plan>
     }
     if let Some((kind, _)) = smaller_defaults.first() {
         let settings: Vec<&str> = smaller_defaults.iter().map(|(_, s)| s.as_str()).collect();
+        reasons.dedup();
         notes.insert(
             0,
             format!(
-                "{kind} defaults: {}, so that a first run is quick and light",
-                settings.join(" and ")
+                "{kind} defaults: {}, {}",
+                settings.join(" and "),
+                reasons.join("; ")
             ),
         );
     }

@@ -167,6 +167,11 @@ pub trait Backend {
         crate::sweep::DEFAULT_NUM_BLOCKS
     }
 
+    /// Why [`Backend::default_num_blocks`] is below vLLM's, for the report's header.
+    fn default_num_blocks_reason(&self) -> &'static str {
+        crate::sweep::QUICK
+    }
+
     /// Seconds of device-time sampling per row, at most, when `--max-time` is not given: the
     /// protocol's default unless the backend has a reason to differ (the CPU's). The sweep
     /// takes the smallest of its backends'.

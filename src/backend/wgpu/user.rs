@@ -522,6 +522,11 @@ impl Backend for UserShader {
         self.inner.default_num_blocks(block_bytes).min(fits)
     }
 
+    fn default_num_blocks_reason(&self) -> &'static str {
+        "so that each cache fits the adapter's largest storage binding (a user's shader binds \
+         each cache whole)"
+    }
+
     fn default_max_time(&self) -> std::time::Duration {
         self.inner.default_max_time()
     }
