@@ -1,4 +1,5 @@
-//! The CUDA kernels' source checked without a GPU: `kernels/reshape_and_cache_flash.cu`,
+//! The CUDA kernels' source checked without a GPU: `kernels/reshape_and_cache_flash.cu` (and
+//! `ceilings.cu`, joined to it),
 //! its inline PTX replaced by host code, is compiled as C++ with g++ for an architecture below
 //! sm_89 (the software e4m3 and e5m2 conversions), and its kernels are run on the host thread by
 //! thread (they share no memory between threads and have no barriers) on random cases: every
@@ -63,8 +64,13 @@ fn compiler() -> Option<&'static str> {
 
 fn kernel_source() -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(root.join("kernels/reshape_and_cache_flash.cu"))
-        .expect("the kernel source")
+    // Joined as src/backend/cuda/compile.rs joins them for NVRTC.
+    let read = |name: &str| std::fs::read_to_string(root.join("kernels").join(name)).expect(name);
+    format!(
+        "{}#line 1 \"ceilings.cu\"\n{}",
+        read("reshape_and_cache_flash.cu"),
+        read("ceilings.cu")
+    )
 }
 
 /// Builds the harness on `source` (kernel source) in `dir` and runs it: the cases' file.

@@ -8,8 +8,14 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys, Ptx};
 use crate::backend::Kind;
 use crate::error::{Error, Result};
 
-/// The kernels, embedded in the binary.
-pub const SOURCE: &str = include_str!("../../../kernels/reshape_and_cache_flash.cu");
+/// The kernels, embedded in the binary: the reshape kernels, then the ceilings and utilities
+/// that use their helpers (one NVRTC program; `#line` keeps compile errors pointing at the
+/// right file and line).
+pub const SOURCE: &str = concat!(
+    include_str!("../../../kernels/reshape_and_cache_flash.cu"),
+    "#line 1 \"ceilings.cu\"\n",
+    include_str!("../../../kernels/ceilings.cu"),
+);
 
 fn unavailable(reason: String) -> Error {
     Error::Unavailable {
