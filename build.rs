@@ -23,14 +23,22 @@ use std::path::{Path, PathBuf};
 #[path = "src/backend/wgpu/bindings.rs"]
 mod bindings;
 
-const SHADER: &str = "shaders/reshape_and_cache_flash.wgsl";
+/// The hand-written shader files, joined in this order into one module (the first keeps naga's
+/// line numbers those of its file; the others follow it).
+const SHADERS: [&str; 2] = ["shaders/reshape_and_cache_flash.wgsl", "shaders/fp8.wgsl"];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=shaders");
     println!("cargo:rerun-if-changed=src/backend/wgpu/bindings.rs");
-    let hand_written = std::fs::read_to_string(SHADER)
-        .unwrap_or_else(|error| panic!("cannot read {SHADER}: {error}"));
+    let hand_written: Vec<String> = SHADERS
+        .iter()
+        .map(|file| {
+            std::fs::read_to_string(file)
+                .unwrap_or_else(|error| panic!("cannot read {file}: {error}"))
+        })
+        .collect();
+    let hand_written = hand_written.join("\n");
     let source = format!("{hand_written}\n{}", generated());
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let path = out_dir.join("reshape_and_cache_flash.wgsl");

@@ -78,7 +78,7 @@ use inputs::InputPool;
 use plan::{AdapterLimits, Plan};
 use timer::{Flush, Timer, FLUSH_BYTES};
 
-/// The shader as build.rs assembled it from `shaders/reshape_and_cache_flash.wgsl` and
+/// The shader as build.rs assembled it from `shaders/reshape_and_cache_flash.wgsl`, `fp8.wgsl` and
 /// `bindings.rs`.
 const SHADER: &str = include_str!(concat!(env!("OUT_DIR"), "/reshape_and_cache_flash.wgsl"));
 
