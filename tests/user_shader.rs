@@ -329,3 +329,38 @@ fn calls_a_shader_does_not_declare_are_not_applicable() {
     assert_eq!(result["implementation"], "copy");
     assert!(result["device_us"].is_null(), "{result}");
 }
+
+/// The bounded wait: with a timeout far below any dispatch's time (lavapipe runs no dispatch in
+/// a microsecond), the first call of the verification ends the run with one line that names the
+/// timeout, nothing timed, and the command that replays it. (A shader that really hangs could
+/// not be made on lavapipe: its loops finish within a second.)
+#[test]
+fn a_call_past_the_timeout_is_one_line_and_nothing_is_timed() {
+    let output = bench(&[
+        "--shader",
+        EXAMPLE,
+        "--implementation",
+        "none",
+        "--num-tokens",
+        "16",
+        "--kernel-timeout",
+        "0.000001",
+    ]);
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(
+        error.contains("did not finish within 0.000001 s: a hang or an endless loop"),
+        "{error}"
+    );
+    assert!(error.contains("nothing was timed"), "{error}");
+    assert!(
+        error.contains("replay with: paged-kv-bench verify"),
+        "{error}"
+    );
+    assert!(
+        error.trim_end().ends_with("--kernel-timeout 0.000001"),
+        "{error}"
+    );
+    assert_eq!(error.trim().lines().count(), 1, "{error}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("num_tokens"));
+}

@@ -147,7 +147,7 @@ fn run_on(
         backends.push(backend::open_user(kernel, &options)?);
     }
     let plan = sweep::plan(&config, &backends)?;
-    verify_user_kernels(&config, &mut backends)?;
+    verify_user_kernels(&config, &options, &mut backends)?;
     let mut report = new_report(&config, &plan, &options, &backends, &skipped);
     report.config.user_kernels = kernels.iter().map(UserKernel::info).collect();
     if let (Some(baseline), Some(path)) = (&baseline, &args.compare) {
@@ -303,7 +303,11 @@ fn run_on(
 /// fails ends the run before anything is timed (the built-in rows too: a report that lacks
 /// the kernel's rows would read as if it had none), with the first failure as `verify` prints
 /// it and the command that replays it. Cases a kernel does not declare are n/a and skipped.
-fn verify_user_kernels(config: &SweepConfig, backends: &mut [Box<dyn Backend>]) -> Result<()> {
+fn verify_user_kernels(
+    config: &SweepConfig,
+    options: &Options,
+    backends: &mut [Box<dyn Backend>],
+) -> Result<()> {
     let cases = verify::before_timing(config);
     for slot in backends.iter_mut() {
         let Some(kernel) = slot.user_kernel().cloned() else {
@@ -316,9 +320,14 @@ fn verify_user_kernels(config: &SweepConfig, backends: &mut [Box<dyn Backend>]) 
         *slot = subject.backend;
         if let Some(failure) = report.failures.first() {
             bail!(
-                "{} failed verification, so nothing was timed: {failure}; replay with: {}",
+                "{} failed verification, so nothing was timed: {failure}; replay with: {}{}",
                 kernel.name,
-                kernel.replay_command(config.seed)
+                kernel.replay_command(config.seed),
+                // The same bound on each wait, so that a timeout replays as one.
+                options
+                    .kernel_timeout_s
+                    .map(|s| format!(" --kernel-timeout {s}"))
+                    .unwrap_or_default()
             );
         }
         if report.checked() == 0 {
