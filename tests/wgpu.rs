@@ -9,13 +9,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::encoders::{check, check_encoder, encoder_mismatches, mismatches, SCALES, SKEWS};
 use common::{problem, ProblemBuilder};
 use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
 use paged_kv_bench::error::Error;
 use paged_kv_bench::fp8;
 use paged_kv_bench::options::{CacheAlloc, WgpuApi, WgpuTuning};
-use paged_kv_bench::problem::{CacheDtype, Dtype, Layout};
+use paged_kv_bench::problem::{CacheDtype, Dtype, Fp8Format, Layout};
 use paged_kv_bench::reference;
 use paged_kv_bench::timing::{self, Protocol, Sampling};
 use paged_kv_bench::verify::{self, Case, Coverage};
@@ -39,86 +40,6 @@ fn open_limited(max_binding_bytes: u64) -> WgpuBackend {
     .expect("a wgpu adapter")
 }
 
-/// Scales the encoder must get right: 1, the benchmark's typical max/64 of normal data,
-/// awkward fractions, tiny and huge (both far from 1 in exponent, one subnormal), negative,
-/// and the degenerate ones.
-const SCALES: [f32; 14] = [
-    1.0,
-    0.0703125 * 1.01,
-    0.07,
-    1.0 / 3.0,
-    3.7,
-    1.0e-30,
-    f32::from_bits(0x0000_4321),
-    7.1e25,
-    3.0e38,
-    -0.37,
-    0.0,
-    f32::INFINITY,
-    f32::NAN,
-    -f32::NAN,
-];
-
-/// The inputs (as descriptions) whose shader encoding differs from `fp8::quantize`, by both
-/// of the shader's encoders: the plain one and the threshold-table one (where it handles the
-/// scale).
-fn encoder_mismatches(
-    backend: &mut WgpuBackend,
-    dtype: Dtype,
-    elements: &[u32],
-    scale: f32,
-    skew: i32,
-) -> Vec<String> {
-    let got = backend
-        .encode_fp8(dtype, elements, scale, skew)
-        .expect("encode");
-    let mut bad = mismatches(dtype, elements, scale, &got, "");
-    if let Some(got) = backend
-        .encode_fp8_table(dtype, elements, scale, skew)
-        .expect("encode by tables")
-    {
-        bad.extend(mismatches(dtype, elements, scale, &got, " (tables)"));
-    }
-    bad
-}
-
-fn mismatches(dtype: Dtype, elements: &[u32], scale: f32, got: &[u8], which: &str) -> Vec<String> {
-    assert_eq!(got.len(), elements.len());
-    let mut bad = Vec::new();
-    for (&bits, &code) in elements.iter().zip(got) {
-        let x = match dtype {
-            Dtype::Half => half::f16::from_bits(bits as u16).to_f32(),
-            Dtype::BFloat16 => half::bf16::from_bits(bits as u16).to_f32(),
-            Dtype::Float => f32::from_bits(bits),
-        };
-        let expected = fp8::quantize(x, scale);
-        if code != expected {
-            bad.push(format!(
-                "{bits:#x} ({x:e}) / {scale:e}: expected {expected:#04x}, got {code:#04x}{which}"
-            ));
-        }
-    }
-    bad
-}
-
-fn check_encoder(backend: &mut WgpuBackend, dtype: Dtype, elements: &[u32], scale: f32, skew: i32) {
-    let bad = encoder_mismatches(backend, dtype, elements, scale, skew);
-    assert!(
-        bad.is_empty(),
-        "{} with the estimate skewed by {skew} ULP: {} of {} inputs differ, e.g.\n{}",
-        dtype.name(),
-        bad.len(),
-        elements.len(),
-        bad[..bad.len().min(20)].join("\n")
-    );
-}
-
-/// Skews of the encoder's quotient estimate to test with: none (this adapter's own division),
-/// and estimates off by up to 255 ULP either way, which stand for a GPU whose division is far
-/// worse than WGSL's 2.5 ULP (lavapipe's division is correctly rounded, so without skews the
-/// exact correction would hardly be exercised here).
-const SKEWS: [i32; 5] = [0, 1, -2, 255, -255];
-
 /// Every half and every bfloat16 bit pattern, at every scale and skew: the shader's bytes equal
 /// `fp8::quantize` (which divides in f32 with correct rounding, then rounds to e4m3).
 #[test]
@@ -128,7 +49,7 @@ fn fp8_encoder_matches_reference_on_every_16_bit_input() {
     for dtype in [Dtype::Half, Dtype::BFloat16] {
         for scale in SCALES {
             for skew in SKEWS {
-                check_encoder(&mut backend, dtype, &all, scale, skew);
+                check_encoder(&mut backend, Fp8Format::E4m3, dtype, &all, scale, skew);
             }
         }
     }
@@ -142,7 +63,7 @@ fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
     let mut backend = open();
     let all: Vec<u32> = (0..=u16::MAX as u32).collect();
     for skew in [300, -300] {
-        let bad = encoder_mismatches(&mut backend, Dtype::Half, &all, 1.0, skew);
+        let bad = encoder_mismatches(&mut backend, Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew);
         assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
     }
 }
@@ -159,7 +80,14 @@ fn fp8_table_encoder_test_detects_an_estimate_two_codes_off() {
             .encode_fp8_table(Dtype::BFloat16, &all, 0.07, skew)
             .expect("encode")
             .expect("the table encoder handles 0.07");
-        let bad = mismatches(Dtype::BFloat16, &all, 0.07, &got, " (tables)");
+        let bad = mismatches(
+            Fp8Format::E4m3,
+            Dtype::BFloat16,
+            &all,
+            0.07,
+            &got,
+            " (tables)",
+        );
         assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
     }
     for scale in [0.0, f32::INFINITY, f32::NAN, 1.0e-36, 3.0e38] {
@@ -180,7 +108,14 @@ fn fp8_encoder_matches_reference_near_every_rounding_boundary_for_float() {
     for scale in SCALES {
         let elements = common::float_patterns_near_rounding_boundaries(fp8::Format::E4m3, scale);
         for skew in SKEWS {
-            check_encoder(&mut backend, Dtype::Float, &elements, scale, skew);
+            check_encoder(
+                &mut backend,
+                Fp8Format::E4m3,
+                Dtype::Float,
+                &elements,
+                scale,
+                skew,
+            );
         }
     }
 }
@@ -192,39 +127,32 @@ fn fp8_encoder_matches_reference_on_random_floats() {
     let mut backend = open();
     let random: Vec<u32> = bytemuck::pod_collect_to_vec(&workload::random_bytes(4 << 20, 5));
     for scale in [1.0, 0.07, 1.0 / 3.0, 3.7e-20] {
-        check_encoder(&mut backend, Dtype::Float, &random, scale, 0);
-        check_encoder(&mut backend, Dtype::Float, &random, scale, -200);
+        check_encoder(
+            &mut backend,
+            Fp8Format::E4m3,
+            Dtype::Float,
+            &random,
+            scale,
+            0,
+        );
+        check_encoder(
+            &mut backend,
+            Fp8Format::E4m3,
+            Dtype::Float,
+            &random,
+            scale,
+            -200,
+        );
     }
     let normal = workload::random_normal(Dtype::Float, 1 << 20, 6);
     let scale = workload::fp8_scale(Dtype::Float, &normal);
     check_encoder(
         &mut backend,
+        Fp8Format::E4m3,
         Dtype::Float,
         &bytemuck::pod_collect_to_vec(&normal),
         scale,
         0,
-    );
-}
-
-fn check(backend: &mut WgpuBackend, cases: &[Case]) {
-    let mut failures = Vec::new();
-    for case in cases {
-        match verify::check(backend, case) {
-            Ok(None) => {}
-            Ok(Some(mismatch)) => failures.push(format!("{}: {mismatch}", case.problem.describe())),
-            Err(error) => failures.push(format!(
-                "{}: error: {}",
-                case.problem.describe(),
-                error.one_line()
-            )),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
     );
 }
 
@@ -384,7 +312,14 @@ fn two_dimensional_grids_match_reference() {
     // 128 KiB bindings hold 32768 elements: two halves.
     let all: Vec<u32> = (0..=u16::MAX as u32).collect();
     for half in all.chunks(32768) {
-        check_encoder(&mut backend, Dtype::BFloat16, half, 0.07, 0);
+        check_encoder(
+            &mut backend,
+            Fp8Format::E4m3,
+            Dtype::BFloat16,
+            half,
+            0.07,
+            0,
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::encoders::{check, check_encoder, mismatches, SCALES, SKEWS};
 use common::problem;
 use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
@@ -21,114 +22,17 @@ fn open(tuning: WgpuTuning) -> WgpuBackend {
     WgpuBackend::open(None, false, tuning).expect("a wgpu adapter (install mesa-vulkan-drivers)")
 }
 
-/// As tests/wgpu.rs's scales for e4m3: 1, the benchmark's typical max/64, awkward fractions,
-/// tiny and huge ones (one subnormal), negative, and the degenerate ones; and scales at the
-/// e5m2 threshold tables' lower limit (2^-109) and just below it.
-const SCALES: [f32; 16] = [
-    1.0,
-    0.0703125 * 1.01,
-    0.07,
-    1.0 / 3.0,
-    3.7,
-    1.0e-30,
-    f32::from_bits(0x0000_4321),
-    7.1e25,
-    3.0e38,
-    -0.37,
-    0.0,
-    f32::INFINITY,
-    f32::NAN,
-    -f32::NAN,
-    f32::from_bits(0x0a40_0000), // 1.5 * 2^-107
-    f32::from_bits(0x08ff_ffff), // just under 2^-109
-];
+/// The scales of the e4m3 tests (tests/common/encoders.rs), and scales at the e5m2 threshold
+/// tables' lower limit (2^-109) and just below it.
+fn scales() -> impl Iterator<Item = f32> {
+    SCALES.into_iter().chain([
+        f32::from_bits(0x0a40_0000), // 1.5 * 2^-107
+        f32::from_bits(0x08ff_ffff), // just under 2^-109
+    ])
+}
 
 /// Skews of the encoder's quotient estimate: none, and up to 255 ULP either way (a GPU whose
 /// division is far worse than WGSL's 2.5 ULP).
-const SKEWS: [i32; 5] = [0, 1, -2, 255, -255];
-
-fn value_of(dtype: Dtype, bits: u32) -> f32 {
-    match dtype {
-        Dtype::Half => half::f16::from_bits(bits as u16).to_f32(),
-        Dtype::BFloat16 => half::bf16::from_bits(bits as u16).to_f32(),
-        Dtype::Float => f32::from_bits(bits),
-    }
-}
-
-fn mismatches(
-    format: Fp8Format,
-    dtype: Dtype,
-    elements: &[u32],
-    scale: f32,
-    got: &[u8],
-    which: &str,
-) -> Vec<String> {
-    assert_eq!(got.len(), elements.len());
-    elements
-        .iter()
-        .zip(got)
-        .filter_map(|(&bits, &code)| {
-            let x = value_of(dtype, bits);
-            let expected = format.quantize(x, scale);
-            (code != expected).then(|| {
-                format!(
-                    "{bits:#x} ({x:e}) / {scale:e}: expected {expected:#04x}, got {code:#04x}{which}"
-                )
-            })
-        })
-        .collect()
-}
-
-/// The inputs whose encoding by the shader (plain encoder, and threshold tables where they
-/// handle the scale) differs from `format.quantize`.
-fn encoder_mismatches(
-    backend: &mut WgpuBackend,
-    format: Fp8Format,
-    dtype: Dtype,
-    elements: &[u32],
-    scale: f32,
-    skew: i32,
-) -> Vec<String> {
-    let got = backend
-        .encode_fp8_as(format, dtype, elements, scale, skew)
-        .expect("encode");
-    let mut bad = mismatches(format, dtype, elements, scale, &got, "");
-    if let Some(got) = backend
-        .encode_fp8_table_as(format, dtype, elements, scale, skew)
-        .expect("encode by tables")
-    {
-        bad.extend(mismatches(
-            format,
-            dtype,
-            elements,
-            scale,
-            &got,
-            " (tables)",
-        ));
-    }
-    bad
-}
-
-fn check_encoder(
-    backend: &mut WgpuBackend,
-    format: Fp8Format,
-    dtype: Dtype,
-    elements: &[u32],
-    scale: f32,
-    skew: i32,
-) {
-    let bad = encoder_mismatches(backend, format, dtype, elements, scale, skew);
-    assert!(
-        bad.is_empty(),
-        "{} {} with the estimate skewed by {skew} ULP: {} of {} inputs differ, e.g.\n{}",
-        format.name(),
-        dtype.name(),
-        bad.len(),
-        elements.len(),
-        bad[..bad.len().min(20)].join("\n")
-    );
-}
-
 /// Every half and every bfloat16 bit pattern, at every scale and skew: the shader's e5m2 bytes
 /// equal `Fp8Format::E5m2.quantize`.
 #[test]
@@ -136,7 +40,7 @@ fn e5m2_encoder_matches_reference_on_every_16_bit_input() {
     let mut backend = open(WgpuTuning::default());
     let all: Vec<u32> = (0..=u16::MAX as u32).collect();
     for dtype in [Dtype::Half, Dtype::BFloat16] {
-        for scale in SCALES {
+        for scale in scales() {
             for skew in SKEWS {
                 check_encoder(&mut backend, Fp8Format::E5m2, dtype, &all, scale, skew);
             }
@@ -196,7 +100,7 @@ fn e5m2_encoder_tests_detect_estimates_outside_their_windows() {
 fn e5m2_encoder_matches_reference_near_every_rounding_boundary_for_float() {
     let mut backend = open(WgpuTuning::default());
     let format = Fp8Format::E5m2;
-    for scale in SCALES {
+    for scale in scales() {
         let elements = common::float_patterns_near_rounding_boundaries(format, scale);
         for skew in SKEWS {
             check_encoder(&mut backend, format, Dtype::Float, &elements, scale, skew);
@@ -343,25 +247,6 @@ fn fp8_kernels_match_reference_on_every_16_bit_input_per_tensor_and_per_head() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-/// Checks cases and fails with every mismatch.
-fn check(backend: &mut WgpuBackend, cases: &[Case]) {
-    let mut failures = Vec::new();
-    for case in cases {
-        match verify::check(backend, case) {
-            Ok(None) => {}
-            Ok(Some(mismatch)) => failures.push(format!("{case}: {mismatch}")),
-            Err(error) => failures.push(format!("{case}: error: {}", error.one_line())),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
 }
 
 /// The quick matrix's fused, per-head and e5m2 cases (NHD), and every fp8 one with the

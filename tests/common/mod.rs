@@ -7,6 +7,8 @@
 // one crate leaves unused would otherwise warn there (and clippy denies warnings).
 #![allow(dead_code)]
 
+#[cfg(feature = "wgpu")]
+pub mod encoders;
 pub mod faulty;
 pub mod recording;
 pub mod user_kernels;
