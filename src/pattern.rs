@@ -17,6 +17,7 @@
 //! Scales are not read: they are inputs of the arithmetic, a few bytes.
 
 use crate::problem::Problem;
+use crate::reference;
 use crate::workload::{Caches, Inputs};
 
 /// Writes the pattern of every token of `inputs` into `caches`, one by one.
@@ -43,13 +44,9 @@ pub fn write_token(
     first_element: u64,
     token: usize,
 ) {
-    let slot = inputs.slot_mapping[token];
-    if slot < 0 || slot as u64 >= problem.num_slots() {
-        return;
-    }
-    for head in 0..problem.num_heads {
-        let source = problem.input_offset(token, head) as usize;
-        let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
+    for (_, source, target) in
+        reference::token_heads(problem, inputs.slot_mapping, first_element, token)
+    {
         write_head(problem, inputs.key, key_cache, source, target);
         write_head(problem, inputs.value, value_cache, source, target);
     }

@@ -45,13 +45,7 @@ pub fn write_token(
     first_element: u64,
     token: usize,
 ) {
-    let slot = inputs.slot_mapping[token];
-    if slot < 0 || slot as u64 >= problem.num_slots() {
-        return;
-    }
-    for head in 0..problem.num_heads {
-        let source = problem.input_offset(token, head) as usize;
-        let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
+    for (head, source, target) in token_heads(problem, inputs.slot_mapping, first_element, token) {
         write_head(
             problem,
             inputs.key,
@@ -69,6 +63,29 @@ pub fn write_token(
             target,
         );
     }
+}
+
+/// Where token `token` goes, head by head: `(head, first input element, first cache element
+/// counted from `first_element`)`; nothing for padding or a slot outside the cache. The walk
+/// every writer of the call's addresses shares (this reference, and the pattern kernel's
+/// definition in [`crate::pattern`]).
+pub fn token_heads<'a>(
+    problem: &'a Problem,
+    slot_mapping: &[i64],
+    first_element: u64,
+    token: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> + 'a {
+    let slot = slot_mapping[token];
+    let heads = if slot < 0 || slot as u64 >= problem.num_slots() {
+        0
+    } else {
+        problem.num_heads
+    };
+    (0..heads).map(move |head| {
+        let source = problem.input_offset(token, head) as usize;
+        let target = (problem.cache_offset(slot as u64, head) - first_element) as usize;
+        (head, source, target)
+    })
 }
 
 fn write_head(
