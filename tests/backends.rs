@@ -250,7 +250,8 @@ fn check_pattern(backend: &mut dyn Backend) {
             assert_eq!(expected, data.expected, "{}", problem.describe());
         }
         checked += 1;
-        if let Some(mismatch) = verify::compare_caches(problem, &data.slot_mapping, &expected, &got)
+        if let Some(mismatch) =
+            verify::compare_caches(problem, &data.host.slot_mapping, &expected, &got)
         {
             failures.push(format!("{}: {mismatch}", problem.describe()));
         }

@@ -14,7 +14,7 @@ use paged_kv_bench::error::Error;
 use paged_kv_bench::options::{CudaTuning, Mode, Options};
 use paged_kv_bench::problem::{CacheDtype, Dtype, Layout, Problem};
 use paged_kv_bench::timing::{self, Protocol};
-use paged_kv_bench::verify::{self, Case, CaseData, Coverage};
+use paged_kv_bench::verify::{self, Case, CaseData, CaseInputs, Coverage};
 use paged_kv_bench::workload::{self, CacheFill, Inputs, Scaling, SlotPattern};
 
 /// The backend with `options`, its kernels compiled with the `-D` macros in `PKB_TEST_DEFINES`
@@ -220,13 +220,15 @@ fn every_pattern(cache_dtype: CacheDtype, per_head: bool, extra_scales: &[f32]) 
                     .collect()
             };
             let mut data = CaseData {
-                key: key.clone(),
-                value: value.clone(),
-                slot_mapping: slot_mapping.clone(),
-                k_scale,
-                v_scale: k_scale * 1.5,
-                k_head_scales: head_scales(0, 1.0),
-                v_head_scales: head_scales(1, 1.5),
+                host: CaseInputs {
+                    key: key.clone(),
+                    value: value.clone(),
+                    slot_mapping: slot_mapping.clone(),
+                    k_scale,
+                    v_scale: k_scale * 1.5,
+                    k_head_scales: head_scales(0, 1.0),
+                    v_head_scales: head_scales(1, 1.5),
+                },
                 expected: initial.clone(),
                 initial,
             };
@@ -265,7 +267,7 @@ fn every_pattern(cache_dtype: CacheDtype, per_head: bool, extra_scales: &[f32]) 
                         "{} {cache_dtype} per_head={per_head} scale {k_scale:e} (heads {:?}) \
                          {kernel}: {m}",
                         dtype.name(),
-                        data.k_head_scales
+                        data.host.k_head_scales
                     ));
                 }
             }

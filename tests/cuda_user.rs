@@ -120,8 +120,13 @@ fn the_example_passes_verification_and_is_timed() {
         let mut call = backend
             .prepare(&case.problem, data.inputs(), CacheFill::Copy(&data.initial))
             .unwrap();
-        let samples =
-            timing::measure(call.as_mut(), &case.problem, &data.slot_mapping, &protocol).unwrap();
+        let samples = timing::measure(
+            call.as_mut(),
+            &case.problem,
+            &data.host.slot_mapping,
+            &protocol,
+        )
+        .unwrap();
         assert!(samples.latency_us > 0.0);
         assert!(samples.device_us.iter().all(|t| *t > 0.0));
         let mut sorted = samples.device_us.clone();
@@ -259,9 +264,9 @@ extern "C" __global__ void probe(const PagedKvParams p) {
         e.scale_per_head as i64,
         e.grid as i64,
         e.elements_per_thread as i64,
-        data.slot_mapping[0],
-        (data.k_head_scales[1] * 1024.0) as i64,
-        (data.v_head_scales[1] * 1024.0) as i64,
+        data.host.slot_mapping[0],
+        (data.host.k_head_scales[1] * 1024.0) as i64,
+        (data.host.v_head_scales[1] * 1024.0) as i64,
         launch.blocks as i64,
         launch.block as i64,
     ];
@@ -280,7 +285,8 @@ fn broken_copies_fail_verification_where_they_break() {
             let mismatch = verify::check(&mut backend, &case)
                 .unwrap()
                 .unwrap_or_else(|| panic!("{}: {case}: verification passed", broken.name));
-            if let Err(error) = (broken.located)(&case.problem, &data.slot_mapping, &mismatch) {
+            if let Err(error) = (broken.located)(&case.problem, &data.host.slot_mapping, &mismatch)
+            {
                 panic!("{}: {case}: {error}", broken.name);
             }
             eprintln!("{}: {}: {mismatch}", broken.name, case.problem.describe());

@@ -159,7 +159,7 @@ fn run(kernel: &UserKernel, binary: &Path, case: &Case, tag: &str) -> (Caches, C
 
 fn compare(case: &Case, expected: &Caches, got: &Caches) -> Option<Mismatch> {
     let data = CaseData::new(case).unwrap();
-    verify::compare_caches(&case.problem, &data.slot_mapping, expected, got)
+    verify::compare_caches(&case.problem, &data.host.slot_mapping, expected, got)
 }
 
 #[test]
@@ -196,7 +196,8 @@ fn broken_copies_fail_where_they_break_on_the_host() {
             let data = CaseData::new(case).unwrap();
             let mismatch = compare(case, &expected, &got)
                 .unwrap_or_else(|| panic!("{}: {case}: verification passed", broken.name));
-            if let Err(error) = (broken.located)(&case.problem, &data.slot_mapping, &mismatch) {
+            if let Err(error) = (broken.located)(&case.problem, &data.host.slot_mapping, &mismatch)
+            {
                 panic!("{}: {case}: {error}", broken.name);
             }
             eprintln!("{}: {}: {mismatch}", broken.name, case.problem.describe());

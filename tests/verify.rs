@@ -50,7 +50,7 @@ fn all_kinds() -> Vec<Case> {
 
 /// The slot mapping `check` will draw for `case` (inputs are a function of the case alone).
 fn slots_of(case: &Case) -> Vec<i64> {
-    CaseData::new(case).expect("a valid case").slot_mapping
+    CaseData::new(case).expect("a valid case").host.slot_mapping
 }
 
 /// The CPU backend with `fault` injected into every call.
@@ -157,11 +157,12 @@ fn a_dropped_token_is_found() {
         let p = case.problem;
         let data = CaseData::new(&case).expect("a valid case");
         let token = data
+            .host
             .slot_mapping
             .iter()
             .position(|&s| s >= 0)
             .expect("a written token");
-        let slot = data.slot_mapping[token] as u64;
+        let slot = data.host.slot_mapping[token] as u64;
         // What a dropped token leaves: its slot keeps the poison wherever the reference would
         // have written something else. Located here independently of `compare`.
         let size = p.cache_element_size();
@@ -298,13 +299,13 @@ fn fp8_keeps_nan_with_its_sign_and_saturates_infinities() {
             };
             let p = case.problem;
             let data = CaseData::new(&case).expect("a valid case");
-            for (token, &slot) in data.slot_mapping.iter().enumerate() {
+            for (token, &slot) in data.host.slot_mapping.iter().enumerate() {
                 if slot < 0 {
                     continue;
                 }
                 for head in 0..p.num_heads {
                     for element in 0..p.head_size {
-                        let x = dtype.read_f32(&data.key, (token * 3 + head) * 32 + element);
+                        let x = dtype.read_f32(&data.host.key, (token * 3 + head) * 32 + element);
                         let byte = data.key_cache_byte(&p, slot as u64, head, element);
                         if x.is_nan() {
                             assert_eq!(byte & 0x7f, 0x7f, "NaN must stay NaN, got {byte:#04x}");
@@ -344,17 +345,17 @@ fn auto_cache_copies_nan_and_infinities_bit_for_bit() {
         let data = CaseData::new(&case).expect("a valid case");
         let size = dtype.size();
         let mut specials = 0;
-        for (token, &slot) in data.slot_mapping.iter().enumerate() {
+        for (token, &slot) in data.host.slot_mapping.iter().enumerate() {
             if slot < 0 {
                 continue;
             }
             for head in 0..p.num_heads {
                 for element in 0..p.head_size {
                     let index = (token * 3 + head) * 32 + element;
-                    let input = &data.value[index * size..(index + 1) * size];
+                    let input = &data.host.value[index * size..(index + 1) * size];
                     let at = (p.cache_offset(slot as u64, head) as usize + element) * size;
                     assert_eq!(&data.expected.value[at..at + size], input);
-                    specials += usize::from(!dtype.read_f32(&data.value, index).is_finite());
+                    specials += usize::from(!dtype.read_f32(&data.host.value, index).is_finite());
                 }
             }
         }
@@ -521,7 +522,7 @@ fn fp8_float_inputs_tell_division_from_multiplying_by_a_reciprocal() {
                     let divisor = scale.of_head(head);
                     let first = p.input_offset(token, head) as usize;
                     told_apart += (first..first + p.head_size)
-                        .map(|i| Dtype::Float.read_f32(&data.key, i))
+                        .map(|i| Dtype::Float.read_f32(&data.host.key, i))
                         .filter(|&x| {
                             format.quantize(x, divisor) != format.encode(x * (1.0 / divisor))
                         })

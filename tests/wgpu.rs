@@ -507,7 +507,7 @@ fn bad_requests_are_errors() {
         .prepare(&hnd, data.inputs(), CacheFill::Random { seed: 1 })
         .is_err());
     let short = Inputs {
-        key: &data.key[..16],
+        key: &data.host.key[..16],
         ..data.inputs()
     };
     assert!(backend

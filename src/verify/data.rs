@@ -16,16 +16,8 @@ use crate::workload::{self, Caches, Inputs, Scale, Scaling};
 
 /// Everything one case needs on the host: inputs, the poisoned caches and the expected result.
 pub struct CaseData {
-    /// The keys as [`Inputs`] holds them (for strided inputs, the span of their tensor).
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
-    pub slot_mapping: Vec<i64>,
-    /// The per-tensor scales (used unless the case's scales are per head).
-    pub k_scale: f32,
-    pub v_scale: f32,
-    /// Per-head scales, one per head; empty where the case's scales are per tensor.
-    pub k_head_scales: Vec<f32>,
-    pub v_head_scales: Vec<f32>,
+    /// The inputs, slots and scales.
+    pub host: CaseInputs,
     pub initial: Caches,
     pub expected: Caches,
 }
@@ -33,40 +25,19 @@ pub struct CaseData {
 impl CaseData {
     /// Draws the inputs of `case`, poisons the caches and computes the reference result.
     pub fn new(case: &Case) -> Result<Self> {
-        let inputs = CaseInputs::new(case)?;
+        let host = CaseInputs::new(case)?;
         let initial = poison(&case.problem, case.seed);
         let mut expected = initial.clone();
-        reference::reshape_and_cache(&case.problem, &inputs.inputs(), &mut expected);
-        let CaseInputs {
-            key,
-            value,
-            slot_mapping,
-            k_scale,
-            v_scale,
-            k_head_scales,
-            v_head_scales,
-        } = inputs;
+        reference::reshape_and_cache(&case.problem, &host.inputs(), &mut expected);
         Ok(Self {
-            key,
-            value,
-            slot_mapping,
-            k_scale,
-            v_scale,
-            k_head_scales,
-            v_head_scales,
+            host,
             initial,
             expected,
         })
     }
 
     pub fn inputs(&self) -> Inputs<'_> {
-        Inputs {
-            key: &self.key,
-            value: &self.value,
-            slot_mapping: &self.slot_mapping,
-            k_scale: scale_of(self.k_scale, &self.k_head_scales),
-            v_scale: scale_of(self.v_scale, &self.v_head_scales),
-        }
+        self.host.inputs()
     }
 }
 
@@ -80,18 +51,21 @@ fn scale_of(tensor: f32, heads: &[f32]) -> Scale<'_> {
 }
 
 /// The inputs of a case, without its caches.
-pub(super) struct CaseInputs {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    pub(super) slot_mapping: Vec<i64>,
-    k_scale: f32,
-    v_scale: f32,
-    k_head_scales: Vec<f32>,
-    v_head_scales: Vec<f32>,
+pub struct CaseInputs {
+    /// The keys as [`Inputs`] holds them (for strided inputs, the span of their tensor).
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub slot_mapping: Vec<i64>,
+    /// The per-tensor scales (used unless the case's scales are per head).
+    pub k_scale: f32,
+    pub v_scale: f32,
+    /// Per-head scales, one per head; empty where the case's scales are per tensor.
+    pub k_head_scales: Vec<f32>,
+    pub v_head_scales: Vec<f32>,
 }
 
 impl CaseInputs {
-    pub(super) fn new(case: &Case) -> Result<Self> {
+    pub fn new(case: &Case) -> Result<Self> {
         let p = &case.problem;
         p.validate()?;
         let (mut key, mut value) = match case.qkv_fused {
@@ -169,7 +143,7 @@ impl CaseInputs {
         })
     }
 
-    pub(super) fn inputs(&self) -> Inputs<'_> {
+    pub fn inputs(&self) -> Inputs<'_> {
         Inputs {
             key: &self.key,
             value: &self.value,

@@ -141,7 +141,7 @@ pub fn check(backend: &mut dyn Backend, case: &Case) -> Result<Option<Mismatch>>
 
 /// Locates the first difference between `got` and the expected caches, if any.
 pub fn compare(problem: &Problem, data: &CaseData, got: &Caches) -> Option<Mismatch> {
-    compare_caches(problem, &data.slot_mapping, &data.expected, got)
+    compare_caches(problem, &data.host.slot_mapping, &data.expected, got)
 }
 
 /// As [`compare`], with the expected caches and the slot mapping given separately.

@@ -183,7 +183,7 @@ pub fn broken_cases() -> Vec<Case> {
                 .find(|case| {
                     let data = paged_kv_bench::verify::CaseData::new(case).unwrap();
                     let last = problem.num_slots() as i64 - 1;
-                    data.slot_mapping.contains(&-1) && !data.slot_mapping.contains(&last)
+                    data.host.slot_mapping.contains(&-1) && !data.host.slot_mapping.contains(&last)
                 })
                 .unwrap()
         })
