@@ -25,7 +25,11 @@ mod bindings;
 
 /// The hand-written shader files, joined in this order into one module (the first keeps naga's
 /// line numbers those of its file; the others follow it).
-const SHADERS: [&str; 2] = ["shaders/reshape_and_cache_flash.wgsl", "shaders/fp8.wgsl"];
+const SHADERS: [&str; 3] = [
+    "shaders/reshape_and_cache_flash.wgsl",
+    "shaders/fp8.wgsl",
+    "shaders/half.wgsl",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");

@@ -224,29 +224,10 @@ fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
     return sign | quantize_magnitude(mx, scale, e);
 }
 
-// f32 bits of a half (exact: half subnormals are normal f32s; NaN payloads kept).
-fn half_to_f32_bits(h: u32) -> u32 {
-    let sign = (h & 0x8000u) << 16u;
-    let exponent = (h >> 10u) & 0x1fu;
-    let mantissa = h & 0x3ffu;
-    if exponent == 0x1fu {
-        return sign | 0x7f800000u | (mantissa << 13u);
-    }
-    if exponent == 0u {
-        if mantissa == 0u {
-            return sign;
-        }
-        // mantissa * 2^-24: shift its leading one to bit 10.
-        let normalise = countLeadingZeros(mantissa) - 21u;
-        return sign | ((113u - normalise) << 23u) | (((mantissa << normalise) & 0x3ffu) << 13u);
-    }
-    return sign | ((exponent + 112u) << 23u) | (mantissa << 13u);
-}
-
 // f32 bits of a 16-bit element (in the low half of `bits`) of the input kind.
 fn element16_to_f32_bits(bits: u32) -> u32 {
     if IN_KIND == KIND_HALF {
-        return half_to_f32_bits(bits);
+        return pkv_half_bits(bits);
     }
     return bits << 16u;
 }

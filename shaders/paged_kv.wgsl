@@ -125,24 +125,7 @@ fn pkv_cache_word(index: u32) -> u32 {
     return index / (4u / params.cache_element_bytes);
 }
 
-// The f32 bits of a half (exact, subnormals and NaN payloads included: unpack2x16float
-// needs a capability that not every adapter has).
-fn pkv_half_bits(h: u32) -> u32 {
-    let sign = (h & 0x8000u) << 16u;
-    let exponent = (h >> 10u) & 0x1fu;
-    let mantissa = h & 0x3ffu;
-    if exponent == 0x1fu {
-        return sign | 0x7f800000u | (mantissa << 13u);
-    }
-    if exponent == 0u {
-        if mantissa == 0u {
-            return sign;
-        }
-        let normalise = countLeadingZeros(mantissa) - 21u;
-        return sign | ((113u - normalise) << 23u) | (((mantissa << normalise) & 0x3ffu) << 13u);
-    }
-    return sign | ((exponent + 112u) << 23u) | (mantissa << 13u);
-}
+// pkv_half_bits, the f32 bits of a half, is in half.wgsl, appended after this file.
 
 // Input element `index` of the keys (is_value false) or values as f32, exactly.
 fn pkv_load(is_value: bool, index: u32) -> f32 {

@@ -26,7 +26,11 @@ use crate::user_kernel::{Grid, Launch, UserKernel};
 use crate::workload::{CacheFill, Caches, Inputs, Scale, Scaling};
 
 /// The contract appended to every user's shader.
-const PRELUDE: &str = include_str!("../../../shaders/paged_kv.wgsl");
+const PRELUDE: &str = concat!(
+    include_str!("../../../shaders/paged_kv.wgsl"),
+    "\n",
+    include_str!("../../../shaders/half.wgsl"),
+);
 
 /// Binding numbers of the contract (`shaders/paged_kv.wgsl`).
 const PARAMS: u32 = 0;
