@@ -47,10 +47,23 @@ typedef unsigned long long u64;
 // Whether the exact division (the rare path of the fp8 conversion) is a called function (1)
 // or inlined at each use (0). Inlined was faster on an H100, although the kernels get larger.
 // Which kernels run the first pass of each block on its own, before the grid loop: 0 none, 1
-// the auto ones, 2 all. It makes small calls faster (about 0.06 us of 1.5 on an H100), but it
-// costs the fp8 kernels registers (occupancy) that large calls need.
+// the auto ones, 2 all, 3 the auto ones and the fp8 ones of one item per thread (except half
+// input: Half::PEEL_FP8). The 64-bit
+// loop bookkeeping then comes after the loads: small calls are faster (auto: about 0.06 us of
+// 1.5 on an H100; fp8 of one item per thread 0.03 to 0.18 us from 2 to 128 tokens, 1.390 ->
+// 1.293 us at 2). The fp8 kernels of several items per thread stay unpeeled: it cost them
+// registers (occupancy) that large calls need.
 #ifndef RCF_PEEL
-#define RCF_PEEL 1
+#define RCF_PEEL 3
+#endif
+// Measurement only, never correct (tuning runs price what exactness and the launch cost):
+// RCF_FP8_INEXACT=1 converts RN(|x| * RN(1 / scale)) without Markstein's correction;
+// RCF_EMPTY=1 returns right after the programmatic-launch handshake, touching no memory.
+#ifndef RCF_FP8_INEXACT
+#define RCF_FP8_INEXACT 0
+#endif
+#ifndef RCF_EMPTY
+#define RCF_EMPTY 0
 #endif
 // A register cap for the fp8 kernels with one item per thread (0: none): more resident warps.
 // Per input dtype below.
@@ -144,8 +157,11 @@ __device__ __forceinline__ void store16(void* p, const uint4& v) {
 // ---------------------------------------------------------------------------------------------
 // Input element types: their size and exact conversion to float.
 
+// PEEL_FP8: whether the fp8 kernels of one item per thread peel their first pass (RCF_PEEL 3).
+// Not for half: under its 48-register cap (below) the peeled kernel spilled (24 bytes of stack)
+// and ran 8192 tokens 5% slower on an H100.
 struct Half {
-    enum { SIZE = 2 };
+    enum { SIZE = 2, PEEL_FP8 = 0 };
     typedef u16 Bits;
     static __device__ __forceinline__ float to_float(u32 bits) {
         float f;
@@ -155,14 +171,14 @@ struct Half {
 };
 
 struct BFloat16 {
-    enum { SIZE = 2 };
+    enum { SIZE = 2, PEEL_FP8 = 1 };
     typedef u16 Bits;
     // bfloat16 is the top half of a float: widening is a shift, exact for every value.
     static __device__ __forceinline__ float to_float(u32 bits) { return __uint_as_float(bits << 16); }
 };
 
 struct Float {
-    enum { SIZE = 4 };
+    enum { SIZE = 4, PEEL_FP8 = 1 };
     typedef u32 Bits;
     static __device__ __forceinline__ float to_float(u32 bits) { return __uint_as_float(bits); }
 };
@@ -384,8 +400,12 @@ __device__ __forceinline__ u32 quotient4(const float* x, const Fp8Scale& s) {
     for (int i = 0; i < 4; ++i) {
         const float a = fabsf(x[i]);
         const float q0 = fminf(__fmul_rn(a, s.inverse), 0x1p20f);
+#if RCF_FP8_INEXACT
+        q[i] = q0;
+#else
         const float r = __fmaf_rn(-q0, s.scale, a);
         q[i] = __fmaf_rn(r, s.inverse, q0);
+#endif
     }
     return Fmt::x4(q[0], q[1], q[2], q[3]);
 }
@@ -420,7 +440,8 @@ __device__ RCF_DIVIDE_INLINING u32 divide4(float x0, float x1, float x2, float x
 // auto cache dtype, 16 bytes per item: the cache element is the input element, bit for bit.
 template <class In>
 struct AutoVector {
-    enum { ELEMS = 16 / In::SIZE };
+    // PEEL_ONE: whether kernels of one item per thread peel their first pass (see RCF_PEEL).
+    enum { ELEMS = 16 / In::SIZE, PEEL_ONE = 1 };
     typedef uint4 Loaded;
     typedef E4M3 Format;  // (unused: nothing is encoded)
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
@@ -435,7 +456,7 @@ struct AutoVector {
 // auto cache dtype, one element per item (any head size, any alignment).
 template <class In>
 struct AutoScalar {
-    enum { ELEMS = 1 };
+    enum { ELEMS = 1, PEEL_ONE = 1 };
     typedef typename In::Bits Loaded;
     typedef E4M3 Format;  // (unused: nothing is encoded)
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
@@ -451,7 +472,7 @@ struct AutoScalar {
 // input), one 16-byte store.
 template <class In, class Fmt = E4M3>
 struct Fp8Vector {
-    enum { ELEMS = 16 };
+    enum { ELEMS = 16, PEEL_ONE = In::PEEL_FP8 };
     typedef Fmt Format;
     struct Loaded {
         uint4 part[In::SIZE];
@@ -514,7 +535,7 @@ struct Fp8Vector {
 // fp8 cache dtype (format Fmt), one element per item.
 template <class In, class Fmt = E4M3>
 struct Fp8Scalar {
-    enum { ELEMS = 1 };
+    enum { ELEMS = 1, PEEL_ONE = 0 };
     typedef typename In::Bits Loaded;
     typedef Fmt Format;
     static __device__ __forceinline__ Loaded load(const char* base, i64 elem) {
@@ -643,8 +664,10 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+    if (RCF_EMPTY) return;
     const u64 blocks = (u64)p.token_groups * p.segments.divisor;
-    if (RCF_PEEL == 2 || (RCF_PEEL == 1 && !SCALED)) {
+    if (RCF_PEEL == 2 || (RCF_PEEL == 1 && !SCALED) ||
+        (RCF_PEEL == 3 && (!SCALED || (MAX_ITEMS == 1 && Item::PEEL_ONE)))) {
         // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop
         // bookkeeping before the first loads (small calls are all latency).
         if (blockIdx.x >= blocks) return;

@@ -14,11 +14,13 @@
 //! - Inputs larger than one binding are split by tokens into equal ranges, two of them per
 //!   dispatch (bound as two parts) in the 16-byte kernels: the default 65536 bf16 tokens are
 //!   one dispatch.
-//! - Calls whose rows spread over more of the caches than a GPU's address translation caches
-//!   cover (2 x 32 GiB on an H100: the TLB misses, not the bytes, set the time) take their
-//!   tokens in slot order: three small passes in the call bucket the tokens by slot range on
-//!   the device, and the kernel reads them through that order, so that the rows being written
-//!   at any moment lie close together. See docs/perf-log-wgpu.md.
+//! - Where the caches are wgpu's own allocations, calls whose rows spread over more of the
+//!   caches than a GPU's address translation caches cover (2 x 32 GiB on an H100: the TLB
+//!   misses, not the bytes, set the time) take their tokens in slot order: three small passes
+//!   in the call bucket the tokens by slot range on the device, and the kernel reads them
+//!   through that order, so that the rows being written at any moment lie close together.
+//!   Dedicated allocations (below) do not need it and take tokens as they come.
+//!   See docs/perf-log-wgpu.md.
 //! - Slots are uploaded as the int64 they are, read as (lo, hi) u32 pairs; the shader skips
 //!   -1 and anything outside the cache itself.
 //! - fp8 (e4m3 and e5m2) is bit-exact with `fp8::quantize` / `quantize_e5m2` although WGSL
@@ -197,6 +199,7 @@ impl WgpuBackend {
             max_buffer_size: self.limits.max_buffer_size,
             storage_offset_alignment: self.limits.min_storage_buffer_offset_alignment as u64,
             software: self.is_software(),
+            dedicated_caches: self.dedicated_caches,
         };
         let plan = Plan::new(problem, &limits, &self.tuning, &self.info.name)?;
         if self.tuning.trace {

@@ -13,9 +13,12 @@ use super::abi::{
 
 /// The most 16-byte units per thread the tuning may ask for.
 const MAX_UNITS: u32 = 8;
-/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order: on an
-/// H100, 2 x 8 GiB caches ran 4096 random tokens (some 5200 pages) at 99% of copy speed as
-/// they come and at 91% in slot order, 2 x 32 GiB ones (some 7200 pages) at 66% and 76%.
+/// Pages of 2 MiB (over both caches) past which calls take their tokens in slot order, where
+/// the caches are wgpu's own allocations: on an H100, 2 x 8 GiB caches ran 4096 random tokens
+/// (some 5200 pages) at 99% of copy speed as they come and at 91% in slot order, 2 x 32 GiB
+/// ones (some 7200 pages) at 66% and 76%. Dedicated allocations do not need it: there 2 x 32
+/// GiB ran 2048 to 65536 tokens 1 to 11% faster as they come than in slot order (T = 8192:
+/// 404.8 against 419.6 us; BENCHMARKS.md, session 4).
 const TRANSLATION_REACH_PAGES: u64 = 6000;
 /// Buckets (slot ranges) of the slot-order pass by default.
 const ORDER_BUCKETS: u32 = 1024;
@@ -41,6 +44,8 @@ pub(super) struct AdapterLimits {
     pub storage_offset_alignment: u64,
     /// A software rasteriser (lavapipe): no address translation to spare.
     pub software: bool,
+    /// The caches are dedicated allocations (translated as well as small caches are).
+    pub dedicated_caches: bool,
 }
 
 /// Which entry point writes the caches.
@@ -170,9 +175,11 @@ impl Plan {
         plan.one_buffer = windows_fit && tuning.one_buffer.unwrap_or(false);
         plan.units = tuning.units_per_thread.unwrap_or(1).clamp(1, MAX_UNITS);
         let ordered = plan.kernel != Kernel::Words
-            && tuning
-                .slot_order
-                .unwrap_or_else(|| !limits.software && spreads_past_translation_reach(problem));
+            && tuning.slot_order.unwrap_or_else(|| {
+                !limits.software
+                    && !limits.dedicated_caches
+                    && spreads_past_translation_reach(problem)
+            });
         if ordered {
             let slots = problem.num_slots();
             let buckets = tuning
@@ -544,6 +551,7 @@ mod tests {
             max_buffer_size: 1 << 40,
             storage_offset_alignment: 256,
             software: true,
+            dedicated_caches: false,
         }
     }
 
@@ -811,5 +819,30 @@ mod tests {
             num_tokens: 16,
             ..big
         }));
+        // By default only a hardware adapter's own (not dedicated) allocations take the order;
+        // the tuning forces it either way.
+        let hardware = AdapterLimits {
+            software: false,
+            ..limits(2 << 30, 32)
+        };
+        let order = |limits: &AdapterLimits, slot_order| {
+            let tuning = WgpuTuning {
+                slot_order,
+                ..WgpuTuning::default()
+            };
+            Plan::new(&big, limits, &tuning, "t")
+                .unwrap()
+                .order
+                .is_some()
+        };
+        assert!(order(&hardware, None));
+        let dedicated = AdapterLimits {
+            dedicated_caches: true,
+            ..hardware
+        };
+        assert!(!order(&dedicated, None));
+        assert!(order(&dedicated, Some(true)));
+        assert!(!order(&hardware, Some(false)));
+        assert!(!order(&limits(2 << 30, 32), None));
     }
 }
