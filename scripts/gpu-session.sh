@@ -15,6 +15,9 @@
 #   user        users' kernels: the CUDA user-kernel tests, and verify on both examples
 #   user-bench  the example kernel and shader beside the built-in paths, with % of pattern
 #   pattern     --ceiling pattern: CUDA fp8, rotating, other shapes; wgpu by cache allocation
+# With PACK=FILE.tgz, $OUT is packed into FILE after every step, so that a call cut off at the
+# device's 600 s limit still brings back what it finished. `tests` alone takes most of that
+# limit on an H100, `verify` about 150 to 180 s: run them in separate calls.
 set -u
 cd "$(dirname "$0")/.."
 B=.devbin
@@ -35,6 +38,7 @@ step() { # name timeout command...
     local rc=$?
     echo "   rc=$rc in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
     tail -n 3 "$OUT/$name.txt" | sed 's/^/   | /' | tee -a "$OUT/summary.txt"
+    if [ -n "${PACK:-}" ]; then tar czf "$PACK" -C "$OUT" .; fi
 }
 
 for stage in "$@"; do
