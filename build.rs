@@ -96,6 +96,21 @@ fn generated() -> String {
             .unwrap();
         }
         w.push_str("        default: {}\n    }\n}\n");
+        writeln!(
+            w,
+            "\n// Stores word `part` of one unit of each cache into chunk `chunk` of a group of {chunks}.\n\
+             fn {}(chunk: u32, index: u32, part: u32, k: u32, v: u32) {{\n    switch chunk {{",
+            store_word_function(chunks)
+        )
+        .unwrap();
+        for j in 0..chunks {
+            writeln!(
+                w,
+                "        case {j}u: {{ k{j}[index][part] = k; v{j}[index][part] = v; }}"
+            )
+            .unwrap();
+        }
+        w.push_str("        default: {}\n    }\n}\n");
     }
     for kernel in UNIT_KERNELS {
         for lut in [false, true] {
@@ -113,16 +128,24 @@ fn generated() -> String {
 fn pattern_kernel(kernel: &bindings::UnitKernel) -> String {
     let real = unit_kernel(kernel, true);
     assert_eq!(real.matches("cache_unit_lut(").count(), 2);
+    assert_eq!(real.matches("cache_word_lut(").count(), 2);
     real.replacen(kernel.entry(true), kernel.pattern_entry, 1)
         .replace("cache_unit_lut(", "pattern_unit(")
+        .replace("cache_word_lut(", "pattern_word(")
 }
 
 fn store_function(chunks: u32) -> String {
     format!("store_unit_{chunks}")
 }
 
+fn store_word_function(chunks: u32) -> String {
+    format!("store_word_{chunks}")
+}
+
 /// One 16-byte cache kernel: thread i writes units `first_unit + j * WORKGROUP` of each cache,
-/// encoded by `cache_unit` (or `cache_unit_lut`), into the chunk of the group its slot falls in.
+/// encoded by `cache_unit` (or `cache_unit_lut`), into the chunk of the group its slot falls in;
+/// with SPLIT threads per unit, thread i writes word i % SPLIT of unit i / SPLIT, encoded by
+/// `cache_word` (`cache_word_lut`).
 fn unit_kernel(kernel: &bindings::UnitKernel, lut: bool) -> String {
     const TEMPLATE: &str = r#"@compute @workgroup_size(WORKGROUP)
 fn $NAME(
@@ -132,32 +155,50 @@ fn $NAME(
 ) {
 $LOAD_TABLE    let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
-        let place = unit_target(first + j * WORKGROUP, $CHUNKSu);
+        let i = first + j * WORKGROUP;
+        let place = unit_target(i / SPLIT, $CHUNKSu);
         if place.x != NO_SLOT {
-$STORE        }
+            if SPLIT == 1u {
+$STORE            } else {
+                let part = i % SPLIT;
+$STORE_WORD            }
+        }
     }
 }
 "#;
-    let (load_table, unit) = if lut {
-        ("", "cache_unit_lut")
+    let (load_table, unit, word) = if lut {
+        ("", "cache_unit_lut", "cache_word_lut")
     } else {
-        ("    load_fp8_table(local);\n", "cache_unit")
+        ("    load_fp8_table(local);\n", "cache_unit", "cache_word")
     };
-    let store = if kernel.chunks == 1 {
-        format!(
-            "            k0[place.y] = {unit}(false, place.z, place.w);\n            \
-                         v0[place.y] = {unit}(true, place.z, place.w);\n"
+    let (store, store_word) = if kernel.chunks == 1 {
+        (
+            format!(
+                "                k0[place.y] = {unit}(false, place.z, place.w);\n                \
+                                 v0[place.y] = {unit}(true, place.z, place.w);\n"
+            ),
+            format!(
+                "                k0[place.y][part] = {word}(false, place.z, place.w, part);\n                \
+                                 v0[place.y][part] = {word}(true, place.z, place.w, part);\n"
+            ),
         )
     } else {
-        format!(
-            "            {}(place.x, place.y, {unit}(false, place.z, place.w), {unit}(true, place.z, place.w));\n",
-            store_function(kernel.chunks)
+        (
+            format!(
+                "                {}(place.x, place.y, {unit}(false, place.z, place.w), {unit}(true, place.z, place.w));\n",
+                store_function(kernel.chunks)
+            ),
+            format!(
+                "                {}(place.x, place.y, part, {word}(false, place.z, place.w, part), {word}(true, place.z, place.w, part));\n",
+                store_word_function(kernel.chunks)
+            ),
         )
     };
     TEMPLATE
         .replace("$NAME", kernel.entry(lut))
         .replace("$LOAD_TABLE", load_table)
         .replace("$CHUNKS", &kernel.chunks.to_string())
+        .replace("$STORE_WORD", &store_word)
         .replace("$STORE", &store)
 }
 

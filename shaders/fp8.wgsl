@@ -441,6 +441,27 @@ fn cache_unit_lut(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     return out;
 }
 
+// Word `part` of cache_unit_lut's result (SPLIT).
+fn cache_word_lut(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+    var base = 0u;
+    if is_value {
+        base = LUT_VALUES;
+    }
+    if PER_HEAD {
+        base = (select(0u, HEADS, is_value) + u / HEAD_UNITS) * LUT_VALUES;
+    }
+    let w = load_input(is_value, first + part / 2u);
+    let h = part % 2u * 2u;
+    let a = w[h];
+    let b = w[h + 1u];
+    return pack4(
+        lut_code(a & 0xffffu, base),
+        lut_code(a >> 16u, base),
+        lut_code(b & 0xffffu, base),
+        lut_code(b >> 16u, base),
+    );
+}
+
 // The code of x / scale (x as f32 bits), by the tables or by quantize.
 fn encode(x: u32, scale: Scale, base: u32, reciprocal: f32) -> u32 {
     if FP8_TABLE {

@@ -87,6 +87,11 @@ override HEAD_UNITS: u32 = 1u;
 override ORDERED: bool = false;
 // reshape_and_cache*: 16-byte units of each cache per thread.
 override UNITS: u32 = 1u;
+// reshape_and_cache* (with UNITS 1): threads per 16-byte unit of each cache, 1 or 4. With 4,
+// thread `part` of a unit writes its word `part` (four fp8 codes), so that a small fp8 call,
+// whose time is each thread's chain of exact encodings rather than memory, runs four times the
+// threads with a quarter of the chain each.
+override SPLIT: u32 = 1u;
 // fp8 through the threshold tables (see quantize_table) rather than quantize alone.
 override FP8_TABLE: bool = false;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
@@ -262,6 +267,58 @@ fn pattern_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     return out;
 }
 
+// Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, encoding only those
+// (SPLIT).
+fn cache_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+    if !FP8 {
+        return load_input(is_value, first)[part];
+    }
+    var scale = params.k_scale;
+    var base = 0u;
+    if is_value {
+        scale = params.v_scale;
+        base = TABLE_CODES;
+    }
+    if PER_HEAD {
+        scale = head_scale(is_value, u / HEAD_UNITS);
+    }
+    var reciprocal = 0.0;
+    if FP8_TABLE {
+        reciprocal = scale_reciprocal(scale);
+    }
+    if IN_KIND == 2u {
+        let w = load_input(is_value, first + part);
+        return pack4(
+            encode(w.x, scale, base, reciprocal),
+            encode(w.y, scale, base, reciprocal),
+            encode(w.z, scale, base, reciprocal),
+            encode(w.w, scale, base, reciprocal),
+        );
+    }
+    // Two words of 16-bit elements: cache_unit's word 2j + k is input unit j's words 2k, 2k+1.
+    let w = load_input(is_value, first + part / 2u);
+    let h = part % 2u * 2u;
+    let a = quantize_pair(w[h], scale, base, reciprocal);
+    let b = quantize_pair(w[h + 1u], scale, base, reciprocal);
+    return pack4(a.x, a.y, b.x, b.y);
+}
+
+// Word `part` of pattern_unit's result, reading only its own input bytes (SPLIT).
+fn pattern_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+    if !FP8 {
+        return load_input(is_value, first)[part];
+    }
+    if IN_KIND == 2u {
+        let w = load_input(is_value, first + part);
+        return pack4(w.x >> 24u, w.y >> 24u, w.z >> 24u, w.w >> 24u);
+    }
+    let w = load_input(is_value, first + part / 2u);
+    let h = part % 2u * 2u;
+    let a = w[h];
+    let b = w[h + 1u];
+    return pack4((a >> 8u) & 0xffu, a >> 24u, (b >> 8u) & 0xffu, b >> 24u);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Slots and chunks.
 
@@ -352,16 +409,22 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //     load_fp8_table(local);               // (not in the *_lut kernels)
 //     let first = first_unit(workgroup, workgroups, local);
 //     for (var j = 0u; j < UNITS; j += 1u) {
-//         let place = unit_target(first + j * WORKGROUP, C);
+//         let i = first + j * WORKGROUP;
+//         let place = unit_target(i / SPLIT, C);
 //         if place.x != NO_SLOT {
-//             // store_unit_<C>, or k0 / v0 directly for one chunk:
-//             store_unit_<C>(place.x, place.y, cache_unit(false, place.z, place.w),
-//                            cache_unit(true, place.z, place.w));
+//             if SPLIT == 1u {
+//                 // store_unit_<C>, or k0 / v0 directly for one chunk:
+//                 store_unit_<C>(place.x, place.y, cache_unit(false, place.z, place.w),
+//                                cache_unit(true, place.z, place.w));
+//             } else {
+//                 let part = i % SPLIT;    // one word of each unit, by cache_word
+//                 store_word_<C>(place.x, place.y, part, cache_word(false, ...), ...);
+//             }
 //         }
 //     }
 //
 // The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, call cache_unit_lut
-// instead of cache_unit: the same work, each element's code read from fp8_lut. Entry points of
+// (cache_word_lut) instead of cache_unit (cache_word): the same work, each element's code read from fp8_lut. Entry points of
 // their own, because a binding that a function uses counts against every entry point that calls
 // it (whatever the override constants): the LUT's storage binding stays out of the others.
 // The wide kernels bind WIDE_CHUNKS chunks of each cache, for adapters that allow

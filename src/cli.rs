@@ -198,6 +198,10 @@ pub struct BackendArgs {
     #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
     pub wgpu_fp8_lut: Option<bool>,
 
+    /// wgpu: fp8 with four threads per 16-byte cache unit, each encoding one word.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_fp8_split: Option<bool>,
+
     /// wgpu: print each call's plan to stderr.
     #[arg(long, hide = true)]
     pub wgpu_trace: bool,
@@ -228,6 +232,13 @@ impl BackendArgs {
                  does not use",
                 self.wgpu_api.name()
             )));
+        }
+        if self.wgpu_fp8_split == Some(true) && self.wgpu_units.is_some_and(|units| units > 1) {
+            return Err(conflict(
+                "--wgpu-fp8-split on shares each unit among four threads, which --wgpu-units \
+                 above 1 gives several units each"
+                    .into(),
+            ));
         }
         if self.wgpu_order_buckets.is_some() && self.wgpu_slot_order == Some(false) {
             return Err(conflict(
@@ -264,6 +275,7 @@ impl BackendArgs {
                 units_per_thread: self.wgpu_units,
                 fp8_table: self.wgpu_fp8_table,
                 fp8_lut: self.wgpu_fp8_lut,
+                fp8_split: self.wgpu_fp8_split,
                 trace: self.wgpu_trace,
                 api: self.wgpu_api,
                 cache_alloc: self.wgpu_cache_alloc,

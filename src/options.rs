@@ -207,6 +207,10 @@ pub struct WgpuTuning {
     /// fp8 from half and bfloat16 inputs through a lookup table of every 16-bit pattern's
     /// code, built on the device in each call; on by default.
     pub fp8_lut: Option<bool>,
+    /// fp8: four threads per 16-byte cache unit, each encoding one word (with one unit per
+    /// thread); `None`: for small calls, which then take neither table.
+    #[serde(default)]
+    pub fp8_split: Option<bool>,
     /// Print each call's plan to stderr.
     pub trace: bool,
     /// Which graphics APIs to look for adapters on.
@@ -297,6 +301,7 @@ impl WgpuTuning {
         add("units", self.units_per_thread.map(|v| v.to_string()));
         add("fp8_table", self.fp8_table.map(|v| v.to_string()));
         add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
+        add("fp8_split", self.fp8_split.map(|v| v.to_string()));
         add("trace", self.trace.then(|| "true".to_string()));
         add(
             "api",

@@ -223,6 +223,40 @@ fn slot_order_one_buffer_and_units_match_reference() {
     }
 }
 
+/// fp8 calls with four threads per 16-byte unit (each encoding one word) by every encoder
+/// (plain, threshold tables, lookup table), and the plain encoder with a thread per unit, over
+/// many chunks (the generated word stores of the multi-chunk kernels) and over one; every fp8
+/// case of the quick matrix (e4m3 and e5m2, per-tensor and per-head scales, fused inputs).
+#[test]
+fn fp8_split_units_match_reference_with_every_encoder() {
+    let cases: Vec<Case> = verify::matrix(Coverage::Quick, 53)
+        .into_iter()
+        .filter(|case| case.problem.layout == Layout::Nhd && case.problem.cache_dtype.is_fp8())
+        .collect();
+    assert!(cases.len() > 10, "{} fp8 cases", cases.len());
+    for (max_binding_bytes, split, fp8_table, fp8_lut) in [
+        (Some(256 << 10), true, false, false),
+        (Some(256 << 10), true, true, false),
+        (Some(256 << 10), true, false, true),
+        (Some(256 << 10), false, false, false),
+        (None, true, false, false),
+    ] {
+        let mut backend = WgpuBackend::open(
+            None,
+            false,
+            WgpuTuning {
+                max_binding_bytes,
+                fp8_split: Some(split),
+                fp8_table: Some(fp8_table),
+                fp8_lut: Some(fp8_lut),
+                ..Default::default()
+            },
+        )
+        .expect("a wgpu adapter");
+        check(&mut backend, &cases);
+    }
+}
+
 /// The smallest possible chunks: one cache block per buffer, so that a cache of 40 blocks
 /// needs 4 dispatch groups, and many tokens per call need several input ranges.
 #[test]

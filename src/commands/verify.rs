@@ -141,9 +141,10 @@ fn seed_from_clock() -> u64 {
 /// [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
 ///
 /// The full matrix checks the wgpu backend a second time with 256 KiB storage bindings and the
-/// plain fp8 encoder, so that caches are split over several buffers as 32 GiB caches are on a
-/// GPU (256 KiB stays above the largest cache block in the matrix, 160 KiB; smaller caches fit
-/// one buffer and are skipped), and the encoder that the lookup and threshold tables otherwise
+/// plain fp8 encoder with a thread per 16-byte unit, so that caches are split over several
+/// buffers as 32 GiB caches are on a GPU (256 KiB stays above the largest cache block in the
+/// matrix, 160 KiB; smaller caches fit one buffer and are skipped), and the encoder that the
+/// lookup and threshold tables (large calls) and the split units (small calls) otherwise
 /// replace is covered.
 fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) -> Vec<Subject> {
     const BINDING_BYTES: u64 = 256 << 10;
@@ -159,6 +160,7 @@ fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) 
             max_binding_bytes: Some(BINDING_BYTES),
             fp8_table: Some(false),
             fp8_lut: Some(false),
+            fp8_split: Some(false),
             ..options.wgpu
         },
         ..options.clone()

@@ -28,6 +28,13 @@ const MAX_ORDER_BUCKETS: u32 = 1 << 20;
 /// them: on an H100, float inputs of 128 x 128 took 35.5 against 41.0 us at 256 tokens (8M
 /// elements) with the plain encoder, 120.7 against 102.5 us at 1024 (32M).
 const FP8_TABLE_MIN_ELEMENTS: u64 = 1 << 24;
+/// fp8 elements (keys and values) per call up to which calls share each 16-byte cache unit among
+/// `FP8_SPLIT` threads, encoding with the plain encoder and no table: a table's pass costs a
+/// dependent dispatch and its build (about 5 us on an H100), and the plain encoder's time on a
+/// small call is each thread's chain of exact encodings, which the split cuts to a quarter.
+const FP8_SPLIT_MAX_ELEMENTS: u64 = 1 << 20;
+/// Threads per 16-byte unit in a split call (`SPLIT` in the shader): one word each.
+const FP8_SPLIT: u32 = 4;
 /// Per-head scales: the lookup tables (one per head and tensor, 65536 codes each) are taken by
 /// default from this many elements per head and tensor on, where building them (65536
 /// encodings per table) costs at most what encoding every element would. Not measured on a
@@ -107,6 +114,8 @@ pub(super) struct Plan {
     pub order: Option<OrderPlan>,
     /// 16-byte units per thread (`UNITS` in the shader).
     pub units: u32,
+    /// Threads per 16-byte unit (`SPLIT` in the shader): 1, or `FP8_SPLIT` for small fp8 calls.
+    pub split: u32,
 }
 
 /// The slot-order pass of a call.
@@ -180,6 +189,17 @@ impl Plan {
                     && !limits.dedicated_caches
                     && spreads_past_translation_reach(problem)
             });
+        if problem.cache_dtype.is_fp8() && plan.kernel != Kernel::Words && plan.units == 1 {
+            let elements = 2 * problem.num_tokens as u64 * problem.token_elements() as u64;
+            // A table asked for keeps its default use: the split is for calls without one.
+            let table_asked = tuning.fp8_lut == Some(true) || tuning.fp8_table == Some(true);
+            if tuning
+                .fp8_split
+                .unwrap_or(!table_asked && elements <= FP8_SPLIT_MAX_ELEMENTS)
+            {
+                plan.split = FP8_SPLIT;
+            }
+        }
         if ordered {
             let slots = problem.num_slots();
             let buckets = tuning
@@ -286,6 +306,7 @@ impl Plan {
             one_buffer: false,
             order: None,
             units: 1,
+            split: 1,
         })
     }
 
@@ -306,6 +327,9 @@ impl Plan {
     /// Per-head scales take no threshold tables (they are per tensor); their lookup tables,
     /// one per head, by default only from `FP8_HEAD_LUT_MIN_ELEMENTS` elements per table on,
     /// and only where they fit one binding of `max_binding` bytes.
+    ///
+    /// Calls split among four threads per unit (small calls, `FP8_SPLIT_MAX_ELEMENTS`) take
+    /// neither table by default: each thread encodes four elements with the plain encoder.
     pub fn fp8_path(
         &self,
         problem: &Problem,
@@ -327,10 +351,10 @@ impl Plan {
                 && table_bytes <= max_binding
                 && tuning
                     .fp8_lut
-                    .unwrap_or(elements >= FP8_HEAD_LUT_MIN_ELEMENTS);
+                    .unwrap_or(self.split == 1 && elements >= FP8_HEAD_LUT_MIN_ELEMENTS);
             return if lut { Fp8Path::Lut } else { Fp8Path::Plain };
         }
-        let lut = lut_possible && tuning.fp8_lut.unwrap_or(true);
+        let lut = lut_possible && tuning.fp8_lut.unwrap_or(self.split == 1);
         if lut {
             return Fp8Path::Lut;
         }
@@ -338,7 +362,7 @@ impl Plan {
         if scales_fit_tables
             && tuning
                 .fp8_table
-                .unwrap_or(elements >= FP8_TABLE_MIN_ELEMENTS)
+                .unwrap_or(self.split == 1 && elements >= FP8_TABLE_MIN_ELEMENTS)
         {
             Fp8Path::Thresholds
         } else {
@@ -392,6 +416,9 @@ impl Plan {
                 if problem.cache_dtype == CacheDtype::Fp8E5m2 {
                     constants.push(("E5M2", 1.0));
                 }
+                if self.split > 1 {
+                    constants.push(("SPLIT", self.split as f64));
+                }
                 if per_head && problem.cache_dtype.is_fp8() {
                     constants.extend([
                         ("PER_HEAD", 1.0),
@@ -439,7 +466,7 @@ impl Plan {
         let units = tokens as u64 * self.units_per_token(problem);
         match self.kernel {
             Kernel::Words => units,
-            _ => units.div_ceil(self.units as u64),
+            _ => units.div_ceil(self.units as u64) * self.split as u64,
         }
     }
 
@@ -803,6 +830,80 @@ mod tests {
         assert_eq!(grid(256 * 10, 65535).unwrap(), (10, 1));
         assert_eq!(grid(256 * 10 + 1, 4).unwrap(), (4, 3));
         assert!(grid(256 * 17, 4).is_err());
+    }
+
+    #[test]
+    fn small_fp8_calls_split_units_among_four_threads() {
+        let p = problem(Dtype::BFloat16, CacheDtype::Fp8, 128, 128);
+        let limits = limits(2 << 30, 32);
+        let plan = |problem: &Problem, tuning: &WgpuTuning| {
+            Plan::new(problem, &limits, tuning, "t").unwrap()
+        };
+        let default = WgpuTuning::default();
+        let fp8_path = |plan: &Plan, problem: &Problem, tuning: &WgpuTuning| {
+            plan.fp8_path(problem, true, false, (32, 2 << 30), tuning)
+        };
+        // 32 tokens of 2 x 128 x 128: 2^20 elements, the most a split call takes by default.
+        let small = Problem {
+            num_tokens: 32,
+            ..p
+        };
+        let split = plan(&small, &default);
+        assert_eq!(split.split, FP8_SPLIT);
+        assert_eq!(split.threads(&small, 32), 4 * 32 * 1024);
+        assert!(split
+            .constants(&small, Fp8Path::Plain, false)
+            .contains(&("SPLIT", 4.0)));
+        // Split calls take no table by default, and a table asked for keeps its calls whole.
+        assert_eq!(fp8_path(&split, &small, &default), Fp8Path::Plain);
+        let lut = WgpuTuning {
+            fp8_lut: Some(true),
+            ..default
+        };
+        assert_eq!(plan(&small, &lut).split, 1);
+        let table = WgpuTuning {
+            fp8_table: Some(true),
+            ..default
+        };
+        assert_eq!(plan(&small, &table).split, 1);
+        // Larger calls, auto caches and several units per thread: whole units, no SPLIT.
+        let large = Problem {
+            num_tokens: 33,
+            ..p
+        };
+        let whole = plan(&large, &default);
+        assert_eq!(whole.split, 1);
+        assert_eq!(whole.threads(&large, 33), 33 * 1024);
+        assert!(!whole
+            .constants(&large, Fp8Path::Lut, false)
+            .iter()
+            .any(|(name, _)| *name == "SPLIT"));
+        assert_eq!(fp8_path(&whole, &large, &default), Fp8Path::Lut);
+        let auto = Problem {
+            cache_dtype: CacheDtype::Auto,
+            ..small
+        };
+        assert_eq!(plan(&auto, &default).split, 1);
+        let units = WgpuTuning {
+            units_per_thread: Some(2),
+            fp8_split: Some(true),
+            ..default
+        };
+        assert_eq!(plan(&small, &units).split, 1);
+        // The tuning forces it either way, tables included.
+        let forced = WgpuTuning {
+            fp8_split: Some(true),
+            fp8_lut: Some(true),
+            ..default
+        };
+        let forced_plan = plan(&large, &forced);
+        assert_eq!(forced_plan.split, FP8_SPLIT);
+        assert_eq!(fp8_path(&forced_plan, &large, &forced), Fp8Path::Lut);
+        let off = WgpuTuning {
+            fp8_split: Some(false),
+            ..default
+        };
+        assert_eq!(plan(&small, &off).split, 1);
     }
 
     #[test]
