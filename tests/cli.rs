@@ -733,6 +733,10 @@ fn contradicting_flag_ranges_are_refused_before_anything_runs() {
             &["--wgpu-slot-order", "off", "--wgpu-order-buckets", "64"][..],
             "--wgpu-slot-order off",
         ),
+        (
+            &["--wgpu-fp8-split", "on", "--wgpu-units", "2"][..],
+            "--wgpu-fp8-split on shares each unit among four threads",
+        ),
     ] {
         assert_refused(args, needle);
         // A flag error: the parser's exit status, and no report started.
