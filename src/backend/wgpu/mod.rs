@@ -46,10 +46,11 @@
 //!   uncaptured-error handler for the rest) and returned as one line, never a panic.
 //!
 //! Where things are: `adapter` finds the adapter, `device` wraps the device (errors, pipelines,
-//! buffers, transfers), `plan` decides how a problem maps onto buffers and dispatches (pure),
-//! `bindings` and `abi` hold what the host shares with the shader, `caches` the caches on the
-//! device (`dedicated` their Vulkan allocations), `call` builds, runs and times one call, `fp8_tables` the encoder's tables and its
-//! test entry points, `timer` device time and the cold-timing flush, `budget` free memory.
+//! buffers, transfers), `plan` decides how a problem maps onto buffers and dispatches and
+//! `fp8_plan` how it encodes fp8 (both pure), `bindings` and `abi` hold what the host shares
+//! with the shader, `caches` the caches on the device (`dedicated` their Vulkan allocations),
+//! `call` builds, runs and times one call, `fp8_tables` the encoder's tables and its test entry
+//! points, `timer` device time and the cold-timing flush, `budget` free memory.
 //! The tuning (`crate::options::WgpuTuning`) is the only way to change the backend's choices;
 //! it reads no environment variable.
 
@@ -61,6 +62,7 @@ mod caches;
 mod call;
 mod dedicated;
 mod device;
+mod fp8_plan;
 mod fp8_tables;
 mod inputs;
 mod plan;

@@ -4,12 +4,13 @@
 
 use crate::error::{Bytes, Error, Result};
 use crate::options::WgpuTuning;
-use crate::problem::{CacheDtype, Dtype, Problem};
+use crate::problem::{CacheDtype, Problem};
 
 use super::abi::{
-    flag, input_kind, storage_bindings, UnitKernel, CHUNKS, LUT_VALUES, NARROW_KERNEL, ONE_KERNEL,
-    WIDE_CHUNKS, WIDE_KERNEL, WORKGROUP,
+    flag, input_kind, storage_bindings, UnitKernel, CHUNKS, NARROW_KERNEL, ONE_KERNEL, WIDE_CHUNKS,
+    WIDE_KERNEL, WORKGROUP,
 };
+pub(super) use super::fp8_plan::Fp8Path;
 
 /// The most 16-byte units per thread the tuning may ask for.
 const MAX_UNITS: u32 = 8;
@@ -24,22 +25,6 @@ const TRANSLATION_REACH_PAGES: u64 = 6000;
 const ORDER_BUCKETS: u32 = 1024;
 /// The most buckets the tuning may ask for: the scan pass's buffers grow with them.
 const MAX_ORDER_BUCKETS: u32 = 1 << 20;
-/// Elements (keys and values) per call from which the fp8 threshold tables pay for building
-/// them: on an H100, float inputs of 128 x 128 took 35.5 against 41.0 us at 256 tokens (8M
-/// elements) with the plain encoder, 120.7 against 102.5 us at 1024 (32M).
-const FP8_TABLE_MIN_ELEMENTS: u64 = 1 << 24;
-/// fp8 elements (keys and values) per call up to which calls share each 16-byte cache unit among
-/// `FP8_SPLIT` threads, encoding with the plain encoder and no table: a table's pass costs a
-/// dependent dispatch and its build (about 5 us on an H100), and the plain encoder's time on a
-/// small call is each thread's chain of exact encodings, which the split cuts to a quarter.
-const FP8_SPLIT_MAX_ELEMENTS: u64 = 1 << 20;
-/// Threads per 16-byte unit in a split call (`SPLIT` in the shader): one word each.
-const FP8_SPLIT: u32 = 4;
-/// Per-head scales: the lookup tables (one per head and tensor, 65536 codes each) are taken by
-/// default from this many elements per head and tensor on, where building them (65536
-/// encodings per table) costs at most what encoding every element would. Not measured on a
-/// GPU yet: the break-even by operation counts.
-const FP8_HEAD_LUT_MIN_ELEMENTS: u64 = 1 << 16;
 
 /// What a plan needs to know of the adapter.
 #[derive(Debug, Clone, Copy)]
@@ -87,17 +72,6 @@ impl Kernel {
     }
 }
 
-/// How a call's kernel encodes fp8 (auto caches: `Plain`, which then encodes nothing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Fp8Path {
-    /// `quantize` alone.
-    Plain,
-    /// Threshold tables built in the call (float inputs, or the lookup table turned off).
-    Thresholds,
-    /// A lookup table of every 16-bit pattern's code, built in the call.
-    Lut,
-}
-
 /// How one problem maps onto buffers and dispatches on this adapter.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Plan {
@@ -115,7 +89,7 @@ pub(super) struct Plan {
     /// 16-byte units per thread (`UNITS` in the shader).
     pub units: u32,
     /// Threads per 16-byte unit (`SPLIT` in the shader): 1, or `FP8_SPLIT` for small fp8 calls.
-    pub split: u32,
+    pub unit_threads: u32,
 }
 
 /// The slot-order pass of a call.
@@ -189,17 +163,7 @@ impl Plan {
                     && !limits.dedicated_caches
                     && spreads_past_translation_reach(problem)
             });
-        if problem.cache_dtype.is_fp8() && plan.kernel != Kernel::Words && plan.units == 1 {
-            let elements = 2 * problem.num_tokens as u64 * problem.token_elements() as u64;
-            // A table asked for keeps its default use: the split is for calls without one.
-            let table_asked = tuning.fp8_lut == Some(true) || tuning.fp8_table == Some(true);
-            if tuning
-                .fp8_split
-                .unwrap_or(!table_asked && elements <= FP8_SPLIT_MAX_ELEMENTS)
-            {
-                plan.split = FP8_SPLIT;
-            }
-        }
+        plan.unit_threads = plan.fp8_unit_threads(problem, tuning);
         if ordered {
             let slots = problem.num_slots();
             let buckets = tuning
@@ -218,7 +182,7 @@ impl Plan {
     /// The split alone: chunks of at most `max_chunk_blocks` blocks that fit `max_binding`,
     /// token ranges that fit it too, and the kernel for that many chunks; one buffer per chunk,
     /// tokens as they come, one unit per thread.
-    fn split(
+    pub(super) fn split(
         problem: &Problem,
         max_binding: u64,
         max_chunk_blocks: u64,
@@ -306,68 +270,8 @@ impl Plan {
             one_buffer: false,
             order: None,
             units: 1,
-            split: 1,
+            unit_threads: 1,
         })
-    }
-
-    /// How the call encodes fp8, given whether the threshold tables handle both of its scales.
-    ///
-    /// The lookup table (16-bit inputs only; on by default: exact, and on an H100 2.1x faster
-    /// than the threshold tables at 65536 tokens, 2.9x at 2 tokens, where building the
-    /// thresholds costs more: docs/perf-log-wgpu.md) takes a pass of its own (128 workgroups)
-    /// in every call, and one more storage binding in the kernel: where the adapter has none
-    /// to spare for the plan's kernel (an adapter with the minimum of 8 runs the one-chunk
-    /// kernel with all 8), the call keeps the other encoders.
-    ///
-    /// The threshold tables take a pass of their own (one workgroup of binary searches, about
-    /// 12 us on an H100) in every call, and then save about a quarter of the encoder's time per
-    /// element: by default they are taken from `FP8_TABLE_MIN_ELEMENTS` elements per call on
-    /// (exact either way: tests/wgpu.rs; docs/perf-log-wgpu.md).
-    ///
-    /// Per-head scales take no threshold tables (they are per tensor); their lookup tables,
-    /// one per head, by default only from `FP8_HEAD_LUT_MIN_ELEMENTS` elements per table on,
-    /// and only where they fit one binding of `max_binding` bytes.
-    ///
-    /// Calls split among four threads per unit (small calls, `FP8_SPLIT_MAX_ELEMENTS`) take
-    /// neither table by default: each thread encodes four elements with the plain encoder.
-    pub fn fp8_path(
-        &self,
-        problem: &Problem,
-        scales_fit_tables: bool,
-        per_head: bool,
-        limits: (u32, u64),
-        tuning: &WgpuTuning,
-    ) -> Fp8Path {
-        let (max_storage_bindings, max_binding) = limits;
-        if !problem.cache_dtype.is_fp8() || self.kernel == Kernel::Words {
-            return Fp8Path::Plain;
-        }
-        let lut_possible = problem.dtype != Dtype::Float
-            && storage_bindings(self.kernel.chunks() as u32) < max_storage_bindings;
-        if per_head {
-            let table_bytes = 2 * problem.num_heads as u64 * LUT_VALUES as u64;
-            let elements = problem.num_tokens as u64 * problem.head_size as u64;
-            let lut = lut_possible
-                && table_bytes <= max_binding
-                && tuning
-                    .fp8_lut
-                    .unwrap_or(self.split == 1 && elements >= FP8_HEAD_LUT_MIN_ELEMENTS);
-            return if lut { Fp8Path::Lut } else { Fp8Path::Plain };
-        }
-        let lut = lut_possible && tuning.fp8_lut.unwrap_or(self.split == 1);
-        if lut {
-            return Fp8Path::Lut;
-        }
-        let elements = 2 * problem.num_tokens as u64 * problem.token_elements() as u64;
-        if scales_fit_tables
-            && tuning
-                .fp8_table
-                .unwrap_or(self.split == 1 && elements >= FP8_TABLE_MIN_ELEMENTS)
-        {
-            Fp8Path::Thresholds
-        } else {
-            Fp8Path::Plain
-        }
     }
 
     /// `--ceiling pattern`'s entry point: the 16-byte kernel's pattern twin, or the words
@@ -416,8 +320,8 @@ impl Plan {
                 if problem.cache_dtype == CacheDtype::Fp8E5m2 {
                     constants.push(("E5M2", 1.0));
                 }
-                if self.split > 1 {
-                    constants.push(("SPLIT", self.split as f64));
+                if self.unit_threads > 1 {
+                    constants.push(("SPLIT", self.unit_threads as f64));
                 }
                 if per_head && problem.cache_dtype.is_fp8() {
                     constants.extend([
@@ -466,7 +370,7 @@ impl Plan {
         let units = tokens as u64 * self.units_per_token(problem);
         match self.kernel {
             Kernel::Words => units,
-            _ => units.div_ceil(self.units as u64) * self.split as u64,
+            _ => units.div_ceil(self.units as u64) * self.unit_threads as u64,
         }
     }
 
@@ -553,11 +457,16 @@ pub(super) fn row_words(problem: &Problem) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::problem::Layout;
+    use crate::problem::{Dtype, Layout};
 
-    fn problem(dtype: Dtype, cache_dtype: CacheDtype, heads: usize, head_size: usize) -> Problem {
+    pub(in super::super) fn problem(
+        dtype: Dtype,
+        cache_dtype: CacheDtype,
+        heads: usize,
+        head_size: usize,
+    ) -> Problem {
         Problem {
             num_tokens: 100,
             num_heads: heads,
@@ -571,7 +480,7 @@ mod tests {
         }
     }
 
-    fn limits(max_binding: u64, max_storage_bindings: u32) -> AdapterLimits {
+    pub(in super::super) fn limits(max_binding: u64, max_storage_bindings: u32) -> AdapterLimits {
         AdapterLimits {
             max_binding,
             max_storage_bindings,
@@ -727,183 +636,11 @@ mod tests {
     }
 
     #[test]
-    fn fp8_paths_by_dtype_size_bindings_and_tuning() {
-        let default = WgpuTuning::default();
-        let p = problem(Dtype::BFloat16, CacheDtype::Fp8, 2, 128);
-        let plan = Plan::split(&p, 20 << 10, u64::MAX, 32, "test").unwrap();
-        assert_eq!(plan.kernel, Kernel::Multi);
-        // 16-bit inputs: the lookup table where a storage binding is left for it.
-        assert_eq!(
-            plan.fp8_path(&p, true, false, (32, 1 << 30), &default),
-            Fp8Path::Lut
-        );
-        assert_eq!(
-            plan.fp8_path(&p, true, false, (28, 1 << 30), &default),
-            Fp8Path::Plain
-        );
-        assert_eq!(plan.entry_point(Fp8Path::Lut), "reshape_and_cache_lut");
-        // Float inputs: threshold tables from 2^24 elements per call, where the scales allow.
-        let small = problem(Dtype::Float, CacheDtype::Fp8, 2, 128);
-        let large = Problem {
-            num_tokens: 1 << 16,
-            ..small
-        };
-        assert_eq!(
-            plan.fp8_path(&small, true, false, (32, 1 << 30), &default),
-            Fp8Path::Plain
-        );
-        assert_eq!(
-            plan.fp8_path(&large, true, false, (32, 1 << 30), &default),
-            Fp8Path::Thresholds
-        );
-        assert_eq!(
-            plan.fp8_path(&large, false, false, (32, 1 << 30), &default),
-            Fp8Path::Plain
-        );
-        let forced = WgpuTuning {
-            fp8_table: Some(true),
-            fp8_lut: Some(false),
-            ..default
-        };
-        assert_eq!(
-            plan.fp8_path(&p, true, false, (32, 1 << 30), &forced),
-            Fp8Path::Thresholds
-        );
-        let constants = plan.constants(&p, Fp8Path::Thresholds, false);
-        assert!(constants.contains(&("FP8_TABLE", 1.0)));
-        assert!(constants.contains(&("ROW_UNITS", 16.0)));
-        assert!(!constants
-            .iter()
-            .any(|(name, _)| ["PER_HEAD", "E5M2", "STRIDED"].contains(name)));
-        assert_eq!(plan.in_token_stride(&p), 32);
-        // Auto caches encode nothing.
-        let auto = problem(Dtype::BFloat16, CacheDtype::Auto, 2, 128);
-        assert_eq!(
-            plan.fp8_path(&auto, true, false, (32, 1 << 30), &default),
-            Fp8Path::Plain
-        );
-        // Per-head scales: never the (per-tensor) threshold tables; the per-head lookup
-        // tables from 65536 elements per head on, where they fit a binding, or when asked for.
-        let large16 = Problem {
-            num_tokens: 512,
-            ..p
-        };
-        let per_head = |problem: &Problem, max_binding: u64, tuning: &WgpuTuning| {
-            plan.fp8_path(problem, true, true, (32, max_binding), tuning)
-        };
-        assert_eq!(per_head(&p, 1 << 30, &default), Fp8Path::Plain);
-        assert_eq!(per_head(&large16, 1 << 30, &default), Fp8Path::Lut);
-        // 2 heads x 2 tensors x 64 KiB.
-        assert_eq!(per_head(&large16, (4 << 16) - 1, &default), Fp8Path::Plain);
-        let lut = WgpuTuning {
-            fp8_lut: Some(true),
-            ..default
-        };
-        assert_eq!(per_head(&p, 1 << 30, &lut), Fp8Path::Lut);
-        assert_eq!(per_head(&large16, 1 << 30, &forced), Fp8Path::Plain);
-        assert_eq!(per_head(&large, 1 << 30, &forced), Fp8Path::Plain);
-        let constants = plan.constants(&p, Fp8Path::Plain, true);
-        assert!(constants.contains(&("PER_HEAD", 1.0)));
-        assert!(constants.contains(&("HEADS", 2.0)));
-        assert!(constants.contains(&("HEAD_UNITS", 8.0)));
-        let e5m2 = Problem {
-            cache_dtype: CacheDtype::Fp8E5m2,
-            ..p
-        };
-        assert!(plan
-            .constants(&e5m2, Fp8Path::Lut, false)
-            .contains(&("E5M2", 1.0)));
-        // Fused inputs: the input row of a token is the whole fused row.
-        let fused = Problem {
-            input_strides: Some(crate::problem::InputStrides::qkv_fused(6, 2, 128)),
-            ..p
-        };
-        assert!(plan
-            .constants(&fused, Fp8Path::Plain, false)
-            .contains(&("STRIDED", 1.0)));
-        assert_eq!(plan.in_token_stride(&fused), 160);
-    }
-
-    #[test]
     fn grids_fold_into_two_dimensions() {
         assert_eq!(grid(0, 65535).unwrap(), (1, 1));
         assert_eq!(grid(256 * 10, 65535).unwrap(), (10, 1));
         assert_eq!(grid(256 * 10 + 1, 4).unwrap(), (4, 3));
         assert!(grid(256 * 17, 4).is_err());
-    }
-
-    #[test]
-    fn small_fp8_calls_split_units_among_four_threads() {
-        let p = problem(Dtype::BFloat16, CacheDtype::Fp8, 128, 128);
-        let limits = limits(2 << 30, 32);
-        let plan = |problem: &Problem, tuning: &WgpuTuning| {
-            Plan::new(problem, &limits, tuning, "t").unwrap()
-        };
-        let default = WgpuTuning::default();
-        let fp8_path = |plan: &Plan, problem: &Problem, tuning: &WgpuTuning| {
-            plan.fp8_path(problem, true, false, (32, 2 << 30), tuning)
-        };
-        // 32 tokens of 2 x 128 x 128: 2^20 elements, the most a split call takes by default.
-        let small = Problem {
-            num_tokens: 32,
-            ..p
-        };
-        let split = plan(&small, &default);
-        assert_eq!(split.split, FP8_SPLIT);
-        assert_eq!(split.threads(&small, 32), 4 * 32 * 1024);
-        assert!(split
-            .constants(&small, Fp8Path::Plain, false)
-            .contains(&("SPLIT", 4.0)));
-        // Split calls take no table by default, and a table asked for keeps its calls whole.
-        assert_eq!(fp8_path(&split, &small, &default), Fp8Path::Plain);
-        let lut = WgpuTuning {
-            fp8_lut: Some(true),
-            ..default
-        };
-        assert_eq!(plan(&small, &lut).split, 1);
-        let table = WgpuTuning {
-            fp8_table: Some(true),
-            ..default
-        };
-        assert_eq!(plan(&small, &table).split, 1);
-        // Larger calls, auto caches and several units per thread: whole units, no SPLIT.
-        let large = Problem {
-            num_tokens: 33,
-            ..p
-        };
-        let whole = plan(&large, &default);
-        assert_eq!(whole.split, 1);
-        assert_eq!(whole.threads(&large, 33), 33 * 1024);
-        assert!(!whole
-            .constants(&large, Fp8Path::Lut, false)
-            .iter()
-            .any(|(name, _)| *name == "SPLIT"));
-        assert_eq!(fp8_path(&whole, &large, &default), Fp8Path::Lut);
-        let auto = Problem {
-            cache_dtype: CacheDtype::Auto,
-            ..small
-        };
-        assert_eq!(plan(&auto, &default).split, 1);
-        let units = WgpuTuning {
-            units_per_thread: Some(2),
-            fp8_split: Some(true),
-            ..default
-        };
-        assert_eq!(plan(&small, &units).split, 1);
-        // The tuning forces it either way, tables included.
-        let forced = WgpuTuning {
-            fp8_split: Some(true),
-            fp8_lut: Some(true),
-            ..default
-        };
-        let forced_plan = plan(&large, &forced);
-        assert_eq!(forced_plan.split, FP8_SPLIT);
-        assert_eq!(fp8_path(&forced_plan, &large, &forced), Fp8Path::Lut);
-        let off = WgpuTuning {
-            fp8_split: Some(false),
-            ..default
-        };
-        assert_eq!(plan(&small, &off).split, 1);
     }
 
     #[test]
