@@ -81,36 +81,28 @@ fn generated() -> String {
     }
     for kernel in UNIT_KERNELS.iter().filter(|kernel| kernel.chunks > 1) {
         let chunks = kernel.chunks;
-        writeln!(
-            w,
-            "\n// Stores one unit of each cache into chunk `chunk` of a group of {chunks}.\n\
-             fn {}(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>) {{\n    switch chunk {{",
-            store_function(chunks)
-        )
-        .unwrap();
-        for j in 0..chunks {
-            writeln!(
-                w,
-                "        case {j}u: {{ k{j}[index] = k; v{j}[index] = v; }}"
-            )
-            .unwrap();
-        }
-        w.push_str("        default: {}\n    }\n}\n");
-        writeln!(
-            w,
-            "\n// Stores word `part` of one unit of each cache into chunk `chunk` of a group of {chunks}.\n\
-             fn {}(chunk: u32, index: u32, part: u32, k: u32, v: u32) {{\n    switch chunk {{",
-            store_word_function(chunks)
-        )
-        .unwrap();
-        for j in 0..chunks {
-            writeln!(
-                w,
-                "        case {j}u: {{ k{j}[index][part] = k; v{j}[index][part] = v; }}"
-            )
-            .unwrap();
-        }
-        w.push_str("        default: {}\n    }\n}\n");
+        store_switch(
+            &mut w,
+            &format!("Stores one unit of each cache into chunk `chunk` of a group of {chunks}."),
+            &format!(
+                "{}(chunk: u32, index: u32, k: vec4<u32>, v: vec4<u32>)",
+                store_function(chunks)
+            ),
+            chunks,
+            |j| format!("k{j}[index] = k; v{j}[index] = v;"),
+        );
+        store_switch(
+            &mut w,
+            &format!(
+                "Stores word `part` of one unit of each cache into chunk `chunk` of a group of {chunks}."
+            ),
+            &format!(
+                "{}(chunk: u32, index: u32, part: u32, k: u32, v: u32)",
+                store_word_function(chunks)
+            ),
+            chunks,
+            |j| format!("k{j}[index][part] = k; v{j}[index][part] = v;"),
+        );
     }
     for kernel in UNIT_KERNELS {
         for lut in [false, true] {
@@ -121,6 +113,22 @@ fn generated() -> String {
         w.push_str(&pattern_kernel(&kernel));
     }
     w
+}
+
+/// A store function over the chunks of a group: `signature` (name and parameters), then a switch
+/// on `chunk` whose case j is `store(j)`.
+fn store_switch(
+    w: &mut String,
+    comment: &str,
+    signature: &str,
+    chunks: u32,
+    store: impl Fn(u32) -> String,
+) {
+    writeln!(w, "\n// {comment}\nfn {signature} {{\n    switch chunk {{").unwrap();
+    for j in 0..chunks {
+        writeln!(w, "        case {j}u: {{ {} }}", store(j)).unwrap();
+    }
+    w.push_str("        default: {}\n    }\n}\n");
 }
 
 /// The pattern kernel of a 16-byte kernel (`--ceiling pattern`): the same threads, units and

@@ -412,54 +412,42 @@ fn lut_code(bits: u32, base: u32) -> u32 {
     return (fp8_lut[index >> 2u] >> ((index & 3u) * 8u)) & 0xffu;
 }
 
-// cache_unit for fp8 caches of 16-bit inputs, by the lookup table.
-fn cache_unit_lut(is_value: bool, first: u32, u: u32) -> vec4<u32> {
-    var base = 0u;
-    if is_value {
-        base = LUT_VALUES;
-    }
+// The first code of the lookup table for the keys or the values of a unit that is unit `u` of
+// its token's row (per head with PER_HEAD).
+fn lut_base(is_value: bool, u: u32) -> u32 {
     if PER_HEAD {
-        base = (select(0u, HEADS, is_value) + u / HEAD_UNITS) * LUT_VALUES;
+        return (select(0u, HEADS, is_value) + u / HEAD_UNITS) * LUT_VALUES;
     }
-    // 16 elements: 32 input bytes.
-    var out: vec4<u32>;
-    for (var j = 0u; j < 2u; j += 1u) {
-        let w = load_input(is_value, first + j);
-        out[2u * j] = pack4(
-            lut_code(w.x & 0xffffu, base),
-            lut_code(w.x >> 16u, base),
-            lut_code(w.y & 0xffffu, base),
-            lut_code(w.y >> 16u, base),
-        );
-        out[2u * j + 1u] = pack4(
-            lut_code(w.z & 0xffffu, base),
-            lut_code(w.z >> 16u, base),
-            lut_code(w.w & 0xffffu, base),
-            lut_code(w.w >> 16u, base),
-        );
-    }
-    return out;
+    return select(0u, LUT_VALUES, is_value);
 }
 
-// Word `part` of cache_unit_lut's result (SPLIT).
-fn cache_word_lut(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
-    var base = 0u;
-    if is_value {
-        base = LUT_VALUES;
-    }
-    if PER_HEAD {
-        base = (select(0u, HEADS, is_value) + u / HEAD_UNITS) * LUT_VALUES;
-    }
-    let w = load_input(is_value, first + part / 2u);
-    let h = part % 2u * 2u;
-    let a = w[h];
-    let b = w[h + 1u];
+// One word of codes of the four 16-bit elements of input words `a` and `b` (as encode_halves).
+fn lut_halves(a: u32, b: u32, base: u32) -> u32 {
     return pack4(
         lut_code(a & 0xffffu, base),
         lut_code(a >> 16u, base),
         lut_code(b & 0xffffu, base),
         lut_code(b >> 16u, base),
     );
+}
+
+// cache_unit for fp8 caches of 16-bit inputs, by the lookup table.
+fn cache_unit_lut(is_value: bool, first: u32, u: u32) -> vec4<u32> {
+    let base = lut_base(is_value, u);
+    // 16 elements: 32 input bytes.
+    var out: vec4<u32>;
+    for (var j = 0u; j < 2u; j += 1u) {
+        let w = load_input(is_value, first + j);
+        out[2u * j] = lut_halves(w.x, w.y, base);
+        out[2u * j + 1u] = lut_halves(w.z, w.w, base);
+    }
+    return out;
+}
+
+// Word `part` of cache_unit_lut's result (SPLIT).
+fn cache_word_lut(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+    let w = half_words(is_value, first, part);
+    return lut_halves(w.x, w.y, lut_base(is_value, u));
 }
 
 // The code of x / scale (x as f32 bits), by the tables or by quantize.

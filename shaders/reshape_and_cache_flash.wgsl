@@ -197,50 +197,91 @@ fn head_scale(is_value: bool, h: u32) -> Scale {
     return Scale(a.x, bitcast<i32>(a.y), bitcast<f32>(b.x), b.y, c.x, 0u, 0u, 0u);
 }
 
+// How the elements of a unit that is unit `u` of its token's row are encoded: the tensor's (or
+// head's) scale, and for the threshold tables the table's first code and the scale's
+// reciprocal.
+struct UnitEncoder {
+    scale: Scale,
+    base: u32,
+    reciprocal: f32,
+}
+
+fn unit_encoder(is_value: bool, u: u32) -> UnitEncoder {
+    var e = UnitEncoder(params.k_scale, 0u, 0.0);
+    if is_value {
+        e.scale = params.v_scale;
+        e.base = TABLE_CODES;
+    }
+    if PER_HEAD {
+        // (The threshold tables are per tensor: the host does not take them with PER_HEAD.)
+        e.scale = head_scale(is_value, u / HEAD_UNITS);
+    }
+    if FP8_TABLE {
+        e.reciprocal = scale_reciprocal(e.scale);
+    }
+    return e;
+}
+
+// One word of fp8 codes: of the four float elements of input unit `w`, and of the four 16-bit
+// elements of input words `a` and `b` (element order: a's low half first).
+fn encode_floats(w: vec4<u32>, e: UnitEncoder) -> u32 {
+    return pack4(
+        encode(w.x, e.scale, e.base, e.reciprocal),
+        encode(w.y, e.scale, e.base, e.reciprocal),
+        encode(w.z, e.scale, e.base, e.reciprocal),
+        encode(w.w, e.scale, e.base, e.reciprocal),
+    );
+}
+
+fn encode_halves(a: u32, b: u32, e: UnitEncoder) -> u32 {
+    let x = quantize_pair(a, e.scale, e.base, e.reciprocal);
+    let y = quantize_pair(b, e.scale, e.base, e.reciprocal);
+    return pack4(x.x, x.y, y.x, y.y);
+}
+
+// The two input words of 16-bit elements that word `part` of a unit whose input starts at
+// input unit `first` holds: word 2j + k of the unit is input unit j's words 2k and 2k + 1.
+fn half_words(is_value: bool, first: u32, part: u32) -> vec2<u32> {
+    let w = load_input(is_value, first + part / 2u);
+    let h = part % 2u * 2u;
+    return vec2<u32>(w[h], w[h + 1u]);
+}
+
 // The 16 cache bytes of a unit whose input starts at input unit `first` (counted over the
 // dispatch's inputs) and that is unit `u` of its token's row.
 fn cache_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     if !FP8 {
         return load_input(is_value, first);
     }
-    var scale = params.k_scale;
-    var base = 0u;
-    if is_value {
-        scale = params.v_scale;
-        base = TABLE_CODES;
-    }
-    if PER_HEAD {
-        // (The threshold tables are per tensor: the host does not take them with PER_HEAD.)
-        scale = head_scale(is_value, u / HEAD_UNITS);
-    }
-    var reciprocal = 0.0;
-    if FP8_TABLE {
-        reciprocal = scale_reciprocal(scale);
-    }
+    let e = unit_encoder(is_value, u);
     // 16 elements: 32 input bytes for 16-bit inputs, 64 for float.
     var out: vec4<u32>;
     if IN_KIND == 2u {
         for (var j = 0u; j < 4u; j += 1u) {
-            let w = load_input(is_value, first + j);
-            out[j] = pack4(
-                encode(w.x, scale, base, reciprocal),
-                encode(w.y, scale, base, reciprocal),
-                encode(w.z, scale, base, reciprocal),
-                encode(w.w, scale, base, reciprocal),
-            );
+            out[j] = encode_floats(load_input(is_value, first + j), e);
         }
     } else {
         for (var j = 0u; j < 2u; j += 1u) {
             let w = load_input(is_value, first + j);
-            let a = quantize_pair(w.x, scale, base, reciprocal);
-            let b = quantize_pair(w.y, scale, base, reciprocal);
-            let c = quantize_pair(w.z, scale, base, reciprocal);
-            let d = quantize_pair(w.w, scale, base, reciprocal);
-            out[2u * j] = pack4(a.x, a.y, b.x, b.y);
-            out[2u * j + 1u] = pack4(c.x, c.y, d.x, d.y);
+            out[2u * j] = encode_halves(w.x, w.y, e);
+            out[2u * j + 1u] = encode_halves(w.z, w.w, e);
         }
     }
     return out;
+}
+
+// Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, encoding only those
+// (SPLIT).
+fn cache_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+    if !FP8 {
+        return load_input(is_value, first)[part];
+    }
+    let e = unit_encoder(is_value, u);
+    if IN_KIND == 2u {
+        return encode_floats(load_input(is_value, first + part), e);
+    }
+    let w = half_words(is_value, first, part);
+    return encode_halves(w.x, w.y, e);
 }
 
 // `--ceiling pattern` (src/pattern.rs): cache_unit with the arithmetic removed, for the
@@ -253,54 +294,16 @@ fn pattern_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     var out: vec4<u32>;
     if IN_KIND == 2u {
         for (var j = 0u; j < 4u; j += 1u) {
-            let w = load_input(is_value, first + j);
-            out[j] = pack4(w.x >> 24u, w.y >> 24u, w.z >> 24u, w.w >> 24u);
+            out[j] = pattern_floats(load_input(is_value, first + j));
         }
     } else {
         for (var j = 0u; j < 2u; j += 1u) {
             let w = load_input(is_value, first + j);
-            out[2u * j] = pack4((w.x >> 8u) & 0xffu, w.x >> 24u, (w.y >> 8u) & 0xffu, w.y >> 24u);
-            out[2u * j + 1u] =
-                pack4((w.z >> 8u) & 0xffu, w.z >> 24u, (w.w >> 8u) & 0xffu, w.w >> 24u);
+            out[2u * j] = pattern_halves(w.x, w.y);
+            out[2u * j + 1u] = pattern_halves(w.z, w.w);
         }
     }
     return out;
-}
-
-// Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, encoding only those
-// (SPLIT).
-fn cache_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
-    if !FP8 {
-        return load_input(is_value, first)[part];
-    }
-    var scale = params.k_scale;
-    var base = 0u;
-    if is_value {
-        scale = params.v_scale;
-        base = TABLE_CODES;
-    }
-    if PER_HEAD {
-        scale = head_scale(is_value, u / HEAD_UNITS);
-    }
-    var reciprocal = 0.0;
-    if FP8_TABLE {
-        reciprocal = scale_reciprocal(scale);
-    }
-    if IN_KIND == 2u {
-        let w = load_input(is_value, first + part);
-        return pack4(
-            encode(w.x, scale, base, reciprocal),
-            encode(w.y, scale, base, reciprocal),
-            encode(w.z, scale, base, reciprocal),
-            encode(w.w, scale, base, reciprocal),
-        );
-    }
-    // Two words of 16-bit elements: cache_unit's word 2j + k is input unit j's words 2k, 2k+1.
-    let w = load_input(is_value, first + part / 2u);
-    let h = part % 2u * 2u;
-    let a = quantize_pair(w[h], scale, base, reciprocal);
-    let b = quantize_pair(w[h + 1u], scale, base, reciprocal);
-    return pack4(a.x, a.y, b.x, b.y);
 }
 
 // Word `part` of pattern_unit's result, reading only its own input bytes (SPLIT).
@@ -309,13 +312,19 @@ fn pattern_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
         return load_input(is_value, first)[part];
     }
     if IN_KIND == 2u {
-        let w = load_input(is_value, first + part);
-        return pack4(w.x >> 24u, w.y >> 24u, w.z >> 24u, w.w >> 24u);
+        return pattern_floats(load_input(is_value, first + part));
     }
-    let w = load_input(is_value, first + part / 2u);
-    let h = part % 2u * 2u;
-    let a = w[h];
-    let b = w[h + 1u];
+    let w = half_words(is_value, first, part);
+    return pattern_halves(w.x, w.y);
+}
+
+// The pattern's word of four float elements, and of four 16-bit elements (as encode_floats
+// and encode_halves): each element's most significant byte.
+fn pattern_floats(w: vec4<u32>) -> u32 {
+    return pack4(w.x >> 24u, w.y >> 24u, w.z >> 24u, w.w >> 24u);
+}
+
+fn pattern_halves(a: u32, b: u32) -> u32 {
     return pack4((a >> 8u) & 0xffu, a >> 24u, (b >> 8u) & 0xffu, b >> 24u);
 }
 
