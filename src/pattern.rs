@@ -22,16 +22,7 @@ use crate::workload::{Caches, Inputs};
 
 /// Writes the pattern of every token of `inputs` into `caches`, one by one.
 pub fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
-    for token in 0..problem.num_tokens {
-        write_token(
-            problem,
-            inputs,
-            &mut caches.key,
-            &mut caches.value,
-            0,
-            token,
-        );
-    }
+    reference::write_tokens(problem, inputs, caches, write_token);
 }
 
 /// The pattern of one token, as [`crate::reference::write_token`] writes the call (the same

@@ -20,8 +20,17 @@ use crate::workload::{Caches, Inputs};
 
 /// Writes the keys and values of `inputs` into `caches`, token by token.
 pub fn reshape_and_cache(problem: &Problem, inputs: &Inputs, caches: &mut Caches) {
+    write_tokens(problem, inputs, caches, write_token);
+}
+
+/// What writes one token into parts of the caches: [`write_token`], or the pattern's
+/// [`crate::pattern::write_token`] (the same arguments, the same parts of the caches).
+pub type WriteToken = fn(&Problem, &Inputs, &mut [u8], &mut [u8], u64, usize);
+
+/// Every token of `inputs` into the whole of `caches` by `write`, one by one.
+pub fn write_tokens(problem: &Problem, inputs: &Inputs, caches: &mut Caches, write: WriteToken) {
     for token in 0..problem.num_tokens {
-        write_token(
+        write(
             problem,
             inputs,
             &mut caches.key,

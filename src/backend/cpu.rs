@@ -291,7 +291,7 @@ fn write_all(problem: &Problem, inputs: &Inputs, caches: &mut Caches, pattern: b
     work.into_par_iter()
         .with_min_len(MIN_TASK_BYTES.div_ceil(item_bytes))
         .for_each(|(first_element, key_block, value_block, group)| {
-            let write_token = if pattern {
+            let write_token: reference::WriteToken = if pattern {
                 crate::pattern::write_token
             } else {
                 reference::write_token
