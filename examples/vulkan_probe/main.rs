@@ -95,6 +95,24 @@ struct Args {
     out: Option<std::path::PathBuf>,
 }
 
+/// The rows of a small-call floor table (raw Vulkan or wgpu), on stdout and in the CSV.
+fn floor_rows(rows: &[floor::FloorRow], csv: &mut Csv) {
+    for r in rows {
+        println!(
+            "| {} | {} | {:.3} | {:.4} |",
+            r.variant, r.n, r.chain_us, r.per_dispatch_us
+        );
+        csv.line(&format!(
+            "floor,{},{},{},{:.4},{:.5},,,",
+            r.api,
+            r.variant.replace(',', ";"),
+            r.n,
+            r.chain_us,
+            r.per_dispatch_us
+        ));
+    }
+}
+
 struct Csv(Option<std::fs::File>);
 
 impl Csv {
@@ -234,20 +252,10 @@ fn run(args: &Args) -> Result<()> {
     if !args.no_floor {
         println!("## 3a. Small-call floor, raw Vulkan (chain of N 1-workgroup dispatches between two timestamps)\n");
         println!("| variant | N | chain us | per dispatch us |\n|---|---|---|---|");
-        for r in floor::raw(&base, &args.floor_n, args.floor_reps)? {
-            println!(
-                "| {} | {} | {:.3} | {:.4} |",
-                r.variant, r.n, r.chain_us, r.per_dispatch_us
-            );
-            csv.line(&format!(
-                "floor,{},{},{},{:.4},{:.5},,,",
-                r.api,
-                r.variant.replace(',', ";"),
-                r.n,
-                r.chain_us,
-                r.per_dispatch_us
-            ));
-        }
+        floor_rows(
+            &floor::raw(&base, &args.floor_n, args.floor_reps)?,
+            &mut csv,
+        );
         println!();
     }
 
@@ -366,19 +374,6 @@ fn wgpu_floor(args: &Args, csv: &mut Csv) -> Result<()> {
     let (name, rows) = floor::wgpu(&args.floor_n, args.floor_reps)?;
     println!("## 3b. Small-call floor through wgpu ({name}): one compute pass, pass-boundary timestamps\n");
     println!("| variant | N | pass us | per dispatch us |\n|---|---|---|---|");
-    for r in rows {
-        println!(
-            "| {} | {} | {:.3} | {:.4} |",
-            r.variant, r.n, r.chain_us, r.per_dispatch_us
-        );
-        csv.line(&format!(
-            "floor,{},{},{},{:.4},{:.5},,,",
-            r.api,
-            r.variant.replace(',', ";"),
-            r.n,
-            r.chain_us,
-            r.per_dispatch_us
-        ));
-    }
+    floor_rows(&rows, csv);
     Ok(())
 }
