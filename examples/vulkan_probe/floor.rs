@@ -129,19 +129,7 @@ pub fn raw(ctx: &Ctx, ns: &[u32], reps: u32) -> Result<Vec<FloorRow>> {
 /// wgpu records a barrier between dispatches that write the same buffer, none for the empty
 /// shader or for dispatches on different buffers.
 pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-    let adapter = adapters
-        .iter()
-        .find(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu)
-        .or(adapters.first())
-        .ok_or_else(|| anyhow!("wgpu: no Vulkan adapter"))?;
-    let info = adapter.get_info();
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: wgpu::Features::TIMESTAMP_QUERY,
-        ..Default::default()
-    }))?;
+    let (name, device, queue) = crate::wgpu_dedicated::vulkan_device(false)?;
     let module = |src: String| {
         device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,
@@ -255,8 +243,5 @@ pub fn wgpu(ns: &[u32], reps: u32) -> Result<(String, Vec<FloorRow>)> {
             });
         }
     }
-    Ok((
-        format!("{} ({:?}, {})", info.name, info.backend, info.driver_info),
-        rows,
-    ))
+    Ok((name, rows))
 }

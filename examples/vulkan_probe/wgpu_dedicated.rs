@@ -86,19 +86,7 @@ pub fn run(
     calls: u32,
     check: u32,
 ) -> Result<(String, Vec<WRow>)> {
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
-    let adapter = adapters
-        .iter()
-        .find(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu)
-        .or(adapters.first())
-        .ok_or_else(|| anyhow!("wgpu: no Vulkan adapter"))?;
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_features: wgpu::Features::TIMESTAMP_QUERY,
-        required_limits: adapter.limits(),
-        ..Default::default()
-    }))?;
+    let (name, device, queue) = vulkan_device(true)?;
     let max_bind = device.limits().max_storage_buffer_binding_size;
     let window = window.min(max_bind / (16 * row) * 16 * row);
     let usage =
@@ -333,9 +321,31 @@ pub fn run(
             device.poll(wgpu::PollType::wait_indefinitely())?;
         }
     }
+    Ok((name, rows))
+}
+
+/// A wgpu device on the Vulkan adapter the probe measures (a discrete GPU where there is one)
+/// with timestamp queries, and with the adapter's own limits (`adapter_limits`) or wgpu's
+/// defaults; and the adapter's name as the probe's tables print it.
+pub fn vulkan_device(adapter_limits: bool) -> Result<(String, wgpu::Device, wgpu::Queue)> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::VULKAN));
+    let adapter = adapters
+        .iter()
+        .find(|a| a.get_info().device_type == wgpu::DeviceType::DiscreteGpu)
+        .or(adapters.first())
+        .ok_or_else(|| anyhow!("wgpu: no Vulkan adapter"))?;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_features: wgpu::Features::TIMESTAMP_QUERY,
+        required_limits: if adapter_limits {
+            adapter.limits()
+        } else {
+            wgpu::Limits::default()
+        },
+        ..Default::default()
+    }))?;
     let info = adapter.get_info();
-    Ok((
-        format!("{} ({:?}, {})", info.name, info.backend, info.driver_info),
-        rows,
-    ))
+    let name = format!("{} ({:?}, {})", info.name, info.backend, info.driver_info);
+    Ok((name, device, queue))
 }
