@@ -9,7 +9,10 @@
 //!
 //! - `--defines`: `;`-separated sets of space-separated `-D` macros for the kernel source (an
 //!   empty set: the built-in source), each compiled in turn; `PDL_LAUNCH=1` (`=0`) in a set
-//!   launches that set's calls with (without) programmatic dependent launch;
+//!   launches that set's calls with (without) programmatic dependent launch; `SHADOW=open`
+//!   opens a second backend beside the one timed (as a user kernel's backend sits beside the
+//!   built-in one in the benchmark), `SHADOW=call` also stages a call of the set's first row
+//!   on it, `SHADOW=timed` times that call once too;
 //! - `--streams`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
 //!   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
 //!   with H heads, a token's H rows spread as HND puts them, block size 16);
@@ -244,6 +247,37 @@ fn run(args: &Args) -> Result<(), String> {
             ..Options::default()
         };
         let mut backend = CudaBackend::open(&options).map_err(|e| e.one_line())?;
+        // A second backend kept open while the set runs (`SHADOW=...`), and its call.
+        let shadow_kind = defines.iter().find_map(|d| d.strip_prefix("SHADOW="));
+        let mut shadow = match shadow_kind {
+            Some(_) => Some(CudaBackend::open(&Options::default()).map_err(|e| e.one_line())?),
+            None => None,
+        };
+        let first = rows.iter().find(|r| r.set == set).map(|r| r.problem);
+        let shadow_data = first.map(|p| {
+            (
+                workload::HostInputs::random(p.dtype, p.token_elements(), p.num_tokens, 5),
+                workload::random_slot_mapping(p.num_slots(), p.num_tokens, 0.0, 7),
+            )
+        });
+        let mut _shadow_call = None;
+        if let (Some(kind), Some(other), Some(p), Some((host, slots))) = (
+            shadow_kind,
+            shadow.as_mut(),
+            first.as_ref(),
+            shadow_data.as_ref(),
+        ) {
+            if kind == "call" || kind == "timed" {
+                let mut call = other
+                    .prepare(p, host.inputs(p, slots), CacheFill::Random { seed: 13 })
+                    .map_err(|e| e.one_line())?;
+                if kind == "timed" {
+                    timing::measure(call.as_mut(), p, slots, &Protocol::new(10))
+                        .map_err(|e| e.one_line())?;
+                }
+                _shadow_call = Some(call);
+            }
+        }
         if set == 0 {
             let device = backend.device();
             println!("device: {} ({})", device.name, device.details);

@@ -65,6 +65,18 @@ typedef unsigned long long u64;
 #ifndef RCF_EMPTY
 #define RCF_EMPTY 0
 #endif
+// Who waits for the previous grid (programmatic dependent launch), for tuning runs: -1 (the
+// default) as each call's Params::flags say (the host's rule: src/backend/cuda/shape.rs,
+// wait_flags); 0 every thread waits; 1 the first warp of each block waits, the rest of the
+// block follows it through a barrier; 2 the same, the first warp letting the next grid launch
+// before it waits rather than after.
+#ifndef RCF_WAIT
+#define RCF_WAIT -1
+#endif
+// Whether the first pass locates its items (arithmetic only) before that wait (1) or after (0).
+#ifndef RCF_LOCATE_FIRST
+#define RCF_LOCATE_FIRST 1
+#endif
 // A register cap for the fp8 kernels with one item per thread (0: none): more resident warps.
 // Per input dtype below.
 #ifndef RCF_FP8_X1_MAXNREG
@@ -121,8 +133,15 @@ struct Params {
     u32 items_per_kv;  // num_heads * items_per_head
     u32 tokens_per_block;
     u32 items_per_thread;
-    u32 unused;
+    u32 flags;  // WAIT_* below
 };
+
+// Params::flags. WAIT_ONE_WARP: the first warp of each block waits for the previous grid for
+// the whole block (small calls: their blocks start their loads sooner); WAIT_TRIGGER_FIRST: it
+// lets the next grid launch before it waits (tiny fp8 calls). Neither: every thread waits
+// (large calls, where a barrier at the start of every block cost 0.3 to 0.6%).
+#define WAIT_ONE_WARP 1u
+#define WAIT_TRIGGER_FIRST 2u
 
 // ---------------------------------------------------------------------------------------------
 // Memory access.
@@ -554,16 +573,22 @@ struct Fp8Scalar {
 // ---------------------------------------------------------------------------------------------
 // The kernel body, shared by every input dtype x cache dtype x vector width.
 
-// One pass: the items of block index `b`. MAX_ITEMS: the most items one thread moves per pass
-// (the host passes the actual count, at most this). Small calls use the MAX_ITEMS = 1
-// instances: less code to fetch, fewer registers. PER_HEAD (fp8 only): the scales are arrays of
-// num_heads, head h's at index h; otherwise one per tensor.
-template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
-__device__ __forceinline__ void one_pass(
-    u64 b, const char* __restrict__ key, const char* __restrict__ value,
-    char* __restrict__ key_cache, char* __restrict__ value_cache,
-    const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale_ptr,
-    const float* __restrict__ v_scale_ptr, const Params& p) {
+// Where the items of one pass are: which tensor, token, head and chunk, and each item's element
+// offset in its input. Arithmetic on the parameters alone, no memory touched.
+template <class Item, int MAX_ITEMS>
+struct Located {
+    bool valid[MAX_ITEMS];
+    bool is_value[MAX_ITEMS];
+    i64 token[MAX_ITEMS];
+    u32 head[MAX_ITEMS];
+    u32 chunk[MAX_ITEMS];
+};
+
+// The items of block index `b`. MAX_ITEMS: the most items one thread moves per pass (the host
+// passes the actual count, at most this). Small calls use the MAX_ITEMS = 1 instances: less
+// code to fetch, fewer registers.
+template <class Item, int MAX_ITEMS>
+__device__ __forceinline__ Located<Item, MAX_ITEMS> locate(u64 b, const Params& p) {
     const u32 per_token = p.items_per_token.divisor;
     const u32 per_head = p.items_per_head.divisor;
     const u32 segments = p.segments.divisor;
@@ -583,52 +608,60 @@ __device__ __forceinline__ void one_pass(
     }
     const i64 first_token = (i64)group * p.tokens_per_block;
     const u32 start = segment * per_pass;
-    // Three phases, so that nothing waits for memory before every load is in flight: locate
-    // the items (arithmetic only), issue all loads (slots and inputs), then compute the targets
-    // from the slots and store.
-    bool valid[MAX_ITEMS];
-    bool is_value[MAX_ITEMS];
-    i64 token[MAX_ITEMS];
-    u32 head[MAX_ITEMS];
-    u32 chunk[MAX_ITEMS];
+    Located<Item, MAX_ITEMS> at;
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
         const u32 local = start + k * blockDim.x + threadIdx.x;
         const u32 t = p.tokens_per_block == 1 ? 0u : fast_div(local, p.items_per_token);
-        token[k] = first_token + t;
-        valid[k] = (u32)k < p.items_per_thread && local < span && token[k] < p.num_tokens;
+        at.token[k] = first_token + t;
+        at.valid[k] = (u32)k < p.items_per_thread && local < span && at.token[k] < p.num_tokens;
         u32 j = local - t * per_token;
-        is_value[k] = j >= p.items_per_kv;
-        if (is_value[k]) j -= p.items_per_kv;
-        head[k] = fast_div(j, p.items_per_head);
-        chunk[k] = j - head[k] * per_head;
+        at.is_value[k] = j >= p.items_per_kv;
+        if (at.is_value[k]) j -= p.items_per_kv;
+        at.head[k] = fast_div(j, p.items_per_head);
+        at.chunk[k] = j - at.head[k] * per_head;
     }
+    return at;
+}
+
+// Moves the located items: PER_HEAD (fp8 only): the scales are arrays of num_heads, head h's
+// at index h; otherwise one per tensor.
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
+__device__ __forceinline__ void move_items(
+    const Located<Item, MAX_ITEMS>& at, const char* __restrict__ key,
+    const char* __restrict__ value, char* __restrict__ key_cache,
+    char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
+    const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
+    const Params& p) {
+    // Two phases, so that nothing waits for memory before every load is in flight: issue all
+    // loads (slots and inputs), then compute the targets from the slots and store.
     i64 slot[MAX_ITEMS];
     typename Item::Loaded data[MAX_ITEMS];
     float divisor[MAX_ITEMS];
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
-        if (!valid[k]) continue;
-        const bool v = is_value[k];
-        slot[k] = slot_mapping[token[k]];
+        if (!at.valid[k]) continue;
+        const bool v = at.is_value[k];
+        slot[k] = slot_mapping[at.token[k]];
         // The scales live in device memory (so that a captured graph picks up new values);
         // only fp8 reads them. Each item loads its own, with its data: the address differs
         // between the items of a warp (keys and values), so the value stays in an ordinary
         // register. (Loaded once per thread, the compiler kept both scales in uniform registers
         // and moved them there right after loading them, which waits for them: that held back
         // every other load by a round trip to memory, 0.1 us on a small call.)
-        divisor[k] =
-            SCALED ? load_scale((v ? v_scale_ptr : k_scale_ptr) + (PER_HEAD ? head[k] : 0u)) : 1.0f;
+        divisor[k] = SCALED ? load_scale((v ? v_scale_ptr : k_scale_ptr) +
+                                         (PER_HEAD ? at.head[k] : 0u))
+                            : 1.0f;
         // Padding tokens are read too: their inputs are valid memory, and not waiting for the
         // slot before loading saves a round trip to memory on small calls.
         data[k] = Item::load(v ? value : key,
-                             token[k] * (v ? p.value_token_stride : p.key_token_stride) +
-                                 (i64)head[k] * (v ? p.value_head_stride : p.key_head_stride) +
-                                 (i64)chunk[k] * Item::ELEMS);
+                             at.token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+                                 (i64)at.head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+                                 (i64)at.chunk[k] * Item::ELEMS);
     }
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
-        if (!valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
+        if (!at.valid[k] || slot[k] < 0 || slot[k] >= p.num_slots) continue;
         i64 block, offset;
         if (slot[k] <= 0xffffffffll) {
             const u32 quotient = fast_div((u32)slot[k], p.block_size);
@@ -639,15 +672,66 @@ __device__ __forceinline__ void one_pass(
             offset = slot[k] - block * p.block_size.divisor;
         }
         const i64 target = block * p.cache_block_stride + offset * p.cache_slot_stride +
-                           (i64)head[k] * p.cache_head_stride + (i64)chunk[k] * Item::ELEMS;
+                           (i64)at.head[k] * p.cache_head_stride +
+                           (i64)at.chunk[k] * Item::ELEMS;
         // The reciprocal is computed only now, so that waiting for the scale does not hold
         // back the loads above (and only for fp8: the auto kernels ignore the scale).
         Fp8Scale scale;
         scale.scale = scale.inverse = 1.0f;
         scale.fast = true;
         if (SCALED) scale = make_scale<typename Item::Format>(divisor[k]);
-        Item::store(is_value[k] ? value_cache : key_cache, target, data[k], scale);
+        Item::store(at.is_value[k] ? value_cache : key_cache, target, data[k], scale);
     }
+}
+
+// One pass: the items of block index `b`, located and moved.
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
+__device__ __forceinline__ void one_pass(
+    u64 b, const char* __restrict__ key, const char* __restrict__ value,
+    char* __restrict__ key_cache, char* __restrict__ value_cache,
+    const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale_ptr,
+    const float* __restrict__ v_scale_ptr, const Params& p) {
+    move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(locate<Item, MAX_ITEMS>(b, p), key, value,
+                                                  key_cache, value_cache, slot_mapping,
+                                                  k_scale_ptr, v_scale_ptr, p);
+}
+
+// Programmatic dependent launch (when the host launches with it; no-ops otherwise): this grid
+// may have been scheduled while the previous kernel on the stream was still running. Wait until
+// that kernel has finished and its writes are visible before touching memory, and let the next
+// call's blocks be scheduled. Only launches overlap, never work: the next grid waits in turn
+// for this one to finish. Every thread of the block must call this (a barrier).
+//
+// With WAIT_ONE_WARP one warp waits for the block: the wait makes the previous grid's writes
+// visible to this whole grid, and the barrier orders the block's other threads after it.
+// Released from a barrier rather than each from its own wait, the block starts its loads
+// sooner (0.1 to 0.3 us per small call on an H100: docs/perf-log.md, v9). Letting the next
+// grid launch before waiting (WAIT_TRIGGER_FIRST) changes no ordering either: the next grid
+// waits for this one to finish all the same.
+__device__ __forceinline__ void wait_for_previous_grid(u32 flags) {
+#if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const u32 mode = RCF_WAIT < 0    ? flags
+                     : RCF_WAIT == 0 ? 0u
+                     : RCF_WAIT == 1 ? WAIT_ONE_WARP
+                                     : WAIT_ONE_WARP | WAIT_TRIGGER_FIRST;
+    // `mode` is the same for every thread of the grid: no divergence, and the barrier below is
+    // reached by the whole block or by none of it.
+    if (mode & WAIT_ONE_WARP) {
+        if (threadIdx.x < 32) {
+            if (mode & WAIT_TRIGGER_FIRST) {
+                asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            }
+            asm volatile("griddepcontrol.wait;" ::: "memory");
+            if (!(mode & WAIT_TRIGGER_FIRST)) {
+                asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            }
+        }
+        __syncthreads();
+    } else {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    }
+#endif
 }
 
 template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
@@ -656,24 +740,21 @@ __device__ __forceinline__ void reshape_and_cache_flash(
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
     const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
     const Params& p) {
-#if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    // Programmatic dependent launch (when the host launches with it; no-ops otherwise): this
-    // grid may have been scheduled while the previous kernel on the stream was still running.
-    // Wait until that kernel has finished and its writes are visible before touching memory,
-    // then let the next call's blocks be scheduled in turn. Only launches overlap, never work.
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-    if (RCF_EMPTY) return;
     const u64 blocks = (u64)p.token_groups * p.segments.divisor;
     if (RCF_PEEL == 2 || (RCF_PEEL == 1 && !SCALED) ||
         (RCF_PEEL == 3 && (!SCALED || (MAX_ITEMS == 1 && Item::PEEL_ONE)))) {
         // The first pass on its own: its block index is 32 bits, which spares the 64-bit loop
-        // bookkeeping before the first loads (small calls are all latency).
+        // bookkeeping before the first loads (small calls are all latency). A block past the
+        // work touches no memory, so it need not wait.
         if (blockIdx.x >= blocks) return;
-        one_pass<Item, SCALED, PER_HEAD, MAX_ITEMS>(blockIdx.x, key, value, key_cache,
-                                                    value_cache, slot_mapping, k_scale_ptr,
-                                                    v_scale_ptr, p);
+        // The items' places are arithmetic on the parameters, which no kernel writes: the block
+        // finds them while its first warp waits for the previous grid.
+        if (!RCF_LOCATE_FIRST) wait_for_previous_grid(p.flags);
+        const Located<Item, MAX_ITEMS> first = locate<Item, MAX_ITEMS>(blockIdx.x, p);
+        if (RCF_LOCATE_FIRST) wait_for_previous_grid(p.flags);
+        if (RCF_EMPTY) return;
+        move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
+                                                      slot_mapping, k_scale_ptr, v_scale_ptr, p);
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) walk the
         // rest.
         for (u64 b = (u64)blockIdx.x + gridDim.x; b < blocks; b += gridDim.x) {
@@ -682,6 +763,8 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                                         p);
         }
     } else {
+        wait_for_previous_grid(p.flags);
+        if (RCF_EMPTY) return;
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
         // walked in a loop.
         for (u64 b = blockIdx.x; b < blocks; b += gridDim.x) {

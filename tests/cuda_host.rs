@@ -258,7 +258,7 @@ fn the_host_check_sees_wrong_kernels() {
     }
     let source = kernel_source();
     for (right, wrong) in [
-        ("(PER_HEAD ? head[k] : 0u)", "(PER_HEAD ? 0u : 0u)"),
+        ("(PER_HEAD ? at.head[k] : 0u)", "(PER_HEAD ? 0u : 0u)"),
         (
             "return sign | 0x7bu;  // 57344",
             "return sign | 0x7au;  // 57344",
