@@ -12,7 +12,8 @@
 //!   launches that set's calls with (without) programmatic dependent launch; `SHADOW=open`
 //!   opens a second backend beside the one timed (as a user kernel's backend sits beside the
 //!   built-in one in the benchmark), `SHADOW=call` also stages a call of the set's first row
-//!   on it, `SHADOW=timed` times that call once too;
+//!   on it, `SHADOW=timed` times that call once too; `ALLOC=M` allocates M MiB on the device
+//!   before the set's rows (their buffers then land at other addresses);
 //! - `--streams`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
 //!   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
 //!   with H heads, a token's H rows spread as HND puts them, block size 16);
@@ -247,6 +248,20 @@ fn run(args: &Args) -> Result<(), String> {
             ..Options::default()
         };
         let mut backend = CudaBackend::open(&options).map_err(|e| e.one_line())?;
+        // Device memory taken before the rows (`ALLOC=M`, MiB), kept until the set ends.
+        let _taken = match defines.iter().find_map(|d| d.strip_prefix("ALLOC=")) {
+            Some(mib) => {
+                let mib: usize = mib.parse().map_err(|_| format!("ALLOC={mib}: MiB"))?;
+                let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| e.to_string())?;
+                let stream = ctx.default_stream();
+                Some(
+                    stream
+                        .alloc_zeros::<u8>(mib << 20)
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
         // A second backend kept open while the set runs (`SHADOW=...`), and its call.
         let shadow_kind = defines.iter().find_map(|d| d.strip_prefix("SHADOW="));
         let mut shadow = match shadow_kind {

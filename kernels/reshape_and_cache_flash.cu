@@ -66,10 +66,10 @@ typedef unsigned long long u64;
 #define RCF_EMPTY 0
 #endif
 // Who waits for the previous grid (programmatic dependent launch), for tuning runs: -1 (the
-// default) as each call's Params::flags say (the host's rule: src/backend/cuda/shape.rs,
-// wait_flags); 0 every thread waits; 1 the first warp of each block waits, the rest of the
-// block follows it through a barrier; 2 the same, the first warp letting the next grid launch
-// before it waits rather than after.
+// default) the first warp of each block in the kernels of one item per thread, every thread in
+// the others, the first warp letting the next grid launch before or after it waits as each
+// call's Params::flags say; 0 every thread waits, in every kernel; 1 the first warp waits and
+// then lets the next grid launch, in every kernel; 2 it lets the next grid launch first.
 #ifndef RCF_WAIT
 #define RCF_WAIT -1
 #endif
@@ -136,11 +136,9 @@ struct Params {
     u32 flags;  // WAIT_* below
 };
 
-// Params::flags. WAIT_ONE_WARP: the first warp of each block waits for the previous grid for
-// the whole block (small calls: their blocks start their loads sooner); WAIT_TRIGGER_FIRST: it
-// lets the next grid launch before it waits (tiny fp8 calls). Neither: every thread waits
-// (large calls, where a barrier at the start of every block cost 0.3 to 0.6%).
-#define WAIT_ONE_WARP 1u
+// Params::flags. WAIT_TRIGGER_FIRST: where the first warp of a block waits for the previous
+// grid for the whole block, it lets the next grid launch before it waits rather than after
+// (tiny fp8 calls: src/backend/cuda/shape.rs, wait_flags).
 #define WAIT_TRIGGER_FIRST 2u
 
 // ---------------------------------------------------------------------------------------------
@@ -702,29 +700,27 @@ __device__ __forceinline__ void one_pass(
 // call's blocks be scheduled. Only launches overlap, never work: the next grid waits in turn
 // for this one to finish. Every thread of the block must call this (a barrier).
 //
-// With WAIT_ONE_WARP one warp waits for the block: the wait makes the previous grid's writes
-// visible to this whole grid, and the barrier orders the block's other threads after it.
-// Released from a barrier rather than each from its own wait, the block starts its loads
-// sooner (0.1 to 0.3 us per small call on an H100: docs/perf-log.md, v9). Letting the next
-// grid launch before waiting (WAIT_TRIGGER_FIRST) changes no ordering either: the next grid
-// waits for this one to finish all the same.
+// ONE_WARP: one warp waits for the block. The wait makes the previous grid's writes visible to
+// this whole grid, and the barrier orders the block's other threads after it. Released from a
+// barrier rather than each from its own wait, the block starts its loads sooner: 0.1 to 0.3 us
+// per small call on an H100 (docs/perf-log.md, v9), but 0.3 to 0.6% slower from 8192 tokens
+// up, where every block of many waves pays the barrier; the kernels of one item per thread
+// serve every small call (and fp8 calls of every size), the others large auto calls only. It
+// is a template parameter because deciding it per call at run time (a branch around the
+// barrier) cost small calls most of the gain. Letting the next grid launch before waiting
+// (WAIT_TRIGGER_FIRST) changes no ordering: the next grid waits for this one all the same.
+template <bool ONE_WARP>
 __device__ __forceinline__ void wait_for_previous_grid(u32 flags) {
 #if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const u32 mode = RCF_WAIT < 0    ? flags
-                     : RCF_WAIT == 0 ? 0u
-                     : RCF_WAIT == 1 ? WAIT_ONE_WARP
-                                     : WAIT_ONE_WARP | WAIT_TRIGGER_FIRST;
-    // `mode` is the same for every thread of the grid: no divergence, and the barrier below is
-    // reached by the whole block or by none of it.
-    if (mode & WAIT_ONE_WARP) {
+    const bool one_warp = RCF_WAIT < 0 ? ONE_WARP : RCF_WAIT > 0;
+    // The same for every thread of the grid: no divergence.
+    const bool trigger_first =
+        RCF_WAIT < 0 ? (flags & WAIT_TRIGGER_FIRST) != 0 : RCF_WAIT == 2;
+    if (one_warp) {
         if (threadIdx.x < 32) {
-            if (mode & WAIT_TRIGGER_FIRST) {
-                asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-            }
+            if (trigger_first) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
             asm volatile("griddepcontrol.wait;" ::: "memory");
-            if (!(mode & WAIT_TRIGGER_FIRST)) {
-                asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-            }
+            if (!trigger_first) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         }
         __syncthreads();
     } else {
@@ -749,9 +745,9 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         if (blockIdx.x >= blocks) return;
         // The items' places are arithmetic on the parameters, which no kernel writes: the block
         // finds them while its first warp waits for the previous grid.
-        if (!RCF_LOCATE_FIRST) wait_for_previous_grid(p.flags);
+        if (!RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
         const Located<Item, MAX_ITEMS> first = locate<Item, MAX_ITEMS>(blockIdx.x, p);
-        if (RCF_LOCATE_FIRST) wait_for_previous_grid(p.flags);
+        if (RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
         if (RCF_EMPTY) return;
         move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
                                                       slot_mapping, k_scale_ptr, v_scale_ptr, p);
@@ -763,7 +759,7 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                                         p);
         }
     } else {
-        wait_for_previous_grid(p.flags);
+        wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
         if (RCF_EMPTY) return;
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
         // walked in a loop.

@@ -62,14 +62,13 @@ pub struct Params {
     pub items_per_kv: u32,
     pub tokens_per_block: u32,
     pub items_per_thread: u32,
-    /// How the blocks wait for the previous grid: [`WAIT_ONE_WARP`], [`WAIT_TRIGGER_FIRST`].
+    /// How the blocks wait for the previous grid: [`WAIT_TRIGGER_FIRST`] or 0.
     pub flags: u32,
 }
 
-/// `Params::flags`: the first warp of each block waits for the previous grid (programmatic
-/// dependent launch) for the whole block, which follows it through a barrier.
-pub const WAIT_ONE_WARP: u32 = 1;
-/// `Params::flags`: that warp lets the next grid launch before it waits rather than after.
+/// `Params::flags`: in the kernels where the first warp of each block waits for the previous
+/// grid (programmatic dependent launch) for the whole block, that warp lets the next grid
+/// launch before it waits rather than after.
 pub const WAIT_TRIGGER_FIRST: u32 = 2;
 
 // SAFETY: plain old data with the C layout the kernel declares.
@@ -267,24 +266,19 @@ pub fn plan(
 /// How the blocks of a call of `total` items wait for the previous grid (measured on an H100,
 /// docs/perf-log.md v9; the kernels ignore it without programmatic dependent launch).
 ///
-/// One warp waiting for its block, the rest following through a barrier, made calls of 1 to
-/// 512 tokens of the default shape 5 to 25% faster than every thread waiting for itself (auto T
-/// = 2 1.32 -> 1.03 us, T = 128 4.09 -> 3.74; fp8 T = 64 2.55 -> 2.23), was level at 1024, and
-/// cost 0.3 to 0.6% from 8192 tokens up, where every block of many waves pays the barrier: up
-/// to `8 * resident` items (512 tokens auto, 1024 fp8). Letting the next grid launch before
-/// the wait rather than after saved another 0.04 to 0.16 us on fp8 calls of 1 to 4 tokens
-/// (fewer blocks than SMs, so the next grid's blocks find room) and cost on larger ones and on
-/// auto calls: fp8 only, up to `resident / 32` items.
+/// In the kernels of one item per thread (every small call, and fp8 calls of every size) the
+/// first warp of each block waits for the whole block, which follows it through a barrier
+/// (kernels/reshape_and_cache_flash.cu, wait_for_previous_grid). That warp letting the next
+/// grid launch before its wait rather than after saved 0.04 to 0.18 us on fp8 calls of 1 to 4
+/// tokens (fewer blocks than SMs: the next grid's blocks find room) and cost up to 0.4 us on
+/// larger ones and on auto calls: fp8 only, up to `resident / 32` items.
 pub fn wait_flags(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> u32 {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
-    let mut flags = 0;
-    if total <= 8 * resident {
-        flags |= WAIT_ONE_WARP;
-        if cache_dtype.is_fp8() && total <= resident / 32 {
-            flags |= WAIT_TRIGGER_FIRST;
-        }
+    if cache_dtype.is_fp8() && total <= resident / 32 {
+        WAIT_TRIGGER_FIRST
+    } else {
+        0
     }
-    flags
 }
 
 /// Threads per block and items per thread for `total` items (measured on an H100).
@@ -586,7 +580,7 @@ mod tests {
     }
 
     #[test]
-    fn small_calls_wait_by_one_warp_and_tiny_fp8_calls_trigger_first() {
+    fn tiny_fp8_calls_let_the_next_grid_launch_first() {
         let flags = |num_tokens, cache_dtype| {
             let p = Problem {
                 num_tokens,
@@ -598,24 +592,15 @@ mod tests {
                 .params
                 .flags
         };
-        let (one, first) = (WAIT_ONE_WARP, WAIT_ONE_WARP | WAIT_TRIGGER_FIRST);
-        // The default shape: 4096 items per token (auto), 2048 (fp8); the H100 holds 270,336
-        // threads.
-        for (tokens, auto, fp8) in [
-            (1, one, first),
-            (4, one, first),
-            (8, one, one),
-            (128, one, one),
-            (512, one, one),
-            (1024, 0, one),
-            (2048, 0, 0),
-            (65536, 0, 0),
+        // The default shape: 2048 fp8 items per token; the H100 holds 270,336 threads.
+        for (tokens, fp8) in [
+            (1, WAIT_TRIGGER_FIRST),
+            (4, WAIT_TRIGGER_FIRST),
+            (8, 0),
+            (128, 0),
+            (65536, 0),
         ] {
-            assert_eq!(
-                flags(tokens, CacheDtype::Auto),
-                auto,
-                "auto, {tokens} tokens"
-            );
+            assert_eq!(flags(tokens, CacheDtype::Auto), 0, "auto, {tokens} tokens");
             assert_eq!(flags(tokens, CacheDtype::Fp8), fp8, "fp8, {tokens} tokens");
             assert_eq!(
                 flags(tokens, CacheDtype::Fp8E5m2),
