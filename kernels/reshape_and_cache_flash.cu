@@ -67,9 +67,8 @@ typedef unsigned long long u64;
 #endif
 // Who waits for the previous grid (programmatic dependent launch), for tuning runs: -1 (the
 // default) the first warp of each block in the kernels of one item per thread, every thread in
-// the others, the first warp letting the next grid launch before or after it waits as each
-// call's Params::flags say; 0 every thread waits, in every kernel; 1 the first warp waits and
-// then lets the next grid launch, in every kernel; 2 it lets the next grid launch first.
+// the others; 0 every thread, in every kernel; 1 the first warp, in every kernel; 2 the same,
+// the first warp letting the next grid launch before it waits rather than after.
 #ifndef RCF_WAIT
 #define RCF_WAIT -1
 #endif
@@ -133,13 +132,9 @@ struct Params {
     u32 items_per_kv;  // num_heads * items_per_head
     u32 tokens_per_block;
     u32 items_per_thread;
-    u32 flags;  // WAIT_* below
+    u32 unused;
 };
 
-// Params::flags. WAIT_TRIGGER_FIRST: where the first warp of a block waits for the previous
-// grid for the whole block, it lets the next grid launch before it waits rather than after
-// (tiny fp8 calls: src/backend/cuda/shape.rs, wait_flags).
-#define WAIT_TRIGGER_FIRST 2u
 
 // ---------------------------------------------------------------------------------------------
 // Memory access.
@@ -702,25 +697,20 @@ __device__ __forceinline__ void one_pass(
 //
 // ONE_WARP: one warp waits for the block. The wait makes the previous grid's writes visible to
 // this whole grid, and the barrier orders the block's other threads after it. Released from a
-// barrier rather than each from its own wait, the block starts its loads sooner: 0.1 to 0.3 us
-// per small call on an H100 (docs/perf-log.md, v9), but 0.3 to 0.6% slower from 8192 tokens
-// up, where every block of many waves pays the barrier; the kernels of one item per thread
-// serve every small call (and fp8 calls of every size), the others large auto calls only. It
-// is a template parameter because deciding it per call at run time (a branch around the
-// barrier) cost small calls most of the gain. Letting the next grid launch before waiting
-// (WAIT_TRIGGER_FIRST) changes no ordering: the next grid waits for this one all the same.
+// barrier rather than each from its own wait, the block starts its loads sooner: 0.05 to 0.3
+// us per small call on an H100 (docs/perf-log.md, v9), but 0.3 to 0.6% slower from 8192 tokens
+// up, where every block of many waves pays the barrier. The kernels of one item per thread
+// serve every small call (and fp8 calls of every size), the others large auto calls only.
+// Compiled in: chosen per call at run time (a branch around the barrier, or even the position
+// of the launch_dependents below under a run-time predicate), it lost most of the gain.
 template <bool ONE_WARP>
-__device__ __forceinline__ void wait_for_previous_grid(u32 flags) {
+__device__ __forceinline__ void wait_for_previous_grid() {
 #if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const bool one_warp = RCF_WAIT < 0 ? ONE_WARP : RCF_WAIT > 0;
-    // The same for every thread of the grid: no divergence.
-    const bool trigger_first =
-        RCF_WAIT < 0 ? (flags & WAIT_TRIGGER_FIRST) != 0 : RCF_WAIT == 2;
-    if (one_warp) {
+    if (RCF_WAIT < 0 ? ONE_WARP : RCF_WAIT > 0) {
         if (threadIdx.x < 32) {
-            if (trigger_first) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            if (RCF_WAIT == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
             asm volatile("griddepcontrol.wait;" ::: "memory");
-            if (!trigger_first) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            if (RCF_WAIT != 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         }
         __syncthreads();
     } else {
@@ -745,9 +735,9 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         if (blockIdx.x >= blocks) return;
         // The items' places are arithmetic on the parameters, which no kernel writes: the block
         // finds them while its first warp waits for the previous grid.
-        if (!RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
+        if (!RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
         const Located<Item, MAX_ITEMS> first = locate<Item, MAX_ITEMS>(blockIdx.x, p);
-        if (RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
+        if (RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
         if (RCF_EMPTY) return;
         move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
                                                       slot_mapping, k_scale_ptr, v_scale_ptr, p);
@@ -759,7 +749,7 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                                         p);
         }
     } else {
-        wait_for_previous_grid<MAX_ITEMS == 1>(p.flags);
+        wait_for_previous_grid<MAX_ITEMS == 1>();
         if (RCF_EMPTY) return;
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
         // walked in a loop.

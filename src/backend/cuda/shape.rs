@@ -62,14 +62,8 @@ pub struct Params {
     pub items_per_kv: u32,
     pub tokens_per_block: u32,
     pub items_per_thread: u32,
-    /// How the blocks wait for the previous grid: [`WAIT_TRIGGER_FIRST`] or 0.
-    pub flags: u32,
+    pub unused: u32,
 }
-
-/// `Params::flags`: in the kernels where the first warp of each block waits for the previous
-/// grid (programmatic dependent launch) for the whole block, that warp lets the next grid
-/// launch before it waits rather than after.
-pub const WAIT_TRIGGER_FIRST: u32 = 2;
 
 // SAFETY: plain old data with the C layout the kernel declares.
 unsafe impl cudarc::driver::DeviceRepr for Params {}
@@ -253,7 +247,7 @@ pub fn plan(
         items_per_kv: items_per_kv as u32,
         tokens_per_block: tokens_per_block as u32,
         items_per_thread,
-        flags: wait_flags(total, problem.cache_dtype, limits),
+        unused: 0,
     };
     Ok(Launch {
         vector,
@@ -261,24 +255,6 @@ pub fn plan(
         grid,
         params,
     })
-}
-
-/// How the blocks of a call of `total` items wait for the previous grid (measured on an H100,
-/// docs/perf-log.md v9; the kernels ignore it without programmatic dependent launch).
-///
-/// In the kernels of one item per thread (every small call, and fp8 calls of every size) the
-/// first warp of each block waits for the whole block, which follows it through a barrier
-/// (kernels/reshape_and_cache_flash.cu, wait_for_previous_grid). That warp letting the next
-/// grid launch before its wait rather than after saved 0.04 to 0.18 us on fp8 calls of 1 to 4
-/// tokens (fewer blocks than SMs: the next grid's blocks find room) and cost up to 0.4 us on
-/// larger ones and on auto calls: fp8 only, up to `resident / 32` items.
-pub fn wait_flags(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> u32 {
-    let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
-    if cache_dtype.is_fp8() && total <= resident / 32 {
-        WAIT_TRIGGER_FIRST
-    } else {
-        0
-    }
 }
 
 /// Threads per block and items per thread for `total` items (measured on an H100).
@@ -575,37 +551,6 @@ mod tests {
                 (launch.threads, launch.params.items_per_thread),
                 shape,
                 "{num_tokens}"
-            );
-        }
-    }
-
-    #[test]
-    fn tiny_fp8_calls_let_the_next_grid_launch_first() {
-        let flags = |num_tokens, cache_dtype| {
-            let p = Problem {
-                num_tokens,
-                cache_dtype,
-                ..problem(Layout::Nhd, Dtype::BFloat16, CacheDtype::Auto, 128, 128, 1)
-            };
-            plan(&p, &InputStrides::contiguous(&p), H100, None)
-                .unwrap()
-                .params
-                .flags
-        };
-        // The default shape: 2048 fp8 items per token; the H100 holds 270,336 threads.
-        for (tokens, fp8) in [
-            (1, WAIT_TRIGGER_FIRST),
-            (4, WAIT_TRIGGER_FIRST),
-            (8, 0),
-            (128, 0),
-            (65536, 0),
-        ] {
-            assert_eq!(flags(tokens, CacheDtype::Auto), 0, "auto, {tokens} tokens");
-            assert_eq!(flags(tokens, CacheDtype::Fp8), fp8, "fp8, {tokens} tokens");
-            assert_eq!(
-                flags(tokens, CacheDtype::Fp8E5m2),
-                fp8,
-                "e5m2, {tokens} tokens"
             );
         }
     }
