@@ -270,13 +270,19 @@ pub fn plan(
 /// items), where the grid is a few dozen blocks.
 /// fp8: the conversion needs many warps to hide its arithmetic more than it needs loads in
 /// flight per thread: one item per thread (the 44- to 48-register instances, 10 or 11 blocks
-/// per SM) in 128-thread blocks was the fastest at every size, from 1 to 65536 tokens. Capping
+/// per SM) in 128-thread blocks was the fastest from 8 to 65536 tokens. Calls of fewer items
+/// than 128 per SM take smaller blocks, so that about one block lands on each SM: with the
+/// one-warp wait of the fifth session, 32-thread blocks took 2 tokens in 1.164 us against
+/// 1.271, 64-thread blocks 4 tokens in 1.173 against 1.260 (docs/perf-log.md v9). Capping
 /// the grid at a few blocks per SM (each looping over passes, with or without the next pass's
 /// loads issued early) was 2 to 8% slower at 8192 tokens, auto and fp8 alike.
 fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     let (threads, items_per_thread) = match cache_dtype {
-        CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => (128, 1),
+        CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => {
+            let per_sm = total.div_ceil(limits.sm_count.max(1) as u64);
+            (per_sm.next_multiple_of(32).clamp(32, 128) as u32, 1)
+        }
         CacheDtype::Auto if total >= 6 * resident => (256, 2),
         CacheDtype::Auto if total >= resident / 8 => (256, 1),
         CacheDtype::Auto => (128, 1),
@@ -553,6 +559,31 @@ mod tests {
                 "{num_tokens}"
             );
         }
+    }
+
+    #[test]
+    fn small_fp8_calls_spread_over_the_sms() {
+        // The default shape: 2048 fp8 items per token, 132 SMs.
+        for (num_tokens, threads) in [(1, 32), (2, 32), (4, 64), (8, 128), (64, 128)] {
+            let p = Problem {
+                num_tokens,
+                ..problem(Layout::Nhd, Dtype::BFloat16, CacheDtype::Fp8, 128, 128, 1)
+            };
+            let launch = plan(&p, &InputStrides::contiguous(&p), H100, None).unwrap();
+            assert_eq!(
+                (launch.threads, launch.params.items_per_thread),
+                (threads, 1),
+                "{num_tokens}"
+            );
+        }
+        // auto calls keep 128-thread blocks.
+        let p = problem(Layout::Nhd, Dtype::BFloat16, CacheDtype::Auto, 128, 128, 2);
+        assert_eq!(
+            plan(&p, &InputStrides::contiguous(&p), H100, None)
+                .unwrap()
+                .threads,
+            128
+        );
     }
 
     #[test]
