@@ -3,7 +3,7 @@
 //! mapping (every item of every token is visited exactly once).
 
 use crate::error::{Error, Result};
-use crate::problem::{CacheDtype, Problem};
+use crate::problem::{CacheDtype, Dtype, Problem};
 
 /// Division by a run-time constant, as the kernel does it: `(umulhi(n, m) + n) >> s` (the
 /// round-up method of Granlund and Montgomery), exact for every 32-bit `n`. Mirrors `FastDiv`
@@ -204,7 +204,7 @@ pub fn plan(
             items_per_thread: o.items_per_thread,
             blocks_per_sm: o.blocks_per_sm,
         },
-        None => default_shape(total, problem.cache_dtype, limits),
+        None => default_shape(total, problem.dtype, problem.cache_dtype, limits),
     };
     let threads = shape.threads.clamp(32, MAX_THREADS) / 32 * 32;
     let mut items_per_thread = shape.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD);
@@ -270,18 +270,26 @@ pub fn plan(
 /// items), where the grid is a few dozen blocks.
 /// fp8: the conversion needs many warps to hide its arithmetic more than it needs loads in
 /// flight per thread: one item per thread (the 44- to 48-register instances, 10 or 11 blocks
-/// per SM) in 128-thread blocks was the fastest from 8 to 65536 tokens. Calls of fewer items
-/// than 128 per SM take smaller blocks, so that about one block lands on each SM: with the
-/// one-warp wait of the fifth session, 32-thread blocks took 2 tokens in 1.164 us against
-/// 1.271, 64-thread blocks 4 tokens in 1.173 against 1.260 (docs/perf-log.md v9). Capping
-/// the grid at a few blocks per SM (each looping over passes, with or without the next pass's
-/// loads issued early) was 2 to 8% slower at 8192 tokens, auto and fp8 alike.
-fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
+/// per SM) in 128-thread blocks was the fastest from 8 to 65536 tokens. Calls of 8 to 128 items
+/// per SM take smaller blocks, about one per SM: with the one-warp wait (docs/perf-log.md v9),
+/// 32-thread blocks took 2 tokens in 1.164 us against 1.286, 64-thread blocks 4 tokens in
+/// 1.178 against 1.235, and 8 heads at 32 tokens, 32 heads of 80 (float) at 8 took 0.10 us
+/// less. Below 8 items per SM (8 heads at 2 tokens: 256 items) the extra blocks cost 0.03 to
+/// 0.05 us; half input's fp8 kernel (the one that does not peel its first pass) was 0.02 to
+/// 0.09 us slower in small blocks: both keep 128 threads. Capping the grid at a few blocks per
+/// SM (each looping over passes, with or without the next pass's loads issued early) was 2 to
+/// 8% slower at 8192 tokens, auto and fp8 alike.
+fn default_shape(total: u64, dtype: Dtype, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     let (threads, items_per_thread) = match cache_dtype {
         CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => {
             let per_sm = total.div_ceil(limits.sm_count.max(1) as u64);
-            (per_sm.next_multiple_of(32).clamp(32, 128) as u32, 1)
+            let threads = if per_sm < 8 || dtype == Dtype::Half {
+                128
+            } else {
+                per_sm.next_multiple_of(32).clamp(32, 128) as u32
+            };
+            (threads, 1)
         }
         CacheDtype::Auto if total >= 6 * resident => (256, 2),
         CacheDtype::Auto if total >= resident / 8 => (256, 1),
@@ -297,7 +305,7 @@ fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::{Dtype, Layout};
+    use crate::problem::Layout;
 
     #[test]
     fn fast_division_is_exact() {
@@ -563,27 +571,29 @@ mod tests {
 
     #[test]
     fn small_fp8_calls_spread_over_the_sms() {
-        // The default shape: 2048 fp8 items per token, 132 SMs.
-        for (num_tokens, threads) in [(1, 32), (2, 32), (4, 64), (8, 128), (64, 128)] {
-            let p = Problem {
-                num_tokens,
-                ..problem(Layout::Nhd, Dtype::BFloat16, CacheDtype::Fp8, 128, 128, 1)
-            };
+        let threads = |dtype, cache_dtype, heads, head_size, tokens| {
+            let p = problem(Layout::Nhd, dtype, cache_dtype, heads, head_size, tokens);
             let launch = plan(&p, &InputStrides::contiguous(&p), H100, None).unwrap();
+            assert_eq!(launch.params.items_per_thread, 1);
+            launch.threads
+        };
+        // The default shape: 2048 fp8 items per token, 132 SMs: 16 items per SM per token.
+        for (tokens, expected) in [(1, 32), (2, 32), (4, 64), (8, 128), (64, 128)] {
             assert_eq!(
-                (launch.threads, launch.params.items_per_thread),
-                (threads, 1),
-                "{num_tokens}"
+                threads(Dtype::BFloat16, CacheDtype::Fp8, 128, 128, tokens),
+                expected
             );
+            assert_eq!(
+                threads(Dtype::Float, CacheDtype::Fp8E5m2, 128, 128, tokens),
+                expected
+            );
+            // Half input, and auto caches, keep 128-thread blocks.
+            assert_eq!(threads(Dtype::Half, CacheDtype::Fp8, 128, 128, tokens), 128);
         }
-        // auto calls keep 128-thread blocks.
-        let p = problem(Layout::Nhd, Dtype::BFloat16, CacheDtype::Auto, 128, 128, 2);
-        assert_eq!(
-            plan(&p, &InputStrides::contiguous(&p), H100, None)
-                .unwrap()
-                .threads,
-            128
-        );
+        assert_eq!(threads(Dtype::BFloat16, CacheDtype::Auto, 128, 128, 2), 128);
+        // 8 heads: 128 items per token; under 8 items per SM at 2 tokens, 32 per SM at 32.
+        assert_eq!(threads(Dtype::BFloat16, CacheDtype::Fp8, 8, 128, 2), 128);
+        assert_eq!(threads(Dtype::BFloat16, CacheDtype::Fp8, 8, 128, 32), 32);
     }
 
     #[test]
