@@ -13,8 +13,8 @@
 //!   opens a second backend beside the one timed (as a user kernel's backend sits beside the
 //!   built-in one in the benchmark), `SHADOW=call` also stages a call of the set's first row
 //!   on it (room for a second set of its buffers: a small `nb`), `SHADOW=timed` times that call
-//!   once too; `ALLOC=M` allocates M MiB on the device
-//!   before the set's rows (their buffers then land at other addresses);
+//!   once too; `ALLOC=M` allocates M MiB on the device before the set's rows (their buffers
+//!   then land at other addresses);
 //! - `--streams`: ceilings measured once, `;`-separated: `copy`, or `rR:B[:H]` (R = 1 or 2
 //!   16-byte words read per word written, rows of B bytes at scattered slots, 0: contiguous;
 //!   with H heads, a token's H rows spread as HND puts them, block size 16);
