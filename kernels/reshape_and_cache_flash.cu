@@ -48,11 +48,10 @@ typedef unsigned long long u64;
 // or inlined at each use (0). Inlined was faster on an H100, although the kernels get larger.
 // Which kernels run the first pass of each block on its own, before the grid loop: 0 none, 1
 // the auto ones, 2 all, 3 the auto ones and the fp8 ones of one item per thread (except half
-// input: Half::PEEL_FP8). The 64-bit
-// loop bookkeeping then comes after the loads: small calls are faster (auto: about 0.06 us of
-// 1.5 on an H100; fp8 of one item per thread 0.03 to 0.18 us from 2 to 128 tokens, 1.390 ->
-// 1.293 us at 2). The fp8 kernels of several items per thread stay unpeeled: it cost them
-// registers (occupancy) that large calls need.
+// input: Half::PEEL_FP8). The 64-bit loop bookkeeping then comes after the loads: small calls
+// are faster (auto: about 0.06 us of 1.5 on an H100; fp8 of one item per thread 0.03 to 0.18
+// us from 2 to 128 tokens, 1.390 -> 1.293 us at 2). The fp8 kernels of several items per
+// thread stay unpeeled: it cost them registers (occupancy) that large calls need.
 #ifndef RCF_PEEL
 #define RCF_PEEL 3
 #endif
@@ -134,7 +133,6 @@ struct Params {
     u32 items_per_thread;
     u32 unused;
 };
-
 
 // ---------------------------------------------------------------------------------------------
 // Memory access.
@@ -566,9 +564,10 @@ struct Fp8Scalar {
 // ---------------------------------------------------------------------------------------------
 // The kernel body, shared by every input dtype x cache dtype x vector width.
 
-// Where the items of one pass are: which tensor, token, head and chunk, and each item's element
-// offset in its input. Arithmetic on the parameters alone, no memory touched.
-template <class Item, int MAX_ITEMS>
+// Where the items of one pass are: which tensor, token, head and chunk. Arithmetic on the
+// parameters alone, no memory touched. (The input offsets are computed with the loads: computed
+// here for all items, they cost the kernels of several items per thread 10 registers.)
+template <int MAX_ITEMS>
 struct Located {
     bool valid[MAX_ITEMS];
     bool is_value[MAX_ITEMS];
@@ -580,8 +579,8 @@ struct Located {
 // The items of block index `b`. MAX_ITEMS: the most items one thread moves per pass (the host
 // passes the actual count, at most this). Small calls use the MAX_ITEMS = 1 instances: less
 // code to fetch, fewer registers.
-template <class Item, int MAX_ITEMS>
-__device__ __forceinline__ Located<Item, MAX_ITEMS> locate(u64 b, const Params& p) {
+template <int MAX_ITEMS>
+__device__ __forceinline__ Located<MAX_ITEMS> locate(u64 b, const Params& p) {
     const u32 per_token = p.items_per_token.divisor;
     const u32 per_head = p.items_per_head.divisor;
     const u32 segments = p.segments.divisor;
@@ -601,7 +600,7 @@ __device__ __forceinline__ Located<Item, MAX_ITEMS> locate(u64 b, const Params& 
     }
     const i64 first_token = (i64)group * p.tokens_per_block;
     const u32 start = segment * per_pass;
-    Located<Item, MAX_ITEMS> at;
+    Located<MAX_ITEMS> at;
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
         const u32 local = start + k * blockDim.x + threadIdx.x;
@@ -621,7 +620,7 @@ __device__ __forceinline__ Located<Item, MAX_ITEMS> locate(u64 b, const Params& 
 // at index h; otherwise one per tensor.
 template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
 __device__ __forceinline__ void move_items(
-    const Located<Item, MAX_ITEMS>& at, const char* __restrict__ key,
+    const Located<MAX_ITEMS>& at, const char* __restrict__ key,
     const char* __restrict__ value, char* __restrict__ key_cache,
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
     const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
@@ -684,7 +683,7 @@ __device__ __forceinline__ void one_pass(
     char* __restrict__ key_cache, char* __restrict__ value_cache,
     const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale_ptr,
     const float* __restrict__ v_scale_ptr, const Params& p) {
-    move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(locate<Item, MAX_ITEMS>(b, p), key, value,
+    move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(locate<MAX_ITEMS>(b, p), key, value,
                                                   key_cache, value_cache, slot_mapping,
                                                   k_scale_ptr, v_scale_ptr, p);
 }
@@ -736,7 +735,7 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         // The items' places are arithmetic on the parameters, which no kernel writes: the block
         // finds them while its first warp waits for the previous grid.
         if (!RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
-        const Located<Item, MAX_ITEMS> first = locate<Item, MAX_ITEMS>(blockIdx.x, p);
+        const Located<MAX_ITEMS> first = locate<MAX_ITEMS>(blockIdx.x, p);
         if (RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
         if (RCF_EMPTY) return;
         move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
