@@ -263,36 +263,32 @@ fn run(args: &Args) -> Result<(), String> {
             }
             None => None,
         };
-        // A second backend kept open while the set runs (`SHADOW=...`), and its call.
+        // A second backend kept open while the set runs (`SHADOW=...`).
         let shadow_kind = defines.iter().find_map(|d| d.strip_prefix("SHADOW="));
         let mut shadow = match shadow_kind {
             Some(_) => Some(CudaBackend::open(&Options::default()).map_err(|e| e.one_line())?),
             None => None,
         };
+        // Its call (`call`, `timed`): the set's first row, on inputs of its own (made only then).
         let first = rows.iter().find(|r| r.set == set).map(|r| r.problem);
-        let shadow_data = first.map(|p| {
-            (
+        let shadow_data = match (shadow_kind, first) {
+            (Some("call" | "timed"), Some(p)) => Some((
+                p,
                 workload::HostInputs::random(p.dtype, p.token_elements(), p.num_tokens, 5),
                 workload::random_slot_mapping(p.num_slots(), p.num_tokens, 0.0, 7),
-            )
-        });
+            )),
+            _ => None,
+        };
         let mut _shadow_call = None;
-        if let (Some(kind), Some(other), Some(p), Some((host, slots))) = (
-            shadow_kind,
-            shadow.as_mut(),
-            first.as_ref(),
-            shadow_data.as_ref(),
-        ) {
-            if kind == "call" || kind == "timed" {
-                let mut call = other
-                    .prepare(p, host.inputs(p, slots), CacheFill::Random { seed: 13 })
+        if let (Some(other), Some((p, host, slots))) = (shadow.as_mut(), shadow_data.as_ref()) {
+            let mut call = other
+                .prepare(p, host.inputs(p, slots), CacheFill::Random { seed: 13 })
+                .map_err(|e| e.one_line())?;
+            if shadow_kind == Some("timed") {
+                timing::measure(call.as_mut(), p, slots, &Protocol::new(10))
                     .map_err(|e| e.one_line())?;
-                if kind == "timed" {
-                    timing::measure(call.as_mut(), p, slots, &Protocol::new(10))
-                        .map_err(|e| e.one_line())?;
-                }
-                _shadow_call = Some(call);
             }
+            _shadow_call = Some(call);
         }
         if set == 0 {
             let device = backend.device();
