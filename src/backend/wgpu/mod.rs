@@ -28,12 +28,13 @@
 //!   `tests/wgpu.rs` and `tests/wgpu_workloads.rs`. Threshold tables built in each call cut the
 //!   encoder's work (float inputs); for half and bfloat16 inputs a lookup table of every 16-bit
 //!   pattern's code, built in each call by that same encoder, replaces it altogether (the
-//!   default; `WgpuTuning::fp8_lut` turns it off). Small fp8 calls take neither table:
-//!   four threads share each 16-byte cache unit, each encoding one word (`SPLIT`;
-//!   `WgpuTuning::fp8_split`), which shortens the chain of exact encodings that sets their time. Per-head scales travel after the slots in
-//!   the slots buffer (no binding of their own: the narrow kernels already use all that Metal
-//!   allows); with them the lookup table is one table per head, taken for calls large enough
-//!   to pay for building it, and the threshold tables (per tensor) are not used.
+//!   default; `WgpuTuning::fp8_lut` turns it off). Small fp8 calls take neither table: four
+//!   threads share each 16-byte cache unit, each encoding one word (`SPLIT`;
+//!   `WgpuTuning::fp8_split`), which shortens the chain of exact encodings that sets their
+//!   time. Per-head scales travel after the slots in the slots buffer (no binding of their
+//!   own: the narrow kernels already use all that Metal allows); with them the lookup table
+//!   is one table per head, taken for calls large enough to pay for building it, and the
+//!   threshold tables (per tensor) are not used.
 //! - Keys and values may be slices of a fused QKV tensor: each token range is uploaded from
 //!   its first token's keys to its last's (the span, as the kernel reads it) and rows are
 //!   found through the token stride (a parameter, with the `STRIDED` override: one pipeline for
