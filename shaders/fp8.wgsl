@@ -48,6 +48,11 @@ fn fp8_mantissa_bits() -> i32 {
     return select(3, 2, E5M2);
 }
 
+// The f32 bits that turn an f32 exponent field into the format's: (127 - bias) << 23.
+fn fp8_rebias_bits() -> u32 {
+    return select(0x3c000000u, 0x38000000u, E5M2);
+}
+
 // The format's code of a non-negative finite f32 (its bits), as src/fp8.rs::e4m3_from_f32 and
 // e5m2_from_f32.
 fn fp8_magnitude(magnitude: u32) -> u32 {
@@ -222,6 +227,82 @@ fn quantize(x: u32, scale: Scale, nan_sign: u32) -> u32 {
         return sign | fp8_max_code();
     }
     return sign | quantize_magnitude(mx, scale, e);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The short exact encoder: the same codes as quantize, for finite scales whose exponent lies in
+// [-116, 125] (e4m3) or [-109, 125] (e5m2), with a fraction of its operations on nearly every
+// element.
+//
+// y = |x| * RN(1 / |scale|) is within 2 f32 ULP of the correctly rounded quotient RN(Q) (1 /
+// |scale| and the product are each rounded once). Rounded to the format straight from its bits,
+// y has RN(Q)'s code unless it lies within FAST_WINDOW_ULPS of a rounding boundary (a midpoint
+// between two codes), where RN(Q) may lie on the other side or exactly on it: those elements,
+// about one in 2000, take quantize. The scale's range keeps the rest exact: 1 / |scale| is a
+// normal f32, and an f32 subnormal |x| (which the multiplication may flush to zero) has a
+// quotient below the format's smallest rounding boundary, code 0, as for the threshold tables.
+// A quarter of quantize's operations or less (no integer split of x, no range cases), and the
+// same window as quantize's (tests skew the estimate by 255 ULP; 4 more cover y's own error).
+const FAST_WINDOW_ULPS: i32 = 260;
+// The same window below the format's smallest normal, in steps of its subnormal grid: an f32
+// ULP there is at most 2^-21 steps (e4m3; e5m2 2^-22), so 2^-12 covers more than 260 ULP.
+const FAST_WINDOW_STEPS: f32 = 0.000244140625;
+
+// Whether quantize_fast handles `scale` (and FP8_FAST lets it): GpuScale::table_applies.
+fn fast_applies(scale: Scale) -> bool {
+    let lowest = select(-116, -109, E5M2);
+    return FP8_FAST && scale.kind == SCALE_FINITE && scale.exponent >= lowest
+        && scale.exponent <= 125;
+}
+
+// The format's code (in the low byte) of x / scale, x given as f32 bits, for a scale that
+// fast_applies, `reciprocal` being scale_reciprocal(scale).
+fn quantize_fast(x: u32, scale: Scale, reciprocal: f32, nan_sign: u32) -> u32 {
+    let x_sign = (x >> 24u) & 0x80u;
+    let magnitude = x & 0x7fffffffu;
+    if magnitude > 0x7f800000u {
+        return x_sign | 0x7fu;
+    }
+    let sign = x_sign ^ scale.sign;
+    let estimate = bitcast<u32>(bitcast<f32>(magnitude) * reciprocal);
+    // (ESTIMATE_SKEW is 0 but in tests.)
+    let y_bits = u32(max(i32(estimate) + ESTIMATE_SKEW, 0));
+    // Infinity included.
+    if y_bits >= fp8_max_bits() {
+        return sign | fp8_max_code();
+    }
+    var code: u32;
+    var near: bool;
+    if y_bits >= fp8_min_normal_bits() {
+        // The exponent rebiased and the mantissa's top bits, plus one past half of the dropped
+        // bits (a carry into the exponent field is the next code, as it should be).
+        let dropped_bits = u32(23 - fp8_mantissa_bits());
+        let half = 1u << (dropped_bits - 1u);
+        let dropped = y_bits & ((half << 1u) - 1u);
+        near = abs(i32(dropped) - i32(half)) <= FAST_WINDOW_ULPS;
+        code = ((y_bits - fp8_rebias_bits()) >> dropped_bits) + select(0u, 1u, dropped > half);
+    } else {
+        // Multiples of the subnormal grid's step: y / step is exact (a power of two), and so is
+        // its distance to the midpoint above its floor (below 8 steps, within 24 bits).
+        let steps = bitcast<f32>(y_bits) * pow2(-fp8_subnormal_exponent());
+        let below = floor(steps);
+        let past_half = steps - below - 0.5;
+        near = abs(past_half) <= FAST_WINDOW_STEPS;
+        code = u32(below) + select(0u, 1u, past_half > 0.0);
+    }
+    if near {
+        return quantize(x, scale, nan_sign);
+    }
+    return sign | code;
+}
+
+// quantize_fast where it applies, else quantize (the encoder alone and the lookup table's
+// build: once per element, so the reciprocal is worked out here).
+fn quantize_exact(x: u32, scale: Scale, nan_sign: u32) -> u32 {
+    if fast_applies(scale) {
+        return quantize_fast(x, scale, scale_reciprocal(scale), nan_sign);
+    }
+    return quantize(x, scale, nan_sign);
 }
 
 // f32 bits of a 16-bit element (in the low half of `bits`) of the input kind.
@@ -399,7 +480,7 @@ fn fp8_lut_build(
     let first = (w % LUT_WORDS) * 4u;
     var word = 0u;
     for (var j = 0u; j < 4u; j += 1u) {
-        let code = quantize(element16_to_f32_bits(first + j), scale, lut_params.nan_sign);
+        let code = quantize_exact(element16_to_f32_bits(first + j), scale, lut_params.nan_sign);
         word |= (code & 0xffu) << (8u * j);
     }
     lut_out[w] = word;
@@ -450,18 +531,22 @@ fn cache_word_lut(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
     return lut_halves(w.x, w.y, lut_base(is_value, u));
 }
 
-// The code of x / scale (x as f32 bits), by the tables or by quantize.
-fn encode(x: u32, scale: Scale, base: u32, reciprocal: f32) -> u32 {
+// The code of x / scale (x as f32 bits) for a unit's encoder: by the tables, the short encoder
+// or quantize.
+fn encode(x: u32, e: UnitEncoder) -> u32 {
     if FP8_TABLE {
-        return quantize_table(x, base, reciprocal, scale.sign);
+        return quantize_table(x, e.base, e.reciprocal, e.scale.sign);
     }
-    return quantize(x, scale, params.nan_sign);
+    if e.fast {
+        return quantize_fast(x, e.scale, e.reciprocal, params.nan_sign);
+    }
+    return quantize(x, e.scale, params.nan_sign);
 }
 
 // Encodes the two 16-bit elements of a word.
-fn quantize_pair(word: u32, scale: Scale, base: u32, reciprocal: f32) -> vec2<u32> {
+fn quantize_pair(word: u32, e: UnitEncoder) -> vec2<u32> {
     return vec2<u32>(
-        encode(element16_to_f32_bits(word & 0xffffu), scale, base, reciprocal),
-        encode(element16_to_f32_bits(word >> 16u), scale, base, reciprocal),
+        encode(element16_to_f32_bits(word & 0xffffu), e),
+        encode(element16_to_f32_bits(word >> 16u), e),
     );
 }

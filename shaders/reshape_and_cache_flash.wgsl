@@ -94,6 +94,9 @@ override UNITS: u32 = 1u;
 override SPLIT: u32 = 1u;
 // fp8 through the threshold tables (see quantize_table) rather than quantize alone.
 override FP8_TABLE: bool = false;
+// fp8 without tables: the short exact encoder (quantize_fast) for the scales it handles, else
+// quantize alone (off only to measure or test the long encoder).
+override FP8_FAST: bool = true;
 // reshape_and_cache_words: elements per token row, bytes per element (2 or 4), and u32 words a
 // row's span touches (with rows of an odd number of 16-bit elements, (n + 1) / 2).
 override ROW_ELEMENTS: u32 = 1u;
@@ -198,16 +201,17 @@ fn head_scale(is_value: bool, h: u32) -> Scale {
 }
 
 // How the elements of a unit that is unit `u` of its token's row are encoded: the tensor's (or
-// head's) scale, and for the threshold tables the table's first code and the scale's
-// reciprocal.
+// head's) scale, for the threshold tables the table's first code, whether the short encoder
+// handles the scale, and for either the scale's reciprocal.
 struct UnitEncoder {
     scale: Scale,
     base: u32,
     reciprocal: f32,
+    fast: bool,
 }
 
 fn unit_encoder(is_value: bool, u: u32) -> UnitEncoder {
-    var e = UnitEncoder(params.k_scale, 0u, 0.0);
+    var e = UnitEncoder(params.k_scale, 0u, 0.0, false);
     if is_value {
         e.scale = params.v_scale;
         e.base = TABLE_CODES;
@@ -216,7 +220,8 @@ fn unit_encoder(is_value: bool, u: u32) -> UnitEncoder {
         // (The threshold tables are per tensor: the host does not take them with PER_HEAD.)
         e.scale = head_scale(is_value, u / HEAD_UNITS);
     }
-    if FP8_TABLE {
+    e.fast = !FP8_TABLE && fast_applies(e.scale);
+    if FP8_TABLE || e.fast {
         e.reciprocal = scale_reciprocal(e.scale);
     }
     return e;
@@ -225,17 +230,12 @@ fn unit_encoder(is_value: bool, u: u32) -> UnitEncoder {
 // One word of fp8 codes: of the four float elements of input unit `w`, and of the four 16-bit
 // elements of input words `a` and `b` (element order: a's low half first).
 fn encode_floats(w: vec4<u32>, e: UnitEncoder) -> u32 {
-    return pack4(
-        encode(w.x, e.scale, e.base, e.reciprocal),
-        encode(w.y, e.scale, e.base, e.reciprocal),
-        encode(w.z, e.scale, e.base, e.reciprocal),
-        encode(w.w, e.scale, e.base, e.reciprocal),
-    );
+    return pack4(encode(w.x, e), encode(w.y, e), encode(w.z, e), encode(w.w, e));
 }
 
 fn encode_halves(a: u32, b: u32, e: UnitEncoder) -> u32 {
-    let x = quantize_pair(a, e.scale, e.base, e.reciprocal);
-    let y = quantize_pair(b, e.scale, e.base, e.reciprocal);
+    let x = quantize_pair(a, e);
+    let y = quantize_pair(b, e);
     return pack4(x.x, x.y, y.x, y.y);
 }
 
@@ -634,7 +634,8 @@ fn reshape_and_cache_words(
 
 // ---------------------------------------------------------------------------------------------
 // The fp8 encoder alone: element i of `encode_in` (f32 bits, or 16 bits in the low half for
-// half and bfloat16, per IN_KIND) to `encode_out[i]`.
+// half and bfloat16, per IN_KIND) to `encode_out[i]`, by quantize_fast where it applies (and
+// FP8_FAST), else by quantize.
 
 struct EncodeParams {
     count: u32,
@@ -662,7 +663,7 @@ fn encode_fp8(
     if IN_KIND != 2u {
         x = element16_to_f32_bits(x & 0xffffu);
     }
-    encode_out[i] = quantize(x, encode_params.scale, encode_params.nan_sign);
+    encode_out[i] = quantize_exact(x, encode_params.scale, encode_params.nan_sign);
 }
 
 // The table encoder alone (FP8_TABLE set; table 0 built from encode_params.scale).

@@ -202,6 +202,11 @@ pub struct BackendArgs {
     #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
     pub wgpu_fp8_split: Option<bool>,
 
+    /// wgpu: fp8 without tables by the short exact encoder where the scales allow (on), or by
+    /// the long one alone.
+    #[arg(long, hide = true, value_name = "on|off", value_parser = on_off)]
+    pub wgpu_fp8_fast: Option<bool>,
+
     /// wgpu: print each call's plan to stderr.
     #[arg(long, hide = true)]
     pub wgpu_trace: bool,
@@ -276,6 +281,7 @@ impl BackendArgs {
                 fp8_table: self.wgpu_fp8_table,
                 fp8_lut: self.wgpu_fp8_lut,
                 fp8_split: self.wgpu_fp8_split,
+                fp8_fast: self.wgpu_fp8_fast,
                 trace: self.wgpu_trace,
                 api: self.wgpu_api,
                 cache_alloc: self.wgpu_cache_alloc,

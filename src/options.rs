@@ -211,6 +211,10 @@ pub struct WgpuTuning {
     /// thread); `None`: for small calls, which then take neither table.
     #[serde(default)]
     pub fp8_split: Option<bool>,
+    /// fp8 without tables: the short exact encoder where the scales allow (on by default), or
+    /// the long one alone (absent from older reports: the default).
+    #[serde(default)]
+    pub fp8_fast: Option<bool>,
     /// Print each call's plan to stderr.
     pub trace: bool,
     /// Which graphics APIs to look for adapters on.
@@ -302,6 +306,7 @@ impl WgpuTuning {
         add("fp8_table", self.fp8_table.map(|v| v.to_string()));
         add("fp8_lut", self.fp8_lut.map(|v| v.to_string()));
         add("fp8_split", self.fp8_split.map(|v| v.to_string()));
+        add("fp8_fast", self.fp8_fast.map(|v| v.to_string()));
         add("trace", self.trace.then(|| "true".to_string()));
         add(
             "api",

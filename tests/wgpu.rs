@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::encoders::{check, check_encoder, encoder_mismatches, mismatches, SCALES, SKEWS};
+use common::encoders::{check, check_encoder, mismatches, SCALES, SKEWS};
 use common::{problem, ProblemBuilder};
 use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
@@ -56,15 +56,24 @@ fn fp8_encoder_matches_reference_on_every_16_bit_input() {
 }
 
 /// The exhaustive test can tell a wrong encoder from a right one: with the estimate off by more
-/// than the encoder's 256-ULP window of exact checks, inputs whose quotient lies on (or next
-/// to) a rounding boundary come out wrong, and the comparison sees it.
+/// than an encoder's window of exact checks (256 ULP for the long encoder, 260 for the short
+/// one), inputs whose quotient lies on (or next to) a rounding boundary come out wrong, and the
+/// comparison sees it, for each encoder on its own.
 #[test]
 fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
     let mut backend = open();
     let all: Vec<u32> = (0..=u16::MAX as u32).collect();
     for skew in [300, -300] {
-        let bad = encoder_mismatches(&mut backend, Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew);
-        assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed");
+        let short = backend
+            .encode_fp8_as(Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew)
+            .expect("encode");
+        let long = backend
+            .encode_fp8_long_as(Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew)
+            .expect("encode");
+        for (got, which) in [(short, ""), (long, " (long encoder)")] {
+            let bad = mismatches(Fp8Format::E4m3, Dtype::Half, &all, 1.0, &got, which);
+            assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed{which}");
+        }
     }
 }
 
@@ -224,7 +233,8 @@ fn slot_order_one_buffer_and_units_match_reference() {
 }
 
 /// fp8 calls with four threads per 16-byte unit (each encoding one word) by every encoder
-/// (plain, threshold tables, lookup table), and the plain encoder with a thread per unit, over
+/// (short, long, threshold tables, lookup table), and the short and long encoders with a thread
+/// per unit, over
 /// many chunks (the generated word stores of the multi-chunk kernels) and over one; every fp8
 /// case of the quick matrix (e4m3 and e5m2, per-tensor and per-head scales, fused inputs).
 #[test]
@@ -234,12 +244,14 @@ fn fp8_split_units_match_reference_with_every_encoder() {
         .filter(|case| case.problem.layout == Layout::Nhd && case.problem.cache_dtype.is_fp8())
         .collect();
     assert!(cases.len() > 10, "{} fp8 cases", cases.len());
-    for (max_binding_bytes, split, fp8_table, fp8_lut) in [
-        (Some(256 << 10), true, false, false),
-        (Some(256 << 10), true, true, false),
-        (Some(256 << 10), true, false, true),
-        (Some(256 << 10), false, false, false),
-        (None, true, false, false),
+    for (max_binding_bytes, split, fp8_table, fp8_lut, fp8_fast) in [
+        (Some(256 << 10), true, false, false, true),
+        (Some(256 << 10), true, false, false, false),
+        (Some(256 << 10), true, true, false, true),
+        (Some(256 << 10), true, false, true, true),
+        (Some(256 << 10), false, false, false, true),
+        (Some(256 << 10), false, false, false, false),
+        (None, true, false, false, true),
     ] {
         let mut backend = WgpuBackend::open(
             None,
@@ -249,6 +261,7 @@ fn fp8_split_units_match_reference_with_every_encoder() {
                 fp8_split: Some(split),
                 fp8_table: Some(fp8_table),
                 fp8_lut: Some(fp8_lut),
+                fp8_fast: Some(fp8_fast),
                 ..Default::default()
             },
         )

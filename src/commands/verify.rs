@@ -141,11 +141,11 @@ fn seed_from_clock() -> u64 {
 /// [`Subject`]): paths of a backend that the matrix's shapes do not reach by themselves.
 ///
 /// The full matrix checks the wgpu backend a second time with 256 KiB storage bindings and the
-/// plain fp8 encoder with a thread per 16-byte unit, so that caches are split over several
-/// buffers as 32 GiB caches are on a GPU (256 KiB stays above the largest cache block in the
-/// matrix, 160 KiB; smaller caches fit one buffer and are skipped), and the encoder that the
-/// lookup and threshold tables (large calls) and the split units (small calls) otherwise
-/// replace is covered.
+/// long fp8 encoder alone (no tables, no short encoder) with a thread per 16-byte unit, so that
+/// caches are split over several buffers as 32 GiB caches are on a GPU (256 KiB stays above the
+/// largest cache block in the matrix, 160 KiB; smaller caches fit one buffer and are skipped),
+/// and the encoder that the tables (large calls), the short encoder and the split units (small
+/// calls) otherwise replace is covered in the kernels too.
 fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) -> Vec<Subject> {
     const BINDING_BYTES: u64 = 256 << 10;
     let mut extra = Vec::new();
@@ -161,13 +161,14 @@ fn variants(opened: &[Box<dyn Backend>], coverage: Coverage, options: &Options) 
             fp8_table: Some(false),
             fp8_lut: Some(false),
             fp8_split: Some(false),
+            fp8_fast: Some(false),
             ..options.wgpu
         },
         ..options.clone()
     };
     if let Ok(backend) = backend::open(Kind::Wgpu, &split, false) {
         extra.push(Subject {
-            label: "wgpu (256 KiB buffers, plain fp8 encoder)".into(),
+            label: "wgpu (256 KiB buffers, long fp8 encoder)".into(),
             backend,
             min_cache_bytes: BINDING_BYTES + 1,
         });

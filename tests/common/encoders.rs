@@ -67,8 +67,9 @@ pub fn mismatches(
         .collect()
 }
 
-/// The inputs whose encoding by the shader differs from `format.quantize`, by both of the
-/// shader's encoders: the plain one and the threshold-table one (where it handles the scale).
+/// The inputs whose encoding by the shader differs from `format.quantize`, by each of the
+/// shader's encoders: the one of calls without tables (the short one where it handles the
+/// scale), the long one alone, and the threshold-table one (where it handles the scale).
 pub fn encoder_mismatches(
     backend: &mut WgpuBackend,
     format: Fp8Format,
@@ -81,6 +82,17 @@ pub fn encoder_mismatches(
         .encode_fp8_as(format, dtype, elements, scale, skew)
         .expect("encode");
     let mut bad = mismatches(format, dtype, elements, scale, &got, "");
+    let got = backend
+        .encode_fp8_long_as(format, dtype, elements, scale, skew)
+        .expect("encode by the long encoder");
+    bad.extend(mismatches(
+        format,
+        dtype,
+        elements,
+        scale,
+        &got,
+        " (long encoder)",
+    ));
     if let Some(got) = backend
         .encode_fp8_table_as(format, dtype, elements, scale, skew)
         .expect("encode by tables")

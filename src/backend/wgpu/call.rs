@@ -156,6 +156,7 @@ impl WgpuBackend {
                     [k_scale, v_scale],
                     &head_scales,
                     self.nan_sign,
+                    plan.fp8_fast,
                 )?,
             )),
             Fp8Path::Thresholds => Some((

@@ -88,6 +88,17 @@ pub(super) struct Fp8Table {
     pub extra: Option<wgpu::Buffer>,
 }
 
+/// Which of the shader's encoders `WgpuBackend::encode_with` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoder {
+    /// `quantize_exact`: the short encoder where it handles the scale, else the long one.
+    Short,
+    /// `quantize` alone.
+    Long,
+    /// `quantize_table`, from tables built on the device.
+    Tables,
+}
+
 /// The override constants of a pipeline that encodes `format` (none for e4m3, so that its
 /// pipelines are compiled as they always were).
 pub(super) fn format_constants(format: Fp8Format) -> Vec<(&'static str, f64)> {
@@ -135,7 +146,8 @@ impl Fp8Table {
     }
 
     /// The lookup table of two scales (keys, values) for 16-bit inputs of `dtype`; or, with
-    /// `head_scales` (the keys' heads, then the values'), one table per head and tensor.
+    /// `head_scales` (the keys' heads, then the values'), one table per head and tensor. Built
+    /// by the short encoder where the scales allow and `fast`, else by the long one.
     pub fn lookup(
         gpu: &mut Gpu,
         dtype: Dtype,
@@ -143,10 +155,14 @@ impl Fp8Table {
         [k_scale, v_scale]: [GpuScale; 2],
         head_scales: &[GpuScale],
         nan_sign: u32,
+        fast: bool,
     ) -> Result<Self> {
         let per_head = !head_scales.is_empty();
         let mut constants = vec![("IN_KIND", input_kind(dtype))];
         constants.extend(format_constants(format));
+        if !fast {
+            constants.push(("FP8_FAST", 0.0));
+        }
         if per_head {
             constants.extend([("PER_HEAD", 1.0), ("HEADS", (head_scales.len() / 2) as f64)]);
         }
@@ -198,6 +214,8 @@ impl WgpuBackend {
     /// 16-bit pattern in the low half of each word) divided by `scale`: one e4m3 code per
     /// element. This is how the tests prove the encoder bit-exact over every 16-bit input.
     ///
+    /// The encoder is the one the kernels use without tables: the short one where it handles
+    /// `scale`, else the long one ([`WgpuBackend::encode_fp8_long_as`]: the long one alone).
     /// `estimate_skew_ulps` is 0 in normal use; tests set it to move the encoder's first
     /// estimate of the quotient by that many f32 ULP, as a GPU whose division is that far off
     /// would, to show the result stays exact (up to 255 ULP) regardless.
@@ -220,7 +238,20 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
-        self.encode_with(false, format, dtype, elements, scale, estimate_skew_ulps)
+        self.encode_with(Encoder::Short, format, dtype, elements, scale, estimate_skew_ulps)
+    }
+
+    /// As [`WgpuBackend::encode_fp8_as`], by the long encoder alone (`quantize`, which the
+    /// short one falls back to near rounding boundaries and for the scales it does not handle).
+    pub fn encode_fp8_long_as(
+        &mut self,
+        format: Fp8Format,
+        dtype: Dtype,
+        elements: &[u32],
+        scale: f32,
+        estimate_skew_ulps: i32,
+    ) -> Result<Vec<u8>> {
+        self.encode_with(Encoder::Long, format, dtype, elements, scale, estimate_skew_ulps)
     }
 
     /// As [`WgpuBackend::encode_fp8`], through the threshold-table encoder that the cache
@@ -249,13 +280,20 @@ impl WgpuBackend {
         if !GpuScale::new(scale).table_applies(format) {
             return Ok(None);
         }
-        self.encode_with(true, format, dtype, elements, scale, estimate_skew_ulps)
-            .map(Some)
+        self.encode_with(
+            Encoder::Tables,
+            format,
+            dtype,
+            elements,
+            scale,
+            estimate_skew_ulps,
+        )
+        .map(Some)
     }
 
     fn encode_with(
         &mut self,
-        table: bool,
+        encoder: Encoder,
         format: Fp8Format,
         dtype: Dtype,
         elements: &[u32],
@@ -271,11 +309,16 @@ impl WgpuBackend {
             ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
         ];
         constants.extend(format_constants(format));
-        let pipeline = if table {
-            constants.push(("FP8_TABLE", 1.0));
-            gpu.pipeline("encode_fp8_table", &constants)?
-        } else {
-            gpu.pipeline("encode_fp8", &constants)?
+        let pipeline = match encoder {
+            Encoder::Tables => {
+                constants.push(("FP8_TABLE", 1.0));
+                gpu.pipeline("encode_fp8_table", &constants)?
+            }
+            Encoder::Short => gpu.pipeline("encode_fp8", &constants)?,
+            Encoder::Long => {
+                constants.push(("FP8_FAST", 0.0));
+                gpu.pipeline("encode_fp8", &constants)?
+            }
         };
         let bytes = 4 * elements.len() as u64;
         if bytes > self.max_binding {
@@ -307,7 +350,7 @@ impl WgpuBackend {
         })?;
         gpu.upload(&input, bytemuck::cast_slice(elements))?;
         // The threshold tables, built in the same pass as in a cache call.
-        let tables = if table {
+        let tables = if encoder == Encoder::Tables {
             Some(Fp8Table::thresholds(
                 gpu,
                 format,

@@ -90,6 +90,9 @@ pub(super) struct Plan {
     pub units: u32,
     /// Threads per 16-byte unit (`SPLIT` in the shader): 1, or `FP8_SPLIT` for small fp8 calls.
     pub unit_threads: u32,
+    /// fp8 without tables by the short exact encoder where the scales allow (`FP8_FAST` in the
+    /// shader), else the long one alone.
+    pub fp8_fast: bool,
 }
 
 /// The slot-order pass of a call.
@@ -164,6 +167,7 @@ impl Plan {
                     && spreads_past_translation_reach(problem)
             });
         plan.unit_threads = plan.fp8_unit_threads(problem, tuning);
+        plan.fp8_fast = tuning.fp8_fast.unwrap_or(true);
         if ordered {
             let slots = problem.num_slots();
             let buckets = tuning
@@ -271,6 +275,7 @@ impl Plan {
             order: None,
             units: 1,
             unit_threads: 1,
+            fp8_fast: true,
         })
     }
 
@@ -322,6 +327,9 @@ impl Plan {
                 }
                 if self.unit_threads > 1 {
                     constants.push(("SPLIT", self.unit_threads as f64));
+                }
+                if problem.cache_dtype.is_fp8() && !self.fp8_fast {
+                    constants.push(("FP8_FAST", 0.0));
                 }
                 if per_head && problem.cache_dtype.is_fp8() {
                     constants.extend([
