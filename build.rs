@@ -164,11 +164,14 @@ fn $NAME(
 $LOAD_TABLE    let first = first_unit(workgroup, workgroups, local);
     for (var j = 0u; j < UNITS; j += 1u) {
         let i = first + j * WORKGROUP;
-        let place = unit_target(i / SPLIT, $CHUNKSu);
+        let part = i % SPLIT;
+        let source = unit_source(i / SPLIT);
+        let k = unit_input(false, source.z, part);
+        let v = unit_input(true, source.z, part);
+        let place = unit_place(source, $CHUNKSu);
         if place.x != NO_SLOT {
             if SPLIT == 1u {
 $STORE            } else {
-                let part = i % SPLIT;
 $STORE_WORD            }
         }
     }
@@ -182,22 +185,22 @@ $STORE_WORD            }
     let (store, store_word) = if kernel.chunks == 1 {
         (
             format!(
-                "                k0[place.y] = {unit}(false, place.z, place.w);\n                \
-                                 v0[place.y] = {unit}(true, place.z, place.w);\n"
+                "                k0[place.y] = {unit}(false, k, source.y);\n                \
+                                 v0[place.y] = {unit}(true, v, source.y);\n"
             ),
             format!(
-                "                k0[place.y][part] = {word}(false, place.z, place.w, part);\n                \
-                                 v0[place.y][part] = {word}(true, place.z, place.w, part);\n"
+                "                k0[place.y][part] = {word}(false, k, source.y, part);\n                \
+                                 v0[place.y][part] = {word}(true, v, source.y, part);\n"
             ),
         )
     } else {
         (
             format!(
-                "                {}(place.x, place.y, {unit}(false, place.z, place.w), {unit}(true, place.z, place.w));\n",
+                "                {}(place.x, place.y, {unit}(false, k, source.y), {unit}(true, v, source.y));\n",
                 store_function(kernel.chunks)
             ),
             format!(
-                "                {}(place.x, place.y, part, {word}(false, place.z, place.w, part), {word}(true, place.z, place.w, part));\n",
+                "                {}(place.x, place.y, part, {word}(false, k, source.y, part), {word}(true, v, source.y, part));\n",
                 store_word_function(kernel.chunks)
             ),
         )

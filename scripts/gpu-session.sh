@@ -15,6 +15,10 @@
 #   user        users' kernels: the CUDA user-kernel tests, and verify on both examples
 #   user-bench  the example kernel and shader beside the built-in paths, with % of pattern
 #   pattern     --ceiling pattern: CUDA fp8, rotating, other shapes; wgpu by cache allocation
+#   list=FILE   the steps of FILE, one per line: NAME SECONDS COMMAND... (blank lines and lines
+#               starting with # skipped; $B, $P (the benchmark) and $OUT are set, and the
+#               command is run by bash, so quotes and variables work): a call's own commands
+#               without a step() of its own
 # With PACK=FILE.tgz, $OUT is packed into FILE after every step, so that a call cut off at the
 # device's 600 s limit still brings back what it finished. `tests` alone takes most of that
 # limit on an H100, `verify` about 150 to 180 s: run them in separate calls.
@@ -132,6 +136,14 @@ for stage in "$@"; do
             step pat-wgpu-$alloc 300 $P --implementation wgpu --layouts NHD --wgpu-cache-alloc $alloc --ceiling pattern --num-tokens 2,8,64,1024,4096,8192,65536 --format json --output "$OUT/pat-wgpu-$alloc.json"
         done
         step pat-wgpu-fp8 300 $P --implementation wgpu --layouts NHD --kv-cache-dtype fp8 --ceiling pattern --num-tokens 2,64,1024,8192,65536 --format json --output "$OUT/pat-wgpu-fp8.json"
+        ;;
+    list=*)
+        P=$B/paged-kv-bench
+        export B P OUT
+        while read -r name limit command; do
+            case $name in '' | '#'*) continue ;; esac
+            step "$name" "$limit" bash -c "$command" < /dev/null
+        done < "${stage#list=}"
         ;;
     *)
         echo "unknown stage $stage" >&2

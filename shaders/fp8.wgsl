@@ -513,22 +513,21 @@ fn lut_halves(a: u32, b: u32, base: u32) -> u32 {
 }
 
 // cache_unit for fp8 caches of 16-bit inputs, by the lookup table.
-fn cache_unit_lut(is_value: bool, first: u32, u: u32) -> vec4<u32> {
+fn cache_unit_lut(is_value: bool, w: UnitInput, u: u32) -> vec4<u32> {
     let base = lut_base(is_value, u);
     // 16 elements: 32 input bytes.
-    var out: vec4<u32>;
-    for (var j = 0u; j < 2u; j += 1u) {
-        let w = load_input(is_value, first + j);
-        out[2u * j] = lut_halves(w.x, w.y, base);
-        out[2u * j + 1u] = lut_halves(w.z, w.w, base);
-    }
-    return out;
+    return vec4<u32>(
+        lut_halves(w.a.x, w.a.y, base),
+        lut_halves(w.a.z, w.a.w, base),
+        lut_halves(w.b.x, w.b.y, base),
+        lut_halves(w.b.z, w.b.w, base),
+    );
 }
 
-// Word `part` of cache_unit_lut's result (SPLIT).
-fn cache_word_lut(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
-    let w = half_words(is_value, first, part);
-    return lut_halves(w.x, w.y, lut_base(is_value, u));
+// Word `part` of cache_unit_lut's result, of its own input `w` (SPLIT).
+fn cache_word_lut(is_value: bool, w: UnitInput, u: u32, part: u32) -> u32 {
+    let h = half_words(w, part);
+    return lut_halves(h.x, h.y, lut_base(is_value, u));
 }
 
 // The code of x / scale (x as f32 bits) for a unit's encoder: by the tables, the short encoder

@@ -239,83 +239,114 @@ fn encode_halves(a: u32, b: u32, e: UnitEncoder) -> u32 {
     return pack4(x.x, x.y, y.x, y.y);
 }
 
-// The two input words of 16-bit elements that word `part` of a unit whose input starts at
-// input unit `first` holds: word 2j + k of the unit is input unit j's words 2k and 2k + 1.
-fn half_words(is_value: bool, first: u32, part: u32) -> vec2<u32> {
-    let w = load_input(is_value, first + part / 2u);
-    let h = part % 2u * 2u;
-    return vec2<u32>(w[h], w[h + 1u]);
+// The input bytes of one 16-byte cache unit, loaded before its slot (see the kernels in the
+// header): the unit's own input unit (auto), or its 32 (16-bit inputs) or 64 (float) bytes of
+// elements for fp8 in a..d, in order; with SPLIT, the one input unit whose words a thread's word
+// encodes, in a.
+struct UnitInput {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    c: vec4<u32>,
+    d: vec4<u32>,
 }
 
-// The 16 cache bytes of a unit whose input starts at input unit `first` (counted over the
-// dispatch's inputs) and that is unit `u` of its token's row.
-fn cache_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
+// The input of the unit (or, with SPLIT, of word `part` of the unit) whose input starts at input
+// unit `first` (counted over the dispatch's inputs) of the keys or the values.
+fn unit_input(is_value: bool, first: u32, part: u32) -> UnitInput {
+    var w = UnitInput(vec4<u32>(), vec4<u32>(), vec4<u32>(), vec4<u32>());
+    if SPLIT > 1u {
+        // Word `part` of a unit of 16-bit elements is words 2k and 2k + 1 of input unit j, with
+        // part = 2j + k; of floats, input unit `part`.
+        w.a = load_input(is_value, first + select(part / 2u, part, IN_KIND == 2u));
+        return w;
+    }
+    w.a = load_input(is_value, first);
+    if input_units_per_unit() > 1u {
+        w.b = load_input(is_value, first + 1u);
+    }
+    if input_units_per_unit() > 2u {
+        w.c = load_input(is_value, first + 2u);
+        w.d = load_input(is_value, first + 3u);
+    }
+    return w;
+}
+
+// The two words of 16-bit elements that word `part` of a split unit encodes, of its input `w`.
+fn half_words(w: UnitInput, part: u32) -> vec2<u32> {
+    let h = part % 2u * 2u;
+    return vec2<u32>(w.a[h], w.a[h + 1u]);
+}
+
+// The 16 cache bytes of a unit of input `w` that is unit `u` of its token's row.
+fn cache_unit(is_value: bool, w: UnitInput, u: u32) -> vec4<u32> {
     if !FP8 {
-        return load_input(is_value, first);
+        return w.a;
     }
     let e = unit_encoder(is_value, u);
     // 16 elements: 32 input bytes for 16-bit inputs, 64 for float.
-    var out: vec4<u32>;
     if IN_KIND == 2u {
-        for (var j = 0u; j < 4u; j += 1u) {
-            out[j] = encode_floats(load_input(is_value, first + j), e);
-        }
-    } else {
-        for (var j = 0u; j < 2u; j += 1u) {
-            let w = load_input(is_value, first + j);
-            out[2u * j] = encode_halves(w.x, w.y, e);
-            out[2u * j + 1u] = encode_halves(w.z, w.w, e);
-        }
+        return vec4<u32>(
+            encode_floats(w.a, e),
+            encode_floats(w.b, e),
+            encode_floats(w.c, e),
+            encode_floats(w.d, e),
+        );
     }
-    return out;
+    return vec4<u32>(
+        encode_halves(w.a.x, w.a.y, e),
+        encode_halves(w.a.z, w.a.w, e),
+        encode_halves(w.b.x, w.b.y, e),
+        encode_halves(w.b.z, w.b.w, e),
+    );
 }
 
-// Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, encoding only those
+// Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, of its own input `w`
 // (SPLIT).
-fn cache_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+fn cache_word(is_value: bool, w: UnitInput, u: u32, part: u32) -> u32 {
     if !FP8 {
-        return load_input(is_value, first)[part];
+        return w.a[part];
     }
     let e = unit_encoder(is_value, u);
     if IN_KIND == 2u {
-        return encode_floats(load_input(is_value, first + part), e);
+        return encode_floats(w.a, e);
     }
-    let w = half_words(is_value, first, part);
-    return encode_halves(w.x, w.y, e);
+    let h = half_words(w, part);
+    return encode_halves(h.x, h.y, e);
 }
 
 // `--ceiling pattern` (src/pattern.rs): cache_unit with the arithmetic removed, for the
 // generated pattern_* entry points: the same input units are read, and an fp8 cache gets the
 // most significant byte of each element (no scale is read). Auto caches: the same copy.
-fn pattern_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
+fn pattern_unit(is_value: bool, w: UnitInput, u: u32) -> vec4<u32> {
     if !FP8 {
-        return load_input(is_value, first);
+        return w.a;
     }
-    var out: vec4<u32>;
     if IN_KIND == 2u {
-        for (var j = 0u; j < 4u; j += 1u) {
-            out[j] = pattern_floats(load_input(is_value, first + j));
-        }
-    } else {
-        for (var j = 0u; j < 2u; j += 1u) {
-            let w = load_input(is_value, first + j);
-            out[2u * j] = pattern_halves(w.x, w.y);
-            out[2u * j + 1u] = pattern_halves(w.z, w.w);
-        }
+        return vec4<u32>(
+            pattern_floats(w.a),
+            pattern_floats(w.b),
+            pattern_floats(w.c),
+            pattern_floats(w.d),
+        );
     }
-    return out;
+    return vec4<u32>(
+        pattern_halves(w.a.x, w.a.y),
+        pattern_halves(w.a.z, w.a.w),
+        pattern_halves(w.b.x, w.b.y),
+        pattern_halves(w.b.z, w.b.w),
+    );
 }
 
-// Word `part` of pattern_unit's result, reading only its own input bytes (SPLIT).
-fn pattern_word(is_value: bool, first: u32, u: u32, part: u32) -> u32 {
+// Word `part` of pattern_unit's result, of its own input `w` (SPLIT).
+fn pattern_word(is_value: bool, w: UnitInput, u: u32, part: u32) -> u32 {
     if !FP8 {
-        return load_input(is_value, first)[part];
+        return w.a[part];
     }
     if IN_KIND == 2u {
-        return pattern_floats(load_input(is_value, first + part));
+        return pattern_floats(w.a);
     }
-    let w = half_words(is_value, first, part);
-    return pattern_halves(w.x, w.y);
+    let h = half_words(w, part);
+    return pattern_halves(h.x, h.y);
 }
 
 // The pattern's word of four float elements, and of four 16-bit elements (as encode_floats
@@ -366,43 +397,46 @@ fn input_units_per_unit() -> u32 {
     return select(2u, 4u, IN_KIND == 2u);
 }
 
-// What thread i does: x = the chunk within this dispatch's group it stores into (NO_SLOT when
-// it has nothing to write here), y = the unit index within that chunk, z = the first input
-// unit, w = the unit's index within its token's row. Thread i writes 16 bytes of each cache:
-// unit i % ROW_UNITS of the token at position i / ROW_UNITS (that token itself, or
-// order[position] with ORDERED).
-fn unit_target(i: u32, group_chunks: u32) -> vec4<u32> {
+// Where thread i's unit comes from: x = its token (order[position] with ORDERED), y = the
+// unit's index within its token's row, z = its first input unit, w = 1 if there is such a unit
+// (i < num_units), else 0 (and x, z = 0, so that its inputs can be loaded all the same). Thread
+// i writes 16 bytes of each cache: unit i % ROW_UNITS of the token at position i / ROW_UNITS.
+fn unit_source(i: u32) -> vec4<u32> {
     if i >= params.num_units {
-        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
+        return vec4<u32>(0u, 0u, 0u, 0u);
     }
     let position = i / ROW_UNITS;
     let u = i - position * ROW_UNITS;
-    return position_target(position, u, group_chunks);
-}
-
-// Unit u of the token at `position`: as unit_target.
-fn position_target(position: u32, u: u32, group_chunks: u32) -> vec4<u32> {
     var t = position;
     if ORDERED {
         t = order[position];
     }
-    let slot = slot_of(t);
+    var token_units = ROW_UNITS * input_units_per_unit();
+    if STRIDED {
+        token_units = params.in_token_stride;
+    }
+    return vec4<u32>(t, u, t * token_units + u * input_units_per_unit(), 1u);
+}
+
+// Where the unit of `source` (unit_source) goes: x = the chunk within this dispatch's group it
+// stores into (NO_SLOT when it has nothing to write here), y = the unit index within that
+// chunk.
+fn unit_place(source: vec4<u32>, group_chunks: u32) -> vec2<u32> {
+    if source.w == 0u {
+        return vec2<u32>(NO_SLOT, 0u);
+    }
+    let slot = slot_of(source.x);
     if slot == NO_SLOT {
-        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
+        return vec2<u32>(NO_SLOT, 0u);
     }
     let place = locate(slot);
     // Chunks outside this dispatch's group are another dispatch's work (u32 wrap-around makes
     // chunks before the group large).
     let chunk = place.x - params.first_chunk;
     if chunk >= group_chunks {
-        return vec4<u32>(NO_SLOT, 0u, 0u, 0u);
+        return vec2<u32>(NO_SLOT, 0u);
     }
-    var token_units = ROW_UNITS * input_units_per_unit();
-    if STRIDED {
-        token_units = params.in_token_stride;
-    }
-    let input = t * token_units + u * input_units_per_unit();
-    return vec4<u32>(chunk, place.y * ROW_UNITS + u, input, u);
+    return vec2<u32>(chunk, place.y * ROW_UNITS + source.y);
 }
 
 // A thread writes UNITS units of each cache, WORKGROUP apart, so that a workgroup covers
@@ -419,18 +453,26 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //     let first = first_unit(workgroup, workgroups, local);
 //     for (var j = 0u; j < UNITS; j += 1u) {
 //         let i = first + j * WORKGROUP;
-//         let place = unit_target(i / SPLIT, C);
+//         let part = i % SPLIT;
+//         let source = unit_source(i / SPLIT);
+//         let k = unit_input(false, source.z, part);
+//         let v = unit_input(true, source.z, part);
+//         let place = unit_place(source, C);
 //         if place.x != NO_SLOT {
 //             if SPLIT == 1u {
 //                 // store_unit_<C>, or k0 / v0 directly for one chunk:
-//                 store_unit_<C>(place.x, place.y, cache_unit(false, place.z, place.w),
-//                                cache_unit(true, place.z, place.w));
+//                 store_unit_<C>(place.x, place.y, cache_unit(false, k, source.y),
+//                                cache_unit(true, v, source.y));
 //             } else {
-//                 let part = i % SPLIT;    // one word of each unit, by cache_word
-//                 store_word_<C>(place.x, place.y, part, cache_word(false, ...), ...);
+//                 // one word of each unit, by cache_word
+//                 store_word_<C>(place.x, place.y, part, cache_word(false, k, source.y, part), ...);
 //             }
 //         }
 //     }
+//
+// The inputs are loaded before the slot, and whatever the slot: the two loads then overlap
+// rather than follow each other (a small call is all latency), and a padding token's inputs
+// exist like any other's (a thread without a unit loads unit 0).
 //
 // The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, call cache_unit_lut
 // (cache_word_lut) instead of cache_unit (cache_word): the same work, each element's code read from fp8_lut. Entry points of
