@@ -166,10 +166,18 @@ $LOAD_TABLE    let first = first_unit(workgroup, workgroups, local);
         let i = first + j * WORKGROUP;
         let part = i % SPLIT;
         let source = unit_source(i / SPLIT);
-        let k = unit_input(false, source.z, part);
-        let v = unit_input(true, source.z, part);
+        var k: UnitInput;
+        var v: UnitInput;
+        if $EARLY {
+            k = unit_input(false, source.z, part);
+            v = unit_input(true, source.z, part);
+        }
         let place = unit_place(source, $CHUNKSu);
         if place.x != NO_SLOT {
+            if !$EARLY {
+                k = unit_input(false, source.z, part);
+                v = unit_input(true, source.z, part);
+            }
             if SPLIT == 1u {
 $STORE            } else {
 $STORE_WORD            }
@@ -177,10 +185,17 @@ $STORE_WORD            }
     }
 }
 "#;
-    let (load_table, unit, word) = if lut {
-        ("", "cache_unit_lut", "cache_word_lut")
+    // The lookup table's kernels (and the pattern kernels made from them) always load their
+    // inputs first; the others as `inputs_first` says.
+    let (load_table, unit, word, early) = if lut {
+        ("", "cache_unit_lut", "cache_word_lut", "true")
     } else {
-        ("    load_fp8_table(local);\n", "cache_unit", "cache_word")
+        (
+            "    load_fp8_table(local);\n",
+            "cache_unit",
+            "cache_word",
+            "inputs_first()",
+        )
     };
     let (store, store_word) = if kernel.chunks == 1 {
         (
@@ -208,6 +223,7 @@ $STORE_WORD            }
     TEMPLATE
         .replace("$NAME", kernel.entry(lut))
         .replace("$LOAD_TABLE", load_table)
+        .replace("$EARLY", early)
         .replace("$CHUNKS", &kernel.chunks.to_string())
         .replace("$STORE_WORD", &store_word)
         .replace("$STORE", &store)

@@ -455,10 +455,14 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //         let i = first + j * WORKGROUP;
 //         let part = i % SPLIT;
 //         let source = unit_source(i / SPLIT);
-//         let k = unit_input(false, source.z, part);
-//         let v = unit_input(true, source.z, part);
+//         var k: UnitInput;  var v: UnitInput;
+//         if inputs_first() {   // (true in the *_lut kernels)
+//             k = unit_input(false, source.z, part);
+//             v = unit_input(true, source.z, part);
+//         }
 //         let place = unit_place(source, C);
 //         if place.x != NO_SLOT {
+//             if !inputs_first() { k = ...; v = ...; }   // as above
 //             if SPLIT == 1u {
 //                 // store_unit_<C>, or k0 / v0 directly for one chunk:
 //                 store_unit_<C>(place.x, place.y, cache_unit(false, k, source.y),
@@ -470,16 +474,23 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //         }
 //     }
 //
-// The inputs are loaded before the slot, and whatever the slot: the two loads then overlap
-// rather than follow each other (a small call is all latency), and a padding token's inputs
-// exist like any other's (a thread without a unit loads unit 0).
-//
 // The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, call cache_unit_lut
 // (cache_word_lut) instead of cache_unit (cache_word): the same work, each element's code read from fp8_lut. Entry points of
 // their own, because a binding that a function uses counts against every entry point that calls
 // it (whatever the override constants): the LUT's storage binding stays out of the others.
 // The wide kernels bind WIDE_CHUNKS chunks of each cache, for adapters that allow
 // 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch.
+
+// Whether a kernel loads its inputs before the slot, whatever the slot: the two loads then
+// overlap rather than follow each other (a padding token's inputs exist like any other's; a
+// thread without a unit loads unit 0). That pays where a thread's encoding is short (the lookup
+// table's kernels always do it: fp8 T = 65536 2311 -> 2201 us on an H100; split units: T = 2
+// 4.16 -> 3.95); whole units encoded by quantize_fast or the threshold tables load after the
+// slot, as before: 32 or 64 input bytes held ahead of a long encoder doubled the time of float
+// calls of 8192 tokens (docs/perf-log-wgpu.md, sixth session).
+fn inputs_first() -> bool {
+    return !FP8 || SPLIT > 1u;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Slot order: a counting sort of a dispatch's tokens by slot bucket (a bucket being a range of

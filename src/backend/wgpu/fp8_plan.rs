@@ -8,17 +8,17 @@ use crate::problem::{Dtype, Problem};
 use super::abi::{storage_bindings, LUT_VALUES};
 use super::plan::{Kernel, Plan};
 
-/// Elements (keys and values) per call from which the fp8 threshold tables pay for building
-/// them: on an H100, float inputs of 128 x 128 took 35.5 against 41.0 us at 256 tokens (8M
-/// elements) with the plain encoder, 120.7 against 102.5 us at 1024 (32M).
-const FP8_TABLE_MIN_ELEMENTS: u64 = 1 << 24;
-/// fp8 elements (keys and values) per call up to which calls share each 16-byte cache unit among
-/// `FP8_SPLIT` threads, encoding with the plain encoder and no table: a table's pass costs a
-/// dependent dispatch and its build (about 5 us on an H100), and the plain encoder's time on a
-/// small call is each thread's chain of exact encodings, which the split cuts to a quarter. On
-/// an H100 (bf16, 128 x 128) 2 to 32 tokens took 5.05 to 7.04 us against the table's 8.20 to
-/// 8.67, 64 tokens (2^21 elements) 10.63 against 8.89.
-const FP8_SPLIT_MAX_ELEMENTS: u64 = 1 << 20;
+/// fp8 elements (keys and values) per call of 16-bit inputs up to which calls share each 16-byte
+/// cache unit among `FP8_SPLIT` threads, encoding with the plain encoder and no table: the
+/// lookup table's pass costs a dependent dispatch and its build, and the plain encoder's time
+/// on a small call is each thread's chain of exact encodings, which the split cuts to a
+/// quarter. On an H100 (bf16, 128 x 128; short encoder, sixth session) 2 / 64 tokens took 3.95
+/// / 7.30 us against the table's 7.42 / 8.18, 128 tokens (2^22 elements) 11.50 against 9.90.
+const FP8_SPLIT_MAX_ELEMENTS_16: u64 = 1 << 21;
+/// The same for float inputs, which take no lookup table: split units against whole ones, both
+/// by the short encoder. On an H100 (float, 128 x 128) 1024 tokens (2^25 elements) took 69.3
+/// against 74.9 us, 4096 and 8192 tokens 301 / 561 against 269 / 527.
+const FP8_SPLIT_MAX_ELEMENTS_FLOAT: u64 = 1 << 25;
 /// Threads per 16-byte unit in a split call (`SPLIT` in the shader): one word each.
 const FP8_SPLIT: u32 = 4;
 /// Per-head scales: the lookup tables (one per head and tensor, 65536 codes each) are taken by
@@ -40,8 +40,8 @@ pub(super) enum Fp8Path {
 
 impl Plan {
     /// Threads per 16-byte cache unit for `problem`: `FP8_SPLIT` for fp8 calls of at most
-    /// `FP8_SPLIT_MAX_ELEMENTS` elements in the 16-byte kernels with one unit per thread, unless
-    /// the tuning asks for a table (or sets the split either way), else 1.
+    /// `FP8_SPLIT_MAX_ELEMENTS_16` (`_FLOAT`) elements in the 16-byte kernels with one unit per
+    /// thread, unless the tuning asks for a table (or sets the split either way), else 1.
     pub(super) fn fp8_unit_threads(&self, problem: &Problem, tuning: &WgpuTuning) -> u32 {
         if !problem.cache_dtype.is_fp8() || self.kernel == Kernel::Words || self.units != 1 {
             return 1;
@@ -49,9 +49,13 @@ impl Plan {
         let elements = 2 * problem.num_tokens as u64 * problem.token_elements() as u64;
         // A table asked for keeps its default use: the split is for calls without one.
         let table_asked = tuning.fp8_lut == Some(true) || tuning.fp8_table == Some(true);
+        let most = match problem.dtype {
+            Dtype::Float => FP8_SPLIT_MAX_ELEMENTS_FLOAT,
+            Dtype::Half | Dtype::BFloat16 => FP8_SPLIT_MAX_ELEMENTS_16,
+        };
         let split = tuning
             .fp8_split
-            .unwrap_or(!table_asked && elements <= FP8_SPLIT_MAX_ELEMENTS);
+            .unwrap_or(!table_asked && elements <= most);
         if split {
             FP8_SPLIT
         } else {
@@ -69,9 +73,10 @@ impl Plan {
     /// kernel with all 8), the call keeps the other encoders.
     ///
     /// The threshold tables take a pass of their own (one workgroup of binary searches, about
-    /// 12 us on an H100) in every call, and then save about a quarter of the encoder's time per
-    /// element: by default they are taken from `FP8_TABLE_MIN_ELEMENTS` elements per call on
-    /// (exact either way: tests/wgpu.rs; docs/perf-log-wgpu.md).
+    /// 12 us on an H100) in every call; since the short encoder (sixth session) they save
+    /// nothing: float calls of 512 to 8192 tokens took 61 / 594 us with them against 42.6 /
+    /// 527 without (docs/perf-log-wgpu.md), and they handle the same scales as the short
+    /// encoder. Taken only when the tuning asks (exact either way: tests/wgpu.rs).
     ///
     /// Per-head scales take no threshold tables (they are per tensor); their lookup tables,
     /// one per head, by default only from `FP8_HEAD_LUT_MIN_ELEMENTS` elements per table on,
@@ -107,12 +112,7 @@ impl Plan {
         if lut {
             return Fp8Path::Lut;
         }
-        let elements = 2 * problem.num_tokens as u64 * problem.token_elements() as u64;
-        if scales_fit_tables
-            && tuning
-                .fp8_table
-                .unwrap_or(self.unit_threads == 1 && elements >= FP8_TABLE_MIN_ELEMENTS)
-        {
+        if scales_fit_tables && tuning.fp8_table.unwrap_or(false) {
             Fp8Path::Thresholds
         } else {
             Fp8Path::Plain
@@ -142,7 +142,8 @@ mod tests {
             Fp8Path::Plain
         );
         assert_eq!(plan.entry_point(Fp8Path::Lut), "reshape_and_cache_lut");
-        // Float inputs: threshold tables from 2^24 elements per call, where the scales allow.
+        // Float inputs: the plain encoder at every size; threshold tables only when asked for,
+        // and where the scales allow.
         let small = problem(Dtype::Float, CacheDtype::Fp8, 2, 128);
         let large = Problem {
             num_tokens: 1 << 16,
@@ -154,10 +155,18 @@ mod tests {
         );
         assert_eq!(
             plan.fp8_path(&large, true, false, (32, 1 << 30), &default),
+            Fp8Path::Plain
+        );
+        let tables = WgpuTuning {
+            fp8_table: Some(true),
+            ..default
+        };
+        assert_eq!(
+            plan.fp8_path(&large, true, false, (32, 1 << 30), &tables),
             Fp8Path::Thresholds
         );
         assert_eq!(
-            plan.fp8_path(&large, false, false, (32, 1 << 30), &default),
+            plan.fp8_path(&large, false, false, (32, 1 << 30), &tables),
             Fp8Path::Plain
         );
         let forced = WgpuTuning {
@@ -235,14 +244,15 @@ mod tests {
         let fp8_path = |plan: &Plan, problem: &Problem, tuning: &WgpuTuning| {
             plan.fp8_path(problem, true, false, (32, 2 << 30), tuning)
         };
-        // 32 tokens of 2 x 128 x 128: 2^20 elements, the most a split call takes by default.
+        // 64 tokens of 2 x 128 x 128: 2^21 elements, the most a split call of 16-bit inputs
+        // takes by default.
         let small = Problem {
-            num_tokens: 32,
+            num_tokens: 64,
             ..p
         };
         let split = plan(&small, &default);
         assert_eq!(split.unit_threads, FP8_SPLIT);
-        assert_eq!(split.threads(&small, 32), 4 * 32 * 1024);
+        assert_eq!(split.threads(&small, 64), 4 * 64 * 1024);
         assert!(split
             .constants(&small, Fp8Path::Plain, false)
             .contains(&("SPLIT", 4.0)));
@@ -260,12 +270,20 @@ mod tests {
         assert_eq!(plan(&small, &table).unit_threads, 1);
         // Larger calls, auto caches and several units per thread: whole units, no SPLIT.
         let large = Problem {
-            num_tokens: 33,
+            num_tokens: 65,
             ..p
         };
         let whole = plan(&large, &default);
         assert_eq!(whole.unit_threads, 1);
-        assert_eq!(whole.threads(&large, 33), 33 * 1024);
+        assert_eq!(whole.threads(&large, 65), 65 * 1024);
+        // Float inputs split up to 2^25 elements (1024 tokens here).
+        let float = |num_tokens| Problem {
+            num_tokens,
+            dtype: Dtype::Float,
+            ..p
+        };
+        assert_eq!(plan(&float(1024), &default).unit_threads, FP8_SPLIT);
+        assert_eq!(plan(&float(1025), &default).unit_threads, 1);
         assert!(!whole
             .constants(&large, Fp8Path::Lut, false)
             .iter()

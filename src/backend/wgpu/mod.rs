@@ -25,16 +25,20 @@
 //!   -1 and anything outside the cache itself.
 //! - fp8 (e4m3 and e5m2) is bit-exact with `fp8::quantize` / `quantize_e5m2` although WGSL
 //!   division is not correctly rounded: see the shader, and the exhaustive tests in
-//!   `tests/wgpu.rs` and `tests/wgpu_workloads.rs`. Threshold tables built in each call cut the
-//!   encoder's work (float inputs); for half and bfloat16 inputs a lookup table of every 16-bit
-//!   pattern's code, built in each call by that same encoder, replaces it altogether (the
-//!   default; `WgpuTuning::fp8_lut` turns it off). Small fp8 calls take neither table: four
+//!   `tests/wgpu.rs` and `tests/wgpu_workloads.rs`. The short encoder (`quantize_fast`) rounds
+//!   a multiplication by the scale's reciprocal straight to the format and leaves only
+//!   elements near a rounding boundary (about one in 2000) to the long one (`quantize`), for
+//!   the scales it handles (`WgpuTuning::fp8_fast` turns it off). For large calls of half and
+//!   bfloat16 inputs a lookup table of every 16-bit pattern's code, built in each call by that
+//!   same encoder, replaces it (the default; `WgpuTuning::fp8_lut` turns it off); threshold
+//!   tables are there when asked for (`WgpuTuning::fp8_table`: no faster than the short
+//!   encoder). Small fp8 calls (and float ones up to 2^25 elements) take no table: four
 //!   threads share each 16-byte cache unit, each encoding one word (`SPLIT`;
-//!   `WgpuTuning::fp8_split`), which shortens the chain of exact encodings that sets their
-//!   time. Per-head scales travel after the slots in the slots buffer (no binding of their
-//!   own: the narrow kernels already use all that Metal allows); with them the lookup table
-//!   is one table per head, taken for calls large enough to pay for building it, and the
-//!   threshold tables (per tensor) are not used.
+//!   `WgpuTuning::fp8_split`), which shortens the chain of encodings that sets their time.
+//!   Per-head scales travel after the slots in the slots buffer (no binding of their own: the
+//!   narrow kernels already use all that Metal allows); with them the lookup table is one table
+//!   per head, taken for calls large enough to pay for building it, and the threshold tables
+//!   (per tensor) are not used.
 //! - Keys and values may be slices of a fused QKV tensor: each token range is uploaded from
 //!   its first token's keys to its last's (the span, as the kernel reads it) and rows are
 //!   found through the token stride (a parameter, with the `STRIDED` override: one pipeline for
