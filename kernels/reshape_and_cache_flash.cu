@@ -65,9 +65,9 @@ typedef unsigned long long u64;
 #define RCF_EMPTY 0
 #endif
 // Who waits for the previous grid (programmatic dependent launch), for tuning runs: -1 (the
-// default) the first warp of each block in the kernels of one item per thread, every thread in
-// the others; 0 every thread, in every kernel; 1 the first warp, in every kernel; 2 the same,
-// the first warp letting the next grid launch before it waits rather than after.
+// default) each kernel as it is declared (WAIT_* below); 0 every thread, in every kernel; 1 the
+// first warp, in every kernel; 2 the same, the first warp letting the next grid launch before
+// it waits rather than after.
 #ifndef RCF_WAIT
 #define RCF_WAIT -1
 #endif
@@ -702,14 +702,23 @@ __device__ __forceinline__ void one_pass(
 // serve every small call (and fp8 calls of every size), the others large auto calls only.
 // Compiled in: chosen per call at run time (a branch around the barrier, or even the position
 // of the launch_dependents below under a run-time predicate), it lost most of the gain.
-template <bool ONE_WARP>
+//
+// WAIT_WARP_EARLY: as WAIT_WARP, the first warp letting the next grid launch before it waits
+// rather than after. Safe whenever (the next grid waits for this one's completion in turn), and
+// faster only for the smallest fp8 calls, whose next grid then is on its way while this one
+// still waits (T = 1: 1.24 -> 1.12 us on an H100); from 8 tokens on, the launched grid's blocks
+// compete with this one's: the host takes these instances for the smallest calls only.
+enum Wait { WAIT_EVERY = 0, WAIT_WARP = 1, WAIT_WARP_EARLY = 2 };
+
+template <int WAIT>
 __device__ __forceinline__ void wait_for_previous_grid() {
 #if RCF_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (RCF_WAIT < 0 ? ONE_WARP : RCF_WAIT > 0) {
+    constexpr int wait = RCF_WAIT < 0 ? WAIT : RCF_WAIT;
+    if (wait != WAIT_EVERY) {
         if (threadIdx.x < 32) {
-            if (RCF_WAIT == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            if (wait == WAIT_WARP_EARLY) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
             asm volatile("griddepcontrol.wait;" ::: "memory");
-            if (RCF_WAIT != 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+            if (wait != WAIT_WARP_EARLY) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
         }
         __syncthreads();
     } else {
@@ -719,7 +728,8 @@ __device__ __forceinline__ void wait_for_previous_grid() {
 #endif
 }
 
-template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
+// WAIT: who waits for the previous grid (wait_for_previous_grid).
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS, int WAIT>
 __device__ __forceinline__ void reshape_and_cache_flash(
     const char* __restrict__ key, const char* __restrict__ value, char* __restrict__ key_cache,
     char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
@@ -734,9 +744,9 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         if (blockIdx.x >= blocks) return;
         // The items' places are arithmetic on the parameters, which no kernel writes: the block
         // finds them while its first warp waits for the previous grid.
-        if (!RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
+        if (!RCF_LOCATE_FIRST) wait_for_previous_grid<WAIT>();
         const Located<MAX_ITEMS> first = locate<MAX_ITEMS>(blockIdx.x, p);
-        if (RCF_LOCATE_FIRST) wait_for_previous_grid<MAX_ITEMS == 1>();
+        if (RCF_LOCATE_FIRST) wait_for_previous_grid<WAIT>();
         if (RCF_EMPTY) return;
         move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
                                                       slot_mapping, k_scale_ptr, v_scale_ptr, p);
@@ -748,7 +758,7 @@ __device__ __forceinline__ void reshape_and_cache_flash(
                                                         p);
         }
     } else {
-        wait_for_previous_grid<MAX_ITEMS == 1>();
+        wait_for_previous_grid<WAIT>();
         if (RCF_EMPTY) return;
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) are
         // walked in a loop.
@@ -796,13 +806,26 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #else
 #define RCF_FLOAT_FP8_X1_ATTRIBUTES __launch_bounds__(512)
 #endif
+#define RCF_KERNEL_WAIT(NAME, ITEM, SCALED, PER_HEAD, ATTRIBUTES, MAX_ITEMS, WAIT)            \
+    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
+        const char* __restrict__ key, const char* __restrict__ value,                          \
+        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
+        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
+        const float* __restrict__ v_scale, Params p) {                                         \
+        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS, WAIT>(                      \
+            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
+    }
+// The kernels of one item per thread wait by one warp, the others by every thread (v9). (Its
+// own body rather than RCF_KERNEL_WAIT's: ITEM may hold a COMMA, which a second expansion would
+// turn into two arguments.)
 #define RCF_KERNEL_SCALES(NAME, ITEM, SCALED, PER_HEAD, ATTRIBUTES, MAX_ITEMS)                \
     extern "C" __global__ void ATTRIBUTES NAME(                                                  \
         const char* __restrict__ key, const char* __restrict__ value,                          \
         char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
         const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
         const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS>(                            \
+        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS,                             \
+                                (MAX_ITEMS == 1 ? WAIT_WARP : WAIT_EVERY)>(                    \
             key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
     }
 // Per-tensor scales (or none).
@@ -889,4 +912,37 @@ RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_scalar,
                   Fp8Scalar<BFloat16 COMMA E5M2>, true, true, RCF_BOUNDS, 4)
 RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_per_head_scalar,
                   Fp8Scalar<Float COMMA E5M2>, true, true, RCF_BOUNDS, 4)
+
+// The same kernels of one item per thread, their first warp letting the next grid launch before
+// it waits (WAIT_WARP_EARLY): the host's choice for the smallest calls, named ..._x1_early.
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_auto_x1_early,
+                AutoVector<Half>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_auto_x1_early,
+                AutoVector<BFloat16>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_auto_x1_early,
+                AutoVector<Float>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_x1_early,
+                Fp8Vector<Half COMMA E4M3>, true, false, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_x1_early,
+                Fp8Vector<BFloat16 COMMA E4M3>, true, false, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_x1_early,
+                Fp8Vector<Float COMMA E4M3>, true, false, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_x1_early,
+                Fp8Vector<Half COMMA E5M2>, true, false, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_x1_early,
+                Fp8Vector<BFloat16 COMMA E5M2>, true, false, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_x1_early,
+                Fp8Vector<Float COMMA E5M2>, true, false, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_per_head_x1_early,
+                Fp8Vector<Half COMMA E4M3>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_per_head_x1_early,
+                Fp8Vector<BFloat16 COMMA E4M3>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_per_head_x1_early,
+                Fp8Vector<Float COMMA E4M3>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_per_head_x1_early,
+                Fp8Vector<Half COMMA E5M2>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_x1_early,
+                Fp8Vector<BFloat16 COMMA E5M2>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_per_head_x1_early,
+                Fp8Vector<Float COMMA E5M2>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
 #undef COMMA

@@ -72,7 +72,10 @@ fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
             .expect("encode");
         for (got, which) in [(short, ""), (long, " (long encoder)")] {
             let bad = mismatches(Fp8Format::E4m3, Dtype::Half, &all, 1.0, &got, which);
-            assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed{which}");
+            assert!(
+                !bad.is_empty(),
+                "a {skew}-ULP estimate went unnoticed{which}"
+            );
         }
     }
 }

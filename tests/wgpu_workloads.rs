@@ -64,7 +64,10 @@ fn e5m2_encoder_tests_detect_estimates_outside_their_windows() {
             .expect("encode");
         for (got, which) in [(short, ""), (long, " (long encoder)")] {
             let bad = mismatches(Fp8Format::E5m2, Dtype::Half, &all, 1.0, &got, which);
-            assert!(!bad.is_empty(), "a {skew}-ULP estimate went unnoticed{which}");
+            assert!(
+                !bad.is_empty(),
+                "a {skew}-ULP estimate went unnoticed{which}"
+            );
         }
     }
     for skew in [5 << 20, -(5 << 20)] {

@@ -187,18 +187,26 @@ enum Variant {
     Vector,
     /// 16-byte items, one per thread: small calls (less code to fetch, fewer registers).
     VectorSingle,
+    /// As `VectorSingle`, letting the next grid launch before waiting: the smallest fp8 calls.
+    VectorSingleEarly,
     /// One element per item (any head size or alignment).
     Scalar,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::Vector, Variant::VectorSingle, Variant::Scalar];
+const VARIANTS: [Variant; 4] = [
+    Variant::Vector,
+    Variant::VectorSingle,
+    Variant::VectorSingleEarly,
+    Variant::Scalar,
+];
 
 impl Variant {
     fn of(launch: &Launch) -> Self {
-        match (launch.vector, launch.params.items_per_thread) {
-            (false, _) => Variant::Scalar,
-            (true, 1) => Variant::VectorSingle,
-            (true, _) => Variant::Vector,
+        match (launch.vector, launch.params.items_per_thread, launch.early) {
+            (false, _, _) => Variant::Scalar,
+            (true, 1, true) => Variant::VectorSingleEarly,
+            (true, 1, false) => Variant::VectorSingle,
+            (true, _, _) => Variant::Vector,
         }
     }
 
@@ -206,6 +214,7 @@ impl Variant {
         match self {
             Variant::Vector => "",
             Variant::VectorSingle => "_x1",
+            Variant::VectorSingleEarly => "_x1_early",
             Variant::Scalar => "_scalar",
         }
     }
@@ -260,6 +269,7 @@ fn pattern_launch(launch: &Launch, limits: DeviceLimits) -> Launch {
     let per_block = (PATTERN_THREADS * items_per_thread) as u64;
     Launch {
         vector: launch.vector,
+        early: false,
         threads: PATTERN_THREADS,
         grid: (
             total.div_ceil(per_block).clamp(1, i32::MAX as u64) as u32,

@@ -99,6 +99,9 @@ pub struct Shape {
 pub struct Launch {
     /// Whether the 16-byte kernels apply (else the one-element-per-item fallback).
     pub vector: bool,
+    /// Whether the kernel's first warp lets the next grid launch before it waits for the
+    /// previous one (the `_x1_early` instances): the smallest fp8 calls, `EARLY_MAX_ITEMS_PER_SM`.
+    pub early: bool,
     pub threads: u32,
     pub grid: (u32, u32, u32),
     pub params: Params,
@@ -249,13 +252,24 @@ pub fn plan(
         items_per_thread,
         unused: 0,
     };
+    let early = vector
+        && items_per_thread == 1
+        && problem.cache_dtype.is_fp8()
+        && total <= EARLY_MAX_ITEMS_PER_SM * limits.sm_count.max(1) as u64;
     Ok(Launch {
         vector,
+        early,
         threads,
         grid,
         params,
     })
 }
+
+/// fp8 calls of at most this many 16-byte items per SM (one token of 128 heads of 128: 2048
+/// items on 132 SMs) take the kernels whose first warp lets the next grid launch before it
+/// waits: on an H100 one token took 1.12 against 1.24 us; from 8 tokens on the early grid's
+/// blocks cost more than the early launch saves (docs/perf-log.md v9 and v10).
+const EARLY_MAX_ITEMS_PER_SM: u64 = 16;
 
 /// Threads per block and items per thread for `total` items (measured on an H100).
 ///
@@ -594,6 +608,25 @@ mod tests {
         // 8 heads: 128 items per token; under 8 items per SM at 2 tokens, 32 per SM at 32.
         assert_eq!(threads(Dtype::BFloat16, CacheDtype::Fp8, 8, 128, 2), 128);
         assert_eq!(threads(Dtype::BFloat16, CacheDtype::Fp8, 8, 128, 32), 32);
+    }
+
+    #[test]
+    fn only_the_smallest_fp8_calls_launch_the_next_grid_early() {
+        let early = |dtype, cache_dtype, heads, tokens| {
+            let p = problem(Layout::Nhd, dtype, cache_dtype, heads, 128, tokens);
+            plan(&p, &InputStrides::contiguous(&p), H100, None)
+                .unwrap()
+                .early
+        };
+        // 2048 items per token of 128 heads: 15.5 per SM at one token, 31 at two.
+        assert!(early(Dtype::BFloat16, CacheDtype::Fp8, 128, 1));
+        assert!(early(Dtype::Half, CacheDtype::Fp8E5m2, 128, 1));
+        assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 2));
+        assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 65536));
+        assert!(!early(Dtype::BFloat16, CacheDtype::Auto, 128, 1));
+        // 8 heads: 128 items per token, 16 per SM up to 16 tokens.
+        assert!(early(Dtype::Float, CacheDtype::Fp8, 8, 16));
+        assert!(!early(Dtype::Float, CacheDtype::Fp8, 8, 17));
     }
 
     #[test]

@@ -53,9 +53,7 @@ impl Plan {
             Dtype::Float => FP8_SPLIT_MAX_ELEMENTS_FLOAT,
             Dtype::Half | Dtype::BFloat16 => FP8_SPLIT_MAX_ELEMENTS_16,
         };
-        let split = tuning
-            .fp8_split
-            .unwrap_or(!table_asked && elements <= most);
+        let split = tuning.fp8_split.unwrap_or(!table_asked && elements <= most);
         if split {
             FP8_SPLIT
         } else {

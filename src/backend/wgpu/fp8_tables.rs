@@ -238,7 +238,14 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
-        self.encode_with(Encoder::Short, format, dtype, elements, scale, estimate_skew_ulps)
+        self.encode_with(
+            Encoder::Short,
+            format,
+            dtype,
+            elements,
+            scale,
+            estimate_skew_ulps,
+        )
     }
 
     /// As [`WgpuBackend::encode_fp8_as`], by the long encoder alone (`quantize`, which the
@@ -251,7 +258,14 @@ impl WgpuBackend {
         scale: f32,
         estimate_skew_ulps: i32,
     ) -> Result<Vec<u8>> {
-        self.encode_with(Encoder::Long, format, dtype, elements, scale, estimate_skew_ulps)
+        self.encode_with(
+            Encoder::Long,
+            format,
+            dtype,
+            elements,
+            scale,
+            estimate_skew_ulps,
+        )
     }
 
     /// As [`WgpuBackend::encode_fp8`], through the threshold-table encoder that the cache
