@@ -142,6 +142,13 @@ fn pattern_kernel(kernel: &bindings::UnitKernel) -> String {
         .replace("cache_word_lut(", "pattern_word(")
 }
 
+/// Each line of `text` indented by `spaces`.
+fn indent(text: &str, spaces: usize) -> String {
+    text.lines()
+        .map(|line| format!("{}{line}\n", " ".repeat(spaces)))
+        .collect()
+}
+
 fn store_function(chunks: u32) -> String {
     format!("store_unit_{chunks}")
 }
@@ -168,65 +175,89 @@ $LOAD_TABLE    let first = first_unit(workgroup, workgroups, local);
         let source = unit_source(i / SPLIT);
         var k: UnitInput;
         var v: UnitInput;
-        if $EARLY {
-            k = unit_input(false, source.z, part);
-            v = unit_input(true, source.z, part);
-        }
-        let place = unit_place(source, $CHUNKSu);
+$LOADS        let place = unit_place(source, $CHUNKSu);
         if place.x != NO_SLOT {
-            if !$EARLY {
-                k = unit_input(false, source.z, part);
-                v = unit_input(true, source.z, part);
-            }
-            if SPLIT == 1u {
-$STORE            } else {
-$STORE_WORD            }
-        }
+$BODY        }
     }
 }
 "#;
-    // The lookup table's kernels (and the pattern kernels made from them) always load their
-    // inputs first; the others as `inputs_first` says.
-    let (load_table, unit, word, early) = if lut {
-        ("", "cache_unit_lut", "cache_word_lut", "true")
+    // Where the cache bytes come from: the lookup table's kernels (and the pattern kernels made
+    // from them) encode the inputs loaded first; the others store the loaded unit (auto),
+    // encode a loaded word (split units) or load and encode a whole unit as they go (fp8 whole
+    // units: see `inputs_first` in the shader).
+    let cases: Vec<(&str, String, String)> = if lut {
+        vec![
+            (
+                "SPLIT == 1u",
+                "cache_unit_lut(false, k, source.y)".into(),
+                "cache_unit_lut(true, v, source.y)".into(),
+            ),
+            (
+                "",
+                "cache_word_lut(false, k, source.y, part)".into(),
+                "cache_word_lut(true, v, source.y, part)".into(),
+            ),
+        ]
+    } else {
+        vec![
+            (
+                "SPLIT > 1u",
+                "cache_word(false, k, source.y, part)".into(),
+                "cache_word(true, v, source.y, part)".into(),
+            ),
+            ("inputs_first()", "k.a".into(), "v.a".into()),
+            (
+                "",
+                "cache_unit(false, source.z, source.y)".into(),
+                "cache_unit(true, source.z, source.y)".into(),
+            ),
+        ]
+    };
+    let mut body = String::new();
+    for (n, (condition, key, value)) in cases.iter().enumerate() {
+        let word = key.contains("part)");
+        let keyword = match (n, condition.is_empty()) {
+            (0, _) => format!("if {condition} {{"),
+            (_, false) => format!("}} else if {condition} {{"),
+            (_, true) => "} else {".to_string(),
+        };
+        writeln!(body, "            {keyword}").unwrap();
+        let store = match (kernel.chunks, word) {
+            (1, false) => format!("k0[place.y] = {key};\n                v0[place.y] = {value};"),
+            (1, true) => {
+                format!("k0[place.y][part] = {key};\n                v0[place.y][part] = {value};")
+            }
+            (chunks, false) => format!(
+                "{}(place.x, place.y, {key}, {value});",
+                store_function(chunks)
+            ),
+            (chunks, true) => format!(
+                "{}(place.x, place.y, part, {key}, {value});",
+                store_word_function(chunks)
+            ),
+        };
+        writeln!(body, "                {store}").unwrap();
+    }
+    body.push_str("            }\n");
+    const LOADS: &str = "k = unit_input(false, source.z, part);\n\
+                         v = unit_input(true, source.z, part);\n";
+    let (load_table, loads) = if lut {
+        ("", indent(LOADS, 8))
     } else {
         (
             "    load_fp8_table(local);\n",
-            "cache_unit",
-            "cache_word",
-            "inputs_first()",
-        )
-    };
-    let (store, store_word) = if kernel.chunks == 1 {
-        (
             format!(
-                "                k0[place.y] = {unit}(false, k, source.y);\n                \
-                                 v0[place.y] = {unit}(true, v, source.y);\n"
-            ),
-            format!(
-                "                k0[place.y][part] = {word}(false, k, source.y, part);\n                \
-                                 v0[place.y][part] = {word}(true, v, source.y, part);\n"
-            ),
-        )
-    } else {
-        (
-            format!(
-                "                {}(place.x, place.y, {unit}(false, k, source.y), {unit}(true, v, source.y));\n",
-                store_function(kernel.chunks)
-            ),
-            format!(
-                "                {}(place.x, place.y, part, {word}(false, k, source.y, part), {word}(true, v, source.y, part));\n",
-                store_word_function(kernel.chunks)
+                "        if inputs_first() {{\n{}        }}\n",
+                indent(LOADS, 12)
             ),
         )
     };
     TEMPLATE
         .replace("$NAME", kernel.entry(lut))
         .replace("$LOAD_TABLE", load_table)
-        .replace("$EARLY", early)
+        .replace("$LOADS", &loads)
         .replace("$CHUNKS", &kernel.chunks.to_string())
-        .replace("$STORE_WORD", &store_word)
-        .replace("$STORE", &store)
+        .replace("$BODY", &body)
 }
 
 fn validate(source: &str, path: &Path) -> (naga::Module, naga::valid::ModuleInfo) {

@@ -277,27 +277,25 @@ fn half_words(w: UnitInput, part: u32) -> vec2<u32> {
     return vec2<u32>(w.a[h], w.a[h + 1u]);
 }
 
-// The 16 cache bytes of a unit of input `w` that is unit `u` of its token's row.
-fn cache_unit(is_value: bool, w: UnitInput, u: u32) -> vec4<u32> {
-    if !FP8 {
-        return w.a;
-    }
+// The 16 cache bytes of an fp8 unit whose input starts at input unit `first` (counted over the
+// dispatch's inputs) and that is unit `u` of its token's row, each input unit loaded as it is
+// encoded (a whole unit's 32 or 64 input bytes held at once cost float calls twice their time:
+// see inputs_first). Loops, so that the encoder's code appears once, not 16 times.
+fn cache_unit(is_value: bool, first: u32, u: u32) -> vec4<u32> {
     let e = unit_encoder(is_value, u);
-    // 16 elements: 32 input bytes for 16-bit inputs, 64 for float.
+    var out: vec4<u32>;
     if IN_KIND == 2u {
-        return vec4<u32>(
-            encode_floats(w.a, e),
-            encode_floats(w.b, e),
-            encode_floats(w.c, e),
-            encode_floats(w.d, e),
-        );
+        for (var j = 0u; j < 4u; j += 1u) {
+            out[j] = encode_floats(load_input(is_value, first + j), e);
+        }
+    } else {
+        for (var j = 0u; j < 2u; j += 1u) {
+            let w = load_input(is_value, first + j);
+            out[2u * j] = encode_halves(w.x, w.y, e);
+            out[2u * j + 1u] = encode_halves(w.z, w.w, e);
+        }
     }
-    return vec4<u32>(
-        encode_halves(w.a.x, w.a.y, e),
-        encode_halves(w.a.z, w.a.w, e),
-        encode_halves(w.b.x, w.b.y, e),
-        encode_halves(w.b.z, w.b.w, e),
-    );
+    return out;
 }
 
 // Word `part` (elements 4 * part to 4 * part + 3) of cache_unit's result, of its own input `w`
@@ -456,38 +454,39 @@ fn first_unit(workgroup: vec3<u32>, workgroups: vec3<u32>, local: u32) -> u32 {
 //         let part = i % SPLIT;
 //         let source = unit_source(i / SPLIT);
 //         var k: UnitInput;  var v: UnitInput;
-//         if inputs_first() {   // (true in the *_lut kernels)
+//         if inputs_first() {       // (true in the *_lut kernels)
 //             k = unit_input(false, source.z, part);
 //             v = unit_input(true, source.z, part);
 //         }
 //         let place = unit_place(source, C);
 //         if place.x != NO_SLOT {
-//             if !inputs_first() { k = ...; v = ...; }   // as above
-//             if SPLIT == 1u {
-//                 // store_unit_<C>, or k0 / v0 directly for one chunk:
-//                 store_unit_<C>(place.x, place.y, cache_unit(false, k, source.y),
-//                                cache_unit(true, v, source.y));
-//             } else {
-//                 // one word of each unit, by cache_word
-//                 store_word_<C>(place.x, place.y, part, cache_word(false, k, source.y, part), ...);
+//             if SPLIT > 1u {            // one word of each unit, by cache_word:
+//                 store_word_<C>(place.x, place.y, part, cache_word(false, k, source.y, part),
+//                                cache_word(true, v, source.y, part));
+//             } else if inputs_first() { // auto: the unit is its input
+//                 store_unit_<C>(place.x, place.y, k.a, v.a);   // (k0 / v0 for one chunk)
+//             } else {                   // fp8 whole units, loaded as they are encoded
+//                 store_unit_<C>(place.x, place.y, cache_unit(false, source.z, source.y),
+//                                cache_unit(true, source.z, source.y));
 //             }
 //         }
 //     }
 //
-// The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, call cache_unit_lut
-// (cache_word_lut) instead of cache_unit (cache_word): the same work, each element's code read from fp8_lut. Entry points of
-// their own, because a binding that a function uses counts against every entry point that calls
-// it (whatever the override constants): the LUT's storage binding stays out of the others.
+// The *_lut kernels, for fp8 caches of 16-bit inputs by the lookup table, always load first and
+// encode with cache_unit_lut (cache_word_lut): each element's code read from fp8_lut. Entry
+// points of their own, because a binding that a function uses counts against every entry point
+// that calls it (whatever the override constants): the LUT's storage binding stays out of the
+// others.
 // The wide kernels bind WIDE_CHUNKS chunks of each cache, for adapters that allow
 // 2 * WIDE_CHUNKS + 6 storage bindings per stage: a whole 32 GiB cache in one dispatch.
 
 // Whether a kernel loads its inputs before the slot, whatever the slot: the two loads then
 // overlap rather than follow each other (a padding token's inputs exist like any other's; a
-// thread without a unit loads unit 0). That pays where a thread's encoding is short (the lookup
-// table's kernels always do it: fp8 T = 65536 2311 -> 2201 us on an H100; split units: T = 2
-// 4.16 -> 3.95); whole units encoded by quantize_fast or the threshold tables load after the
-// slot, as before: 32 or 64 input bytes held ahead of a long encoder doubled the time of float
-// calls of 8192 tokens (docs/perf-log-wgpu.md, sixth session).
+// thread without a unit loads unit 0). Auto units and split fp8 units do (split T = 2 4.16 ->
+// 3.95 us on an H100), and the lookup table's kernels always (fp8 T = 65536 2311 -> 2201 us);
+// whole units encoded by quantize_fast or the threshold tables load each input unit as they
+// encode it, after the slot: 32 or 64 input bytes held ahead of the encoder doubled the time of
+// float calls of 8192 tokens (docs/perf-log-wgpu.md, sixth session).
 fn inputs_first() -> bool {
     return !FP8 || SPLIT > 1u;
 }
