@@ -255,6 +255,7 @@ pub fn plan(
     let early = vector
         && items_per_thread == 1
         && problem.cache_dtype.is_fp8()
+        && problem.dtype != Dtype::Half
         && total <= EARLY_MAX_ITEMS_PER_SM * limits.sm_count.max(1) as u64;
     Ok(Launch {
         vector,
@@ -267,8 +268,10 @@ pub fn plan(
 
 /// fp8 calls of at most this many 16-byte items per SM (one token of 128 heads of 128: 2048
 /// items on 132 SMs) take the kernels whose first warp lets the next grid launch before it
-/// waits: on an H100 one token took 1.12 against 1.24 us; from 8 tokens on the early grid's
-/// blocks cost more than the early launch saves (docs/perf-log.md v9 and v10).
+/// waits, but for half input: on an H100 one token took 1.162 against 1.239 us (bfloat16), 8
+/// heads at 2 / 16 tokens 1.164 / 1.159 against 1.255 / 1.241; at 2 and 4 tokens it changed
+/// nothing, from 8 tokens on it cost 0.07 us and more, and half input's one token took 1.405
+/// against 1.318 (its kernel does not peel its first pass) (docs/perf-log.md v10).
 const EARLY_MAX_ITEMS_PER_SM: u64 = 16;
 
 /// Threads per block and items per thread for `total` items (measured on an H100).
@@ -620,7 +623,8 @@ mod tests {
         };
         // 2048 items per token of 128 heads: 15.5 per SM at one token, 31 at two.
         assert!(early(Dtype::BFloat16, CacheDtype::Fp8, 128, 1));
-        assert!(early(Dtype::Half, CacheDtype::Fp8E5m2, 128, 1));
+        assert!(early(Dtype::Float, CacheDtype::Fp8E5m2, 128, 1));
+        assert!(!early(Dtype::Half, CacheDtype::Fp8, 128, 1));
         assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 2));
         assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 65536));
         assert!(!early(Dtype::BFloat16, CacheDtype::Auto, 128, 1));
