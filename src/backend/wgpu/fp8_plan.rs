@@ -80,8 +80,9 @@ impl Plan {
     /// one per head, by default only from `FP8_HEAD_LUT_MIN_ELEMENTS` elements per table on,
     /// and only where they fit one binding of `max_binding` bytes.
     ///
-    /// Calls split among four threads per unit (small calls, `FP8_SPLIT_MAX_ELEMENTS`) take
-    /// neither table by default: each thread encodes four elements with the plain encoder.
+    /// Calls split among four threads per unit (small calls, `FP8_SPLIT_MAX_ELEMENTS_16` and
+    /// `_FLOAT`) take neither table by default: each thread encodes four elements with the
+    /// plain encoder (the short one where it handles the scales).
     pub fn fp8_path(
         &self,
         problem: &Problem,
