@@ -255,21 +255,9 @@ fn fast_applies(scale: Scale) -> bool {
         && scale.exponent <= 125;
 }
 
-// quantize_fast's answer for an element it leaves to quantize.
-const FAST_NEAR: u32 = 0x100u;
-
 // The format's code (in the low byte) of x / scale, x given as f32 bits, for a scale that
 // fast_applies, `reciprocal` being scale_reciprocal(scale).
 fn quantize_fast(x: u32, scale: Scale, reciprocal: f32, nan_sign: u32) -> u32 {
-    let code = fast_code(x, scale, reciprocal);
-    if code == FAST_NEAR {
-        return quantize(x, scale, nan_sign);
-    }
-    return code;
-}
-
-// quantize_fast without its fallback: FAST_NEAR for an element near a rounding boundary.
-fn fast_code(x: u32, scale: Scale, reciprocal: f32) -> u32 {
     let x_sign = (x >> 24u) & 0x80u;
     let magnitude = x & 0x7fffffffu;
     if magnitude > 0x7f800000u {
@@ -303,7 +291,7 @@ fn fast_code(x: u32, scale: Scale, reciprocal: f32) -> u32 {
         code = u32(below) + select(0u, 1u, past_half > 0.0);
     }
     if near {
-        return FAST_NEAR;
+        return quantize(x, scale, nan_sign);
     }
     return sign | code;
 }
@@ -554,25 +542,10 @@ fn encode(x: u32, e: UnitEncoder) -> u32 {
     return quantize(x, e.scale, params.nan_sign);
 }
 
-// One word of codes of four elements (f32 bits) for a unit's encoder. With the short encoder,
-// the few elements it leaves to quantize take it in one loop, so that the kernels hold one
-// copy of quantize's code rather than one per element (a small call fetches all of it).
-fn encode4(x: vec4<u32>, e: UnitEncoder) -> u32 {
-    if FP8_TABLE || !e.fast {
-        return pack4(encode(x.x, e), encode(x.y, e), encode(x.z, e), encode(x.w, e));
-    }
-    var codes = vec4<u32>(
-        fast_code(x.x, e.scale, e.reciprocal),
-        fast_code(x.y, e.scale, e.reciprocal),
-        fast_code(x.z, e.scale, e.reciprocal),
-        fast_code(x.w, e.scale, e.reciprocal),
+// Encodes the two 16-bit elements of a word.
+fn quantize_pair(word: u32, e: UnitEncoder) -> vec2<u32> {
+    return vec2<u32>(
+        encode(element16_to_f32_bits(word & 0xffffu), e),
+        encode(element16_to_f32_bits(word >> 16u), e),
     );
-    if any(codes == vec4<u32>(FAST_NEAR)) {
-        for (var j = 0u; j < 4u; j += 1u) {
-            if codes[j] == FAST_NEAR {
-                codes[j] = quantize(x[j], e.scale, params.nan_sign);
-            }
-        }
-    }
-    return pack4(codes.x, codes.y, codes.z, codes.w);
 }

@@ -230,19 +230,13 @@ fn unit_encoder(is_value: bool, u: u32) -> UnitEncoder {
 // One word of fp8 codes: of the four float elements of input unit `w`, and of the four 16-bit
 // elements of input words `a` and `b` (element order: a's low half first).
 fn encode_floats(w: vec4<u32>, e: UnitEncoder) -> u32 {
-    return encode4(w, e);
+    return pack4(encode(w.x, e), encode(w.y, e), encode(w.z, e), encode(w.w, e));
 }
 
 fn encode_halves(a: u32, b: u32, e: UnitEncoder) -> u32 {
-    return encode4(
-        vec4<u32>(
-            element16_to_f32_bits(a & 0xffffu),
-            element16_to_f32_bits(a >> 16u),
-            element16_to_f32_bits(b & 0xffffu),
-            element16_to_f32_bits(b >> 16u),
-        ),
-        e,
-    );
+    let x = quantize_pair(a, e);
+    let y = quantize_pair(b, e);
+    return pack4(x.x, x.y, y.x, y.y);
 }
 
 // The input bytes of one 16-byte cache unit, loaded before its slot (see the kernels in the
