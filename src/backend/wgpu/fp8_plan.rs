@@ -221,6 +221,18 @@ mod tests {
         assert!(plan
             .constants(&e5m2, Fp8Path::Lut, false)
             .contains(&("E5M2", 1.0)));
+        // The long encoder alone only when the plan says so, and only for fp8 caches.
+        let fast_off = |plan: &Plan, problem: &Problem| {
+            plan.constants(problem, Fp8Path::Plain, false)
+                .contains(&("FP8_FAST", 0.0))
+        };
+        let long = Plan {
+            fp8_fast: false,
+            ..plan.clone()
+        };
+        assert!(!fast_off(&plan, &p));
+        assert!(fast_off(&long, &p));
+        assert!(!fast_off(&long, &auto));
         // Fused inputs: the input row of a token is the whole fused row.
         let fused = Problem {
             input_strides: Some(crate::problem::InputStrides::qkv_fused(6, 2, 128)),

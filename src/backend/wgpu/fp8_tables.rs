@@ -99,13 +99,19 @@ enum Encoder {
     Tables,
 }
 
-/// The override constants of a pipeline that encodes `format` (none for e4m3, so that its
-/// pipelines are compiled as they always were).
-pub(super) fn format_constants(format: Fp8Format) -> Vec<(&'static str, f64)> {
-    match format {
-        Fp8Format::E4m3 => Vec::new(),
-        Fp8Format::E5m2 => vec![("E5M2", 1.0)],
+/// The override constants of a pipeline that encodes `format`, by the short encoder where it
+/// applies (`fast`) or by the long one alone: only those that differ from the shader's
+/// defaults (none for e4m3 with the short encoder), so that the default pipelines are compiled
+/// as they always were. Every fp8 pipeline takes its encoder's constants from here.
+pub(super) fn encoder_constants(format: Fp8Format, fast: bool) -> Vec<(&'static str, f64)> {
+    let mut constants = Vec::new();
+    if format == Fp8Format::E5m2 {
+        constants.push(("E5M2", 1.0));
     }
+    if !fast {
+        constants.push(("FP8_FAST", 0.0));
+    }
+    constants
 }
 
 impl Fp8Table {
@@ -116,7 +122,7 @@ impl Fp8Table {
         k_scale: GpuScale,
         v_scale: GpuScale,
     ) -> Result<Self> {
-        let pipeline = gpu.pipeline("fp8_table_build", &format_constants(format))?;
+        let pipeline = gpu.pipeline("fp8_table_build", &encoder_constants(format, true))?;
         let params = GpuTableParams { k_scale, v_scale };
         gpu.scoped("allocating the fp8 tables", || {
             let table = gpu.buffer(
@@ -159,10 +165,7 @@ impl Fp8Table {
     ) -> Result<Self> {
         let per_head = !head_scales.is_empty();
         let mut constants = vec![("IN_KIND", input_kind(dtype))];
-        constants.extend(format_constants(format));
-        if !fast {
-            constants.push(("FP8_FAST", 0.0));
-        }
+        constants.extend(encoder_constants(format, fast));
         if per_head {
             constants.extend([("PER_HEAD", 1.0), ("HEADS", (head_scales.len() / 2) as f64)]);
         }
@@ -322,17 +325,13 @@ impl WgpuBackend {
             ("IN_KIND", input_kind(dtype)),
             ("ESTIMATE_SKEW", estimate_skew_ulps as f64),
         ];
-        constants.extend(format_constants(format));
+        constants.extend(encoder_constants(format, encoder != Encoder::Long));
         let pipeline = match encoder {
             Encoder::Tables => {
                 constants.push(("FP8_TABLE", 1.0));
                 gpu.pipeline("encode_fp8_table", &constants)?
             }
-            Encoder::Short => gpu.pipeline("encode_fp8", &constants)?,
-            Encoder::Long => {
-                constants.push(("FP8_FAST", 0.0));
-                gpu.pipeline("encode_fp8", &constants)?
-            }
+            Encoder::Short | Encoder::Long => gpu.pipeline("encode_fp8", &constants)?,
         };
         let bytes = 4 * elements.len() as u64;
         if bytes > self.max_binding {

@@ -4,13 +4,14 @@
 
 use crate::error::{Bytes, Error, Result};
 use crate::options::WgpuTuning;
-use crate::problem::{CacheDtype, Problem};
+use crate::problem::Problem;
 
 use super::abi::{
     flag, input_kind, storage_bindings, UnitKernel, CHUNKS, NARROW_KERNEL, ONE_KERNEL, WIDE_CHUNKS,
     WIDE_KERNEL, WORKGROUP,
 };
 pub(super) use super::fp8_plan::Fp8Path;
+use super::fp8_tables::encoder_constants;
 
 /// The most 16-byte units per thread the tuning may ask for.
 const MAX_UNITS: u32 = 8;
@@ -322,14 +323,11 @@ impl Plan {
                 if !problem.contiguous_inputs() {
                     constants.push(("STRIDED", 1.0));
                 }
-                if problem.cache_dtype == CacheDtype::Fp8E5m2 {
-                    constants.push(("E5M2", 1.0));
+                if let Some(format) = problem.cache_dtype.fp8() {
+                    constants.extend(encoder_constants(format, self.fp8_fast));
                 }
                 if self.unit_threads > 1 {
                     constants.push(("SPLIT", self.unit_threads as f64));
-                }
-                if problem.cache_dtype.is_fp8() && !self.fp8_fast {
-                    constants.push(("FP8_FAST", 0.0));
                 }
                 if per_head && problem.cache_dtype.is_fp8() {
                     constants.extend([
@@ -467,7 +465,7 @@ pub(super) fn row_words(problem: &Problem) -> u64 {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::problem::{Dtype, Layout};
+    use crate::problem::{CacheDtype, Dtype, Layout};
 
     pub(in super::super) fn problem(
         dtype: Dtype,
