@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::encoders::{check, check_encoder, mismatches, SCALES, SKEWS};
+use common::encoders::{
+    assert_each_plain_encoder_sees_skew, check, check_encoder, mismatches, SCALES, SKEWS,
+};
 use common::{problem, ProblemBuilder};
 use paged_kv_bench::backend::wgpu::WgpuBackend;
 use paged_kv_bench::backend::Backend;
@@ -64,19 +66,14 @@ fn fp8_encoder_test_detects_an_estimate_outside_the_exact_window() {
     let mut backend = open();
     let all: Vec<u32> = (0..=u16::MAX as u32).collect();
     for skew in [300, -300] {
-        let short = backend
-            .encode_fp8_as(Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew)
-            .expect("encode");
-        let long = backend
-            .encode_fp8_long_as(Fp8Format::E4m3, Dtype::Half, &all, 1.0, skew)
-            .expect("encode");
-        for (got, which) in [(short, ""), (long, " (long encoder)")] {
-            let bad = mismatches(Fp8Format::E4m3, Dtype::Half, &all, 1.0, &got, which);
-            assert!(
-                !bad.is_empty(),
-                "a {skew}-ULP estimate went unnoticed{which}"
-            );
-        }
+        assert_each_plain_encoder_sees_skew(
+            &mut backend,
+            Fp8Format::E4m3,
+            Dtype::Half,
+            &all,
+            1.0,
+            skew,
+        );
     }
 }
 

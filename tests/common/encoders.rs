@@ -67,6 +67,49 @@ pub fn mismatches(
         .collect()
 }
 
+/// The inputs whose encoding by the shader's encoders without tables differs from
+/// `format.quantize`, each encoder's on its own, tagged: the one of calls without tables (the
+/// short one where it handles the scale; tag "") and the long one alone (" (long encoder)").
+pub fn plain_encoder_mismatches(
+    backend: &mut WgpuBackend,
+    format: Fp8Format,
+    dtype: Dtype,
+    elements: &[u32],
+    scale: f32,
+    skew: i32,
+) -> [(&'static str, Vec<String>); 2] {
+    let short = backend
+        .encode_fp8_as(format, dtype, elements, scale, skew)
+        .expect("encode");
+    let long = backend
+        .encode_fp8_long_as(format, dtype, elements, scale, skew)
+        .expect("encode by the long encoder");
+    [(short, ""), (long, " (long encoder)")].map(|(got, which)| {
+        (
+            which,
+            mismatches(format, dtype, elements, scale, &got, which),
+        )
+    })
+}
+
+/// Fails unless each encoder without tables gets some of `elements` wrong with its estimate
+/// skewed by `skew` ULP: the comparison has teeth for each of them.
+pub fn assert_each_plain_encoder_sees_skew(
+    backend: &mut WgpuBackend,
+    format: Fp8Format,
+    dtype: Dtype,
+    elements: &[u32],
+    scale: f32,
+    skew: i32,
+) {
+    for (which, bad) in plain_encoder_mismatches(backend, format, dtype, elements, scale, skew) {
+        assert!(
+            !bad.is_empty(),
+            "a {skew}-ULP estimate went unnoticed{which}"
+        );
+    }
+}
+
 /// The inputs whose encoding by the shader differs from `format.quantize`, by each of the
 /// shader's encoders: the one of calls without tables (the short one where it handles the
 /// scale), the long one alone, and the threshold-table one (where it handles the scale).
@@ -78,21 +121,11 @@ pub fn encoder_mismatches(
     scale: f32,
     skew: i32,
 ) -> Vec<String> {
-    let got = backend
-        .encode_fp8_as(format, dtype, elements, scale, skew)
-        .expect("encode");
-    let mut bad = mismatches(format, dtype, elements, scale, &got, "");
-    let got = backend
-        .encode_fp8_long_as(format, dtype, elements, scale, skew)
-        .expect("encode by the long encoder");
-    bad.extend(mismatches(
-        format,
-        dtype,
-        elements,
-        scale,
-        &got,
-        " (long encoder)",
-    ));
+    let mut bad: Vec<String> =
+        plain_encoder_mismatches(backend, format, dtype, elements, scale, skew)
+            .into_iter()
+            .flat_map(|(_, bad)| bad)
+            .collect();
     if let Some(got) = backend
         .encode_fp8_table_as(format, dtype, elements, scale, skew)
         .expect("encode by tables")
