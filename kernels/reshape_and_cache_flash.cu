@@ -807,28 +807,23 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #else
 #define RCF_FLOAT_FP8_X1_ATTRIBUTES __launch_bounds__(512)
 #endif
+// One kernel: `...` is the template arguments of reshape_and_cache_flash (variadic, because an
+// item type may hold a COMMA, which expands to a real comma on the way here).
+#define RCF_KERNEL_BODY(NAME, ATTRIBUTES, ...)                                                  \
+    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
+        const char* __restrict__ key, const char* __restrict__ value,                          \
+        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
+        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
+        const float* __restrict__ v_scale, Params p) {                                         \
+        reshape_and_cache_flash<__VA_ARGS__>(key, value, key_cache, value_cache, slot_mapping, \
+                                             k_scale, v_scale, p);                             \
+    }
 #define RCF_KERNEL_WAIT(NAME, ITEM, SCALED, PER_HEAD, ATTRIBUTES, MAX_ITEMS, WAIT)            \
-    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
-        const char* __restrict__ key, const char* __restrict__ value,                          \
-        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
-        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
-        const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS, WAIT>(                      \
-            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
-    }
-// The kernels of one item per thread wait by one warp, the others by every thread (v9). (Its
-// own body rather than RCF_KERNEL_WAIT's: ITEM may hold a COMMA, which a second expansion would
-// turn into two arguments.)
+    RCF_KERNEL_BODY(NAME, ATTRIBUTES, ITEM, SCALED, PER_HEAD, MAX_ITEMS, WAIT)
+// The kernels of one item per thread wait by one warp, the others by every thread (v9).
 #define RCF_KERNEL_SCALES(NAME, ITEM, SCALED, PER_HEAD, ATTRIBUTES, MAX_ITEMS)                \
-    extern "C" __global__ void ATTRIBUTES NAME(                                                  \
-        const char* __restrict__ key, const char* __restrict__ value,                          \
-        char* __restrict__ key_cache, char* __restrict__ value_cache,                          \
-        const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale,               \
-        const float* __restrict__ v_scale, Params p) {                                         \
-        reshape_and_cache_flash<ITEM, SCALED, PER_HEAD, MAX_ITEMS,                             \
-                                (MAX_ITEMS == 1 ? WAIT_WARP : WAIT_EVERY)>(                    \
-            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale, p);            \
-    }
+    RCF_KERNEL_BODY(NAME, ATTRIBUTES, ITEM, SCALED, PER_HEAD, MAX_ITEMS,                        \
+                    (MAX_ITEMS == 1 ? WAIT_WARP : WAIT_EVERY))
 // Per-tensor scales (or none).
 #define RCF_KERNEL(NAME, ITEM, SCALED, ATTRIBUTES, MAX_ITEMS)                                   \
     RCF_KERNEL_SCALES(NAME, ITEM, SCALED, false, ATTRIBUTES, MAX_ITEMS)
