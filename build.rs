@@ -185,37 +185,41 @@ $BODY        }
     // from them) encode the inputs loaded first; the others store the loaded unit (auto),
     // encode a loaded word (split units) or load and encode a whole unit as they go (fp8 whole
     // units: see `inputs_first` in the shader).
-    let cases: Vec<(&str, String, String)> = if lut {
-        vec![
+    // (condition, whether it stores one word of the unit, the key's and the value's bytes)
+    let cases: &[(&str, bool, &str, &str)] = if lut {
+        &[
             (
                 "SPLIT == 1u",
-                "cache_unit_lut(false, k, source.y)".into(),
-                "cache_unit_lut(true, v, source.y)".into(),
+                false,
+                "cache_unit_lut(false, k, source.y)",
+                "cache_unit_lut(true, v, source.y)",
             ),
             (
                 "",
-                "cache_word_lut(false, k, source.y, part)".into(),
-                "cache_word_lut(true, v, source.y, part)".into(),
+                true,
+                "cache_word_lut(false, k, source.y, part)",
+                "cache_word_lut(true, v, source.y, part)",
             ),
         ]
     } else {
-        vec![
+        &[
             (
                 "SPLIT > 1u",
-                "cache_word(false, k, source.y, part)".into(),
-                "cache_word(true, v, source.y, part)".into(),
+                true,
+                "cache_word(false, k, source.y, part)",
+                "cache_word(true, v, source.y, part)",
             ),
-            ("inputs_first()", "k.a".into(), "v.a".into()),
+            ("inputs_first()", false, "k.a", "v.a"),
             (
                 "",
-                "cache_unit(false, source.z, source.y)".into(),
-                "cache_unit(true, source.z, source.y)".into(),
+                false,
+                "cache_unit(false, source.z, source.y)",
+                "cache_unit(true, source.z, source.y)",
             ),
         ]
     };
     let mut body = String::new();
-    for (n, (condition, key, value)) in cases.iter().enumerate() {
-        let word = key.contains("part)");
+    for (n, &(condition, word, key, value)) in cases.iter().enumerate() {
         let keyword = match (n, condition.is_empty()) {
             (0, _) => format!("if {condition} {{"),
             (_, false) => format!("}} else if {condition} {{"),
