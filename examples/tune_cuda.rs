@@ -21,8 +21,9 @@
 //! - `--rows`: `;`-separated groups of space-separated `key=value` fields, where a value may
 //!   list alternatives with `|` (every combination is a row). Keys (defaults): `lay` (NHD),
 //!   `cache` (auto), `dt` (bfloat16), `T` (8192), `H` (128), `D` (128), `bs` (16), `nb`
-//!   (65536), `mode` (w: warm, c: cold, r: rotating), `shape` (`d`: built-in, `TxI`: T
-//!   threads and I items per thread, `TxIcB`: the grid capped at B blocks per SM), `set` (0:
+//!   (65536), `mode` (w: warm, c: cold, r: rotating), `shape` (`d`: built-in, `dl`: built-in
+//!   with the large-call kernels at every size, `TxI`: T threads and I items per thread,
+//!   `TxIcB`: the grid capped at B blocks per SM), `set` (0:
 //!   the index of the define set to run with);
 //! - `--deadline`: seconds after which the remaining rows are skipped.
 //!
@@ -72,11 +73,17 @@ struct TuneRow {
     set: usize,
 }
 
-/// `d` (built-in), `TxI` (T threads, I items per thread) or `TxIcB` (grid capped at B blocks
-/// per SM).
+/// `d` (built-in), `dl` (built-in, the large-call kernels at every size), `TxI` (T threads, I
+/// items per thread) or `TxIcB` (grid capped at B blocks per SM).
 fn parse_shape(text: &str) -> Result<Option<LaunchOverride>, String> {
     if text == "d" {
         return Ok(None);
+    }
+    if text == "dl" {
+        return Ok(Some(LaunchOverride {
+            large_kernels: true,
+            ..LaunchOverride::default()
+        }));
     }
     let number = |s: &str| {
         s.parse::<u32>()
@@ -89,8 +96,8 @@ fn parse_shape(text: &str) -> Result<Option<LaunchOverride>, String> {
     Ok(Some(LaunchOverride {
         threads: number(threads)?,
         items_per_thread: number(items)?,
-        scalar: false,
         blocks_per_sm: number(cap)?,
+        ..LaunchOverride::default()
     }))
 }
 
@@ -417,6 +424,7 @@ mod tests {
                 items_per_thread: 2,
                 scalar: false,
                 blocks_per_sm: 4,
+                large_kernels: false,
             })
         );
         assert_eq!(rows[2].shape.unwrap().blocks_per_sm, 1);

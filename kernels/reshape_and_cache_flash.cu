@@ -169,7 +169,8 @@ __device__ __forceinline__ void store16(void* p, const uint4& v) {
 
 // PEEL_FP8: whether the fp8 kernels of one item per thread peel their first pass (RCF_PEEL 3).
 // Not for half: under its 48-register cap (below) the peeled kernel spilled (24 bytes of stack)
-// and ran 8192 tokens 5% slower on an H100.
+// and ran 8192 tokens 5% slower on an H100. Half's small-call instances (HalfSmall, _x1_small)
+// are peeled under a cap of their own.
 struct Half {
     enum { SIZE = 2, PEEL_FP8 = 0 };
     typedef u16 Bits;
@@ -178,6 +179,12 @@ struct Half {
         asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((u16)bits));
         return f;
     }
+};
+
+// Half input for the small-call instances (_x1_small): the fp8 kernels peel their first pass,
+// under RCF_FP8_X1_SMALL_MAXNREG_HALF.
+struct HalfSmall : Half {
+    enum { SIZE = 2, PEEL_FP8 = 1 };
 };
 
 struct BFloat16 {
@@ -707,8 +714,8 @@ __device__ __forceinline__ void one_pass(
 // rather than after. Safe whenever (the next grid waits for this one's completion in turn), and
 // faster only for the smallest fp8 calls, whose next grid is then on its way while this one
 // still waits (one token: 1.239 -> 1.162 us on an H100); from 8 tokens on the launched grid's
-// blocks compete with this one's: the host takes these instances for the smallest calls only
-// (shape.rs, EARLY_MAX_ITEMS_PER_SM).
+// blocks compete with this one's: the _x1_small instances of bfloat16 and float, which the host
+// takes for the smallest calls only (shape.rs, EARLY_MAX_ITEMS_PER_SM).
 enum Wait { WAIT_EVERY = 0, WAIT_WARP = 1, WAIT_WARP_EARLY = 2 };
 
 template <int WAIT>
@@ -796,6 +803,16 @@ __device__ __forceinline__ void reshape_and_cache_flash(
 #define RCF_HALF_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG_HALF)
 #else
 #define RCF_HALF_FP8_X1_ATTRIBUTES __launch_bounds__(512)
+#endif
+// Half's peeled small-call kernels: 50 registers under 52, no stack (61 uncapped; under 48 the
+// peel spilled). Small calls do not need the occupancy that large ones buy with 48.
+#ifndef RCF_FP8_X1_SMALL_MAXNREG_HALF
+#define RCF_FP8_X1_SMALL_MAXNREG_HALF 52
+#endif
+#if RCF_FP8_X1_SMALL_MAXNREG_HALF
+#define RCF_HALF_FP8_X1_SMALL_ATTRIBUTES __maxnreg__(RCF_FP8_X1_SMALL_MAXNREG_HALF)
+#else
+#define RCF_HALF_FP8_X1_SMALL_ATTRIBUTES __launch_bounds__(512)
 #endif
 #if RCF_FP8_X1_MAXNREG_BFLOAT16
 #define RCF_BFLOAT16_FP8_X1_ATTRIBUTES __maxnreg__(RCF_FP8_X1_MAXNREG_BFLOAT16)
@@ -909,36 +926,39 @@ RCF_KERNEL_SCALES(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_scalar,
 RCF_KERNEL_SCALES(reshape_and_cache_flash_float_fp8_e5m2_per_head_scalar,
                   Fp8Scalar<Float COMMA E5M2>, true, true, RCF_BOUNDS, 4)
 
-// The same kernels of one item per thread, their first warp letting the next grid launch before
-// it waits (WAIT_WARP_EARLY): the host's choice for the smallest calls, named ..._x1_early.
-RCF_KERNEL_WAIT(reshape_and_cache_flash_half_auto_x1_early,
+// The small-call instances of the kernels of one item per thread, named ..._x1_small: the
+// host's choice for the smallest fp8 calls (shape.rs, Launch::small). bfloat16 and float: the
+// first warp lets the next grid launch before it waits (WAIT_WARP_EARLY); half: the first pass
+// peeled (HalfSmall) under a register cap of its own, waiting as the other kernels of one item
+// per thread do. (The auto ones, which the host does not take, are of the early kind.)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_auto_x1_small,
                 AutoVector<Half>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_auto_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_auto_x1_small,
                 AutoVector<BFloat16>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_float_auto_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_auto_x1_small,
                 AutoVector<Float>, false, false, RCF_BOUNDS, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_x1_early,
-                Fp8Vector<Half COMMA E4M3>, true, false, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_x1_small,
+                Fp8Vector<HalfSmall COMMA E4M3>, true, false, RCF_HALF_FP8_X1_SMALL_ATTRIBUTES, 1, WAIT_WARP)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_x1_small,
                 Fp8Vector<BFloat16 COMMA E4M3>, true, false, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_x1_small,
                 Fp8Vector<Float COMMA E4M3>, true, false, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_x1_early,
-                Fp8Vector<Half COMMA E5M2>, true, false, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_x1_small,
+                Fp8Vector<HalfSmall COMMA E5M2>, true, false, RCF_HALF_FP8_X1_SMALL_ATTRIBUTES, 1, WAIT_WARP)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_x1_small,
                 Fp8Vector<BFloat16 COMMA E5M2>, true, false, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_x1_small,
                 Fp8Vector<Float COMMA E5M2>, true, false, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_per_head_x1_early,
-                Fp8Vector<Half COMMA E4M3>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_per_head_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_per_head_x1_small,
+                Fp8Vector<HalfSmall COMMA E4M3>, true, true, RCF_HALF_FP8_X1_SMALL_ATTRIBUTES, 1, WAIT_WARP)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_per_head_x1_small,
                 Fp8Vector<BFloat16 COMMA E4M3>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_per_head_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_per_head_x1_small,
                 Fp8Vector<Float COMMA E4M3>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_per_head_x1_early,
-                Fp8Vector<Half COMMA E5M2>, true, true, RCF_HALF_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_half_fp8_e5m2_per_head_x1_small,
+                Fp8Vector<HalfSmall COMMA E5M2>, true, true, RCF_HALF_FP8_X1_SMALL_ATTRIBUTES, 1, WAIT_WARP)
+RCF_KERNEL_WAIT(reshape_and_cache_flash_bfloat16_fp8_e5m2_per_head_x1_small,
                 Fp8Vector<BFloat16 COMMA E5M2>, true, true, RCF_BFLOAT16_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
-RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_per_head_x1_early,
+RCF_KERNEL_WAIT(reshape_and_cache_flash_float_fp8_e5m2_per_head_x1_small,
                 Fp8Vector<Float COMMA E5M2>, true, true, RCF_FLOAT_FP8_X1_ATTRIBUTES, 1, WAIT_WARP_EARLY)
 #undef COMMA

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mkdir -p .devbin
 cargo build --release --examples --bins
 cp target/release/paged-kv-bench .devbin/
-for example in cpu cuda wgpu tune_cuda; do
+for example in cpu cuda wgpu tune_cuda vulkan_probe; do
     cp "target/release/examples/$example" ".devbin/example-$example"
 done
 cargo test --release --no-run --message-format=json 2>/dev/null |

@@ -148,6 +148,10 @@ pub struct LaunchOverride {
     /// Caps the grid at this many blocks per SM, each block then looping over several passes
     /// (slower on an H100, but it exercises the kernels' grid loop); 0: one block per pass.
     pub blocks_per_sm: u32,
+    /// The kernels of one item per thread that serve large calls, on calls of every size,
+    /// never the small-call instances (`_x1_small`): tests run them where the built-in choice
+    /// would not.
+    pub large_kernels: bool,
 }
 
 impl CudaTuning {
@@ -161,7 +165,7 @@ impl CudaTuning {
         }
         if let Some(launch) = self.launch {
             set.push(format!(
-                "cuda_launch={}x{}{}{}",
+                "cuda_launch={}x{}{}{}{}",
                 launch.threads,
                 launch.items_per_thread,
                 if launch.scalar { ",scalar" } else { "" },
@@ -169,6 +173,11 @@ impl CudaTuning {
                     format!(",{}/sm", launch.blocks_per_sm)
                 } else {
                     String::new()
+                },
+                if launch.large_kernels {
+                    ",large-kernels"
+                } else {
+                    ""
                 }
             ));
         }

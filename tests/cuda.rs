@@ -237,6 +237,14 @@ fn every_pattern(cache_dtype: CacheDtype, per_head: bool, extra_scales: &[f32]) 
             data.expected = expected;
             for (kernel, forced) in [
                 ("vector", LaunchOverride::default()),
+                // Half's small calls take kernels of their own (_x1_small): this call is one.
+                (
+                    "vector, large-call kernel",
+                    LaunchOverride {
+                        large_kernels: true,
+                        ..LaunchOverride::default()
+                    },
+                ),
                 (
                     "scalar",
                     LaunchOverride {
@@ -285,7 +293,7 @@ fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
         threads,
         items_per_thread,
         blocks_per_sm,
-        scalar: false,
+        ..LaunchOverride::default()
     };
     for forced in [
         LaunchOverride {
@@ -293,6 +301,11 @@ fn every_launch_shape_and_the_scalar_kernels_match_the_reference() {
             ..LaunchOverride::default()
         },
         shape(32, 1, 0),
+        // The large-call kernels of one item per thread on the small calls too.
+        LaunchOverride {
+            large_kernels: true,
+            ..LaunchOverride::default()
+        },
         shape(96, 3, 0),
         shape(512, 4, 0),
         LaunchOverride {

@@ -74,6 +74,10 @@ struct Args {
     /// Chains per floor measurement (median kept).
     #[arg(long, default_value_t = 20)]
     floor_reps: u32,
+    /// Scatter calls per timestamp: 1 times each call on its own; a chain (say 100) times
+    /// dependent calls back to back, as the benchmark's wgpu passes do (small calls).
+    #[arg(long, default_value_t = 1)]
+    chain: u32,
     /// Skip experiment 2 (scatter), 3 (floor) or the wgpu floor.
     #[arg(long)]
     no_scatter: bool,
@@ -161,6 +165,7 @@ fn geometry(args: &Args, f: &vk::Facts) -> Result<Geometry> {
         window,
         big,
         memory_type: args.memory_type,
+        chain: args.chain,
     })
 }
 

@@ -75,6 +75,9 @@ pub struct Geometry {
     /// Bytes per large buffer of strategies B and W.
     pub big: u64,
     pub memory_type: Option<u32>,
+    /// Scatter calls between two timestamps (1: a timestamp after every call; more: a chain
+    /// of dependent calls timed as the benchmark's wgpu passes time theirs, per call).
+    pub chain: u32,
 }
 
 /// The objects behind one cache, and the windows its bindings see.
@@ -239,14 +242,17 @@ fn dispatch(ctx: &Ctx, cb: vk::CommandBuffer, total: u64) {
     unsafe { ctx.device.cmd_dispatch(cb, gx as u32, gy as u32, 1) };
 }
 
-/// Records `warm` untimed and `n` timed calls of `call`, each followed by a barrier and a
-/// timestamp, in one command buffer; returns the per-call (median, min) in ns.
+/// Records `warm` untimed and `n` timed intervals of `per` calls of `call`, each call followed
+/// by a barrier, each interval by a timestamp, in one command buffer; returns the per-call
+/// (median, min) in ns.
 fn time_calls(
     ctx: &Ctx,
     warm: u32,
     n: u32,
+    per: u32,
     call: impl Fn(vk::CommandBuffer),
 ) -> Result<(f64, f64)> {
+    let per = per.max(1);
     let ts = ctx.run(n + 1, |cb, qp| {
         for _ in 0..warm {
             call(cb);
@@ -254,12 +260,15 @@ fn time_calls(
         }
         ctx.timestamp(cb, qp, 0);
         for i in 0..n {
-            call(cb);
-            ctx.barrier(cb);
+            for _ in 0..per {
+                call(cb);
+                ctx.barrier(cb);
+            }
             ctx.timestamp(cb, qp, i + 1);
         }
     })?;
-    Ok(intervals(&ts))
+    let (median, min) = intervals(&ts);
+    Ok((median / per as f64, min / per as f64))
 }
 
 fn uniform(ctx: &Ctx, p: &Params) -> Result<HostBuffer> {
@@ -316,7 +325,7 @@ pub fn copy_reference(ctx: &Ctx, g: &Geometry, calls: u32) -> Result<Row> {
             dispatch(ctx, cb, r / 16);
         }
     };
-    let (med, min) = time_calls(ctx, 2, calls, call)?;
+    let (med, min) = time_calls(ctx, 2, calls, 1, call)?;
     unsafe {
         ctx.device.destroy_descriptor_pool(pool, None);
         for (b, m) in [(src, sm), (dst, dm)] {
@@ -642,7 +651,10 @@ fn run_on(
             note += ", checked";
         }
         let n = if t <= 4096 { calls.max(50) } else { calls };
-        let (med, min) = time_calls(ctx, 2, n, call)?;
+        let (med, min) = time_calls(ctx, 2, n, g.chain, call)?;
+        if g.chain > 1 {
+            note += &format!(", {} calls per timestamp", g.chain);
+        }
         let bytes = 4.0 * t as f64 * g.row as f64 + 4.0 * t as f64;
         log(Row {
             strategy: s.name().into(),

@@ -187,8 +187,9 @@ enum Variant {
     Vector,
     /// 16-byte items, one per thread: small calls (less code to fetch, fewer registers).
     VectorSingle,
-    /// As `VectorSingle`, letting the next grid launch before waiting: the smallest fp8 calls.
-    VectorSingleEarly,
+    /// As `VectorSingle`, for the smallest fp8 calls (`Launch::small`): letting the next grid
+    /// launch before waiting (bfloat16, float), or peeled under a looser register cap (half).
+    VectorSingleSmall,
     /// One element per item (any head size or alignment).
     Scalar,
 }
@@ -196,15 +197,15 @@ enum Variant {
 const VARIANTS: [Variant; 4] = [
     Variant::Vector,
     Variant::VectorSingle,
-    Variant::VectorSingleEarly,
+    Variant::VectorSingleSmall,
     Variant::Scalar,
 ];
 
 impl Variant {
     fn of(launch: &Launch) -> Self {
-        match (launch.vector, launch.params.items_per_thread, launch.early) {
+        match (launch.vector, launch.params.items_per_thread, launch.small) {
             (false, _, _) => Variant::Scalar,
-            (true, 1, true) => Variant::VectorSingleEarly,
+            (true, 1, true) => Variant::VectorSingleSmall,
             (true, 1, false) => Variant::VectorSingle,
             (true, _, _) => Variant::Vector,
         }
@@ -214,7 +215,7 @@ impl Variant {
         match self {
             Variant::Vector => "",
             Variant::VectorSingle => "_x1",
-            Variant::VectorSingleEarly => "_x1_early",
+            Variant::VectorSingleSmall => "_x1_small",
             Variant::Scalar => "_scalar",
         }
     }
@@ -269,7 +270,7 @@ fn pattern_launch(launch: &Launch, limits: DeviceLimits) -> Launch {
     let per_block = (PATTERN_THREADS * items_per_thread) as u64;
     Launch {
         vector: launch.vector,
-        early: false,
+        small: false,
         threads: PATTERN_THREADS,
         grid: (
             total.div_ceil(per_block).clamp(1, i32::MAX as u64) as u32,

@@ -99,9 +99,11 @@ pub struct Shape {
 pub struct Launch {
     /// Whether the 16-byte kernels apply (else the one-element-per-item fallback).
     pub vector: bool,
-    /// Whether the kernel's first warp lets the next grid launch before it waits for the
-    /// previous one (the `_x1_early` instances): the smallest fp8 calls, `EARLY_MAX_ITEMS_PER_SM`.
-    pub early: bool,
+    /// Whether the call takes the small-call instances (`_x1_small`): for bfloat16 and float
+    /// input the kernel's first warp lets the next grid launch before it waits for the previous
+    /// one (fp8 calls of at most `EARLY_MAX_ITEMS_PER_SM`); for half input the first pass is
+    /// peeled under a looser register cap (fp8 calls of at most `HALF_SMALL_MAX_ITEMS_PER_SM`).
+    pub small: bool,
     pub threads: u32,
     pub grid: (u32, u32, u32),
     pub params: Params,
@@ -207,7 +209,7 @@ pub fn plan(
             items_per_thread: o.items_per_thread,
             blocks_per_sm: o.blocks_per_sm,
         },
-        None => default_shape(total, problem.dtype, problem.cache_dtype, limits),
+        None => default_shape(total, problem.cache_dtype, limits),
     };
     let threads = shape.threads.clamp(32, MAX_THREADS) / 32 * 32;
     let mut items_per_thread = shape.items_per_thread.clamp(1, MAX_ITEMS_PER_THREAD);
@@ -252,27 +254,43 @@ pub fn plan(
         items_per_thread,
         unused: 0,
     };
-    let early = vector
+    let small = vector
         && items_per_thread == 1
         && problem.cache_dtype.is_fp8()
-        && problem.dtype != Dtype::Half
-        && total <= EARLY_MAX_ITEMS_PER_SM * limits.sm_count.max(1) as u64;
+        && total <= small_max_items_per_sm(problem.dtype) * limits.sm_count.max(1) as u64
+        && !forced.is_some_and(|o| o.large_kernels);
     Ok(Launch {
         vector,
-        early,
+        small,
         threads,
         grid,
         params,
     })
 }
 
-/// fp8 calls of at most this many 16-byte items per SM (one token of 128 heads of 128: 2048
-/// items on 132 SMs) take the kernels whose first warp lets the next grid launch before it
-/// waits, but for half input: on an H100 one token took 1.162 against 1.239 us (bfloat16), 8
-/// heads at 2 / 16 tokens 1.164 / 1.159 against 1.255 / 1.241; at 2 and 4 tokens it changed
-/// nothing, from 8 tokens on it cost 0.07 us and more, and half input's one token took 1.405
-/// against 1.318 (its kernel does not peel its first pass) (docs/perf-log.md v10).
+/// bfloat16 and float fp8 calls of at most this many 16-byte items per SM (one token of 128
+/// heads of 128: 2048 items on 132 SMs) take the kernels whose first warp lets the next grid
+/// launch before it waits: on an H100 one token took 1.162 against 1.239 us (bfloat16), 8 heads
+/// at 2 / 16 tokens 1.164 / 1.159 against 1.255 / 1.241; at 2 and 4 tokens it changed nothing,
+/// from 8 tokens on it cost 0.07 us and more (docs/perf-log.md v10).
 const EARLY_MAX_ITEMS_PER_SM: u64 = 16;
+
+/// Half-input fp8 calls of at most this many items per SM (512 tokens of the default shape)
+/// take the peeled kernels under a 52-register cap: on an H100 (docs/perf-log.md v11) 1 / 2 / 8
+/// / 64 / 128 tokens 1.289 / 1.255 / 1.233 / 2.168 / 3.558 us against 1.316 / 1.337 / 1.508 /
+/// 2.672 / 3.741 with the unpeeled 48-register kernel, rotating 512 tokens 19.30 against 19.42;
+/// level at 1024 (35.90 against 35.99), but from 2048 tokens the lost occupancy costs 0.8 to
+/// 1.4% (rotating 2048 70.36 against 69.78, 8192 275.5 against 271.7, 65536 2185 against 2154).
+const HALF_SMALL_MAX_ITEMS_PER_SM: u64 = 8192;
+
+/// The most items per SM of an fp8 call that takes the small-call instances (`Launch::small`).
+fn small_max_items_per_sm(dtype: Dtype) -> u64 {
+    if dtype == Dtype::Half {
+        HALF_SMALL_MAX_ITEMS_PER_SM
+    } else {
+        EARLY_MAX_ITEMS_PER_SM
+    }
+}
 
 /// Threads per block and items per thread for `total` items (measured on an H100).
 ///
@@ -291,17 +309,18 @@ const EARLY_MAX_ITEMS_PER_SM: u64 = 16;
 /// per SM take smaller blocks, about one per SM: with the one-warp wait (docs/perf-log.md v9),
 /// 32-thread blocks took 2 tokens in 1.164 us against 1.286, 64-thread blocks 4 tokens in
 /// 1.178 against 1.235, and 8 heads at 32 tokens, 32 heads of 80 (float) at 8 took 0.10 us
-/// less. Below 8 items per SM (8 heads at 2 tokens: 256 items) the extra blocks cost 0.03 to
-/// 0.05 us; half input's fp8 kernel (the one that does not peel its first pass) was 0.02 to
-/// 0.09 us slower in small blocks: both keep 128 threads. Capping the grid at a few blocks per
+/// less; half input's peeled small-call kernels likewise (2 tokens 1.163 us in 32-thread
+/// blocks against 1.249 in 128, 4 tokens 1.171 in 64 against 1.238). Below 8 items per SM (8
+/// heads at 2 tokens: 256 items) the extra blocks cost 0.03 to 0.05 us: 128 threads there.
+/// Capping the grid at a few blocks per
 /// SM (each looping over passes, with or without the next pass's loads issued early) was 2 to
 /// 8% slower at 8192 tokens, auto and fp8 alike.
-fn default_shape(total: u64, dtype: Dtype, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
+fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     let (threads, items_per_thread) = match cache_dtype {
         CacheDtype::Fp8 | CacheDtype::Fp8E5m2 => {
             let per_sm = total.div_ceil(limits.sm_count.max(1) as u64);
-            let threads = if per_sm < 8 || dtype == Dtype::Half {
+            let threads = if per_sm < 8 {
                 128
             } else {
                 per_sm.next_multiple_of(32).clamp(32, 128) as u32
@@ -604,9 +623,12 @@ mod tests {
                 threads(Dtype::Float, CacheDtype::Fp8E5m2, 128, 128, tokens),
                 expected
             );
-            // Half input, and auto caches, keep 128-thread blocks.
-            assert_eq!(threads(Dtype::Half, CacheDtype::Fp8, 128, 128, tokens), 128);
+            assert_eq!(
+                threads(Dtype::Half, CacheDtype::Fp8, 128, 128, tokens),
+                expected
+            );
         }
+        // Auto caches keep 128-thread blocks.
         assert_eq!(threads(Dtype::BFloat16, CacheDtype::Auto, 128, 128, 2), 128);
         // 8 heads: 128 items per token; under 8 items per SM at 2 tokens, 32 per SM at 32.
         assert_eq!(threads(Dtype::BFloat16, CacheDtype::Fp8, 8, 128, 2), 128);
@@ -614,23 +636,30 @@ mod tests {
     }
 
     #[test]
-    fn only_the_smallest_fp8_calls_launch_the_next_grid_early() {
-        let early = |dtype, cache_dtype, heads, tokens| {
+    fn the_smallest_fp8_calls_take_the_small_call_kernels() {
+        let small = |dtype, cache_dtype, heads, tokens| {
             let p = problem(Layout::Nhd, dtype, cache_dtype, heads, 128, tokens);
             plan(&p, &InputStrides::contiguous(&p), H100, None)
                 .unwrap()
-                .early
+                .small
         };
-        // 2048 items per token of 128 heads: 15.5 per SM at one token, 31 at two.
-        assert!(early(Dtype::BFloat16, CacheDtype::Fp8, 128, 1));
-        assert!(early(Dtype::Float, CacheDtype::Fp8E5m2, 128, 1));
-        assert!(!early(Dtype::Half, CacheDtype::Fp8, 128, 1));
-        assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 2));
-        assert!(!early(Dtype::BFloat16, CacheDtype::Fp8, 128, 65536));
-        assert!(!early(Dtype::BFloat16, CacheDtype::Auto, 128, 1));
+        // bfloat16 and float (launching the next grid early): 2048 items per token of 128
+        // heads, 15.5 per SM at one token, 31 at two.
+        assert!(small(Dtype::BFloat16, CacheDtype::Fp8, 128, 1));
+        assert!(small(Dtype::Float, CacheDtype::Fp8E5m2, 128, 1));
+        assert!(!small(Dtype::BFloat16, CacheDtype::Fp8, 128, 2));
+        assert!(!small(Dtype::BFloat16, CacheDtype::Fp8, 128, 65536));
+        assert!(!small(Dtype::BFloat16, CacheDtype::Auto, 128, 1));
         // 8 heads: 128 items per token, 16 per SM up to 16 tokens.
-        assert!(early(Dtype::Float, CacheDtype::Fp8, 8, 16));
-        assert!(!early(Dtype::Float, CacheDtype::Fp8, 8, 17));
+        assert!(small(Dtype::Float, CacheDtype::Fp8, 8, 16));
+        assert!(!small(Dtype::Float, CacheDtype::Fp8, 8, 17));
+        // Half (peeled): up to 8192 items per SM, 528 tokens of 128 heads.
+        assert!(small(Dtype::Half, CacheDtype::Fp8, 128, 1));
+        assert!(small(Dtype::Half, CacheDtype::Fp8E5m2, 128, 512));
+        assert!(small(Dtype::Half, CacheDtype::Fp8, 128, 528));
+        assert!(!small(Dtype::Half, CacheDtype::Fp8, 128, 529));
+        assert!(!small(Dtype::Half, CacheDtype::Fp8, 128, 8192));
+        assert!(!small(Dtype::Half, CacheDtype::Auto, 128, 1));
     }
 
     #[test]
