@@ -68,6 +68,9 @@ fn generated() -> String {
     for (name, value) in WGSL_CONSTANTS {
         writeln!(w, "const {name}: u32 = {value}u;").unwrap();
     }
+    for (name, value) in WGSL_SIGNED_CONSTANTS {
+        writeln!(w, "const {name}: i32 = {value};").unwrap();
+    }
     w.push_str("\n// Cache chunks of a dispatch's group.\n");
     for (cache, first) in [("k", KEY_CHUNK0_BINDING), ("v", VALUE_CHUNK0_BINDING)] {
         for j in 0..WIDE_CHUNKS {

@@ -250,9 +250,9 @@ const FAST_WINDOW_STEPS: f32 = 0.000244140625;
 
 // Whether quantize_fast handles `scale` (and FP8_FAST lets it): GpuScale::table_applies.
 fn fast_applies(scale: Scale) -> bool {
-    let lowest = select(-116, -109, E5M2);
+    let lowest = select(FAST_LOWEST_EXPONENT_E4M3, FAST_LOWEST_EXPONENT_E5M2, E5M2);
     return FP8_FAST && scale.kind == SCALE_FINITE && scale.exponent >= lowest
-        && scale.exponent <= 125;
+        && scale.exponent <= FAST_HIGHEST_EXPONENT;
 }
 
 // The format's code (in the low byte) of x / scale, x given as f32 bits, for a scale that

@@ -105,6 +105,21 @@ shared_constants! {
     LUT_SCALES_BINDING = 162;
 }
 
+/// Signed numbers the host and the shader share, rendered as WGSL `i32` constants: the range of
+/// scale exponents (scale = significand * 2^(exponent - 23), `Scale` in the shader) that the
+/// short fp8 encoder and the threshold tables handle. Below the lowest, f32 subnormal inputs
+/// that the quotient's estimate may flush to zero would not all encode as 0 (e5m2's smaller
+/// codes reach further down); above the highest, 1 / |scale| is no longer a normal f32.
+#[allow(dead_code)] // (read by build.rs; the backend reads the constants themselves)
+pub const WGSL_SIGNED_CONSTANTS: &[(&str, i32)] = &[
+    ("FAST_LOWEST_EXPONENT_E4M3", FAST_LOWEST_EXPONENT_E4M3),
+    ("FAST_LOWEST_EXPONENT_E5M2", FAST_LOWEST_EXPONENT_E5M2),
+    ("FAST_HIGHEST_EXPONENT", FAST_HIGHEST_EXPONENT),
+];
+pub const FAST_LOWEST_EXPONENT_E4M3: i32 = -116;
+pub const FAST_LOWEST_EXPONENT_E5M2: i32 = -109;
+pub const FAST_HIGHEST_EXPONENT: i32 = 125;
+
 /// Bytes of each parameter block, by its name in the shader: `build.rs` checks the shader's
 /// layout of each against these, and a test in `abi.rs` the Rust mirror's size.
 #[cfg_attr(not(test), allow(dead_code))]

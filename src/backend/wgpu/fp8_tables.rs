@@ -4,7 +4,8 @@
 
 use super::abi::{
     input_kind, GpuEncodeParams, GpuLutParams, GpuScale, GpuTableParams, ENCODE_IN_BINDING,
-    ENCODE_OUT_BINDING, ENCODE_PARAMS_BINDING, FP8_THRESHOLDS_BINDING, LUT_BYTES, LUT_OUT_BINDING,
+    ENCODE_OUT_BINDING, ENCODE_PARAMS_BINDING, FAST_HIGHEST_EXPONENT, FAST_LOWEST_EXPONENT_E4M3,
+    FAST_LOWEST_EXPONENT_E5M2, FP8_THRESHOLDS_BINDING, LUT_BYTES, LUT_OUT_BINDING,
     LUT_PARAMS_BINDING, LUT_SCALES_BINDING, SCALE_FINITE, SCALE_INFINITE, SCALE_NAN, SCALE_ZERO,
     TABLE_BYTES, TABLE_OUT_BINDING, TABLE_PARAMS_BINDING,
 };
@@ -27,10 +28,10 @@ impl GpuScale {
     /// encode as 0).
     pub fn table_applies(&self, format: Fp8Format) -> bool {
         let lowest = match format {
-            Fp8Format::E4m3 => -116,
-            Fp8Format::E5m2 => -109,
+            Fp8Format::E4m3 => FAST_LOWEST_EXPONENT_E4M3,
+            Fp8Format::E5m2 => FAST_LOWEST_EXPONENT_E5M2,
         };
-        self.kind == SCALE_FINITE && (lowest..=125).contains(&self.exponent)
+        self.kind == SCALE_FINITE && (lowest..=FAST_HIGHEST_EXPONENT).contains(&self.exponent)
     }
 
     /// Splits `scale` into a normalised 24-bit significand and exponent (subnormals included),
