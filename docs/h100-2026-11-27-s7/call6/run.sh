@@ -1,0 +1,3 @@
+# Session 7, device call 6 (see steps.txt).
+OUT_REAL=$OUT; export OUT=/tmp/g; rm -rf $OUT; mkdir -p $OUT
+PACK=$OUT_REAL/r.tgz bash scripts/gpu-session.sh list=docs/h100-2026-11-27-s7/call6/steps.txt
