@@ -184,7 +184,7 @@ struct Half {
 // Half input for the small-call instances (_x1_small): the fp8 kernels peel their first pass,
 // under RCF_FP8_X1_SMALL_MAXNREG_HALF.
 struct HalfSmall : Half {
-    enum { SIZE = 2, PEEL_FP8 = 1 };
+    enum { SIZE = Half::SIZE, PEEL_FP8 = 1 };
 };
 
 struct BFloat16 {

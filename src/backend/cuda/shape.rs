@@ -312,9 +312,8 @@ fn small_max_items_per_sm(dtype: Dtype) -> u64 {
 /// less; half input's peeled small-call kernels likewise (2 tokens 1.163 us in 32-thread
 /// blocks against 1.249 in 128, 4 tokens 1.171 in 64 against 1.238). Below 8 items per SM (8
 /// heads at 2 tokens: 256 items) the extra blocks cost 0.03 to 0.05 us: 128 threads there.
-/// Capping the grid at a few blocks per
-/// SM (each looping over passes, with or without the next pass's loads issued early) was 2 to
-/// 8% slower at 8192 tokens, auto and fp8 alike.
+/// Capping the grid at a few blocks per SM (each looping over passes, with or without the next
+/// pass's loads issued early) was 2 to 8% slower at 8192 tokens, auto and fp8 alike.
 fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> Shape {
     let resident = limits.sm_count as u64 * limits.max_threads_per_sm as u64;
     let (threads, items_per_thread) = match cache_dtype {

@@ -1,25 +1,28 @@
 //! The numbers the host and `shaders/reshape_and_cache_flash.wgsl` must agree on: binding
-//! numbers, chunks per dispatch, the workgroup size, table sizes, scale kinds, and the names of
-//! the generated cache kernels.
+//! numbers, chunks per dispatch, the workgroup size, table sizes, scale kinds, the range of
+//! scales the short fp8 encoder handles, and the names of the generated cache kernels.
 //!
 //! `build.rs` includes this file too (`#[path]`) and renders every constant below into the
 //! shader as a WGSL `const` of the same name, so that the shader's `@binding(...)` attributes
 //! and the host's bind groups read the same number by construction. That is also why this file
 //! uses nothing but the core language: a build script cannot see the crate's dependencies.
 
-/// Declares the constants, and [`WGSL_CONSTANTS`] listing each by name for `build.rs`: one
-/// place per number, so a constant cannot reach one side and not the other.
+/// Declares constants of one type, and a list naming each for `build.rs` ([`WGSL_CONSTANTS`],
+/// [`WGSL_SIGNED_CONSTANTS`]): one place per number, so a constant cannot reach one side and
+/// not the other.
 macro_rules! shared_constants {
-    ($($(#[$doc:meta])* $name:ident = $value:expr;)*) => {
-        $($(#[$doc])* pub const $name: u32 = $value;)*
+    ($(#[$list_doc:meta])* $list:ident: $ty:ty { $($(#[$doc:meta])* $name:ident = $value:expr;)* }) => {
+        $($(#[$doc])* pub const $name: $ty = $value;)*
 
-        /// Every constant of this file by name, rendered into the shader by `build.rs`.
+        $(#[$list_doc])*
         #[allow(dead_code)] // (the backend reads the constants themselves)
-        pub const WGSL_CONSTANTS: &[(&str, u32)] = &[$((stringify!($name), $name)),*];
+        pub const $list: &[(&str, $ty)] = &[$((stringify!($name), $name)),*];
     };
 }
 
 shared_constants! {
+/// Every unsigned constant below by name, rendered into the shader as a WGSL `u32` by `build.rs`.
+WGSL_CONSTANTS: u32 {
     /// Threads per workgroup.
     WORKGROUP = 256;
     /// Chunks of each cache that the narrow 16-byte kernels bind: `2 * CHUNKS + 6` storage
@@ -103,22 +106,20 @@ shared_constants! {
     LUT_OUT_BINDING = 161;
     /// The per-head scales of the tables (one per table), with `PER_HEAD`.
     LUT_SCALES_BINDING = 162;
-}
+}}
 
-/// Signed numbers the host and the shader share, rendered as WGSL `i32` constants: the range of
-/// scale exponents (scale = significand * 2^(exponent - 23), `Scale` in the shader) that the
-/// short fp8 encoder and the threshold tables handle. Below the lowest, f32 subnormal inputs
-/// that the quotient's estimate may flush to zero would not all encode as 0 (e5m2's smaller
-/// codes reach further down); above the highest, 1 / |scale| is no longer a normal f32.
-#[allow(dead_code)] // (read by build.rs; the backend reads the constants themselves)
-pub const WGSL_SIGNED_CONSTANTS: &[(&str, i32)] = &[
-    ("FAST_LOWEST_EXPONENT_E4M3", FAST_LOWEST_EXPONENT_E4M3),
-    ("FAST_LOWEST_EXPONENT_E5M2", FAST_LOWEST_EXPONENT_E5M2),
-    ("FAST_HIGHEST_EXPONENT", FAST_HIGHEST_EXPONENT),
-];
-pub const FAST_LOWEST_EXPONENT_E4M3: i32 = -116;
-pub const FAST_LOWEST_EXPONENT_E5M2: i32 = -109;
-pub const FAST_HIGHEST_EXPONENT: i32 = 125;
+shared_constants! {
+/// Every signed constant below by name, rendered into the shader as a WGSL `i32` by `build.rs`.
+WGSL_SIGNED_CONSTANTS: i32 {
+    // The range of scale exponents (scale = significand * 2^(exponent - 23), `Scale` in the
+    // shader) that the short fp8 encoder and the threshold tables handle. Below the lowest,
+    // f32 subnormal inputs that the quotient's estimate may flush to zero would not all encode
+    // as 0 (e5m2's smaller codes reach further down); above the highest, 1 / |scale| is no
+    // longer a normal f32.
+    FAST_LOWEST_EXPONENT_E4M3 = -116;
+    FAST_LOWEST_EXPONENT_E5M2 = -109;
+    FAST_HIGHEST_EXPONENT = 125;
+}}
 
 /// Bytes of each parameter block, by its name in the shader: `build.rs` checks the shader's
 /// layout of each against these, and a test in `abi.rs` the Rust mirror's size.
