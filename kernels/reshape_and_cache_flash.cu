@@ -382,9 +382,19 @@ template <class Fmt>
 __device__ __forceinline__ Fp8Scale make_scale(float scale) {
     Fp8Scale s;
     s.scale = scale;
-    // rcp.rn is the IEEE reciprocal (what __frcp_rn compiles to). Volatile, so that the compiler
-    // does not hoist it (and the wait for the scale it implies) above the loads of the items.
-    asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));
+    // RN(1 / scale) as rcp.rn (__frcp_rn) computes it for normal scales away from the ends of
+    // the float range: the hardware's approximation y0, then one correction y0 + y0 * (1 -
+    // scale * y0). rcp.rn itself first checks the scale's exponent and branches to a slow path
+    // for the rest; only fast scales use the inverse, and the range check cost a small call
+    // about 0.03 us (docs/perf-log.md v12). tests/cuda.rs checks that this is rcp.rn's result
+    // for every float in the fast range. Volatile, so that the compiler does not hoist it (and
+    // the wait for the scale it implies) above the loads of the items.
+    asm volatile("{\n\t.reg .f32 y0, e;\n\t"
+                 "rcp.approx.ftz.f32 y0, %1;\n\t"
+                 "fma.rn.f32 e, %1, y0, 0fBF800000;\n\t"
+                 "neg.f32 e, e;\n\t"
+                 "fma.rn.f32 %0, y0, e, y0;\n\t}"
+                 : "=f"(s.inverse) : "f"(scale));
     s.fast = Fmt::fast(scale);
     return s;
 }
@@ -623,15 +633,39 @@ __device__ __forceinline__ Located<MAX_ITEMS> locate(u64 b, const Params& p) {
     return at;
 }
 
-// Moves the located items: PER_HEAD (fp8 only): the scales are arrays of num_heads, head h's
-// at index h; otherwise one per tensor.
-template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
-__device__ __forceinline__ void move_items(
-    const Located<MAX_ITEMS>& at, const char* __restrict__ key,
-    const char* __restrict__ value, char* __restrict__ key_cache,
-    char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
+// Where item k of `at` reads: its slot, its scale (PER_HEAD, fp8 only: the scales are arrays
+// of num_heads, head h's at index h; otherwise one per tensor) and its input, `elem` elements
+// past `base`. Arithmetic on the parameters only, which no kernel writes: the first pass of
+// the kernels of one item per thread computes it before the wait for the previous grid.
+struct Source {
+    const i64* slot;
+    const float* scale;
+    const char* base;
+    i64 elem;
+};
+
+template <class Item, bool PER_HEAD, int MAX_ITEMS>
+__device__ __forceinline__ Source source_of(
+    const Located<MAX_ITEMS>& at, int k, const char* __restrict__ key,
+    const char* __restrict__ value, const i64* __restrict__ slot_mapping,
     const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
     const Params& p) {
+    const bool v = at.is_value[k];
+    Source src;
+    src.slot = slot_mapping + at.token[k];
+    src.scale = (v ? v_scale_ptr : k_scale_ptr) + (PER_HEAD ? at.head[k] : 0u);
+    src.base = v ? value : key;
+    src.elem = at.token[k] * (v ? p.value_token_stride : p.key_token_stride) +
+               (i64)at.head[k] * (v ? p.value_head_stride : p.key_head_stride) +
+               (i64)at.chunk[k] * Item::ELEMS;
+    return src;
+}
+
+// Moves the located items; `source(k)` is where item k reads (source_of).
+template <class Item, bool SCALED, int MAX_ITEMS, class SourceOf>
+__device__ __forceinline__ void move_items(const Located<MAX_ITEMS>& at, SourceOf source,
+                                           char* __restrict__ key_cache,
+                                           char* __restrict__ value_cache, const Params& p) {
     // Two phases, so that nothing waits for memory before every load is in flight: issue all
     // loads (slots and inputs), then compute the targets from the slots and store.
     i64 slot[MAX_ITEMS];
@@ -640,23 +674,18 @@ __device__ __forceinline__ void move_items(
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
         if (!at.valid[k]) continue;
-        const bool v = at.is_value[k];
-        slot[k] = slot_mapping[at.token[k]];
+        const Source src = source(k);
+        slot[k] = *src.slot;
         // The scales live in device memory (so that a captured graph picks up new values);
         // only fp8 reads them. Each item loads its own, with its data: the address differs
         // between the items of a warp (keys and values), so the value stays in an ordinary
         // register. (Loaded once per thread, the compiler kept both scales in uniform registers
         // and moved them there right after loading them, which waits for them: that held back
         // every other load by a round trip to memory, 0.1 us on a small call.)
-        divisor[k] = SCALED ? load_scale((v ? v_scale_ptr : k_scale_ptr) +
-                                         (PER_HEAD ? at.head[k] : 0u))
-                            : 1.0f;
+        divisor[k] = SCALED ? load_scale(src.scale) : 1.0f;
         // Padding tokens are read too: their inputs are valid memory, and not waiting for the
         // slot before loading saves a round trip to memory on small calls.
-        data[k] = Item::load(v ? value : key,
-                             at.token[k] * (v ? p.value_token_stride : p.key_token_stride) +
-                                 (i64)at.head[k] * (v ? p.value_head_stride : p.key_head_stride) +
-                                 (i64)at.chunk[k] * Item::ELEMS);
+        data[k] = Item::load(src.base, src.elem);
     }
 #pragma unroll
     for (int k = 0; k < MAX_ITEMS; ++k) {
@@ -683,6 +712,24 @@ __device__ __forceinline__ void move_items(
     }
 }
 
+// Moves the located items, each reading where source_of says (its addresses computed with its
+// loads).
+template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
+__device__ __forceinline__ void move_located(
+    const Located<MAX_ITEMS>& at, const char* __restrict__ key,
+    const char* __restrict__ value, char* __restrict__ key_cache,
+    char* __restrict__ value_cache, const i64* __restrict__ slot_mapping,
+    const float* __restrict__ k_scale_ptr, const float* __restrict__ v_scale_ptr,
+    const Params& p) {
+    move_items<Item, SCALED, MAX_ITEMS>(
+        at,
+        [&](int k) {
+            return source_of<Item, PER_HEAD, MAX_ITEMS>(at, k, key, value, slot_mapping,
+                                                        k_scale_ptr, v_scale_ptr, p);
+        },
+        key_cache, value_cache, p);
+}
+
 // One pass: the items of block index `b`, located and moved.
 template <class Item, bool SCALED, bool PER_HEAD, int MAX_ITEMS>
 __device__ __forceinline__ void one_pass(
@@ -690,9 +737,9 @@ __device__ __forceinline__ void one_pass(
     char* __restrict__ key_cache, char* __restrict__ value_cache,
     const i64* __restrict__ slot_mapping, const float* __restrict__ k_scale_ptr,
     const float* __restrict__ v_scale_ptr, const Params& p) {
-    move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(locate<MAX_ITEMS>(b, p), key, value,
-                                                  key_cache, value_cache, slot_mapping,
-                                                  k_scale_ptr, v_scale_ptr, p);
+    move_located<Item, SCALED, PER_HEAD, MAX_ITEMS>(locate<MAX_ITEMS>(b, p), key, value,
+                                                    key_cache, value_cache, slot_mapping,
+                                                    k_scale_ptr, v_scale_ptr, p);
 }
 
 // Programmatic dependent launch (when the host launches with it; no-ops otherwise): this grid
@@ -754,10 +801,23 @@ __device__ __forceinline__ void reshape_and_cache_flash(
         // finds them while its first warp waits for the previous grid.
         if (!RCF_LOCATE_FIRST) wait_for_previous_grid<WAIT>();
         const Located<MAX_ITEMS> first = locate<MAX_ITEMS>(blockIdx.x, p);
-        if (RCF_LOCATE_FIRST) wait_for_previous_grid<WAIT>();
-        if (RCF_EMPTY) return;
-        move_items<Item, SCALED, PER_HEAD, MAX_ITEMS>(first, key, value, key_cache, value_cache,
-                                                      slot_mapping, k_scale_ptr, v_scale_ptr, p);
+        if constexpr (MAX_ITEMS == 1 && RCF_LOCATE_FIRST) {
+            // So are the item's addresses: its loads go out as soon as the block is released.
+            // (One item only: for several, holding their addresses across the wait cost
+            // registers that large calls need.)
+            const Source first_source = source_of<Item, PER_HEAD, MAX_ITEMS>(
+                first, 0, key, value, slot_mapping, k_scale_ptr, v_scale_ptr, p);
+            wait_for_previous_grid<WAIT>();
+            if (RCF_EMPTY) return;
+            move_items<Item, SCALED, MAX_ITEMS>(
+                first, [&](int) { return first_source; }, key_cache, value_cache, p);
+        } else {
+            if (RCF_LOCATE_FIRST) wait_for_previous_grid<WAIT>();
+            if (RCF_EMPTY) return;
+            move_located<Item, SCALED, PER_HEAD, MAX_ITEMS>(
+                first, key, value, key_cache, value_cache, slot_mapping, k_scale_ptr,
+                v_scale_ptr, p);
+        }
         // Grids smaller than the work (beyond 2^31 - 1 blocks, or capped by the host) walk the
         // rest.
         for (u64 b = (u64)blockIdx.x + gridDim.x; b < blocks; b += gridDim.x) {

@@ -457,6 +457,73 @@ fn copy_bandwidth_is_measured() {
 }
 
 // ---------------------------------------------------------------------------------------------
+/// The fp8 kernels' reciprocal of the scale (`make_scale` in the kernel source: the fast path of
+/// `rcp.rn` without its range check) is the IEEE reciprocal, bit for bit, for every float scale
+/// in the fast conversion's range (2^-89 to 2^100, which holds e5m2's): 1.6 billion scales on
+/// the GPU, against `rcp.rn.f32` on the same GPU.
+#[test]
+#[ignore = "needs an NVIDIA GPU"]
+fn the_scale_reciprocal_is_the_ieee_one_over_the_fast_range() {
+    use cudarc::driver::{CudaContext, LaunchConfig, PushKernelArg};
+    use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+    const SOURCE: &str = include_str!("../kernels/reshape_and_cache_flash.cu");
+    // Everything up to the items: the scale, the conversions, none of the kernels.
+    const ITEMS: &str = "// Items: how one unit of work";
+    let prefix = &SOURCE[..SOURCE
+        .find(ITEMS)
+        .expect("the items section of the kernel source")];
+    let program = format!(
+        "{prefix}\n{}",
+        r#"
+extern "C" __global__ void reciprocal_mismatches(u32 first, u32 count, u32* out) {
+    const u32 stride = gridDim.x * blockDim.x;
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += stride) {
+        const float s = __uint_as_float(first + i);
+        float want;
+        asm("rcp.rn.f32 %0, %1;" : "=f"(want) : "f"(s));
+        const float got = make_scale<E4M3>(s).inverse;
+        if (__float_as_uint(got) != __float_as_uint(want) && atomicAdd(out, 1u) == 0) {
+            out[1] = first + i;
+        }
+    }
+}
+"#
+    );
+    let ctx = CudaContext::new(0).expect("CUDA");
+    let (major, minor) = ctx.compute_capability().expect("compute capability");
+    let ptx = compile_ptx_with_opts(
+        program,
+        CompileOptions {
+            ftz: Some(false),
+            prec_div: Some(true),
+            options: vec![
+                format!("--gpu-architecture=compute_{major}{minor}"),
+                "--std=c++17".into(),
+            ],
+            ..CompileOptions::default()
+        },
+    )
+    .expect("NVRTC");
+    let module = ctx.load_module(ptx).expect("module");
+    let function = module.load_function("reciprocal_mismatches").unwrap();
+    let stream = ctx.default_stream();
+    let (first, last) = (0x1300_0000u32, 0x7180_0000u32);
+    let count = last - first + 1;
+    let mut out = stream.alloc_zeros::<u32>(2).unwrap();
+    let mut launch = stream.launch_builder(&function);
+    launch.arg(&first).arg(&count).arg(&mut out);
+    // SAFETY: the kernel takes (u32, u32, u32*) and writes out[0..2] only.
+    unsafe { launch.launch(LaunchConfig::for_num_elems(1 << 22)) }.unwrap();
+    let out = stream.clone_dtoh(&out).unwrap();
+    assert_eq!(
+        out[0],
+        0,
+        "{} scales in [2^-89, 2^100] whose reciprocal differs from rcp.rn, the first found {:e}",
+        out[0],
+        f32::from_bits(out[1])
+    );
+}
+
 // Tables, run by hand on a GPU (they print; they assert nothing about speed).
 
 /// The fp8 kernels' division-free conversion (`quotient4` in the kernel source), replayed on the
