@@ -301,8 +301,11 @@ fn small_max_items_per_sm(dtype: Dtype) -> u64 {
 /// spreads the work over as many warps as possible, so that the call costs about one round trip
 /// to memory. 256 x 1 was up to 10% faster than 128 x 2 (the earlier choice) from 16 to 384
 /// tokens of the default shape (and for 8 heads, or heads of 80), and level with 256 x 2 at
-/// 512; 128-thread blocks remain the fastest at 2 and 4 tokens (fewer than `resident / 8`
-/// items), where the grid is a few dozen blocks.
+/// 512; 128-thread blocks remain the fastest below `resident / 4` items (16 tokens of the
+/// default shape): since the first pass computes its addresses before the wait
+/// (docs/perf-log.md v12), 128 x 1 took 12 / 16 tokens in 1.221 / 1.37 us against 1.28 to 1.30
+/// / 1.41 for 256 x 1, and 8 heads at 256 tokens in 1.385 against 1.431; level at 4, 8 and 20
+/// tokens, 256 x 1 ahead from 24.
 /// fp8: the conversion needs many warps to hide its arithmetic more than it needs loads in
 /// flight per thread: one item per thread (the 44- to 48-register instances, 10 or 11 blocks
 /// per SM) in 128-thread blocks was the fastest from 8 to 65536 tokens. Calls of 8 to 128 items
@@ -327,7 +330,7 @@ fn default_shape(total: u64, cache_dtype: CacheDtype, limits: DeviceLimits) -> S
             (threads, 1)
         }
         CacheDtype::Auto if total >= 6 * resident => (256, 2),
-        CacheDtype::Auto if total >= resident / 8 => (256, 1),
+        CacheDtype::Auto if total >= resident / 4 => (256, 1),
         CacheDtype::Auto => (128, 1),
     };
     Shape {
@@ -591,9 +594,15 @@ mod tests {
         let launch = plan(&small, &InputStrides::contiguous(&small), H100, None).unwrap();
         assert!(launch.grid.0 >= 32, "{launch:?}");
         assert_eq!((launch.threads, launch.params.items_per_thread), (128, 1));
-        // From 16 tokens, 256-thread blocks of one item per thread; two items per thread once
-        // the call is several times what the GPU holds at once.
-        for (num_tokens, shape) in [(64, (256, 1)), (384, (256, 1)), (8192, (256, 2))] {
+        // 128-thread blocks up to 16 tokens, then 256-thread blocks of one item per thread; two
+        // items per thread once the call is several times what the GPU holds at once.
+        for (num_tokens, shape) in [
+            (16, (128, 1)),
+            (17, (256, 1)),
+            (64, (256, 1)),
+            (384, (256, 1)),
+            (8192, (256, 2)),
+        ] {
             let p = Problem { num_tokens, ..p };
             let launch = plan(&p, &InputStrides::contiguous(&p), H100, None).unwrap();
             assert_eq!(
