@@ -64,9 +64,10 @@ for stage in "$@"; do
     verify)
         # One implementation per step (the CPU subject runs in CI): `--implementation all`, four
         # subjects, took 364 s to over 520 s on H100s on 2026-11-27, too close to a device call's
-        # 600 s with anything else in it.
+        # 600 s with anything else in it. The wgpu half alone took 430 s, and over 430 s on
+        # another machine, on 2026-11-27 (eighth session): give it a call of its own.
         step verify-cuda 300 $B/paged-kv-bench verify --implementation cuda --seed 1
-        step verify-wgpu 400 $B/paged-kv-bench verify --implementation wgpu --seed 1
+        step verify-wgpu 540 $B/paged-kv-bench verify --implementation wgpu --seed 1
         ;;
     sanitize)
         step memcheck 300 compute-sanitizer --tool memcheck --error-exitcode 3 $B/paged-kv-bench verify --implementation cuda --quick --seed 2
