@@ -39,8 +39,15 @@ fn host_source(source: &str) -> String {
             r#"    asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(scale) : "l"(p) : "memory");"#,
             "    scale = *p;",
         ),
+        // The reciprocal is rcp.rn's fast path written out (tests/cuda.rs checks it against
+        // rcp.rn on the GPU over the fast range): on the host, the IEEE division.
         (
-            r#"    asm volatile("rcp.rn.f32 %0, %1;" : "=f"(s.inverse) : "f"(scale));"#,
+            r#"    asm volatile("{\n\t.reg .f32 y0, e;\n\t"
+                 "rcp.approx.ftz.f32 y0, %1;\n\t"
+                 "fma.rn.f32 e, %1, y0, 0fBF800000;\n\t"
+                 "neg.f32 e, e;\n\t"
+                 "fma.rn.f32 %0, y0, e, y0;\n\t}"
+                 : "=f"(s.inverse) : "f"(scale));"#,
             "    { volatile float r = 1.0f / scale; s.inverse = r; }",
         ),
     ];
