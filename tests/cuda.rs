@@ -456,7 +456,6 @@ fn copy_bandwidth_is_measured() {
     assert!(gbps > 0.0 && gbps.is_finite());
 }
 
-// ---------------------------------------------------------------------------------------------
 /// The fp8 kernels' reciprocal of the scale (`make_scale` in the kernel source: the fast path of
 /// `rcp.rn` without its range check) is the IEEE reciprocal, bit for bit, for every float scale
 /// in the fast conversion's range (2^-89 to 2^100, which holds e5m2's): 1.6 billion scales on
@@ -524,6 +523,7 @@ extern "C" __global__ void reciprocal_mismatches(u32 first, u32 count, u32* out)
     );
 }
 
+// ---------------------------------------------------------------------------------------------
 // Tables, run by hand on a GPU (they print; they assert nothing about speed).
 
 /// The fp8 kernels' division-free conversion (`quotient4` in the kernel source), replayed on the
